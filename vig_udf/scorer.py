@@ -1,0 +1,279 @@
+"""VIGScorer: Visual Information Gain for LLaVA-format samples with any HF image-text-to-text model.
+
+>>> scorer = VIGScorer.from_pretrained("llava-hf/llava-1.5-7b-hf", counterfactual="blur")  # doctest: +SKIP
+>>> [r.vig for r in scorer.score([{"id": "1", "image": "cat.jpg", "conversations": [
+...     {"from": "human", "value": "<image>\\nWhat colour is the cat?"},
+...     {"from": "gpt", "value": "The cat is black."}]}])]  # doctest: +SKIP
+[0.83]
+
+Per sample: validate the conversation, render it with the processor's chat template, mark the answer
+tokens (vig_udf.masking), load the image and make its counterfactual, run the processor for both.
+Then all sequences are packed into length-sorted batches under a token budget (a sample's two passes
+side by side when their token layout is identical) and scored with logits at answer positions only.
+A failing sample gets its status and message; the others are scored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from vig_udf import status as st
+from vig_udf.batching import plan_batches
+from vig_udf.conversation import ASSISTANT, parse_conversation
+from vig_udf.forward import Sequence, answer_logprobs
+from vig_udf.images import COUNTERFACTUALS, DEFAULT_BLUR_SIGMA, load_image, make_counterfactual
+from vig_udf.masking import AnswerTokens, answer_tokens, render_with_answer_spans
+from vig_udf.results import ScoreResult
+from vig_udf.status import SampleError
+
+log = logging.getLogger(__name__)
+WITH, WITHOUT = 0, 1
+
+
+@dataclass(frozen=True)
+class ScorerOptions:
+    """Everything besides the model that changes scores (part of the scorer identity) or batching.
+
+    counterfactual: blur | drop | blank | noise (see vig_udf.images).
+    blur_sigma: Gaussian sigma as a fraction of the image's shorter side (blur only).
+    max_length: samples whose full token sequence is longer get status ``truncated``; None = no limit.
+    batch_tokens: token budget of one forward batch (rows x padded length, both passes counted).
+    image_root: folder that relative image paths are resolved against.
+    max_image_pixels: images with more pixels get ``image_unreadable`` (guards decompression bombs).
+    """
+
+    counterfactual: str = "blur"
+    blur_sigma: float = DEFAULT_BLUR_SIGMA
+    max_length: int | None = None
+    batch_tokens: int = 8192
+    image_root: str | None = None
+    max_image_pixels: int | None = 64_000_000
+
+    def __post_init__(self):
+        if self.counterfactual not in COUNTERFACTUALS:
+            raise ValueError(f"counterfactual={self.counterfactual!r}; choose one of {COUNTERFACTUALS}")
+        if self.blur_sigma <= 0:
+            raise ValueError(f"blur_sigma must be > 0 (a fraction of the shorter side), got {self.blur_sigma}")
+        if self.batch_tokens <= 0:
+            raise ValueError(f"batch_tokens must be positive, got {self.batch_tokens}")
+
+
+@dataclass
+class _Prepared:
+    index: int
+    sample_id: str
+    tokens: AnswerTokens
+    seqs: list[Sequence] = field(default_factory=list)  # [with, without]
+    shared_layout: bool = False
+
+
+class VIGScorer:
+    """Scores LLaVA-format samples with one model and processor in this process (no Spark)."""
+
+    def __init__(self, model, processor, *, options: ScorerOptions, model_ref: dict, device, dtype):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.options = options
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self._model_ref = model_ref
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+
+    @classmethod
+    def from_pretrained(cls, model_path: str, *, counterfactual: str = "blur", device=None, dtype=None,
+                        max_length: int | None = None, batch_tokens: int | None = None, **options) -> "VIGScorer":
+        """Load an image-text-to-text model and its processor (AutoModelForImageTextToText/AutoProcessor).
+
+        device: defaults to ``cuda`` when available, else ``cpu``. dtype: defaults to bfloat16 on CUDA and
+        float32 on CPU. batch_tokens: defaults to 32768 on CUDA and 8192 on CPU. Other options:
+        ``blur_sigma``, ``image_root``, ``max_image_pixels`` (see :class:`ScorerOptions`), ``revision``,
+        ``chat_template`` (overrides the processor's), ``attn_implementation`` (default ``sdpa``) and
+        ``trust_remote_code`` (default False).
+        """
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        revision = options.pop("revision", None)
+        trust_remote_code = options.pop("trust_remote_code", False)
+        attn = options.pop("attn_implementation", "sdpa")
+        chat_template = options.pop("chat_template", None)
+        allowed = {"blur_sigma", "image_root", "max_image_pixels"}
+        unknown = set(options) - allowed
+        if unknown:
+            raise TypeError(f"unknown scorer options {sorted(unknown)}; known: {sorted(allowed)}")
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dtype is None:
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        elif isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        if batch_tokens is None:
+            batch_tokens = 32768 if device.type == "cuda" else 8192
+        opts = ScorerOptions(counterfactual=counterfactual, max_length=max_length, batch_tokens=batch_tokens,
+                             **options)
+        processor = AutoProcessor.from_pretrained(model_path, revision=revision, trust_remote_code=trust_remote_code)
+        if chat_template is not None:
+            processor.chat_template = chat_template
+        if not getattr(processor, "chat_template", None):
+            raise ValueError(
+                f"{model_path} has no chat template; pass chat_template= (a Jinja template) to from_pretrained"
+            )
+        model = AutoModelForImageTextToText.from_pretrained(
+            model_path, revision=revision, trust_remote_code=trust_remote_code, dtype=dtype,
+            attn_implementation=attn,
+        ).to(device).eval()
+        ref = {"model": str(model_path), "revision": revision,
+               "commit": getattr(model.config, "_commit_hash", None)}
+        return cls(model, processor, options=opts, model_ref=ref, device=device, dtype=dtype)
+
+    @property
+    def scorer_id(self) -> str:
+        """Stable hash of everything that changes scores: model and revision, counterfactual and its
+        parameters, chat template, max length and dtype (not the batch size, which must not change them)."""
+        opts = asdict(self.options)
+        identity = {
+            **self._model_ref,
+            "counterfactual": opts["counterfactual"],
+            "blur_sigma": opts["blur_sigma"] if opts["counterfactual"] == "blur" else None,
+            "chat_template": hashlib.sha256(str(self.processor.chat_template).encode()).hexdigest(),
+            "max_length": opts["max_length"],
+            "dtype": str(self.dtype),
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+    def score(self, samples: list[dict]) -> list[ScoreResult]:
+        """Score LLaVA-format records; one :class:`ScoreResult` per input, in input order."""
+        results: list[ScoreResult | None] = [None] * len(samples)
+        prepared: list[_Prepared] = []
+        for i, sample in enumerate(samples):
+            sample_id = _sample_id(sample, i)
+            try:
+                item = self._prepare(i, sample_id, sample)
+            except SampleError as err:
+                results[i] = ScoreResult.unscored(sample_id, self.options.counterfactual, err.status, err.message)
+                continue
+            if isinstance(item, ScoreResult):
+                results[i] = item
+            else:
+                prepared.append(item)
+        for item, logps in self._run(prepared):
+            cf = self.options.counterfactual
+            if isinstance(logps, str):
+                results[item.index] = ScoreResult.unscored(item.sample_id, cf, st.MODEL_ERROR, logps)
+            else:
+                results[item.index] = ScoreResult.scored(item.sample_id, cf, item.tokens, logps[WITH], logps[WITHOUT])
+        return results
+
+    # -- preparation (CPU): template, mask, images, processor ------------------------------------
+
+    def _prepare(self, index: int, sample_id: str, sample: dict):
+        image_ref = sample.get("image")
+        has_image = image_ref is not None and not (isinstance(image_ref, str) and not image_ref)
+        conv = parse_conversation(sample.get("conversations"), has_image=has_image)
+        answers = [conv.turns[i].text for i in conv.answer_turns]
+        messages = conv.to_messages(with_image=has_image)
+        text, spans = render_with_answer_spans(self.processor, messages, answers)
+        if not has_image:
+            ids = self._encode(text, None)["input_ids"][0]
+            tokens = answer_tokens(self.tokenizer, text, spans, ids)
+            return ScoreResult.unscored(sample_id, self.options.counterfactual, st.TEXT_ONLY, None, tokens)
+        image = load_image(image_ref, image_root=self.options.image_root, max_pixels=self.options.max_image_pixels)
+        real = self._sequence(text, spans, image)
+        tokens = real[1]
+        item = _Prepared(index, sample_id, tokens, seqs=[real[0]])
+        if self.options.counterfactual == "drop":
+            text_cf, spans_cf = render_with_answer_spans(self.processor, conv.to_messages(with_image=False), answers)
+            cf_seq, cf_tokens = self._sequence(text_cf, spans_cf, None)
+        else:
+            cf_image = make_counterfactual(image, self.options.counterfactual, blur_sigma=self.options.blur_sigma,
+                                           seed_key=sample_id)
+            cf_seq, cf_tokens = self._sequence(text, spans, cf_image)
+        if not np.array_equal(cf_tokens.token_ids, tokens.token_ids):
+            raise SampleError(st.TEMPLATE_MISMATCH, "the answer tokens differ between the image and the "
+                                                    "counterfactual prompt; they cannot be aligned")
+        item.seqs.append(cf_seq)
+        item.shared_layout = torch.equal(cf_seq.input_ids, real[0].input_ids)
+        return item
+
+    def _encode(self, text: str, image):
+        kwargs = {"images": [[image]]} if image is not None else {}
+        return self.processor(text=[text], return_tensors="pt", **kwargs)
+
+    def _sequence(self, text: str, spans, image) -> tuple[Sequence, AnswerTokens]:
+        enc = self._encode(text, image)
+        ids = enc["input_ids"][0]
+        limit = self.options.max_length
+        if limit is not None and len(ids) > limit:
+            raise SampleError(st.TRUNCATED, f"the sample is {len(ids)} tokens (image included), above "
+                                            f"max_length={limit}; raise max_length to score it")
+        tokens = answer_tokens(self.tokenizer, text, spans, ids)
+        if tokens.positions.min() < 1:
+            raise SampleError(st.TEMPLATE_MISMATCH, "an answer token is the first token: nothing predicts it")
+        extras = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask") and torch.is_tensor(v)}
+        return Sequence(ids, extras, tokens.positions), tokens
+
+    # -- forward passes (GPU) ----------------------------------------------------------------------
+
+    def _run(self, prepared: list[_Prepared]):
+        """Yield (item, [logp_with, logp_without]) or (item, error message) for every prepared sample."""
+        groups, members = [], []
+        for item in prepared:
+            if item.shared_layout:
+                groups.append((len(item.seqs[WITH]), 2))
+                members.append([(item, WITH), (item, WITHOUT)])
+            else:  # "drop": two lengths; also keep image and text-only sequences in separate batches
+                for which in (WITH, WITHOUT):
+                    groups.append((len(item.seqs[which]), 1))
+                    members.append([(item, which)])
+        logps: dict[int, list] = {item.index: [None, None] for item in prepared}
+        failed: dict[int, str] = {}
+        for batch in self._batches(groups, members):
+            flat = [m for g in batch for m in members[g]]
+            for (item, which), lp in zip(flat, self._forward_isolating(flat, failed)):
+                if lp is not None:
+                    logps[item.index][which] = lp
+        for item in prepared:
+            if item.index in failed:
+                yield item, failed[item.index]
+            else:
+                yield item, logps[item.index]
+
+    def _batches(self, groups, members):
+        """Token-budget batches; sequences with image inputs and without (``drop``) never share one."""
+        with_inputs = [bool(item.seqs[which].extras) for item, which in (m[0] for m in members)]
+        for flag in (True, False):
+            idx = [g for g in range(len(groups)) if with_inputs[g] == flag]
+            for batch in plan_batches([groups[g] for g in idx], budget=self.options.batch_tokens):
+                yield [idx[b] for b in batch]
+
+    def _forward_isolating(self, flat, failed: dict[int, str]):
+        """Forward a batch; if it raises, retry each sample alone so one bad sample fails alone."""
+        seqs = [item.seqs[which] for item, which in flat]
+        try:
+            return answer_logprobs(self.model, seqs, pad_token_id=self.pad_token_id, device=self.device,
+                                   dtype=self.dtype)
+        except Exception as exc:
+            if len({item.index for item, _ in flat}) == 1:
+                item = flat[0][0]
+                failed[item.index] = f"forward pass failed: {type(exc).__name__}: {exc}"
+                return [None] * len(flat)
+            log.warning("batch of %d sequences failed (%s); retrying sample by sample", len(flat), exc)
+        by_sample: dict[int, list[int]] = {}
+        for pos, (item, _) in enumerate(flat):
+            by_sample.setdefault(item.index, []).append(pos)
+        results: list = [None] * len(flat)
+        for positions in by_sample.values():
+            for p, lp in zip(positions, self._forward_isolating([flat[p] for p in positions], failed)):
+                results[p] = lp
+        return results
+
+def _sample_id(sample, index: int) -> str:
+    if isinstance(sample, dict) and sample.get("id") is not None:
+        return str(sample["id"])
+    return f"#{index}"
