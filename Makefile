@@ -1,0 +1,23 @@
+# The two commands a new user runs: `make demo` (the main job on the embedded default) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test test-fast bench-cpu clean
+
+setup:
+	@VENV=$(VENV) scripts/setup_env.sh
+
+demo: setup
+	$(PY) -m vig_udf.cli demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not spark"
+
+bench-cpu: setup
+	$(PY) benchmarks/score_cpu.py
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache

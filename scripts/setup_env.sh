@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Create (or refresh) the project's virtual environment with everything the jobs and tests need.
+# Idempotent: a stamp file skips the install when pyproject.toml has not changed.
+#   VENV=.venv  PYTHON=python3  TORCH_PACKAGES="..." (override the torch pair, or "" to keep the venv's own)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+ensure_java() {
+  if command -v java >/dev/null 2>&1; then return; fi
+  echo "setup: no java on PATH; pyspark needs Java 17+. Installing a headless JRE with apt-get." >&2
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null \
+      || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless >/dev/null
+  else
+    echo "setup: cannot install Java here (not root or no apt-get): install Java 17 and set JAVA_HOME." >&2
+    exit 1
+  fi
+}
+
+default_torch_packages() {
+  # torchvision must match torch exactly. These pairs install from the local wheel cache on the
+  # project's CPU machines; a GPU machine whose venv already has torch keeps its own.
+  case "$(uname -s)-$(uname -m)" in
+    Linux-x86_64) echo "torch==2.14.1 torchvision==0.29.1" ;;
+    Linux-aarch64) echo "torch==2.9.1 torchvision==0.24.1" ;;
+    *) echo "torch torchvision" ;;
+  esac
+}
+
+ensure_java
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+stamp="$VENV/.vig-installed"
+want=$(cat pyproject.toml scripts/setup_env.sh | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
+
+"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+if ! "$VENV/bin/python" -c "import torch, torchvision" >/dev/null 2>&1; then
+  TORCH_PACKAGES=${TORCH_PACKAGES-$(default_torch_packages)}
+  if [ -n "$TORCH_PACKAGES" ]; then
+    echo "setup: installing $TORCH_PACKAGES" >&2
+    # shellcheck disable=SC2086
+    "$VENV/bin/python" -m pip install -q $TORCH_PACKAGES
+  fi
+fi
+echo "setup: installing vig-spark and its dependencies" >&2
+"$VENV/bin/python" -m pip install -q -e ".[dev]"
+echo "$want" > "$stamp"

@@ -1,0 +1,104 @@
+"""Every supported family: the batched scorer equals the naive two-pass computation, and batching does
+not change scores. Tiny random-weight checkpoints, saved and loaded through VIGScorer.from_pretrained."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vig_udf import VIGScorer
+from vig_udf.conversation import parse_conversation
+from vig_udf.images import make_counterfactual
+from vig_udf.masking import answer_tokens, labels_for, render_with_answer_spans
+from vig_udf.tiny import FAMILIES
+
+
+def naive_logps(scorer: VIGScorer, record: dict, *, with_image: bool, image) -> tuple[np.ndarray, float]:
+    """Batch size 1, full logits, one sample alone: per-token log-probs and the model's own loss."""
+    conv = parse_conversation(record["conversations"], has_image=True)
+    answers = [conv.turns[i].text for i in conv.answer_turns]
+    text, spans = render_with_answer_spans(scorer.processor, conv.to_messages(with_image=with_image), answers)
+    kwargs = {"images": [[image]]} if with_image else {}
+    inputs = scorer.processor(text=[text], return_tensors="pt", **kwargs)
+    tokens = answer_tokens(scorer.tokenizer, text, spans, inputs["input_ids"][0])
+    labels = torch.as_tensor(labels_for(inputs["input_ids"][0], tokens))[None]
+    with torch.no_grad():
+        out = scorer.model(**inputs, labels=labels)
+    logp = torch.log_softmax(out.logits[0].float(), dim=-1)
+    pos = torch.as_tensor(tokens.positions)
+    token_logp = logp[pos - 1, inputs["input_ids"][0][pos]].numpy()
+    return token_logp, float(out.loss)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("counterfactual", ["blur", "drop"])
+def test_batched_scores_equal_naive_two_pass(tiny_checkpoints, mixed_samples, family, counterfactual):
+    scorer = VIGScorer.from_pretrained(tiny_checkpoints[family], counterfactual=counterfactual, batch_tokens=100_000)
+    results = scorer.score(mixed_samples)
+    assert [r.sample_id for r in results] == [s["id"] for s in mixed_samples]
+    for record, result in zip(mixed_samples, results):
+        if "image" not in record:
+            assert result.status == "text_only" and result.vig is None
+            continue
+        assert result.status == "ok", result.error
+        image = record["image"]
+        logp_with, loss_with = naive_logps(scorer, record, with_image=True, image=image)
+        if counterfactual == "drop":
+            logp_without, loss_without = naive_logps(scorer, record, with_image=False, image=None)
+        else:
+            cf = make_counterfactual(image, counterfactual, seed_key=record["id"])
+            logp_without, loss_without = naive_logps(scorer, record, with_image=True, image=cf)
+        np.testing.assert_allclose(result.logp_with, logp_with, atol=1e-4)
+        np.testing.assert_allclose(result.logp_without, logp_without, atol=1e-4)
+        np.testing.assert_allclose(result.token_vig, logp_with - logp_without, atol=1e-4)
+        assert result.nll_with == pytest.approx(loss_with, abs=1e-4)
+        assert result.nll_without == pytest.approx(loss_without, abs=1e-4)
+        assert result.vig == pytest.approx(loss_without - loss_with, abs=1e-4)
+        assert result.counterfactual == counterfactual
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batch_size_does_not_change_scores(tiny_checkpoints, mixed_samples, family):
+    one = VIGScorer.from_pretrained(tiny_checkpoints[family], batch_tokens=1)  # every sample alone
+    many = VIGScorer.from_pretrained(tiny_checkpoints[family], batch_tokens=100_000)  # all in one batch
+    samples = mixed_samples * 2
+    for a, b in zip(one.score(samples), many.score(samples)):
+        assert a.status == b.status
+        if a.status == "ok":
+            np.testing.assert_allclose(a.logp_with, b.logp_with, atol=1e-5)
+            np.testing.assert_allclose(a.logp_without, b.logp_without, atol=1e-5)
+            np.testing.assert_allclose(a.token_vig, b.token_vig, atol=1e-5)
+
+
+def test_logits_only_at_answer_positions(tiny_checkpoints, mixed_samples):
+    scorer = VIGScorer.from_pretrained(tiny_checkpoints["llava"], batch_tokens=100_000)
+    head_rows = []
+    hook = scorer.model.get_output_embeddings().register_forward_hook(
+        lambda module, args, output: head_rows.append(tuple(args[0].shape)))
+    try:
+        results = scorer.score(mixed_samples)
+    finally:
+        hook.remove()
+    answer_tokens_scored = sum(2 * r.n_tokens for r in results if r.status == "ok")
+    assert len(head_rows) == 1 and len(head_rows[0]) == 2  # one [positions, hidden] call, no length dim
+    assert head_rows[0][0] == answer_tokens_scored
+
+
+def test_same_layout_counterfactual_runs_both_passes_in_one_batch(tiny_checkpoints, mixed_samples, monkeypatch):
+    import vig_udf.scorer as scorer_module
+
+    calls = []
+    real = scorer_module.answer_logprobs
+
+    def spy(model, seqs, **kwargs):
+        calls.append(len(seqs))
+        return real(model, seqs, **kwargs)
+
+    monkeypatch.setattr(scorer_module, "answer_logprobs", spy)
+    image_samples = [s for s in mixed_samples if "image" in s]
+    VIGScorer.from_pretrained(tiny_checkpoints["llava"], counterfactual="blur", batch_tokens=1).score(image_samples)
+    assert calls == [2] * len(image_samples)  # a budget of 1 still keeps each sample's pair together
+    calls.clear()
+    VIGScorer.from_pretrained(tiny_checkpoints["llava"], counterfactual="drop", batch_tokens=1).score(image_samples)
+    assert calls == [1] * (2 * len(image_samples))
