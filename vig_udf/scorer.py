@@ -25,10 +25,11 @@ import torch
 
 from vig_udf import status as st
 from vig_udf.batching import plan_batches
-from vig_udf.conversation import ASSISTANT, parse_conversation
+from vig_udf.conversation import parse_conversation
 from vig_udf.forward import Sequence, answer_logprobs
 from vig_udf.images import COUNTERFACTUALS, DEFAULT_BLUR_SIGMA, load_image, make_counterfactual
-from vig_udf.masking import AnswerTokens, answer_tokens, render_with_answer_spans
+from vig_udf.inputs import InputBuilder
+from vig_udf.masking import AnswerTokens
 from vig_udf.results import ScoreResult
 from vig_udf.status import SampleError
 
@@ -80,6 +81,7 @@ class VIGScorer:
         self.model = model
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.inputs = InputBuilder(processor, max_length=options.max_length)
         self.options = options
         self.device = torch.device(device)
         self.dtype = dtype
@@ -176,47 +178,23 @@ class VIGScorer:
         image_ref = sample.get("image")
         has_image = image_ref is not None and not (isinstance(image_ref, str) and not image_ref)
         conv = parse_conversation(sample.get("conversations"), has_image=has_image)
-        answers = [conv.turns[i].text for i in conv.answer_turns]
-        messages = conv.to_messages(with_image=has_image)
-        text, spans = render_with_answer_spans(self.processor, messages, answers)
+        rendered = self.inputs.render(conv, with_image=has_image)
         if not has_image:
-            ids = self._encode(text, None)["input_ids"][0]
-            tokens = answer_tokens(self.tokenizer, text, spans, ids)
+            _, tokens = self.inputs.build(conv, None, rendered=rendered)
             return ScoreResult.unscored(sample_id, self.options.counterfactual, st.TEXT_ONLY, None, tokens)
         image = load_image(image_ref, image_root=self.options.image_root, max_pixels=self.options.max_image_pixels)
-        real = self._sequence(text, spans, image)
-        tokens = real[1]
-        item = _Prepared(index, sample_id, tokens, seqs=[real[0]])
+        real, tokens = self.inputs.build(conv, image, rendered=rendered)
         if self.options.counterfactual == "drop":
-            text_cf, spans_cf = render_with_answer_spans(self.processor, conv.to_messages(with_image=False), answers)
-            cf_seq, cf_tokens = self._sequence(text_cf, spans_cf, None)
+            cf, cf_tokens = self.inputs.build(conv, None)
         else:
             cf_image = make_counterfactual(image, self.options.counterfactual, blur_sigma=self.options.blur_sigma,
                                            seed_key=sample_id)
-            cf_seq, cf_tokens = self._sequence(text, spans, cf_image)
+            cf, cf_tokens = self.inputs.build(conv, cf_image, rendered=rendered)
         if not np.array_equal(cf_tokens.token_ids, tokens.token_ids):
             raise SampleError(st.TEMPLATE_MISMATCH, "the answer tokens differ between the image and the "
                                                     "counterfactual prompt; they cannot be aligned")
-        item.seqs.append(cf_seq)
-        item.shared_layout = torch.equal(cf_seq.input_ids, real[0].input_ids)
-        return item
-
-    def _encode(self, text: str, image):
-        kwargs = {"images": [[image]]} if image is not None else {}
-        return self.processor(text=[text], return_tensors="pt", **kwargs)
-
-    def _sequence(self, text: str, spans, image) -> tuple[Sequence, AnswerTokens]:
-        enc = self._encode(text, image)
-        ids = enc["input_ids"][0]
-        limit = self.options.max_length
-        if limit is not None and len(ids) > limit:
-            raise SampleError(st.TRUNCATED, f"the sample is {len(ids)} tokens (image included), above "
-                                            f"max_length={limit}; raise max_length to score it")
-        tokens = answer_tokens(self.tokenizer, text, spans, ids)
-        if tokens.positions.min() < 1:
-            raise SampleError(st.TEMPLATE_MISMATCH, "an answer token is the first token: nothing predicts it")
-        extras = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask") and torch.is_tensor(v)}
-        return Sequence(ids, extras, tokens.positions), tokens
+        return _Prepared(index, sample_id, tokens, seqs=[real, cf],
+                         shared_layout=torch.equal(cf.input_ids, real.input_ids))
 
     # -- forward passes (GPU) ----------------------------------------------------------------------
 

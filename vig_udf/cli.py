@@ -1,0 +1,78 @@
+"""The ``vig`` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from vig_udf.config import DemoConfig, ScorerConfig, load_config
+
+app = typer.Typer(help="vig-spark: Visual Information Gain scoring for vision-language training data.",
+                  no_args_is_help=True, add_completion=False)
+
+
+def _logging(verbose: bool) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("vig_udf").setLevel(logging.INFO)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+@app.command()
+def demo(
+    overrides: list[str] = typer.Argument(None, help="config overrides such as samples=32 scorer.counterfactual=drop"),
+    config: Optional[Path] = typer.Option(None, help="YAML config (fields of DemoConfig)"),
+    verbose: bool = typer.Option(False, help="log at INFO level"),
+):
+    """Build the small demo model, score generated samples, and print the highest-VIG tokens."""
+    _logging(verbose)
+    from vig_udf.demo.run import run_demo
+
+    run_demo(load_config(DemoConfig, config, overrides))
+
+
+@app.command("score-file")
+def score_file(
+    model: str = typer.Option(..., help="HF model id or local checkpoint folder"),
+    input: Path = typer.Argument(..., help="LLaVA-format JSON (a list) or JSONL"),
+    out: Path = typer.Option(..., help="output JSONL, one result per input record, in input order"),
+    overrides: list[str] = typer.Option(None, "--set", help="scorer options such as counterfactual=drop"),
+    chunk: int = typer.Option(256, help="records scored per call (bounds memory)"),
+):
+    """Score a LLaVA JSON/JSONL file in this process (no Spark) and write one JSON line per record."""
+    _logging(False)
+    from vig_udf.scorer import VIGScorer
+
+    cfg = load_config(ScorerConfig, None, [f"model_path={model}"] + list(overrides or []))
+    records = _read_records(input)
+    scorer = VIGScorer.from_pretrained(cfg.model_path, **cfg.scorer_kwargs())
+    counts: dict[str, int] = {}
+    with out.open("w") as f:
+        for start in range(0, len(records), chunk):
+            for result in scorer.score(records[start:start + chunk]):
+                counts[result.status] = counts.get(result.status, 0) + 1
+                row = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in result.to_dict().items()}
+                f.write(json.dumps({"scorer_id": scorer.scorer_id, **row}) + "\n")
+    typer.echo(f"scored {len(records)} records -> {out}; statuses {counts}")
+
+
+def _read_records(path: Path) -> list[dict]:
+    text = path.read_text()
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    data = json.loads(text)
+    if not isinstance(data, list):
+        raise typer.BadParameter(f"{path} must hold a JSON list of LLaVA records (or use .jsonl)")
+    return data
+
+
+if __name__ == "__main__":
+    app()
