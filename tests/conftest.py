@@ -58,3 +58,7 @@ def mixed_samples() -> list[dict]:
         sample("text", [("How do I reverse a list in Python?", "Use slicing: my_list[::-1].")]),
         sample("wide", [("What is on the right?", "A green triangle")], random_image(120, 40, 3)),
     ]
+
+
+# Spark fixtures (one session per test session) live in their own module.
+pytest_plugins = ["tests.spark_fixtures"]

@@ -1,0 +1,1 @@
+"""Spark fixtures: filled in with the lake and Spark jobs."""
