@@ -37,3 +37,14 @@ def test_image_paths_resolve_against_image_root(tiny_checkpoints, tmp_path):
     scorer = VIGScorer.from_pretrained(tiny_checkpoints["llava"], image_root=str(tmp_path))
     result = scorer.score([sample("1", [("What?", "Red")], "coco/1.jpg")])[0]
     assert result.status == "ok", result.error
+
+
+def test_retrained_weights_at_the_same_path_change_the_scorer_id(tmp_path):
+    from vig_udf.identity import model_fingerprint
+    from vig_udf.tiny import build_tiny_checkpoint
+
+    build_tiny_checkpoint("llava", tmp_path / "m", seed=1)
+    first = model_fingerprint(str(tmp_path / "m"))
+    assert model_fingerprint(str(tmp_path / "m")) == first
+    build_tiny_checkpoint("llava", tmp_path / "m", seed=2)
+    assert model_fingerprint(str(tmp_path / "m")) != first

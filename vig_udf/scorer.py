@@ -15,10 +15,8 @@ A failing sample gets its status and message; the others are scored.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,6 +25,7 @@ from vig_udf import status as st
 from vig_udf.batching import plan_batches
 from vig_udf.conversation import parse_conversation
 from vig_udf.forward import Sequence, answer_logprobs
+from vig_udf.identity import model_fingerprint, scorer_identity
 from vig_udf.images import COUNTERFACTUALS, DEFAULT_BLUR_SIGMA, load_image, make_counterfactual
 from vig_udf.inputs import InputBuilder
 from vig_udf.masking import AnswerTokens
@@ -130,24 +129,15 @@ class VIGScorer:
             model_path, revision=revision, trust_remote_code=trust_remote_code, dtype=dtype,
             attn_implementation=attn,
         ).to(device).eval()
-        ref = {"model": str(model_path), "revision": revision,
-               "commit": getattr(model.config, "_commit_hash", None)}
-        return cls(model, processor, options=opts, model_ref=ref, device=device, dtype=dtype)
+        return cls(model, processor, options=opts, model_ref=model_fingerprint(model_path, revision), device=device,
+                   dtype=dtype)
 
     @property
     def scorer_id(self) -> str:
-        """Stable hash of everything that changes scores: model and revision, counterfactual and its
-        parameters, chat template, max length and dtype (not the batch size, which must not change them)."""
-        opts = asdict(self.options)
-        identity = {
-            **self._model_ref,
-            "counterfactual": opts["counterfactual"],
-            "blur_sigma": opts["blur_sigma"] if opts["counterfactual"] == "blur" else None,
-            "chat_template": hashlib.sha256(str(self.processor.chat_template).encode()).hexdigest(),
-            "max_length": opts["max_length"],
-            "dtype": str(self.dtype),
-        }
-        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        """Stable hash of everything that changes scores (see :mod:`vig_udf.identity`)."""
+        return scorer_identity(self._model_ref, counterfactual=self.options.counterfactual,
+                               blur_sigma=self.options.blur_sigma, chat_template=self.processor.chat_template,
+                               max_length=self.options.max_length, dtype=str(self.dtype))
 
     def score(self, samples: list[dict]) -> list[ScoreResult]:
         """Score LLaVA-format records; one :class:`ScoreResult` per input, in input order."""
