@@ -1,0 +1,61 @@
+"""Validation of LLaVA-format records at ingest: pure functions, no Spark.
+
+Every record becomes a corpus row; an invalid one keeps its status and a readable message. The checks
+are the scorer's own (the same conversation parser), plus the image reference: a relative path that
+stays inside the image root and names an existing file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from vig_udf.conversation import parse_conversation
+from vig_udf.status import IMAGE_UNREADABLE, INVALID_CONVERSATION, OK, TEXT_ONLY, SampleError
+
+INVALID_RECORD = "invalid_record"  # not a JSON object of the LLaVA layout at all
+
+
+def source_of(image_path: str | None) -> str:
+    """The corpus source: the image path's first folder (coco, gqa, ocr_vqa, textvqa, vg), ``text`` without one."""
+    if not image_path:
+        return "text"
+    first = image_path.replace("\\", "/").lstrip("/").split("/", 1)
+    return first[0] if len(first) == 2 else "root"
+
+
+def resolve_image(image_path: str, image_root: str | None) -> str:
+    """Absolute path of ``image_path`` under ``image_root``; refuses paths that escape the root."""
+    if image_root is None:
+        return os.path.abspath(image_path)
+    root = os.path.realpath(image_root)
+    full = os.path.realpath(os.path.join(root, image_path))
+    if os.path.commonpath([root, full]) != root:
+        raise SampleError(IMAGE_UNREADABLE, f"image path {image_path!r} points outside the image root {image_root}")
+    return full
+
+
+def validate_record(record_id, image_path, conversations, *, image_root: str | None,
+                    check_files: bool = True) -> tuple[str, str | None]:
+    """(status, error) of one record: ``ok``, ``text_only`` or the reason it cannot be scored."""
+    if conversations is None:
+        return INVALID_RECORD, "the record has no 'conversations' list (or it is not a list of {from, value})"
+    try:
+        parse_conversation(list(conversations), has_image=bool(image_path))
+        if image_path:
+            full = resolve_image(image_path, image_root)
+            if check_files and not os.path.isfile(full):
+                raise SampleError(IMAGE_UNREADABLE, f"image file not found: {full}")
+    except SampleError as err:
+        return err.status, err.message
+    return (OK if image_path else TEXT_ONLY), None
+
+
+def content_id(record_id, image_path, conversations) -> str:
+    """A stable id from the record's content, for records whose id is missing or not unique."""
+    payload = json.dumps([record_id, image_path, conversations], sort_keys=True, default=str)
+    return "h" + hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+__all__ = ["INVALID_CONVERSATION", "INVALID_RECORD", "content_id", "resolve_image", "source_of", "validate_record"]

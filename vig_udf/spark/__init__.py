@@ -1,0 +1,1 @@
+"""Spark adapters: thin wrappers that run the pure layers inside Spark tasks."""

@@ -1,0 +1,156 @@
+"""The ingest job: LLaVA-format JSON / JSONL / Parquet plus an image root -> the ``corpus`` Delta table.
+
+Every input record becomes one row. ``sample_id`` is the record's id, or a content hash when the id is
+missing or shared by several records (reported; exact duplicates get a ``-<n>`` suffix in input order).
+Rows are checked with the scorer's own conversation parser; invalid ones keep a status and a message.
+Reruns are idempotent: an insert-only merge on ``sample_id`` plus a Delta app transaction per input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Iterator, Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from vig_udf.corpus import INVALID_RECORD, content_id, resolve_image, source_of, validate_record
+from vig_udf.spark.session import SparkConfig
+from vig_udf.status import IMAGE_UNREADABLE, OK
+
+INPUT_DDL = "id STRING, image STRING, conversations ARRAY<STRUCT<`from`: STRING, value: STRING>>, _corrupt_record STRING"
+CONVERSATIONS = pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))
+VALIDATED_SCHEMA = pa.schema([
+    ("_ordinal", pa.int64()), ("source_id", pa.string()), ("content_id", pa.string()), ("source", pa.string()),
+    ("image_path", pa.string()), ("image_bytes", pa.binary()), ("conversations", CONVERSATIONS),
+    ("n_turns", pa.int32()), ("status", pa.string()), ("error", pa.string()),
+])
+
+
+class IngestJobConfig(BaseModel):
+    """``vig ingest``: where the records and images are, and how to store images."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str = Field(..., description="LLaVA JSON (a list), JSONL, or Parquet with id, image, conversations")
+    image_root: str | None = Field(None, description="folder that the records' relative image paths live under")
+    lake: str = Field("lake", description="lake root; the table is <lake>/corpus")
+    image_storage: Literal["path", "bytes"] = Field("path", description="store the image path, or the file's bytes")
+    check_files: bool = Field(True, description="check that every image file exists (stat per row)")
+    partitions: int | None = Field(None, description="partitions for validation; None = default parallelism")
+    spark: SparkConfig = SparkConfig()
+
+
+def read_records(spark, path: str):
+    """The input as a DataFrame (id, image, conversations, _corrupt_record); malformed records kept."""
+    from pyspark.sql import functions as F
+
+    if path.endswith(".parquet") or os.path.isdir(path):
+        df = spark.read.parquet(path)
+        cols = [F.col(c).cast("string") if c in ("id", "image") else F.col(c) for c in ("id", "image", "conversations")
+                if c in df.columns]
+        df = df.select(*cols)
+        for missing in {"id", "image", "conversations"} - set(df.columns):
+            df = df.withColumn(missing, F.lit(None).cast("string"))
+        return df.withColumn("_corrupt_record", F.lit(None).cast("string"))
+    reader = spark.read.schema(INPUT_DDL).option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord",
+                                                                              "_corrupt_record")
+    if path.endswith(".json"):  # one JSON array, the layout of llava_v1_5_mix665k.json (read by one task)
+        reader = reader.option("multiLine", True)
+    return reader.json(path)
+
+
+def validate_batches(image_root: str | None, image_storage: str, check_files: bool):
+    """``mapInArrow`` function: raw records -> validated rows in :data:`VALIDATED_SCHEMA`."""
+
+    def validate(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            rows = []
+            for rec in batch.to_pylist():
+                conversations = rec.get("conversations")
+                if rec.get("_corrupt_record") is not None and conversations is None:
+                    status, error = INVALID_RECORD, f"not a LLaVA record: {rec['_corrupt_record'][:200]!r}"
+                else:
+                    status, error = validate_record(rec.get("id"), rec.get("image"), conversations,
+                                                    image_root=image_root, check_files=check_files)
+                data = None
+                if image_storage == "bytes" and rec.get("image") and status == OK:
+                    try:
+                        with open(resolve_image(rec["image"], image_root), "rb") as f:
+                            data = f.read()
+                    except OSError as exc:
+                        status, error = IMAGE_UNREADABLE, f"cannot read {rec['image']}: {exc}"
+                rows.append({
+                    "_ordinal": rec["_ordinal"], "source_id": rec.get("id"),
+                    "content_id": content_id(rec.get("id"), rec.get("image"), conversations or rec.get("_corrupt_record")),
+                    "source": source_of(rec.get("image")), "image_path": rec.get("image"), "image_bytes": data,
+                    "conversations": conversations, "n_turns": len(conversations or []), "status": status,
+                    "error": error,
+                })
+            yield pa.RecordBatch.from_pylist(rows, schema=VALIDATED_SCHEMA)
+
+    return validate
+
+
+def run_ingest(spark, cfg: IngestJobConfig, *, out=print) -> dict:
+    """Ingest ``cfg.input`` into ``<lake>/corpus``; returns the summary (rows, statuses, duplicates)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    from vig_udf.lake import read_table, table_exists, write_table
+
+    corpus_path = cfg.lake.rstrip("/") + "/corpus"
+    raw = read_records(spark, cfg.input).withColumn("_ordinal", F.monotonically_increasing_id())
+    if cfg.partitions:
+        raw = raw.repartition(cfg.partitions)
+    validated = raw.mapInArrow(validate_batches(cfg.image_root, cfg.image_storage, cfg.check_files),
+                               from_arrow_schema(VALIDATED_SCHEMA))
+    per_id = Window.partitionBy("source_id")
+    rows = (validated
+            .withColumn("duplicate_id", F.col("source_id").isNotNull() & (F.count(F.lit(1)).over(per_id) > 1))
+            .withColumn("sample_id", F.when(F.col("source_id").isNull() | F.col("duplicate_id"), F.col("content_id"))
+                        .otherwise(F.col("source_id"))))
+    same = Window.partitionBy("sample_id")
+    rows = (rows.withColumn("_n", F.row_number().over(same.orderBy("_ordinal")))
+            .withColumn("sample_id", F.when(F.count(F.lit(1)).over(same) > 1,
+                                            F.concat("sample_id", F.lit("-"), F.col("_n").cast("string")))
+                        .otherwise(F.col("sample_id")))
+            .select("sample_id", "source_id", "source", "image_path", "image_bytes", "conversations", "n_turns",
+                    "status", "error", "duplicate_id", F.col("_ordinal").alias("ingest_ordinal")))
+    rows = rows.cache()
+    new_rows = rows
+    if table_exists(corpus_path, spark=spark):
+        new_rows = rows.join(read_table(spark, corpus_path).select("sample_id"), "sample_id", "left_anti")
+    config = cfg.model_dump(mode="json")
+    version = write_table(new_rows, corpus_path, mode="append", job="ingest", config=config,
+                          app_id="ingest/" + _input_fingerprint(cfg), app_version=0)
+    summary = {
+        "input_rows": rows.count(), "new_rows": new_rows.count() if version is not None else 0,
+        "corpus_version": version, "rows_by_status": {r["status"]: r["count"] for r in rows.groupBy("status").count().collect()},
+        "duplicate_id_rows": rows.where("duplicate_id").count(),
+        "rows_by_source": {r["source"]: r["count"] for r in rows.groupBy("source").count().collect()},
+    }
+    rows.unpersist()
+    if version is None:
+        out(f"{cfg.input} was already ingested with these options: corpus unchanged")
+    else:
+        out(f"ingested {summary['new_rows']} new rows of {summary['input_rows']} into {corpus_path} v{version}")
+    out(f"rows by status: {summary['rows_by_status']}; by source: {summary['rows_by_source']}; "
+        f"rows whose id was shared (given a content id): {summary['duplicate_id_rows']}")
+    return summary
+
+
+def _input_fingerprint(cfg: IngestJobConfig) -> str:
+    """Identity of an ingest: the input file(s) (path, size, mtime) and the options that change rows."""
+    stats = []
+    for root, _, files in os.walk(cfg.input) if os.path.isdir(cfg.input) else [("", [], [cfg.input])]:
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            st = os.stat(path)
+            stats.append([path, st.st_size, st.st_mtime_ns])
+    key = {"files": stats, "image_root": cfg.image_root, "image_storage": cfg.image_storage,
+           "check_files": cfg.check_files}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

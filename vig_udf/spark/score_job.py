@@ -1,0 +1,125 @@
+"""The score job: corpus Delta table -> scores Delta table, through ``mapInArrow`` on the executors.
+
+Resume and idempotency: the job scores only the corpus rows that have no row for this scorer yet (an
+insert-only merge on ``(sample_id, scorer_id)``), so a rerun after success adds nothing and a rerun after
+an interruption scores what is left. With ``rows_per_commit`` the pending rows are cut into chunks, each
+one Spark job and one Delta commit, so that an interruption loses at most one chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vig_udf.config import ScorerConfig
+from vig_udf.spark.session import SparkConfig
+
+log = logging.getLogger(__name__)
+
+
+class ScoreJobConfig(BaseModel):
+    """``vig score``: which corpus, which scorer, how to split the work."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lake: str = Field("lake", description="lake root folder (or URI) holding the corpus and scores tables")
+    corpus_version: int | None = Field(None, description="corpus table version to score; None = latest")
+    scorer: ScorerConfig = ScorerConfig()
+    partitions: int | None = Field(None, description="Spark partitions of the pending rows; None = default parallelism")
+    rows_per_commit: int = Field(0, description="rows per Delta commit (0 = one commit); smaller loses less on interruption")
+    arrow_batch_rows: int = Field(64, description="rows per Arrow batch handed to the scorer (bounds executor memory)")
+    spark: SparkConfig = SparkConfig()
+
+
+def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool):
+    """The :class:`ScorerSpec` for this job, with the scorer id computed on the driver (no weights loaded)."""
+    from transformers import AutoProcessor
+
+    from vig_udf.identity import model_fingerprint, scorer_identity
+    from vig_udf.spark.score_udf import ScorerSpec
+
+    scorer = cfg.scorer
+    if not scorer.model_path:
+        raise ValueError("scorer.model_path is not set: give a HF model id or a local checkpoint folder")
+    kwargs = scorer.scorer_kwargs()
+    kwargs.pop("image_root", None)  # joined in the UDF so that executors resolve paths the same way
+    kwargs.pop("device", None)  # the executor's task decides
+    kwargs.setdefault("dtype", "bfloat16" if gpu else "float32")
+    processor = AutoProcessor.from_pretrained(scorer.model_path)
+    scorer_id = scorer_identity(
+        model_fingerprint(scorer.model_path), counterfactual=scorer.counterfactual, blur_sigma=scorer.blur_sigma,
+        chat_template=processor.chat_template, max_length=scorer.max_length, dtype=kwargs["dtype"])
+    return ScorerSpec(model_path=scorer.model_path, scorer_id=scorer_id, kwargs=kwargs, image_root=scorer.image_root,
+                      load_log_dir=os.environ.get("VIG_LOAD_LOG_DIR"),
+                      kill_worker_once=os.environ.get("VIG_FAULT_KILL_WORKER_ONCE"))
+
+
+def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
+    """Score the pending corpus rows and append them to ``<lake>/scores``; returns the job summary."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    from vig_udf.lake import read_table, table_exists, table_version, write_table
+    from vig_udf.spark.arrow import SCORES_SCHEMA
+    from vig_udf.spark.score_udf import score_batches
+
+    corpus_path, scores_path = _table(cfg.lake, "corpus"), _table(cfg.lake, "scores")
+    gpu = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0
+    spec = resolve_spec(cfg, gpu=gpu)
+    corpus_version = cfg.corpus_version if cfg.corpus_version is not None else table_version(corpus_path, spark=spark)
+    if corpus_version is None:
+        raise FileNotFoundError(f"no corpus table at {corpus_path}: run `vig ingest` first")
+    corpus = read_table(spark, corpus_path, version=corpus_version)
+    pending = corpus
+    if table_exists(scores_path, spark=spark):
+        done = read_table(spark, scores_path).where(F.col("scorer_id") == spec.scorer_id).select("sample_id")
+        pending = corpus.join(done, "sample_id", "left_anti")
+    n_pending = pending.count()
+    out(f"scorer {spec.scorer_id}: {n_pending} of corpus v{corpus_version} rows to score")
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_batch_rows))
+    chunks = max(1, math.ceil(n_pending / cfg.rows_per_commit)) if cfg.rows_per_commit else 1
+    partitions = cfg.partitions or spark.sparkContext.defaultParallelism
+    config = {**cfg.model_dump(mode="json"), "scorer_id": spec.scorer_id, "corpus_version": corpus_version}
+    started = time.perf_counter()
+    for chunk in range(chunks if n_pending else 0):
+        part = pending if chunks == 1 else pending.where(F.pmod(F.xxhash64("sample_id"), F.lit(chunks)) == chunk)
+        scored = part.repartition(partitions).mapInArrow(score_batches(spec), from_arrow_schema(SCORES_SCHEMA))
+        version = write_table(scored, scores_path, mode="append", job="score", config=config)
+        out(f"chunk {chunk + 1}/{chunks}: committed scores v{version}")
+    elapsed = time.perf_counter() - started
+    summary = _summary(read_table(spark, scores_path), spec.scorer_id, corpus, n_pending, elapsed) if n_pending else {
+        "scorer_id": spec.scorer_id, "scored": 0}
+    _print_summary(summary, out)
+    return summary
+
+
+def _table(lake: str, name: str) -> str:
+    return lake.rstrip("/") + "/" + name
+
+
+def _summary(scores, scorer_id: str, corpus, n_pending: int, elapsed: float) -> dict:
+    from pyspark.sql import functions as F
+
+    mine = scores.where(F.col("scorer_id") == scorer_id)
+    by_status = {r["status"]: r["count"] for r in mine.groupBy("status").count().collect()}
+    quantiles = mine.where(F.col("status") == "ok").select(
+        F.percentile_approx("vig", [0.05, 0.25, 0.5, 0.75, 0.95], 10000).alias("q")).first()["q"]
+    return {"scorer_id": scorer_id, "scored": n_pending, "seconds": elapsed,
+            "samples_per_s": n_pending / elapsed if elapsed else None, "rows_by_status": by_status,
+            "rows_for_scorer": sum(by_status.values()), "corpus_rows": corpus.count(),
+            "vig_quantiles": dict(zip(["p05", "p25", "p50", "p75", "p95"], quantiles or []))}
+
+
+def _print_summary(summary: dict, out) -> None:
+    if not summary.get("scored"):
+        out("nothing to score: every corpus row already has a score for this scorer")
+        return
+    out(f"scored {summary['scored']} rows in {summary['seconds']:.1f}s ({summary['samples_per_s']:.2f} samples/s)")
+    out(f"rows by status: {summary['rows_by_status']} ({summary['rows_for_scorer']} scored of "
+        f"{summary['corpus_rows']} corpus rows)")
+    quantiles = ", ".join(f"{k} {v:+.3f}" for k, v in summary["vig_quantiles"].items() if v is not None)
+    out(f"sample VIG quantiles: {quantiles}")
