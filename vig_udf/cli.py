@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from vig_udf.config import DemoConfig, ScorerConfig, load_config
+from vig_udf.config import DemoConfig, ScorerConfig, SqlConfig, load_config
 
 app = typer.Typer(help="vig-spark: Visual Information Gain scoring for vision-language training data.",
                   no_args_is_help=True, add_completion=False)
@@ -37,6 +37,50 @@ def demo(
     from vig_udf.demo.run import run_demo
 
     run_demo(load_config(DemoConfig, config, overrides))
+
+
+OVERRIDES = typer.Argument(None, help="config overrides such as lake=/data/lake scorer.counterfactual=drop")
+CONFIG = typer.Option(None, help="YAML config, e.g. conf/local.yaml (the job's section plus shared lake/spark)")
+
+
+@app.command()
+def ingest(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
+    """LLaVA JSON/JSONL/Parquet + image root -> the corpus Delta table (every record a row, with a status)."""
+    _logging(False)
+    from vig_udf.spark.ingest_job import IngestJobConfig, run_ingest
+    from vig_udf.spark.session import spark_session
+
+    cfg = load_config(IngestJobConfig, config, overrides, section="ingest")
+    run_ingest(spark_session(cfg.spark), cfg)
+
+
+@app.command()
+def score(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
+    """corpus -> scores Delta table on Spark executors; resumes where an earlier run stopped."""
+    _logging(False)
+    from vig_udf.spark.score_job import ScoreJobConfig, run_score
+    from vig_udf.spark.session import spark_session
+
+    cfg = load_config(ScoreJobConfig, config, overrides, section="score")
+    run_score(spark_session(cfg.spark), cfg)
+
+
+@app.command()
+def sql(
+    query: str = typer.Argument(..., help="Spark SQL over the lake's tables by name (corpus, scores, ...)"),
+    config: Optional[Path] = CONFIG,
+    lake: Optional[str] = typer.Option(None, help="lake root (default: the config's, else ./lake)"),
+    limit: int = typer.Option(50, help="rows to show"),
+):
+    """Run a Spark SQL query over the lake's Delta tables, registered as views by table name."""
+    _logging(False)
+    from vig_udf.lake import register_views
+    from vig_udf.spark.session import spark_session
+
+    data = load_config(SqlConfig, config, [f"lake={lake}"] if lake else [], section="sql")
+    spark = spark_session(data.spark)
+    register_views(spark, data.lake)
+    spark.sql(query).show(limit, truncate=False)
 
 
 @app.command("score-file")

@@ -31,11 +31,31 @@ class ScorerConfig(BaseModel):
     dtype: str | None = Field(None, description="float32 | bfloat16 | float16; None = bf16 on GPU, fp32 on CPU")
     device: str | None = Field(None, description="cuda | cuda:N | cpu; None = cuda when available")
     image_root: str | None = Field(None, description="folder that relative image paths resolve against")
+    max_image_pixels: int | None = Field(64_000_000, description="larger images get 'image_unreadable'")
 
     def scorer_kwargs(self) -> dict:
         """Keyword arguments for VIGScorer.from_pretrained (model path excluded)."""
         kwargs = self.model_dump(exclude={"model_path"})
         return {k: v for k, v in kwargs.items() if v is not None}
+
+
+class SparkConfig(BaseModel):
+    """Spark settings of a job. ``conf`` is passed to the session builder as is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    master: str | None = Field("local[*]", description="Spark master; None = leave it to spark-submit")
+    app_name: str = Field("vig-spark", description="application name")
+    conf: dict[str, str] = Field(default_factory=dict, description="any spark.* setting")
+
+
+class SqlConfig(BaseModel):
+    """``vig sql``: where the lake is and how to start Spark."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lake: str = Field("lake", description="lake root; every Delta table under it becomes a view")
+    spark: SparkConfig = SparkConfig()
 
 
 class DemoConfig(BaseModel):
@@ -50,13 +70,27 @@ class DemoConfig(BaseModel):
     scorer: ScorerConfig = ScorerConfig()
 
 
-def load_config(model: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
-    """Read ``path`` (YAML, optional), apply ``key.sub=value`` overrides (values parsed as YAML), validate."""
+SHARED_SECTIONS = ("lake", "spark")
+
+
+def load_config(model: type[T], path: str | Path | None, overrides: list[str] | None = None, *,
+                section: str | None = None) -> T:
+    """Read ``path`` (YAML, optional), apply ``key.sub=value`` overrides (values parsed as YAML), validate.
+
+    With ``section``, the job's settings are the file's ``section:`` mapping, and the top-level ``lake``
+    and ``spark`` settings (shared by every job in the file) fill in what the section does not set.
+    """
     data: dict = {}
     if path is not None:
         data = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path} must hold a YAML mapping at the top level")
+    if section is not None:
+        job = dict(data.get(section) or {})
+        for shared in SHARED_SECTIONS:
+            if shared in data and shared not in job and shared in model.model_fields:
+                job[shared] = data[shared]
+        data = job
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:

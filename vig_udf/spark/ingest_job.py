@@ -16,8 +16,8 @@ from typing import Iterator, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from vig_udf.config import SparkConfig
 from vig_udf.corpus import INVALID_RECORD, content_id, resolve_image, source_of, validate_record
-from vig_udf.spark.session import SparkConfig
 from vig_udf.status import IMAGE_UNREADABLE, OK
 
 INPUT_DDL = "id STRING, image STRING, conversations ARRAY<STRUCT<`from`: STRING, value: STRING>>, _corrupt_record STRING"

@@ -15,8 +15,7 @@ import time
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vig_udf.config import ScorerConfig
-from vig_udf.spark.session import SparkConfig
+from vig_udf.config import ScorerConfig, SparkConfig
 
 log = logging.getLogger(__name__)
 

@@ -5,17 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from pydantic import BaseModel, ConfigDict, Field
-
-
-class SparkConfig(BaseModel):
-    """Spark settings of a job. ``conf`` is passed to the session builder as is."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    master: str | None = Field("local[*]", description="Spark master; None = leave it to spark-submit")
-    app_name: str = Field("vig-spark", description="application name")
-    conf: dict[str, str] = Field(default_factory=dict, description="any spark.* setting")
+from vig_udf.config import SparkConfig
 
 
 def spark_session(cfg: SparkConfig):
