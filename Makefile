@@ -8,7 +8,7 @@ setup:
 	@VENV=$(VENV) scripts/setup_env.sh
 
 demo: setup
-	$(PY) -m vig_udf.cli demo
+	$(PY) -m vig_udf.cli demo --config conf/demo.yaml
 
 test: setup
 	$(PY) -m pytest -q

@@ -67,7 +67,9 @@ class DemoConfig(BaseModel):
     samples: int = Field(96, description="generated samples to score")
     seed: int = Field(7, description="seed of the scored samples (the model trains on another seed)")
     top: int = Field(15, description="how many highest-VIG tokens to print")
+    lake: str | None = Field(None, description="lake root for the corpus and scores tables; None = <workdir>/lake")
     scorer: ScorerConfig = ScorerConfig()
+    spark: SparkConfig = SparkConfig(conf={"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4"})
 
 
 SHARED_SECTIONS = ("lake", "spark")
