@@ -27,7 +27,7 @@ class ScorerConfig(BaseModel):
     counterfactual: str = Field("blur", description="blur | drop | blank | noise")
     blur_sigma: float = Field(DEFAULT_BLUR_SIGMA, description="blur sigma as a fraction of the image's shorter side")
     max_length: int | None = Field(None, description="longer samples get status 'truncated'; None = no limit")
-    batch_tokens: int | None = Field(None, description="token budget per forward batch; None = 8192 CPU / 32768 GPU")
+    batch_tokens: int | None = Field(None, description="token budget per forward batch; None = 2048 CPU / 32768 GPU")
     dtype: str | None = Field(None, description="float32 | bfloat16 | float16; None = bf16 on GPU, fp32 on CPU")
     device: str | None = Field(None, description="cuda | cuda:N | cpu; None = cuda when available")
     image_root: str | None = Field(None, description="folder that relative image paths resolve against")

@@ -51,7 +51,7 @@ class ScorerOptions:
     counterfactual: str = "blur"
     blur_sigma: float = DEFAULT_BLUR_SIGMA
     max_length: int | None = None
-    batch_tokens: int = 8192
+    batch_tokens: int = 2048
     image_root: str | None = None
     max_image_pixels: int | None = 64_000_000
 
@@ -94,7 +94,8 @@ class VIGScorer:
         """Load an image-text-to-text model and its processor (AutoModelForImageTextToText/AutoProcessor).
 
         device: defaults to ``cuda`` when available, else ``cpu``. dtype: defaults to bfloat16 on CUDA and
-        float32 on CPU. batch_tokens: defaults to 32768 on CUDA and 8192 on CPU. Other options:
+        float32 on CPU. batch_tokens: defaults to 32768 on CUDA and 2048 on CPU (small batches measured faster
+        on CPU, see BENCHMARKS.md). Other options:
         ``blur_sigma``, ``image_root``, ``max_image_pixels`` (see :class:`ScorerOptions`), ``revision``,
         ``chat_template`` (overrides the processor's), ``attn_implementation`` (default ``sdpa``) and
         ``trust_remote_code`` (default False).
@@ -115,7 +116,7 @@ class VIGScorer:
         elif isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         if batch_tokens is None:
-            batch_tokens = 32768 if device.type == "cuda" else 8192
+            batch_tokens = 32768 if device.type == "cuda" else 2048
         opts = ScorerOptions(counterfactual=counterfactual, max_length=max_length, batch_tokens=batch_tokens,
                              **options)
         processor = AutoProcessor.from_pretrained(model_path, revision=revision, trust_remote_code=trust_remote_code)
