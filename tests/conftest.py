@@ -14,6 +14,18 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from vig_udf.tiny import FAMILIES, build_tiny_checkpoint  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA; on a CPU machine they are skipped (CPU tests cover the same logic)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
     """family -> path of a saved tiny checkpoint (model + processor + chat template)."""

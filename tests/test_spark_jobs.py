@@ -201,3 +201,21 @@ def test_vig_sql_answers_a_join_of_scores_and_corpus(spark, lake_with_corpus, ca
     assert result.exit_code == 0, result.output
     printed = result.output + capsys.readouterr().out
     assert "coco" in printed and "gqa" in printed
+
+
+def test_images_stored_as_bytes_score_like_paths(spark, tmp_path, tiny_checkpoints):
+    records = write_corpus(tmp_path, n=6, seed=12)
+    lake = tmp_path / "lake"
+    run_ingest(spark, IngestJobConfig(input=str(tmp_path / "records.json"), image_root=str(tmp_path / "images"),
+                                      lake=str(lake), image_storage="bytes"), out=lambda *_: None)
+    corpus = {r.sample_id: r for r in read_table(spark, str(lake / "corpus")).collect()}
+    with_image = [r for r in records if "image" in r]
+    for rec in with_image:
+        assert corpus[rec["id"]].image_bytes == (tmp_path / "images" / rec["image"]).read_bytes()
+    # no image_root at scoring time: the bytes in the table are all the scorer needs
+    summary = run_score(spark, ScoreJobConfig(lake=str(lake), scorer=ScorerConfig(
+        model_path=tiny_checkpoints["llava"], dtype="float32")), out=lambda *_: None)
+    scores = score_rows(spark, lake, summary["scorer_id"])
+    local = VIGScorer.from_pretrained(tiny_checkpoints["llava"], image_root=str(tmp_path / "images"))
+    for result in local.score(with_image):
+        np.testing.assert_allclose(scores[result.sample_id]["token_vig"], result.token_vig, atol=1e-5)

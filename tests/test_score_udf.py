@@ -1,0 +1,62 @@
+"""The Spark scoring function without Spark: GPU pinning, row passthrough, Arrow output."""
+
+import pyarrow as pa
+
+from tests.conftest import random_image
+from vig_udf.spark import score_udf
+from vig_udf.spark.arrow import SCORES_SCHEMA
+from vig_udf.spark.score_udf import ScorerSpec, score_batches, task_device
+
+
+class _Resource:
+    def __init__(self, addresses):
+        self.addresses = addresses
+
+
+class _Context:
+    def __init__(self, resources):
+        self._resources = resources
+
+    def resources(self):
+        return self._resources
+
+
+def test_task_device_is_the_gpu_spark_assigned(monkeypatch):
+    from pyspark import TaskContext
+
+    monkeypatch.setattr(TaskContext, "get", staticmethod(lambda: _Context({"gpu": _Resource(["3"])})))
+    assert task_device() == "cuda:3"
+    monkeypatch.setattr(TaskContext, "get", staticmethod(lambda: _Context({})))
+    assert task_device() is None
+    monkeypatch.setattr(TaskContext, "get", staticmethod(lambda: None))
+    assert task_device() is None
+
+
+def test_rows_in_equal_rows_out_and_invalid_rows_keep_their_ingest_status(tiny_checkpoints, tmp_path, monkeypatch):
+    monkeypatch.setattr(score_udf, "task_device", lambda: None)
+    random_image(40, 40, 0).save(tmp_path / "a.png")
+    qa = [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "Red"}]
+    rows = [
+        {"sample_id": "a", "image_path": "a.png", "image_bytes": None, "conversations": qa, "status": "ok", "error": None},
+        {"sample_id": "b", "image_path": None, "image_bytes": (tmp_path / "a.png").read_bytes(), "conversations": qa,
+         "status": "ok", "error": None},
+        {"sample_id": "c", "image_path": None, "image_bytes": None, "conversations": None, "status": "invalid_record",
+         "error": "not a LLaVA record"},
+    ]
+    from vig_udf.identity import model_fingerprint, scorer_identity
+    from transformers import AutoProcessor
+
+    path = tiny_checkpoints["llava"]
+    scorer_id = scorer_identity(model_fingerprint(path), counterfactual="blur", blur_sigma=0.05,
+                                chat_template=AutoProcessor.from_pretrained(path).chat_template, max_length=None,
+                                dtype="float32")
+    spec = ScorerSpec(model_path=path, scorer_id=scorer_id, kwargs={"dtype": "float32"}, image_root=str(tmp_path))
+    out = list(score_batches(spec)(iter([pa.RecordBatch.from_pylist(rows)])))
+    table = pa.Table.from_batches(out)
+    assert table.schema == SCORES_SCHEMA
+    got = table.to_pylist()
+    assert [r["sample_id"] for r in got] == ["a", "b", "c"]
+    assert [r["status"] for r in got] == ["ok", "ok", "invalid_record"]
+    assert got[0]["token_vig"] == got[1]["token_vig"]  # the same image by path and by bytes
+    assert got[2]["error"] == "not a LLaVA record" and got[2]["token_ids"] == []
+    assert {r["scorer_id"] for r in got} == {scorer_id}
