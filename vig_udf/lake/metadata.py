@@ -1,0 +1,85 @@
+"""Commit metadata: what each commit records about the job that made it, and how to read it back.
+
+Every commit carries ``job`` (the job's name), ``config`` (the job's resolved config as JSON),
+``code_version`` (the package version plus the git commit of the source tree, when there is one) and
+``write_id`` (a random id that lets the writer find its own commit in the history). With an app
+transaction it also records ``app_id`` and ``app_version``. delta-rs stores these keys in the commit's
+``commitInfo``; Delta Lake on Spark stores the same dictionary as JSON in ``userMetadata``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+
+METADATA_KEYS = ("job", "config", "code_version", "write_id", "app_id", "app_version")
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """``<package version>`` plus ``+g<git commit>`` (and ``.dirty`` for uncommitted changes) if known."""
+    from vig_udf import __version__
+
+    source = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return __version__
+        dirty = git("diff", "--quiet", "HEAD", "--").returncode == 1
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+g{head.stdout.strip()}" + (".dirty" if dirty else "")
+
+
+def commit_metadata(
+    *, job: str, config: dict, write_id: str, app_id: str | None = None, app_version: int | None = None
+) -> dict[str, str]:
+    """The metadata of one commit (string values; ``config`` is JSON with sorted keys)."""
+    if not job or not isinstance(job, str):
+        raise ValueError(f"job must be a non-empty string naming the job that writes, got {job!r}")
+    if not isinstance(config, dict):
+        raise TypeError(
+            f"config must be a dict (the job's resolved config), got {type(config).__name__}; "
+            "for a pydantic model pass cfg.model_dump(mode='json')"
+        )
+    metadata = {
+        "job": job,
+        "config": json.dumps(config, sort_keys=True, default=str),
+        "code_version": code_version(),
+        "write_id": write_id,
+    }
+    if app_id is not None:
+        metadata.update(app_id=app_id, app_version=str(app_version))
+    return metadata
+
+
+def history_entry(commit: dict) -> dict:
+    """One entry of ``table_history`` from a delta-rs ``history()`` dict.
+
+    Keys: ``version``, ``timestamp`` (aware UTC datetime), ``operation``, and each of ``METADATA_KEYS``
+    (``None`` where the commit does not have it; ``config`` parsed back into a dict).
+    """
+    metadata = {key: commit.get(key) for key in METADATA_KEYS}
+    user_metadata = commit.get("userMetadata")
+    if user_metadata:  # written by Delta Lake on Spark
+        try:
+            parsed = json.loads(user_metadata)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            metadata.update({key: parsed[key] for key in METADATA_KEYS if key in parsed})
+    if isinstance(metadata["config"], str):
+        metadata["config"] = json.loads(metadata["config"])
+    if metadata["app_version"] is not None:
+        metadata["app_version"] = int(metadata["app_version"])
+    timestamp = commit.get("timestamp")
+    if isinstance(timestamp, (int, float)):
+        timestamp = datetime.fromtimestamp(timestamp / 1000, tz=timezone.utc)
+    return {"version": commit["version"], "timestamp": timestamp, "operation": commit.get("operation"), **metadata}
