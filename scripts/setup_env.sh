@@ -19,6 +19,11 @@ ensure_java() {
   fi
 }
 
+pip_install() {
+  # pip warns about every unused local index entry of this machine's pip config; keep real errors visible.
+  "$VENV/bin/python" -m pip install -q "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+
 default_torch_packages() {
   # torchvision must match torch exactly. These pairs install from the local wheel cache on the
   # project's CPU machines; a GPU machine whose venv already has torch keeps its own.
@@ -35,15 +40,15 @@ stamp="$VENV/.vig-installed"
 want=$(cat pyproject.toml scripts/setup_env.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
 
-"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+pip_install --upgrade pip >/dev/null
 if ! "$VENV/bin/python" -c "import torch, torchvision" >/dev/null 2>&1; then
   TORCH_PACKAGES=${TORCH_PACKAGES-$(default_torch_packages)}
   if [ -n "$TORCH_PACKAGES" ]; then
     echo "setup: installing $TORCH_PACKAGES" >&2
     # shellcheck disable=SC2086
-    "$VENV/bin/python" -m pip install -q $TORCH_PACKAGES
+    pip_install $TORCH_PACKAGES
   fi
 fi
 echo "setup: installing vig-spark and its dependencies" >&2
-"$VENV/bin/python" -m pip install -q -e ".[dev]"
+pip_install -e ".[dev]"
 echo "$want" > "$stamp"

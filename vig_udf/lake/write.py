@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 import uuid
 
 from deltalake import DeltaTable
@@ -12,7 +14,7 @@ from pyspark.sql import DataFrame
 from vig_udf.lake.backend import NATIVE, resolve_backend
 from vig_udf.lake.commit import WriteSpec, already_committed
 from vig_udf.lake.datasource import FORMAT, register_data_source
-from vig_udf.lake.files import table_uri
+from vig_udf.lake.files import delete_files, files_of_write, table_uri
 from vig_udf.lake.metadata import commit_metadata, history_entry
 from vig_udf.lake.schema import check_append, check_partition_columns, delta_schema, spark_schema, table_schema
 
@@ -89,8 +91,39 @@ def write_table(
     )
     register_data_source(df.sparkSession)
     save_mode = "overwrite" if mode == "overwrite" else "append"  # Python data sources know no "error"
-    df.write.format(FORMAT).option("spec", spec.to_json()).mode(save_mode).save()
+    try:
+        df.write.format(FORMAT).option("spec", spec.to_json()).mode(save_mode).save()
+    except Exception:
+        _sweep_after_failure(df.sparkSession, spec)
+        raise
     return _committed_version(DeltaTable(uri).history(limit=100), write_id, uri, app_id, app_version)
+
+
+def _sweep_after_failure(spark, spec: WriteSpec, *, wait_s: float = 60.0) -> None:
+    """Delete the files of a failed write that tasks killed after Spark's abort left behind.
+
+    Spark aborts the write as soon as one task fails; tasks of the same stage that were still running are
+    killed afterwards and may create their file after the abort's own clean-up. Wait until no stage is
+    active and the folder stops changing, then remove every file of this write (unless it was committed).
+    """
+    tracker = spark.sparkContext.statusTracker()
+    deadline = time.monotonic() + wait_s
+    while tracker.getActiveStageIds() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    previous = None
+    while time.monotonic() < deadline:
+        current = sorted(files_of_write(spec.uri, spec.write_id))
+        if current == previous:
+            break
+        previous = current
+        time.sleep(0.5)
+    leftovers = files_of_write(spec.uri, spec.write_id)
+    if DeltaTable.is_deltatable(spec.uri):
+        committed = {os.path.basename(u) for u in DeltaTable(spec.uri).file_uris()}
+        if any(os.path.basename(f) in committed for f in leftovers):
+            log.warning("write %s failed after its commit landed in %s; keeping its files", spec.write_id, spec.uri)
+            return
+    delete_files(spec.uri, leftovers)
 
 
 def _match_table(df: DataFrame, uri: str, mode: str, partition_by: list[str]):
