@@ -98,7 +98,7 @@ def train_on_answers(model, processor, records: list[dict], *, steps: int, batch
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 50 == 0 or step == steps - 1:
             log.info("demo model step %d/%d loss %.3f (%.0fs)", step + 1, steps, losses[-1],
                      time.perf_counter() - started)
