@@ -66,6 +66,17 @@ def score(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
 
 
 @app.command()
+def select(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
+    """scores -> selection Delta table: which samples and answer tokens to train on (CPU only, cheap to rerun)."""
+    _logging(False)
+    from vig_udf.spark.select_job import SelectJobConfig, run_select
+    from vig_udf.spark.session import spark_session
+
+    cfg = load_config(SelectJobConfig, config, overrides, section="select")
+    run_select(spark_session(cfg.spark), cfg)
+
+
+@app.command()
 def sql(
     query: str = typer.Argument(..., help="Spark SQL over the lake's tables by name (corpus, scores, ...)"),
     config: Optional[Path] = CONFIG,

@@ -1,0 +1,364 @@
+"""The select job: one scorer's rows of the scores table -> the ``selection`` Delta table, one row per sample
+and policy (kept or not, why, and the answer-token mask).
+
+Cheap and CPU-only: trying another p or policy never touches a GPU. The job
+
+1. reads ``<lake>/scores`` at a pinned version (default: the latest) and keeps one scorer's rows;
+2. computes tau over the multimodal (``ok``) sample VIGs with Spark's ``percentile`` (exact) or, above
+   ``exact_percentile_max_rows``, ``percentile_approx`` (see ``vig_udf.selection`` for what "top p%" means);
+3. for ``random``, draws as many samples as ``vig`` keeps: the ones with the smallest
+   ``xxhash64(seed, sample_id)`` (uniform, and the same on every run and partitioning);
+4. decides every row with the pure ``vig_udf.selection.select_row`` inside ``mapInArrow``;
+5. applies per-source budgets (a window over the kept multimodal rows of each source, highest VIG first);
+6. writes every new policy in one Delta commit (job ``select``).
+
+Idempotency: each policy's rows carry a ``selection_id``, a hash of the scorer, the scores version and the
+policy params. Policies whose ``selection_id`` is already in the table are not written again (insert-only
+on the key), and the commit is a Delta app transaction keyed by the ids it writes, so concurrent identical
+runs commit once.
+
+Example (the trainer pins one ``selection_id``)::
+
+    summary = run_select(spark, SelectJobConfig(lake="lake", policies=["vig", "random"], p=70))
+    vig_id = summary["policies"]["vig"]["selection_id"]
+    kept = read_table(spark, "lake/selection").where(f"selection_id = '{vig_id}' AND kept")
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Iterator, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from vig_udf import selection as sel
+from vig_udf.config import SparkConfig
+from vig_udf.status import OK
+
+# One row per scores row (of one scorer) and policy. token_keep is aligned with the scores row's token arrays
+# (empty when not kept); tau and p are the run's; params is the policy params' canonical JSON, params_hash its
+# hash, selection_id the hash of (scorer_id, scores_version, params_hash).
+SELECTION_SCHEMA = pa.schema([
+    ("sample_id", pa.string()), ("scorer_id", pa.string()), ("policy", pa.string()),
+    ("selection_id", pa.string()), ("params_hash", pa.string()), ("params", pa.string()),
+    ("kept", pa.bool_()), ("reason", pa.string()), ("token_keep", pa.list_(pa.bool_())),
+    ("n_tokens", pa.int32()), ("n_tokens_kept", pa.int32()), ("tau", pa.float64()), ("p", pa.float64()),
+    ("scores_version", pa.int64()),
+])
+# carried through mapInArrow for the budget window, then dropped
+_PASSTHROUGH = [("_vig", pa.float64()), ("_rand_key", pa.int64()), ("_source", pa.string())]
+_UDF_SCHEMA = pa.schema(list(SELECTION_SCHEMA) + [pa.field(n, t) for n, t in _PASSTHROUGH])
+
+
+class SelectJobConfig(BaseModel):
+    """``vig select``: which scores, which policies, how many samples to keep."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lake: str = Field("lake", description="lake root with the scores (and corpus) tables; writes <lake>/selection")
+    scores_version: int | None = Field(None, description="scores table version to select from; None = latest")
+    scorer_id: str | None = Field(None, description="the scorer whose rows to select; required when there are several")
+    policies: list[Literal["vig", "sample", "token", "random"]] = Field(
+        default_factory=lambda: ["vig"], description="policies written in one commit: vig | sample | token | random")
+    p: float = Field(70.0, gt=0, le=100, description="percent of multimodal samples kept: tau = (100-p)th percentile")
+    drop_negative: bool = Field(False, description="never keep multimodal samples with VIG < 0 (tau still counts them)")
+    budgets: dict[str, int] | None = Field(
+        None, description="source -> max kept multimodal samples (highest VIG first; random: draw order); "
+                          "unnamed sources unlimited; text-only samples not counted")
+    corpus_version: int | None = Field(None, description="corpus version giving each sample's source (budgets only)")
+    seed: int = Field(0, description="seed of the random policy's draw")
+    exact_percentile_max_rows: int = Field(1_000_000, ge=0, description="exact percentile up to this many ok rows")
+    percentile_accuracy: int = Field(100_000, gt=0, description="percentile_approx accuracy (rank error <= n/accuracy)")
+    partitions: int | None = Field(None, description="repartition the scores rows first; None = as read")
+    spark: SparkConfig = SparkConfig()
+
+    @field_validator("policies")
+    @classmethod
+    def _distinct_policies(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError(f"policies must be a non-empty list without repeats, got {value}")
+        return value
+
+    @field_validator("budgets")
+    @classmethod
+    def _non_negative_budgets(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        negative = {k: v for k, v in (value or {}).items() if v < 0}
+        if negative:
+            raise ValueError(f"budgets are maximum sample counts and cannot be negative: {negative}")
+        return value
+
+
+@dataclass(frozen=True)
+class PolicyRun:
+    """One policy of a run: its params (canonical JSON), their hash and the selection id."""
+
+    policy: str
+    params: str
+    params_hash: str
+    selection_id: str
+
+
+@dataclass(frozen=True)
+class SelectSpec:
+    """What the executors need (small, pickled with the mapInArrow function)."""
+
+    scorer_id: str
+    scores_version: int
+    tau: float | None
+    p: float
+    drop_negative: bool
+    runs: tuple[PolicyRun, ...]
+
+
+def select_batches(spec: SelectSpec):
+    """``mapInArrow`` function: scores rows (sample_id, status, vig, n_tokens, token_vig, _chosen, _rand_key,
+    _source) -> one row per input row and policy of ``spec``, in :data:`SELECTION_SCHEMA` plus passthrough."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            yield select_batch(batch, spec)
+
+    return run
+
+
+def select_batch(batch: pa.RecordBatch, spec: SelectSpec) -> pa.RecordBatch:
+    """Decide every row of one Arrow batch under every policy of ``spec``."""
+    statuses = batch.column("status").to_pylist()
+    vigs = batch.column("vig").to_pylist()
+    n_tokens = [int(n or 0) for n in batch.column("n_tokens").to_pylist()]
+    chosen = batch.column("_chosen").to_pylist()
+    token_vig = batch.column("token_vig")
+    offsets = token_vig.offsets.to_numpy()
+    values = token_vig.values.to_numpy(zero_copy_only=False)
+    null = token_vig.is_null().to_numpy(zero_copy_only=False)
+    rows = range(batch.num_rows)
+    arrays = [None if null[i] else values[offsets[i]:offsets[i + 1]] for i in rows]
+    out: dict[str, list] = {"policy": [], "selection_id": [], "params_hash": [], "params": [], "kept": [],
+                            "reason": [], "n_tokens_kept": []}
+    masks: list[np.ndarray] = []
+    for run in spec.runs:
+        for i in rows:
+            decision = sel.select_row(statuses[i], vigs[i], arrays[i], n_tokens[i], policy=run.policy, tau=spec.tau,
+                                      drop_negative=spec.drop_negative, chosen=bool(chosen[i]))
+            out["kept"].append(decision.kept)
+            out["reason"].append(decision.reason)
+            out["n_tokens_kept"].append(decision.n_tokens_kept)
+            masks.append(decision.token_keep)
+        for key in ("policy", "selection_id", "params_hash", "params"):
+            out[key] += [getattr(run, key)] * batch.num_rows
+    k, n = len(spec.runs), batch.num_rows
+    repeat = lambda column: pa.concat_arrays([batch.column(column)] * k)  # noqa: E731
+    columns = {
+        "sample_id": repeat("sample_id"), "scorer_id": pa.array([spec.scorer_id] * (k * n), pa.string()),
+        **{key: pa.array(out[key], SELECTION_SCHEMA.field(key).type) for key in out},
+        "token_keep": _bool_lists(masks), "n_tokens": pa.array(n_tokens * k, pa.int32()),
+        "tau": pa.array([spec.tau] * (k * n), pa.float64()), "p": pa.array([spec.p] * (k * n), pa.float64()),
+        "scores_version": pa.array([spec.scores_version] * (k * n), pa.int64()),
+        "_vig": repeat("vig").cast(pa.float64()), "_rand_key": repeat("_rand_key").cast(pa.int64()),
+        "_source": repeat("_source").cast(pa.string()),
+    }
+    return pa.RecordBatch.from_arrays([columns[name] for name in _UDF_SCHEMA.names], schema=_UDF_SCHEMA)
+
+
+def _bool_lists(masks: list[np.ndarray]) -> pa.Array:
+    offsets = np.zeros(len(masks) + 1, dtype=np.int32)
+    offsets[1:] = np.cumsum([len(m) for m in masks])
+    flat = np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.bool_()))
+
+
+def run_select(spark, cfg: SelectJobConfig, *, out=print) -> dict:
+    """Write the selections of ``cfg.policies`` to ``<lake>/selection``; returns the job summary."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    from vig_udf.lake import read_table, table_exists, table_version, write_table
+
+    scores_path, selection_path = _table(cfg.lake, "scores"), _table(cfg.lake, "selection")
+    scores_version = cfg.scores_version if cfg.scores_version is not None else table_version(scores_path, spark=spark)
+    if scores_version is None:
+        raise FileNotFoundError(f"no scores table at {scores_path}: run `vig score` first")
+    scores = read_table(spark, scores_path, version=scores_version)
+    valid_ok = (F.col("status") == OK) & F.col("vig").isNotNull() & ~F.isnan("vig")
+    ok_rows = {r["scorer_id"]: r["ok"] for r in scores.groupBy("scorer_id").agg(
+        F.sum(F.when(valid_ok, 1).otherwise(0)).alias("ok")).collect()}
+    scorer_id = _resolve_scorer(sorted(ok_rows), cfg.scorer_id, scores_path, scores_version)
+    base = scores.where(F.col("scorer_id") == scorer_id).select("sample_id", "status", "vig", "n_tokens", "token_vig")
+    if cfg.partitions:
+        base = base.repartition(cfg.partitions)
+    ok, n_ok = base.where(valid_ok), ok_rows[scorer_id]
+    corpus_version = None
+    if cfg.budgets:
+        base, corpus_version = _with_sources(spark, base, cfg)
+    else:
+        base = base.withColumn("_source", F.lit(None).cast("string"))
+    tau, tau_method = _tau(ok, n_ok, cfg)
+    base = _with_random_draw(base, ok, tau, cfg)
+
+    runs = []
+    for policy in cfg.policies:
+        params = sel.policy_params(policy, p=cfg.p, drop_negative=cfg.drop_negative, tau_method=tau_method,
+                                   budgets=cfg.budgets, corpus_version=corpus_version, seed=cfg.seed)
+        digest = sel.params_hash(params)
+        runs.append(PolicyRun(policy, sel.params_json(params), digest, sel.selection_id(
+            scorer_id=scorer_id, scores_version=scores_version, params_hash=digest)))
+    ids = [run.selection_id for run in runs]
+    exists = table_exists(selection_path, spark=spark)
+    present = set()
+    if exists:
+        present = {r[0] for r in read_table(spark, selection_path).where(F.col("selection_id").isin(ids))
+                   .select("selection_id").distinct().collect()}
+    new = tuple(run for run in runs if run.selection_id not in present)
+    version = None
+    if new:
+        spec = SelectSpec(scorer_id, scores_version, tau, cfg.p, cfg.drop_negative, new)
+        rows = base.mapInArrow(select_batches(spec), from_arrow_schema(_UDF_SCHEMA))
+        rows = _apply_budgets(rows, cfg.budgets) if cfg.budgets else rows
+        config = {**cfg.model_dump(mode="json"), "scorer_id": scorer_id, "scores_version": scores_version,
+                  "corpus_version": corpus_version, "tau": tau, "tau_method": tau_method,
+                  "selection_ids": {run.policy: run.selection_id for run in new}}
+        app_id = "select/" + hashlib.sha256(",".join(sorted(r.selection_id for r in new)).encode()).hexdigest()[:16]
+        version = write_table(rows.select(*SELECTION_SCHEMA.names), selection_path, mode="append", job="select",
+                              config=config, app_id=app_id, app_version=0)
+    summary = {"scorer_id": scorer_id, "scores_version": scores_version, "selection_version": version,
+               "tau": tau, "tau_method": tau_method, "p": cfg.p, "ok_rows": n_ok,
+               "policies": _policy_summaries(read_table(spark, selection_path), runs, present)}
+    _print_summary(summary, out)
+    return summary
+
+
+def _table(lake: str, name: str) -> str:
+    return lake.rstrip("/") + "/" + name
+
+
+def _resolve_scorer(present: list[str], scorer_id: str | None, path: str, version: int) -> str:
+    if scorer_id is not None:
+        if scorer_id not in present:
+            raise ValueError(f"scorer_id {scorer_id!r} has no rows in {path} v{version}; scorers there: {present}")
+        return scorer_id
+    if len(present) != 1:
+        raise ValueError(f"{path} v{version} holds {len(present)} scorers: {present}. Set scorer_id=<one of them> "
+                         "(see `vig sql \"SELECT scorer_id, counterfactual, count(*) FROM scores GROUP BY 1, 2\"`).")
+    return present[0]
+
+
+def _tau(ok, n_ok: int, cfg: SelectJobConfig) -> tuple[float | None, str]:
+    """tau over the ok VIGs and the method that made it (exact ``percentile`` up to the size threshold)."""
+    from pyspark.sql import functions as F
+
+    q = sel.tau_quantile(cfg.p)
+    if n_ok <= cfg.exact_percentile_max_rows:
+        method, column = "percentile", F.percentile("vig", F.lit(q))
+    else:
+        method = f"percentile_approx(accuracy={cfg.percentile_accuracy})"
+        column = F.percentile_approx("vig", q, cfg.percentile_accuracy)
+    tau = ok.select(column.alias("tau")).first()["tau"] if n_ok else None
+    return (float(tau) if tau is not None else None), method
+
+
+def _with_sources(spark, base, cfg: SelectJobConfig):
+    """``base`` with each sample's corpus ``source`` as ``_source``; checks that every budget names a source."""
+    from pyspark.sql import functions as F
+
+    from vig_udf.lake import read_table, table_version
+
+    corpus_path = _table(cfg.lake, "corpus")
+    version = cfg.corpus_version if cfg.corpus_version is not None else table_version(corpus_path, spark=spark)
+    if version is None:
+        raise FileNotFoundError(f"budgets need each sample's source from {corpus_path}, but there is no table there")
+    sources = read_table(spark, corpus_path, version=version).select("sample_id", F.col("source").alias("_source"))
+    known = {r[0] for r in sources.select("_source").distinct().collect()}
+    unknown = sorted(set(cfg.budgets) - known)
+    if unknown:
+        raise ValueError(f"budgets name sources {unknown} that corpus v{version} does not have; its sources: "
+                         f"{sorted(s for s in known if s is not None)}")
+    return base.join(sources, "sample_id", "left"), version
+
+
+def _with_random_draw(base, ok, tau: float | None, cfg: SelectJobConfig):
+    """``_rand_key`` and ``_chosen``: the random policy keeps the K eligible samples with the smallest keys,
+    K being the number that ``vig`` keeps before budgets."""
+    from pyspark.sql import functions as F
+
+    if sel.RANDOM not in cfg.policies:
+        return base.withColumn("_rand_key", F.lit(None).cast("long")).withColumn("_chosen", F.lit(False))
+    base = base.withColumn("_rand_key", F.xxhash64(F.lit(cfg.seed), "sample_id"))
+    eligible = ok.where(F.col("vig") >= 0) if cfg.drop_negative else ok
+    k = eligible.where(F.col("vig") >= tau).count() if tau is not None else 0
+    chosen = (eligible.select("sample_id", F.xxhash64(F.lit(cfg.seed), "sample_id").alias("_key"))
+              .orderBy("_key", "sample_id").limit(k).select("sample_id", F.lit(True).alias("_chosen")))
+    return base.join(chosen, "sample_id", "left").withColumn("_chosen", F.coalesce("_chosen", F.lit(False)))
+
+
+def _apply_budgets(rows, budgets: dict[str, int]):
+    """Cap the kept multimodal samples of each budgeted source: beyond the cap, reason ``budget``."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    cap = F.create_map(*[F.lit(x) for source, n in sorted(budgets.items()) for x in (source, n)])
+    random = F.col("policy") == sel.RANDOM
+    order = Window.partitionBy("selection_id", "_source", "_candidate").orderBy(
+        F.when(random, F.col("_rand_key")).asc_nulls_last(), F.when(~random, F.col("_vig")).desc_nulls_last(),
+        "sample_id")
+    rows = (rows.withColumn("_candidate", F.col("kept") & (F.col("reason") != sel.TEXT_ONLY_KEPT))
+            .withColumn("_cap", F.when(F.col("_source").isNotNull(), cap[F.col("_source")])))
+    over = F.col("_candidate") & F.col("_cap").isNotNull() & (F.row_number().over(order) > F.col("_cap"))
+    rows = rows.withColumn("_over", over)
+    return (rows.withColumn("kept", F.col("kept") & ~F.col("_over"))
+            .withColumn("reason", F.when(F.col("_over"), F.lit(sel.BUDGET)).otherwise(F.col("reason")))
+            .withColumn("token_keep", F.when(F.col("_over"), F.array().cast("array<boolean>"))
+                        .otherwise(F.col("token_keep")))
+            .withColumn("n_tokens_kept", F.when(F.col("_over"), F.lit(0)).otherwise(F.col("n_tokens_kept"))))
+
+
+def _policy_summaries(table, runs: list[PolicyRun], present: set[str]) -> dict:
+    from pyspark.sql import functions as F
+
+    ids = [run.selection_id for run in runs]
+    rows = table.where(F.col("selection_id").isin(ids))
+    counts = rows.groupBy("selection_id", "reason", "kept").agg(
+        F.count(F.lit(1)).alias("rows"), F.sum("n_tokens").alias("n_tokens"),
+        F.sum("n_tokens_kept").alias("n_tokens_kept")).collect()
+    keys = ("rows", "failed_rows", "text_only_rows", "kept_multimodal", "kept_text_only", "tokens_kept",
+            "answer_tokens")
+    stats = {run.selection_id: dict.fromkeys(keys, 0) for run in runs}
+    reasons: dict[str, dict] = {run.selection_id: {} for run in runs}
+    for r in counts:
+        s, n = stats[r["selection_id"]], r["rows"]
+        failed, text_only = sel.is_failure(r["reason"]), r["reason"] == sel.TEXT_ONLY_KEPT
+        s["rows"] += n
+        s["failed_rows"] += n if failed else 0
+        s["text_only_rows"] += n if text_only else 0
+        s["kept_multimodal"] += n if r["kept"] and not text_only else 0
+        s["kept_text_only"] += n if r["kept"] and text_only else 0
+        s["tokens_kept"] += r["n_tokens_kept"] or 0
+        s["answer_tokens"] += 0 if failed else (r["n_tokens"] or 0)
+        reasons[r["selection_id"]][r["reason"]] = reasons[r["selection_id"]].get(r["reason"], 0) + n
+    summaries = {}
+    for run in runs:
+        s = stats[run.selection_id]
+        summaries[run.policy] = {
+            "selection_id": run.selection_id, "params_hash": run.params_hash,
+            "written": run.selection_id not in present, **s,
+            "multimodal_rows": s["rows"] - s["failed_rows"] - s["text_only_rows"],
+            "supervision_kept": s["tokens_kept"] / s["answer_tokens"] if s["answer_tokens"] else None,
+            "reasons": dict(sorted(reasons[run.selection_id].items())),
+        }
+    return summaries
+
+
+def _print_summary(summary: dict, out) -> None:
+    tau = f"{summary['tau']:+.4f}" if summary["tau"] is not None else "none (no ok rows)"
+    out(f"scorer {summary['scorer_id']}, scores v{summary['scores_version']}: tau {tau} "
+        f"(p={summary['p']:g}, {summary['tau_method']} over {summary['ok_rows']} ok rows)")
+    for policy, s in summary["policies"].items():
+        where = "written" if s["written"] else "already in the table"
+        fraction = f"{s['supervision_kept']:.1%}" if s["supervision_kept"] is not None else "n/a"
+        out(f"{policy} [{s['selection_id']}, {where}]: kept {s['kept_multimodal']}/{s['multimodal_rows']} multimodal "
+            f"and {s['kept_text_only']}/{s['text_only_rows']} text-only samples; tokens {s['tokens_kept']}/"
+            f"{s['answer_tokens']} ({fraction} of supervision); failed rows {s['failed_rows']}; reasons {s['reasons']}")
+    if summary["selection_version"] is not None:
+        out(f"committed selection v{summary['selection_version']}")
