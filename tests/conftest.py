@@ -11,11 +11,12 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from vig_udf.tiny import FAMILIES, build_tiny_checkpoint  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``gpu`` need CUDA; on a CPU machine they are skipped (CPU tests cover the same logic)."""
+    if not any("gpu" in item.keywords for item in items):
+        return
     import torch
 
     if torch.cuda.is_available():
@@ -29,6 +30,8 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
     """family -> path of a saved tiny checkpoint (model + processor + chat template)."""
+    from vig_udf.tiny import FAMILIES, build_tiny_checkpoint
+
     root = tmp_path_factory.mktemp("tiny")
     return {family: build_tiny_checkpoint(family, root / family, seed=1) for family in FAMILIES}
 

@@ -79,16 +79,24 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
         pending = corpus.join(done, "sample_id", "left_anti")
     n_pending = pending.count()
     out(f"scorer {spec.scorer_id}: {n_pending} of corpus v{corpus_version} rows to score")
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_batch_rows))
+    batch_key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    previous_batch_rows = spark.conf.get(batch_key, None)
+    spark.conf.set(batch_key, str(cfg.arrow_batch_rows))
     chunks = max(1, math.ceil(n_pending / cfg.rows_per_commit)) if cfg.rows_per_commit else 1
     partitions = cfg.partitions or spark.sparkContext.defaultParallelism
     config = {**cfg.model_dump(mode="json"), "scorer_id": spec.scorer_id, "corpus_version": corpus_version}
     started = time.perf_counter()
-    for chunk in range(chunks if n_pending else 0):
-        part = pending if chunks == 1 else pending.where(F.pmod(F.xxhash64("sample_id"), F.lit(chunks)) == chunk)
-        scored = part.repartition(partitions).mapInArrow(score_batches(spec), from_arrow_schema(SCORES_SCHEMA))
-        version = write_table(scored, scores_path, mode="append", job="score", config=config)
-        out(f"chunk {chunk + 1}/{chunks}: committed scores v{version}")
+    try:
+        for chunk in range(chunks if n_pending else 0):
+            part = pending if chunks == 1 else pending.where(F.pmod(F.xxhash64("sample_id"), F.lit(chunks)) == chunk)
+            scored = part.repartition(partitions).mapInArrow(score_batches(spec), from_arrow_schema(SCORES_SCHEMA))
+            version = write_table(scored, scores_path, mode="append", job="score", config=config)
+            out(f"chunk {chunk + 1}/{chunks}: committed scores v{version}")
+    finally:  # the batch size is a session setting: leave the session as it was
+        if previous_batch_rows is None:
+            spark.conf.unset(batch_key)
+        else:
+            spark.conf.set(batch_key, previous_batch_rows)
     elapsed = time.perf_counter() - started
     summary = _summary(read_table(spark, scores_path), spec.scorer_id, corpus, n_pending, elapsed) if n_pending else {
         "scorer_id": spec.scorer_id, "scored": 0}
