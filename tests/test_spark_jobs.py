@@ -219,3 +219,25 @@ def test_images_stored_as_bytes_score_like_paths(spark, tmp_path, tiny_checkpoin
     local = VIGScorer.from_pretrained(tiny_checkpoints["llava"], image_root=str(tmp_path / "images"))
     for result in local.score(with_image):
         np.testing.assert_allclose(scores[result.sample_id]["token_vig"], result.token_vig, atol=1e-5)
+
+
+def test_ingest_jsonl_and_parquet_give_the_same_corpus(spark, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = write_corpus(tmp_path, n=6, seed=14)
+    (tmp_path / "records.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n{not json}\n")
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "records.parquet")
+    corpora = {}
+    for name in ("records.jsonl", "records.parquet"):
+        lake = tmp_path / name.replace(".", "_")
+        summary = run_ingest(spark, IngestJobConfig(input=str(tmp_path / name), image_root=str(tmp_path / "images"),
+                                                    lake=str(lake)), out=lambda *_: None)
+        rows = read_table(spark, str(lake / "corpus")).collect()
+        corpora[name] = {r.sample_id: (r.status, r.image_path, [tuple(t) for t in r.conversations or []])
+                         for r in rows if r.status != "invalid_record"}
+        assert summary["input_rows"] == len(rows)
+        invalid = [r for r in rows if r.status == "invalid_record"]
+        assert len(invalid) == (1 if name.endswith(".jsonl") else 0)  # the malformed line is kept as a row
+    assert corpora["records.jsonl"] == corpora["records.parquet"]
+    assert len(corpora["records.jsonl"]) == len(records)
