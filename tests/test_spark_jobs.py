@@ -241,3 +241,24 @@ def test_ingest_jsonl_and_parquet_give_the_same_corpus(spark, tmp_path):
         assert len(invalid) == (1 if name.endswith(".jsonl") else 0)  # the malformed line is kept as a row
     assert corpora["records.jsonl"] == corpora["records.parquet"]
     assert len(corpora["records.jsonl"]) == len(records)
+
+
+def test_cli_runs_ingest_score_select_from_a_config_file(spark, tmp_path, tiny_checkpoints):
+    from typer.testing import CliRunner
+
+    from vig_udf.cli import app
+
+    records = write_corpus(tmp_path, n=5, seed=21)
+    conf = tmp_path / "conf.yaml"
+    conf.write_text(f"lake: {tmp_path / 'lake'}\n"
+                    f"ingest: {{input: {tmp_path / 'records.json'}, image_root: {tmp_path / 'images'}}}\n"
+                    f"score: {{scorer: {{model_path: {tiny_checkpoints['llava']}, dtype: float32}}}}\n"
+                    "select: {policies: [vig, random]}\n")
+    runner = CliRunner()
+    for command in (["ingest"], ["score", f"scorer.image_root={tmp_path / 'images'}"], ["select", "p=50"]):
+        result = runner.invoke(app, [command[0], "--config", str(conf), *command[1:]])
+        assert result.exit_code == 0, (command, result.output, result.exception)
+    assert read_table(spark, str(tmp_path / "lake" / "scores")).count() == len(records)
+    selection = read_table(spark, str(tmp_path / "lake" / "selection"))
+    assert sorted(r.policy for r in selection.select("policy").distinct().collect()) == ["random", "vig"]
+    assert selection.count() == 2 * len(records)

@@ -43,37 +43,34 @@ OVERRIDES = typer.Argument(None, help="config overrides such as lake=/data/lake 
 CONFIG = typer.Option(None, help="YAML config, e.g. conf/local.yaml (the job's section plus shared lake/spark)")
 
 
+def _spark_job(module: str, config_class: str, run: str, section: str, config, overrides) -> None:
+    """Load the job's typed config (its YAML section plus overrides), start Spark, run the job."""
+    import importlib
+
+    from vig_udf.spark.session import spark_session
+
+    _logging(False)
+    job = importlib.import_module(module)
+    cfg = load_config(getattr(job, config_class), config, overrides, section=section)
+    getattr(job, run)(spark_session(cfg.spark), cfg)
+
+
 @app.command()
 def ingest(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
     """LLaVA JSON/JSONL/Parquet + image root -> the corpus Delta table (every record a row, with a status)."""
-    _logging(False)
-    from vig_udf.spark.ingest_job import IngestJobConfig, run_ingest
-    from vig_udf.spark.session import spark_session
-
-    cfg = load_config(IngestJobConfig, config, overrides, section="ingest")
-    run_ingest(spark_session(cfg.spark), cfg)
+    _spark_job("vig_udf.spark.ingest_job", "IngestJobConfig", "run_ingest", "ingest", config, overrides)
 
 
 @app.command()
 def score(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
     """corpus -> scores Delta table on Spark executors; resumes where an earlier run stopped."""
-    _logging(False)
-    from vig_udf.spark.score_job import ScoreJobConfig, run_score
-    from vig_udf.spark.session import spark_session
-
-    cfg = load_config(ScoreJobConfig, config, overrides, section="score")
-    run_score(spark_session(cfg.spark), cfg)
+    _spark_job("vig_udf.spark.score_job", "ScoreJobConfig", "run_score", "score", config, overrides)
 
 
 @app.command()
 def select(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
     """scores -> selection Delta table: which samples and answer tokens to train on (CPU only, cheap to rerun)."""
-    _logging(False)
-    from vig_udf.spark.select_job import SelectJobConfig, run_select
-    from vig_udf.spark.session import spark_session
-
-    cfg = load_config(SelectJobConfig, config, overrides, section="select")
-    run_select(spark_session(cfg.spark), cfg)
+    _spark_job("vig_udf.spark.select_job", "SelectJobConfig", "run_select", "select", config, overrides)
 
 
 @app.command()
