@@ -1,0 +1,52 @@
+"""Token masks as character spans of the answer text, and back: how a selection moves between tokenizers.
+
+The scores table stores, for every answer token, its answer turn and its ``[char_start, char_end)`` span
+inside that turn's answer text (see :mod:`vig_udf.masking`). A token mask over one tokenizer's tokens is
+therefore also a set of character spans, which any other tokenizer can be mapped onto:
+
+* :func:`kept_char_spans` turns a mask into merged ``(turn, start, end)`` spans (the export sidecar);
+* :func:`keep_from_spans` marks a token as kept when it shares at least one character with a kept span of
+  the same turn (a token of another tokenizer that straddles a span boundary is kept).
+
+For the tokenizer that made the spans, the round trip is exact for every token with a non-empty span.
+
+>>> import numpy as np
+>>> turn, start, end = np.array([0, 0, 0, 1]), np.array([0, 3, 9, 0]), np.array([3, 9, 12, 5])
+>>> spans = kept_char_spans(turn, start, end, np.array([True, True, False, True]))
+>>> spans
+[(0, 0, 9), (1, 0, 5)]
+>>> keep_from_spans(turn, start, end, spans).tolist()
+[True, True, False, True]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def kept_char_spans(turn, char_start, char_end, keep) -> list[tuple[int, int, int]]:
+    """Merged ``(turn, start, end)`` character spans of the kept tokens (touching spans are joined)."""
+    turn, start, end = (np.asarray(a, dtype=np.int64) for a in (turn, char_start, char_end))
+    keep = np.asarray(keep, dtype=bool)
+    if not (turn.shape == start.shape == end.shape == keep.shape):
+        raise ValueError(f"token arrays and mask differ in length: {turn.shape}, {start.shape}, {end.shape}, "
+                         f"{keep.shape}")
+    spans: list[list[int]] = []
+    for i in np.lexsort((start, turn)):
+        if not keep[i] or end[i] <= start[i]:
+            continue
+        t, s, e = int(turn[i]), int(start[i]), int(end[i])
+        if spans and spans[-1][0] == t and s <= spans[-1][2]:
+            spans[-1][2] = max(spans[-1][2], e)
+        else:
+            spans.append([t, s, e])
+    return [tuple(span) for span in spans]
+
+
+def keep_from_spans(turn, char_start, char_end, spans) -> np.ndarray:
+    """Mask over tokens (given by turn and character span): kept when a token overlaps a kept span."""
+    turn, start, end = (np.asarray(a, dtype=np.int64) for a in (turn, char_start, char_end))
+    keep = np.zeros(turn.shape, dtype=bool)
+    for t, s, e in spans:
+        keep |= (turn == t) & (start < e) & (end > s)
+    return keep
