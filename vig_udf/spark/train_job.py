@@ -1,0 +1,287 @@
+"""The train job: corpus + scores + one selection (pinned versions) -> a fine-tuned model, one MLflow run.
+
+1. Resolve the selection (``selection_id``, or the one selection of ``policy``) and the table versions:
+   the selection version (pinned or latest), the scores version its rows came from, the corpus version
+   (pinned or latest). A resumed run reuses the versions it started with.
+2. Build the training set with Spark: the selection's kept rows joined with their scores row (the scorer's
+   token ids and character spans, to which ``token_keep`` is aligned) and their corpus row (conversation,
+   image); written as Parquet to ``<output_dir>/train_set``.
+3. Start (or continue) the MLflow run: the resolved config as params, tags naming the policy, selection and
+   scorer, the three Delta tables as dataset inputs with their versions, the selection summary as an
+   artifact, system metrics.
+4. Run :func:`vig_udf.train.trainer.train_selected` in this process, or on the executors through pyspark's
+   ``TorchDistributor`` (``distributed.num_processes``); it logs loss and supervised tokens per step.
+5. Log the final model (Hugging Face layout) and the list of skipped samples as run artifacts.
+
+Example::
+
+    summary = run_train(spark, TrainJobConfig(lake="lake", policy="vig", training={"steps": 200}))
+    print(summary["run_id"], summary["model_dir"])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from vig_udf.config import SparkConfig
+from vig_udf.train.settings import TrainSettings
+
+TRAIN_SET_COLUMNS = ["sample_id", "image_path", "image_bytes", "conversations", "token_keep", "token_ids",
+                     "token_turn", "token_char_start", "token_char_end"]
+
+
+class MlflowConfig(BaseModel):
+    """Where and how the run is tracked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tracking_uri: str = Field("sqlite:///mlflow.db", description="any MLflow tracking URI; the default is a local "
+                                                                  "SQLite store in the working folder")
+    experiment: str = Field("vig-spark", description="experiment name (created when missing)")
+    artifact_location: str | None = Field(None, description="artifact root of a new experiment; None = MLflow's")
+    run_name: str | None = Field(None, description="run name; None = <policy>-<selection_id>")
+    log_model: bool = Field(True, description="log the final model folder as the run's 'model' artifact")
+    system_metrics: bool = Field(True, description="log CPU/GPU/memory usage while training")
+
+
+class DistributedConfig(BaseModel):
+    """How the training function is launched."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_processes: int | None = Field(None, gt=0, description="None = in this process; n = TorchDistributor with "
+                                                               "n processes (one per GPU)")
+    local_mode: bool = Field(False, description="TorchDistributor on the driver's node instead of the executors")
+    use_gpu: bool = Field(True, description="TorchDistributor: one GPU per process (spark.task.resource.gpu.amount)")
+
+
+class TrainJobConfig(BaseModel):
+    """``vig train``: which selection, which base model, how to train and where to track it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lake: str = Field("lake", description="lake root with the corpus, scores and selection tables")
+    selection_id: str | None = Field(None, description="the selection to train on (see the select summary)")
+    policy: str | None = Field(None, description="instead of selection_id: the policy whose selection to use "
+                                                 "(must be the only one of that policy in the table version)")
+    selection_version: int | None = Field(None, description="selection table version; None = latest")
+    corpus_version: int | None = Field(None, description="corpus table version; None = latest")
+    output_dir: str | None = Field(None, description="checkpoints, training set and final model; None = "
+                                                     "train_runs/<selection_id>-<settings fingerprint>")
+    training: TrainSettings = TrainSettings()
+    mlflow: MlflowConfig = MlflowConfig()
+    distributed: DistributedConfig = DistributedConfig()
+    spark: SparkConfig = SparkConfig()
+
+    @model_validator(mode="after")
+    def _one_selection(self):
+        if (self.selection_id is None) == (self.policy is None):
+            raise ValueError("set exactly one of selection_id and policy")
+        return self
+
+
+def run_train(spark, cfg: TrainJobConfig, *, out=print, on_step=None) -> dict:
+    """Build the training set, train, and track everything in one MLflow run; returns the job summary."""
+    import mlflow
+
+    from vig_udf.train.trainer import train_selected
+
+    resolved = resolve_inputs(spark, cfg)
+    settings = cfg.training.model_copy(update={"base_model": cfg.training.base_model or resolved["base_model"]})
+    output = Path(cfg.output_dir or f"train_runs/{resolved['selection_id']}-{settings.fingerprint()}").absolute()
+    state_file = output / "run.json"
+    previous = json.loads(state_file.read_text()) if state_file.exists() and settings.resume else None
+    if previous and previous.get("fingerprint") != settings.fingerprint():
+        raise ValueError(f"{output} holds a run with other settings; use another output_dir or training.resume=false")
+    if previous:  # a resumed run trains on the data it started with
+        resolved.update(previous["inputs"])
+    output.mkdir(parents=True, exist_ok=True)
+    train_set = str(output / "train_set")
+    rows = write_train_set(spark, resolved, train_set)
+    summary = selection_summary(spark, resolved)
+
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    experiment = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
+    experiment_id = (experiment.experiment_id if experiment else
+                     mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=cfg.mlflow.artifact_location))
+    run_id = previous.get("run_id") if previous else None
+    run_name = cfg.mlflow.run_name or f"{resolved['policy']}-{resolved['selection_id']}"
+    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else run_name,
+                          log_system_metrics=cfg.mlflow.system_metrics) as run:
+        state_file.write_text(json.dumps({"run_id": run.info.run_id, "fingerprint": settings.fingerprint(),
+                                          "inputs": resolved}, indent=2))
+        if not run_id:
+            _log_run_inputs(spark, cfg, settings, resolved, summary, rows)
+        tracking = {"tracking_uri": mlflow.get_tracking_uri(), "run_id": run.info.run_id}
+        args = (settings.model_dump(mode="json"), train_set, str(output))
+        if cfg.distributed.num_processes:
+            from pyspark.ml.torch.distributor import TorchDistributor
+
+            result = TorchDistributor(num_processes=cfg.distributed.num_processes, local_mode=cfg.distributed.local_mode,
+                                      use_gpu=cfg.distributed.use_gpu).run(train_selected, *args, tracking=tracking)
+        else:
+            result = train_selected(*args, tracking=tracking, on_step=on_step)
+        mlflow.log_metrics({"final_loss": result["losses"][-1] if result["losses"] else float("nan"),
+                            "supervised_tokens_total": result["supervised_tokens"],
+                            "skipped_samples_total": len(result["skipped"]),
+                            "realigned_samples": result["realigned_samples"], "train_seconds": result["seconds"]})
+        mlflow.log_dict(result["skipped"], "skipped_samples.json")
+        if result["realigned_samples"]:
+            mlflow.set_tag("vig.token_alignment", "character_spans")
+        if cfg.mlflow.log_model:
+            mlflow.log_artifacts(result["model_dir"], artifact_path="model")
+    out(f"trained {settings.base_model} on selection {resolved['selection_id']} ({resolved['policy']}): "
+        f"{rows} samples, steps {result['resumed_from_step'] + 1}-{result['steps']}, loss "
+        f"{result['losses'][0] if result['losses'] else float('nan'):.4f} -> "
+        f"{result['losses'][-1] if result['losses'] else float('nan'):.4f}; skipped {len(result['skipped'])}, "
+        f"realigned {result['realigned_samples']}; model {result['model_dir']}; MLflow run {run.info.run_id}")
+    return {**resolved, "run_id": run.info.run_id, "rows": rows, "output_dir": str(output), **result}
+
+
+def resolve_inputs(spark, cfg: TrainJobConfig) -> dict:
+    """The selection id and policy, the scorer, the table paths and versions, and the default base model."""
+    from pyspark.sql import functions as F
+
+    from vig_udf.lake import read_table, table_history, table_version
+
+    lake = cfg.lake.rstrip("/")
+    paths = {name: os.path.abspath(f"{lake}/{name}") for name in ("corpus", "scores", "selection")}
+    versions = {"selection": cfg.selection_version, "corpus": cfg.corpus_version}
+    for name in ("selection", "corpus"):
+        if versions[name] is None:
+            versions[name] = table_version(paths[name], spark=spark)
+        if versions[name] is None:
+            raise FileNotFoundError(f"no {name} table at {paths[name]}: run `vig {'select' if name == 'selection' else 'ingest'}` first")
+    selection = read_table(spark, paths["selection"], version=versions["selection"])
+    found = (selection.groupBy("selection_id", "policy", "scorer_id", "scores_version", "p", "params")
+             .agg(F.sum(F.col("kept").cast("int")).alias("kept")).collect())
+    if cfg.selection_id is not None:
+        match = [r for r in found if r["selection_id"] == cfg.selection_id]
+    else:
+        match = [r for r in found if r["policy"] == cfg.policy]
+    if len(match) != 1:
+        listing = sorted((r["selection_id"], r["policy"], r["p"]) for r in found)
+        wanted = cfg.selection_id or f"policy {cfg.policy!r}"
+        raise ValueError(f"{wanted} matches {len(match)} selections in {paths['selection']} v{versions['selection']}; "
+                         f"set selection_id to one of (selection_id, policy, p): {listing}")
+    chosen = match[0]
+    if not chosen["kept"]:
+        raise ValueError(f"selection {chosen['selection_id']} keeps no sample: nothing to train on")
+    base_model = None
+    for commit in table_history(paths["scores"], spark=spark):
+        if commit["version"] <= chosen["scores_version"] and commit.get("job") == "score" and commit.get("config"):
+            base_model = (commit["config"].get("scorer") or {}).get("model_path")
+            break
+    return {"selection_id": chosen["selection_id"], "policy": chosen["policy"], "scorer_id": chosen["scorer_id"],
+            "p": chosen["p"], "params": chosen["params"], "paths": paths,
+            "versions": {**versions, "scores": int(chosen["scores_version"])}, "base_model": base_model}
+
+
+def training_rows(spark, resolved: dict):
+    """The kept rows of the selection, with the scorer's token arrays and the corpus record."""
+    from pyspark.sql import functions as F
+
+    from vig_udf.lake import read_table
+
+    paths, versions = resolved["paths"], resolved["versions"]
+    kept = (read_table(spark, paths["selection"], version=versions["selection"])
+            .where((F.col("selection_id") == resolved["selection_id"]) & F.col("kept"))
+            .select("sample_id", "token_keep"))
+    scores = (read_table(spark, paths["scores"], version=versions["scores"])
+              .where(F.col("scorer_id") == resolved["scorer_id"])
+              .select("sample_id", "token_ids", "token_turn", "token_char_start", "token_char_end"))
+    corpus = (read_table(spark, paths["corpus"], version=versions["corpus"])
+              .select("sample_id", "image_path", "image_bytes", "conversations"))
+    return kept.join(scores, "sample_id").join(corpus, "sample_id").select(*TRAIN_SET_COLUMNS)
+
+
+def write_train_set(spark, resolved: dict, path: str) -> int:
+    """Write the training set as Parquet at ``path``; returns its row count (checked against the selection)."""
+    from pyspark.sql import functions as F
+
+    from vig_udf.lake import read_table
+
+    rows = training_rows(spark, resolved)
+    rows.write.mode("overwrite").parquet(path)
+    n = spark.read.parquet(path).count()
+    kept = (read_table(spark, resolved["paths"]["selection"], version=resolved["versions"]["selection"])
+            .where((F.col("selection_id") == resolved["selection_id"]) & F.col("kept")).count())
+    if n != kept:
+        raise ValueError(f"the selection keeps {kept} samples but only {n} have a scores row (scores "
+                         f"v{resolved['versions']['scores']}) and a corpus row (corpus v{resolved['versions']['corpus']}); "
+                         "pin corpus_version to the version that was scored")
+    return n
+
+
+def selection_summary(spark, resolved: dict) -> dict:
+    """Counts of the selection: rows and tokens kept, by reason; the fraction of supervision kept."""
+    from pyspark.sql import functions as F
+
+    from vig_udf.lake import read_table
+
+    rows = (read_table(spark, resolved["paths"]["selection"], version=resolved["versions"]["selection"])
+            .where(F.col("selection_id") == resolved["selection_id"]))
+    by_reason = {r["reason"]: {"rows": r["rows"], "kept": r["kept"], "tokens": r["tokens"], "tokens_kept": r["tokens_kept"]}
+                 for r in rows.groupBy("reason").agg(
+                     F.count(F.lit(1)).alias("rows"), F.sum(F.col("kept").cast("int")).alias("kept"),
+                     F.sum("n_tokens").alias("tokens"), F.sum("n_tokens_kept").alias("tokens_kept")).collect()}
+    failed = {k for k in by_reason if k.startswith("failed:")}
+    tokens = sum(v["tokens"] or 0 for k, v in by_reason.items() if k not in failed)
+    kept_tokens = sum(v["tokens_kept"] or 0 for v in by_reason.values())
+    return {"selection_id": resolved["selection_id"], "policy": resolved["policy"], "p": resolved["p"],
+            "params": json.loads(resolved["params"]), "by_reason": by_reason,
+            "rows": sum(v["rows"] for v in by_reason.values()), "kept": sum(v["kept"] or 0 for v in by_reason.values()),
+            "answer_tokens": tokens, "tokens_kept": kept_tokens,
+            "supervision_kept": kept_tokens / tokens if tokens else None}
+
+
+def _log_run_inputs(spark, cfg: TrainJobConfig, settings: TrainSettings, resolved: dict, summary: dict,
+                    rows: int) -> None:
+    import mlflow
+
+    params = _flatten({**cfg.model_dump(mode="json", exclude={"spark", "training"}),
+                       "training": settings.model_dump(mode="json"), "resolved": {
+                           k: resolved[k] for k in ("selection_id", "policy", "scorer_id", "versions", "p")}})
+    mlflow.log_params(params)
+    mlflow.set_tags({"vig.policy": resolved["policy"], "vig.selection_id": resolved["selection_id"],
+                     "vig.scorer_id": resolved["scorer_id"], "vig.p": str(resolved["p"]),
+                     "vig.base_model": settings.base_model, "vig.train_rows": str(rows)})
+    for name in ("corpus", "scores", "selection"):
+        mlflow.log_input(_delta_dataset(spark, name, resolved), context="training")
+    mlflow.log_dict(summary, "selection_summary.json")
+
+
+def _delta_dataset(spark, name: str, resolved: dict):
+    """An MLflow dataset for a Delta table at a version (the rows this run read from it)."""
+    import hashlib
+
+    from mlflow.data.delta_dataset_source import DeltaDatasetSource
+    from mlflow.data.spark_dataset import SparkDataset
+    from pyspark.sql import functions as F
+
+    from vig_udf.lake import read_table
+
+    path, version = resolved["paths"][name], resolved["versions"][name]
+    df = read_table(spark, path, version=version)
+    if name == "selection":
+        df = df.where(F.col("selection_id") == resolved["selection_id"])
+    elif name == "scores":
+        df = df.where(F.col("scorer_id") == resolved["scorer_id"])
+    digest = hashlib.sha256(f"{path}@{version}/{resolved['selection_id']}".encode()).hexdigest()[:16]
+    return SparkDataset(df=df.select("sample_id"), source=DeltaDatasetSource(path=path, delta_table_version=version),
+                        name=name, digest=digest)
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, (list, dict)) else value
+    return flat

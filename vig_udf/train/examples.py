@@ -1,0 +1,91 @@
+"""Training examples from selected rows: model inputs plus labels on exactly the selected answer tokens.
+
+A row of the training set (see :mod:`vig_udf.spark.train_job`) holds the corpus record (conversation and
+image) and the selection's token mask over the *scorer's* answer tokens, with the scorer's token ids and
+character spans. The example is built with the same :class:`~vig_udf.inputs.InputBuilder` and masking the
+scorer used, so with the scorer's own processor the answer tokens are the same ones, in the same order,
+and the stored mask applies as is. With another tokenizer (training a different model on a selection), the
+answer tokens differ; the mask is then carried over through the stored character spans
+(:mod:`vig_udf.spans`) and the example is counted as ``realigned``.
+
+Labels are the token id at kept answer positions and -100 everywhere else: unselected answer tokens and
+the prompt stay in the input as context but get no loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vig_udf.conversation import parse_conversation
+from vig_udf.forward import Sequence
+from vig_udf.images import load_image
+from vig_udf.inputs import InputBuilder
+from vig_udf.masking import AnswerTokens, labels_for
+from vig_udf.spans import keep_from_spans, kept_char_spans
+from vig_udf.status import SampleError
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TrainExample:
+    """One training sequence: the model input and its labels (-100 where no loss is taken)."""
+
+    sample_id: str
+    seq: Sequence
+    labels: np.ndarray  # int64 [L]
+    realigned: bool
+
+    @property
+    def n_supervised(self) -> int:
+        return int((self.labels != IGNORE_INDEX).sum())
+
+
+def token_keep_for(tokens: AnswerTokens, row: dict) -> tuple[np.ndarray, bool]:
+    """The selected-token mask over ``tokens`` (this tokenizer's answer tokens) and whether it was realigned.
+
+    ``row`` carries the selection's ``token_keep`` over the scorer's tokens, described by ``token_ids``,
+    ``token_turn``, ``token_char_start`` and ``token_char_end``.
+    """
+    keep = np.asarray(row["token_keep"], dtype=bool)
+    stored_ids = np.asarray(row["token_ids"], dtype=np.int64)
+    if keep.shape != stored_ids.shape:
+        raise ValueError(f"sample {row.get('sample_id')}: token_keep has {keep.size} entries for "
+                         f"{stored_ids.size} scored tokens")
+    if stored_ids.shape == tokens.token_ids.shape and np.array_equal(stored_ids, tokens.token_ids):
+        return keep, False
+    spans = kept_char_spans(row["token_turn"], row["token_char_start"], row["token_char_end"], keep)
+    return keep_from_spans(tokens.turn, tokens.char_start, tokens.char_end, spans), True
+
+
+def build_example(builder: InputBuilder, row: dict, *, image_root: str | None = None,
+                  max_image_pixels: int | None = None) -> TrainExample:
+    """Model input and labels for one training-set row; raises :class:`SampleError` for a bad sample."""
+    has_image = bool(row.get("image_path")) or row.get("image_bytes") is not None
+    conv = parse_conversation(list(row["conversations"]), has_image=has_image)
+    image = None
+    if has_image:
+        source = row["image_bytes"] if row.get("image_bytes") is not None else row["image_path"]
+        image = load_image(source, image_root=image_root, max_pixels=max_image_pixels)
+    seq, tokens = builder.build(conv, image)
+    keep, realigned = token_keep_for(tokens, row)
+    labels = labels_for(seq.input_ids.numpy(), tokens, keep, ignore_index=IGNORE_INDEX)
+    return TrainExample(row["sample_id"], seq, labels, realigned)
+
+
+def build_examples(builder: InputBuilder, rows: list[dict], **kwargs) -> tuple[list[TrainExample], dict[str, str]]:
+    """Examples for ``rows``; samples that cannot be built are returned as sample_id -> "status: message"."""
+    examples, failed = [], {}
+    for row in rows:
+        try:
+            example = build_example(builder, row, **kwargs)
+        except SampleError as err:
+            failed[row["sample_id"]] = f"{err.status}: {err.message}"
+            continue
+        if example.n_supervised == 0:
+            failed[row["sample_id"]] = "no_selected_tokens: no selected token maps onto this tokenizer's tokens"
+            continue
+        examples.append(example)
+    return examples, failed
