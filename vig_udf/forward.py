@@ -26,16 +26,19 @@ class Sequence:
         return int(self.input_ids.shape[0])
 
 
-def collate(seqs: list[Sequence], pad_token_id: int) -> dict[str, torch.Tensor]:
+def collate(seqs: list[Sequence], pad_token_id: int, *, pin_memory: bool = False) -> dict[str, torch.Tensor]:
     """Right-pad ids into a batch; concatenate every other processor tensor along dim 0.
 
     Processor tensors differ by family ([1, C, H, W] pixels, [1, crops, C, H, W], Qwen's flattened
     [patches, dim] with ``image_grid_thw``): concatenating along dim 0 and zero-padding the other dims
     to the largest is what each family's own processor does for a batch.
+
+    ``pin_memory``: build every tensor in page-locked host memory (written once, no extra copy), so that
+    the copy to the GPU can be asynchronous (``non_blocking=True``) and overlap the host's next steps.
     """
     length = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), length), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(seqs), length), dtype=torch.long)
+    input_ids = torch.full((len(seqs), length), pad_token_id, dtype=torch.long, pin_memory=pin_memory)
+    attention_mask = torch.zeros((len(seqs), length), dtype=torch.long, pin_memory=pin_memory)
     for row, seq in enumerate(seqs):
         input_ids[row, : len(seq)] = seq.input_ids
         attention_mask[row, : len(seq)] = 1
@@ -43,13 +46,13 @@ def collate(seqs: list[Sequence], pad_token_id: int) -> dict[str, torch.Tensor]:
     keys = {k for s in seqs for k in s.extras}
     for key in sorted(keys):
         parts = [s.extras[key] for s in seqs if key in s.extras]
-        batch[key] = _cat_padded(parts)
+        batch[key] = _cat_padded(parts, pin_memory=pin_memory)
     return batch
 
 
-def _cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:
+def _cat_padded(parts: list[torch.Tensor], *, pin_memory: bool = False) -> torch.Tensor:
     if len(parts) == 1:
-        return parts[0]
+        return parts[0].pin_memory() if pin_memory else parts[0]
     shape = [max(p.shape[d] for p in parts) for d in range(1, parts[0].dim())]
     padded = []
     for p in parts:
@@ -57,20 +60,32 @@ def _cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:
         for d in reversed(range(1, p.dim())):
             pad += [0, shape[d - 1] - p.shape[d]]
         padded.append(F.pad(p, pad) if any(pad) else p)
-    return torch.cat(padded, dim=0)
+    if not pin_memory:
+        return torch.cat(padded, dim=0)
+    out = torch.empty((sum(p.shape[0] for p in padded), *shape), dtype=padded[0].dtype, pin_memory=True)
+    return torch.cat(padded, dim=0, out=out)
 
 
 def answer_logprobs(model, seqs: list[Sequence], *, pad_token_id: int, device, dtype,
                     chunk: int = 4096) -> list[np.ndarray]:
-    """Log-probability of each answer token of each sequence, in one forward pass over the batch."""
-    batch = collate(seqs, pad_token_id)
-    batch = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else None) for k, v in batch.items()}
+    """Log-probability of each answer token of each sequence, in one forward pass over the batch.
+
+    On CUDA the batch is collated in pinned host memory and copied with ``non_blocking=True``.
+    """
+    async_copy = torch.device(device).type == "cuda" and torch.cuda.is_available()
+    batch = collate(seqs, pad_token_id, pin_memory=async_copy)
+    rows = torch.cat([torch.full((len(s.positions),), r, dtype=torch.long) for r, s in enumerate(seqs)])
+    pos = torch.cat([torch.as_tensor(s.positions, dtype=torch.long) for s in seqs])
+    if async_copy:
+        rows, pos = rows.pin_memory(), pos.pin_memory()
+    batch = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else None, non_blocking=async_copy)
+             for k, v in batch.items()}
+    rows = rows.to(device, non_blocking=async_copy)
+    pos = pos.to(device, non_blocking=async_copy)
     base = model.model
     with torch.inference_mode():
         hidden = base(**batch, use_cache=False, return_dict=True).last_hidden_state
-        rows = torch.cat([torch.full((len(s.positions),), r, dtype=torch.long) for r, s in enumerate(seqs)])
-        pos = torch.cat([torch.as_tensor(s.positions, dtype=torch.long) for s in seqs])
-        rows, pos = rows.to(hidden.device), pos.to(hidden.device)
+        rows, pos = rows.to(hidden.device), pos.to(hidden.device)  # no-op unless the model spans devices
         targets = batch["input_ids"][rows, pos]
         selected = hidden[rows, pos - 1]  # the state before token t predicts token t
         del hidden

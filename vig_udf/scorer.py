@@ -8,8 +8,10 @@
 
 Per sample: validate the conversation, render it with the processor's chat template, mark the answer
 tokens (vig_udf.masking), load the image and make its counterfactual, run the processor for both.
-Then all sequences are packed into length-sorted batches under a token budget (a sample's two passes
-side by side when their token layout is identical) and scored with logits at answer positions only.
+Samples are prepared in chunks of ``prep_chunk``; a chunk's sequences are packed into length-sorted
+batches under a token budget (a sample's two passes side by side when their token layout is identical)
+and scored with logits at answer positions only. With ``prep_workers`` > 0 the next chunks are prepared
+in background threads while the model runs the current one (``score_stream`` carries this across calls).
 A failing sample gets its status and message; the others are scored.
 """
 
@@ -17,12 +19,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
 from vig_udf import status as st
-from vig_udf.batching import plan_batches
+from vig_udf.batching import chunk_ranges, plan_batches, prefetched
 from vig_udf.conversation import parse_conversation
 from vig_udf.forward import Sequence, answer_logprobs
 from vig_udf.identity import model_fingerprint, scorer_identity
@@ -46,6 +49,14 @@ class ScorerOptions:
     batch_tokens: token budget of one forward batch (rows x padded length, both passes counted).
     image_root: folder that relative image paths are resolved against.
     max_image_pixels: images with more pixels get ``image_unreadable`` (guards decompression bombs).
+
+    Throughput only (left out of the scorer identity; scores agree to float tolerance whatever they are):
+    prep_workers: background threads that prepare the next chunks of samples (template, mask, image,
+        counterfactual, processor) while the model runs; 0 prepares in the calling thread, no overlap.
+    prep_chunk: samples prepared as one unit; batches are length-sorted within a chunk, so larger chunks
+        pad less and smaller ones start the model sooner.
+    stack_passes: run a sample's two passes in the same batch when their token layout is identical;
+        False batches the real-image and the counterfactual passes apart (to measure what stacking gains).
     """
 
     counterfactual: str = "blur"
@@ -54,6 +65,9 @@ class ScorerOptions:
     batch_tokens: int = 2048
     image_root: str | None = None
     max_image_pixels: int | None = 64_000_000
+    prep_workers: int = 1
+    prep_chunk: int = 128
+    stack_passes: bool = True
 
     def __post_init__(self):
         if self.counterfactual not in COUNTERFACTUALS:
@@ -62,6 +76,10 @@ class ScorerOptions:
             raise ValueError(f"blur_sigma must be > 0 (a fraction of the shorter side), got {self.blur_sigma}")
         if self.batch_tokens <= 0:
             raise ValueError(f"batch_tokens must be positive, got {self.batch_tokens}")
+        if self.prep_workers < 0:
+            raise ValueError(f"prep_workers must be >= 0 (0 = prepare in the calling thread), got {self.prep_workers}")
+        if self.prep_chunk <= 0:
+            raise ValueError(f"prep_chunk must be positive, got {self.prep_chunk}")
 
 
 @dataclass
@@ -71,6 +89,16 @@ class _Prepared:
     tokens: AnswerTokens
     seqs: list[Sequence] = field(default_factory=list)  # [with, without]
     shared_layout: bool = False
+
+
+@dataclass
+class _Chunk:
+    """One prepared chunk of a ``score`` call: its unscored results and its samples ready to forward."""
+
+    total: int  # samples in the whole call
+    last: bool  # the call's last chunk
+    done: dict[int, ScoreResult] = field(default_factory=dict)
+    prepared: list[_Prepared] = field(default_factory=list)
 
 
 class VIGScorer:
@@ -96,7 +124,8 @@ class VIGScorer:
         device: defaults to ``cuda`` when available, else ``cpu``. dtype: defaults to bfloat16 on CUDA and
         float32 on CPU. batch_tokens: defaults to 32768 on CUDA and 2048 on CPU (small batches measured faster
         on CPU, see BENCHMARKS.md). Other options:
-        ``blur_sigma``, ``image_root``, ``max_image_pixels`` (see :class:`ScorerOptions`), ``revision``,
+        ``blur_sigma``, ``image_root``, ``max_image_pixels``, ``prep_workers``, ``prep_chunk``,
+        ``stack_passes`` (see :class:`ScorerOptions`), ``revision``,
         ``chat_template`` (overrides the processor's), ``attn_implementation`` (default ``sdpa``) and
         ``trust_remote_code`` (default False).
         """
@@ -106,7 +135,7 @@ class VIGScorer:
         trust_remote_code = options.pop("trust_remote_code", False)
         attn = options.pop("attn_implementation", "sdpa")
         chat_template = options.pop("chat_template", None)
-        allowed = {"blur_sigma", "image_root", "max_image_pixels"}
+        allowed = {"blur_sigma", "image_root", "max_image_pixels", "prep_workers", "prep_chunk", "stack_passes"}
         unknown = set(options) - allowed
         if unknown:
             raise TypeError(f"unknown scorer options {sorted(unknown)}; known: {sorted(allowed)}")
@@ -142,28 +171,57 @@ class VIGScorer:
 
     def score(self, samples: list[dict]) -> list[ScoreResult]:
         """Score LLaVA-format records; one :class:`ScoreResult` per input, in input order."""
-        results: list[ScoreResult | None] = [None] * len(samples)
-        prepared: list[_Prepared] = []
-        for i, sample in enumerate(samples):
-            sample_id = _sample_id(sample, i)
-            try:
-                item = self._prepare(i, sample_id, sample)
-            except SampleError as err:
-                results[i] = ScoreResult.unscored(sample_id, self.options.counterfactual, err.status, err.message)
-                continue
-            if isinstance(item, ScoreResult):
-                results[i] = item
-            else:
-                prepared.append(item)
-        for item, logps in self._run(prepared):
+        stream = self.score_stream([samples])
+        try:
+            return next(stream)
+        finally:
+            stream.close()
+
+    def score_stream(self, sample_lists: Iterable[list[dict]]) -> Iterator[list[ScoreResult]]:
+        """Score lists of records one after another; yields each list's results like :meth:`score`.
+
+        With ``prep_workers`` > 0, the next chunks (of this list or the next ones) are prepared in the
+        background while the model scores the current chunk and while the caller handles a yielded list,
+        so a caller that scores batch after batch (a Spark task) keeps the device busy. The next list is
+        taken from ``sample_lists`` before the current one's results are yielded.
+        """
+        units = ((samples, part, part.stop == len(samples))
+                 for samples in sample_lists for part in chunk_ranges(len(samples), self.options.prep_chunk))
+        results: list[ScoreResult | None] = []
+        for chunk in prefetched(units, self._prepare_chunk, workers=self.options.prep_workers):
+            if not results:
+                results = [None] * chunk.total
+            for i, result in chunk.done.items():
+                results[i] = result
             cf = self.options.counterfactual
-            if isinstance(logps, str):
-                results[item.index] = ScoreResult.unscored(item.sample_id, cf, st.MODEL_ERROR, logps)
-            else:
-                results[item.index] = ScoreResult.scored(item.sample_id, cf, item.tokens, logps[WITH], logps[WITHOUT])
-        return results
+            for item, logps in self._run(chunk.prepared):
+                if isinstance(logps, str):
+                    results[item.index] = ScoreResult.unscored(item.sample_id, cf, st.MODEL_ERROR, logps)
+                else:
+                    results[item.index] = ScoreResult.scored(item.sample_id, cf, item.tokens, logps[WITH],
+                                                             logps[WITHOUT])
+            if chunk.last:
+                yield results
+                results = []
 
     # -- preparation (CPU): template, mask, images, processor ------------------------------------
+
+    def _prepare_chunk(self, unit: tuple[list[dict], range, bool]) -> _Chunk:
+        """Prepare samples ``part`` of ``samples`` (in a background thread when prefetching)."""
+        samples, part, last = unit
+        chunk = _Chunk(total=len(samples), last=last)
+        for i in part:
+            sample_id = _sample_id(samples[i], i)
+            try:
+                item = self._prepare(i, sample_id, samples[i])
+            except SampleError as err:
+                chunk.done[i] = ScoreResult.unscored(sample_id, self.options.counterfactual, err.status, err.message)
+                continue
+            if isinstance(item, ScoreResult):
+                chunk.done[i] = item
+            else:
+                chunk.prepared.append(item)
+        return chunk
 
     def _prepare(self, index: int, sample_id: str, sample: dict):
         image_ref = sample.get("image")
@@ -193,10 +251,10 @@ class VIGScorer:
         """Yield (item, [logp_with, logp_without]) or (item, error message) for every prepared sample."""
         groups, members = [], []
         for item in prepared:
-            if item.shared_layout:
+            if item.shared_layout and self.options.stack_passes:
                 groups.append((len(item.seqs[WITH]), 2))
                 members.append([(item, WITH), (item, WITHOUT)])
-            else:  # "drop": two lengths; also keep image and text-only sequences in separate batches
+            else:  # "drop" (two lengths) or passes batched apart: one group per sequence
                 for which in (WITH, WITHOUT):
                     groups.append((len(item.seqs[which]), 1))
                     members.append([(item, which)])
@@ -214,10 +272,16 @@ class VIGScorer:
                 yield item, logps[item.index]
 
     def _batches(self, groups, members):
-        """Token-budget batches; sequences with image inputs and without (``drop``) never share one."""
-        with_inputs = [bool(item.seqs[which].extras) for item, which in (m[0] for m in members)]
-        for flag in (True, False):
-            idx = [g for g in range(len(groups)) if with_inputs[g] == flag]
+        """Token-budget batches; sequences with image inputs and without (``drop``) never share one, nor
+        (with ``stack_passes=False``) the real-image and the counterfactual passes."""
+        def kind(group_members):
+            item, which = group_members[0]
+            has_inputs = bool(item.seqs[which].extras)
+            return (not has_inputs, -1 if len(group_members) == 2 else which)
+
+        kinds = [kind(m) for m in members]
+        for key in sorted(set(kinds)):
+            idx = [g for g in range(len(groups)) if kinds[g] == key]
             for batch in plan_batches([groups[g] for g in idx], budget=self.options.batch_tokens):
                 yield [idx[b] for b in batch]
 
