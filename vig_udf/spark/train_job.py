@@ -251,7 +251,9 @@ def _log_run_inputs(spark, cfg: TrainJobConfig, settings: TrainSettings, resolve
                      "vig.scorer_id": resolved["scorer_id"], "vig.p": str(resolved["p"]),
                      "vig.base_model": settings.base_model, "vig.train_rows": str(rows)})
     for name in ("corpus", "scores", "selection"):
-        mlflow.log_input(_delta_dataset(spark, name, resolved), context="training")
+        # the version is also a tag: MLflow's DeltaDatasetSource drops version 0 from its JSON
+        mlflow.log_input(_delta_dataset(spark, name, resolved), context="training",
+                         tags={"delta_version": str(resolved["versions"][name]), "path": resolved["paths"][name]})
     mlflow.log_dict(summary, "selection_summary.json")
 
 

@@ -1,0 +1,116 @@
+"""The train job on local Spark: ingest -> score -> select -> train, tracked in a local MLflow store."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.test_spark_jobs import scorer_config, write_corpus
+from vig_udf.lake import table_version
+from vig_udf.spark.ingest_job import IngestJobConfig, run_ingest
+from vig_udf.spark.score_job import ScoreJobConfig, run_score
+from vig_udf.spark.select_job import SelectJobConfig, run_select
+from vig_udf.spark.train_job import DistributedConfig, TrainJobConfig, run_train
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+QUIET = lambda *_: None  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def scored_lake(spark, tmp_path_factory, tiny_checkpoints):
+    root = tmp_path_factory.mktemp("train_lake")
+    write_corpus(root, n=14, seed=5)
+    lake = str(root / "lake")
+    run_ingest(spark, IngestJobConfig(input=str(root / "records.json"), image_root=str(root / "images"), lake=lake),
+               out=QUIET)
+    run_score(spark, ScoreJobConfig(lake=lake, scorer=scorer_config(tiny_checkpoints["llava"], root)), out=QUIET)
+    select = run_select(spark, SelectJobConfig(lake=lake, policies=["vig", "random"], p=50), out=QUIET)
+    return root, lake, select
+
+
+def job(root, lake, name: str, **training) -> TrainJobConfig:
+    return TrainJobConfig(
+        lake=lake, policy="vig", output_dir=str(root / name),
+        training={"steps": 8, "batch_size": 4, "learning_rate": 3e-3, "warmup_ratio": 0.0, "checkpoint_every": 4,
+                  "image_root": str(root / "images"), **training},
+        mlflow={"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "tests",
+                "artifact_location": str(root / "artifacts"), "system_metrics": False})
+
+
+def test_train_job_logs_a_complete_mlflow_run(spark, scored_lake):
+    root, lake, select = scored_lake
+    summary = run_train(spark, job(root, lake, "run1"), out=QUIET)
+    vig = select["policies"]["vig"]
+    assert summary["selection_id"] == vig["selection_id"]
+    assert summary["rows"] == vig["kept_multimodal"] + vig["kept_text_only"]
+    # the base model defaults to the scorer's model, found in the scores table's commit metadata
+    assert summary["base_model"] and summary["versions"] == {
+        "selection": table_version(lake + "/selection"), "corpus": table_version(lake + "/corpus"),
+        "scores": select["scores_version"]}
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    run = client.get_run(summary["run_id"])
+    params, tags = run.data.params, run.data.tags
+    assert params["training.steps"] == "8" and params["training.method"] == "full"
+    assert params["resolved.selection_id"] == vig["selection_id"] and tags["vig.policy"] == "vig"
+    assert tags["vig.scorer_id"] == select["scorer_id"]
+    losses = client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in losses] == list(range(1, 9))
+    tokens = client.get_metric_history(run.info.run_id, "supervised_tokens")
+    assert all(m.value > 0 for m in tokens) and run.data.metrics["supervised_tokens_total"] == sum(
+        m.value for m in tokens)
+    inputs = {d.dataset.name: (json.loads(d.dataset.source), {t.key: t.value for t in d.tags})
+              for d in run.inputs.dataset_inputs}
+    assert {name: (src["path"].endswith(name), src.get("delta_table_version", 0), tags["delta_version"])
+            for name, (src, tags) in inputs.items()} == {
+        name: (True, version, str(version)) for name, version in summary["versions"].items()}
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"model", "selection_summary.json", "skipped_samples.json"} <= artifacts
+    model_files = {a.path.split("/")[-1] for a in client.list_artifacts(run.info.run_id, "model")}
+    assert {"config.json", "model.safetensors", "processor_config.json"} <= model_files or \
+        {"config.json", "model.safetensors"} <= model_files
+    selection_summary = json.loads(open(mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="selection_summary.json", tracking_uri=client._tracking_client.tracking_uri)).read())
+    assert selection_summary["kept"] == summary["rows"]
+
+
+def test_interrupted_train_job_resumes_the_same_run(spark, scored_lake):
+    root, lake, _ = scored_lake
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(step, metrics):
+        if step == 5:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_train(spark, job(root, lake, "run2"), out=QUIET, on_step=stop)
+    resumed = run_train(spark, job(root, lake, "run2"), out=QUIET)
+    assert resumed["resumed_from_step"] == 4
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    steps = sorted({m.step for m in client.get_metric_history(resumed["run_id"], "loss")})
+    assert steps == list(range(1, 9))  # one run; steps 5-8 logged again after the resume
+
+
+def test_train_job_refuses_an_ambiguous_or_unknown_selection(spark, scored_lake):
+    root, lake, _ = scored_lake
+    with pytest.raises(ValueError, match="matches 0 selections"):
+        run_train(spark, job(root, lake, "bad").model_copy(update={"policy": None, "selection_id": "nope"}), out=QUIET)
+    with pytest.raises(ValueError, match="exactly one of"):
+        TrainJobConfig(lake=lake)
+
+
+def test_torch_distributor_runs_the_same_function_on_two_processes(spark, scored_lake):
+    root, lake, _ = scored_lake
+    cfg = job(root, lake, "ddp", steps=4, checkpoint_every=0).model_copy(
+        update={"distributed": DistributedConfig(num_processes=2, local_mode=True, use_gpu=False)})
+    summary = run_train(spark, cfg, out=QUIET)
+    assert summary["steps"] == 4 and len(summary["losses"]) == 4
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    assert [m.step for m in client.get_metric_history(summary["run_id"], "loss")] == [1, 2, 3, 4]
+    # global batch = 2 processes x 4 samples
+    assert all(m.value == 8 for m in client.get_metric_history(summary["run_id"], "samples"))
