@@ -74,6 +74,12 @@ def select(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
 
 
 @app.command()
+def train(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
+    """corpus + scores + selection -> a fine-tuned model with loss on the selected tokens, one MLflow run."""
+    _spark_job("vig_udf.spark.train_job", "TrainJobConfig", "run_train", "train", config, overrides)
+
+
+@app.command()
 def sql(
     query: str = typer.Argument(..., help="Spark SQL over the lake's tables by name (corpus, scores, ...)"),
     config: Optional[Path] = CONFIG,
