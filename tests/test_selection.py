@@ -100,6 +100,14 @@ def test_random_policy_keeps_the_chosen_whole():
     assert (decide("a", "random").kept, decide("a", "random").reason) == (False, "random_not_chosen")
 
 
+def test_all_policy_keeps_every_scorable_sample_whole():
+    assert table("all") == {
+        "a": (True, "all_kept", [True, True, True]), "b": (True, "all_kept", [True, True, True, True]),
+        "c": (True, "all_kept", [True, True]), "d": (True, "all_kept", [True, True]),
+        "e": (True, "all_kept", [True, True, True, True]), "f": (True, "all_kept", [True, True]),
+    }
+
+
 @pytest.mark.parametrize("policy", sel.POLICIES)
 def test_drop_negative_filters_negative_vig_under_every_policy(policy):
     row = decide("d", policy, drop_negative=True, chosen=True)

@@ -23,6 +23,7 @@ vig      keep a sample when VIG >= tau; inside it, keep the tokens with token VI
 sample   keep a sample when VIG >= tau, with all its answer tokens
 token    keep every multimodal sample, with the tokens whose token VIG >= tau
 random   keep as many multimodal samples as ``vig`` keeps, drawn uniformly (fixed seed), all tokens
+all      keep every multimodal sample with all its tokens (vanilla training, as a selection to compare)
 ======== ============================================================================================
 
 A sample whose token mask keeps no token is not kept (reason ``no_token_vig>=tau``): it would add no
@@ -53,8 +54,8 @@ import numpy as np
 
 from vig_udf.status import OK, TEXT_ONLY
 
-VIG, SAMPLE, TOKEN, RANDOM = "vig", "sample", "token", "random"
-POLICIES = (VIG, SAMPLE, TOKEN, RANDOM)
+VIG, SAMPLE, TOKEN, RANDOM, ALL = "vig", "sample", "token", "random", "all"
+POLICIES = (VIG, SAMPLE, TOKEN, RANDOM, ALL)
 
 # Reasons: why a row is kept or not. Every row of a selection carries exactly one.
 VIG_AT_LEAST_TAU = "vig>=tau"  # vig, sample: sample VIG reached tau
@@ -63,6 +64,7 @@ TOKEN_VIG_AT_LEAST_TAU = "token_vig>=tau"  # token: kept, with its tokens at or 
 NO_TOKEN_AT_LEAST_TAU = "no_token_vig>=tau"  # vig, token: not one token reached tau
 RANDOM_KEPT = "random_kept"
 RANDOM_NOT_CHOSEN = "random_not_chosen"
+ALL_KEPT = "all_kept"  # all: every scorable sample
 TEXT_ONLY_KEPT = "text_only_kept_whole"
 NEGATIVE_FILTERED = "negative_vig_filtered"  # drop_negative: VIG < 0 (image contradicts the answer)
 BUDGET = "budget"  # would be kept, but its source's budget was filled by higher-priority samples
@@ -148,6 +150,8 @@ def select_row(
         return _dropped(NEGATIVE_FILTERED)
     if policy == RANDOM:
         return RowSelection(True, RANDOM_KEPT, np.ones(n, dtype=bool)) if chosen else _dropped(RANDOM_NOT_CHOSEN)
+    if policy == ALL:
+        return RowSelection(True, ALL_KEPT, np.ones(n, dtype=bool))
     if tau is None:
         raise ValueError("tau is None but the table has an ok row with a VIG: compute tau over the ok rows")
     if policy != TOKEN and vig < tau:

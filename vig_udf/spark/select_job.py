@@ -61,8 +61,9 @@ class SelectJobConfig(BaseModel):
     lake: str = Field("lake", description="lake root with the scores (and corpus) tables; writes <lake>/selection")
     scores_version: int | None = Field(None, description="scores table version to select from; None = latest")
     scorer_id: str | None = Field(None, description="the scorer whose rows to select; required when there are several")
-    policies: list[Literal["vig", "sample", "token", "random"]] = Field(
-        default_factory=lambda: ["vig"], description="policies written in one commit: vig | sample | token | random")
+    policies: list[Literal["vig", "sample", "token", "random", "all"]] = Field(
+        default_factory=lambda: ["vig"],
+        description="policies written in one commit: vig | sample | token | random | all (vanilla baseline)")
     p: float = Field(70.0, gt=0, le=100, description="percent of multimodal samples kept: tau = (100-p)th percentile")
     drop_negative: bool = Field(False, description="never keep multimodal samples with VIG < 0 (tau still counts them)")
     budgets: dict[str, int] | None = Field(
