@@ -1,13 +1,15 @@
-"""CPU benchmark: VIGScorer.score against the naive batch-size-1 procedure, side by side, same model and samples.
+"""CPU benchmark: VIGScorer.score (prefetch off and on) against naive batch-size-1 scoring, side by side.
 
 A LLaVA-shaped random-weight checkpoint of a few tens of millions of parameters is built offline
 (vig_udf.tiny), with a 32000-token BPE vocabulary trained on the synthetic corpus (benchmarks/corpus.py)
-so that the output head costs what it costs in a real model. Both procedures score the same samples
-(blur counterfactual, float32, CPU) after a warm-up each; the script reports samples/s, tokens/s, the
-speed-up and the largest difference between the two procedures' sample VIGs, prints a markdown table and
-appends a dated section to BENCHMARKS.md (``--no-write`` to skip).
+so that the output head costs what it costs in a real model. All procedures score the same samples
+(blur counterfactual, float32, CPU) after a warm-up each: the scorer with its preparation in the calling
+thread (``prep_workers=0``, prefetch off) and with one background preparation thread (``prep_workers=1``,
+prefetch on), both with the same ``--prep-chunk`` so their batches are identical, and the naive procedure.
+The script reports samples/s, tokens/s, the speed-up and the largest difference between sample VIGs,
+prints a markdown table and appends a dated section to BENCHMARKS.md (``--no-write`` to skip).
 
-    python benchmarks/score_cpu.py                       # about 3 minutes on 2 idle cores
+    python benchmarks/score_cpu.py                       # about 4 minutes on 2 idle cores
     python benchmarks/score_cpu.py --samples 16 --batch-tokens 4096 --repeats 1 --no-write
 
 Weights are random, so the VIG values mean nothing; the timings and the agreement are the point.
@@ -116,10 +118,42 @@ def padded_tokens(lengths: list[int], batch_tokens: int) -> int:
     return padded
 
 
+def with_options(scorer: VIGScorer, **options) -> VIGScorer:
+    """The same model and processor with other :class:`~vig_udf.scorer.ScorerOptions` (e.g. batch_tokens)."""
+    return VIGScorer(scorer.model, scorer.processor, options=replace(scorer.options, **options),
+                     model_ref=dict(scorer._model_ref), device=scorer.device, dtype=scorer.dtype)
+
+
 def with_batch_tokens(scorer: VIGScorer, batch_tokens: int) -> VIGScorer:
     """The same model and processor with another token budget."""
-    return VIGScorer(scorer.model, scorer.processor, options=replace(scorer.options, batch_tokens=batch_tokens),
-                     model_ref=dict(scorer._model_ref), device=scorer.device, dtype=scorer.dtype)
+    return with_options(scorer, batch_tokens=batch_tokens)
+
+
+class ForwardClock:
+    """Seconds spent inside the scorer's forward passes (vig_udf.scorer.answer_logprobs), per procedure.
+
+    Separates the two ways prefetch can change a time: overlap (the forwards take as long, the total
+    shrinks) and interference (the forwards themselves get slower or faster).
+    """
+
+    def __init__(self):
+        import vig_udf.scorer as scorer_module
+
+        self._module = scorer_module
+        self._real = scorer_module.answer_logprobs
+        self.seconds = 0.0
+        scorer_module.answer_logprobs = self._timed
+
+    def _timed(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return self._real(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def close(self) -> None:
+        """Put the real function back."""
+        self._module.answer_logprobs = self._real
 
 
 def timed(fn, *, cuda: bool = False):
@@ -183,17 +217,29 @@ def append_benchmarks(title: str, body: str, path: Path = ROOT / "BENCHMARKS.md"
 
 # -- the CPU benchmark ---------------------------------------------------------------------------------
 
+def procedure_name(key) -> str:
+    """Table label of a procedure key: ``(batch_tokens, prep_workers)`` or ``"naive"``."""
+    if key == "naive":
+        return "naive"
+    return f"VIGScorer.score, prefetch {'on' if key[1] else 'off'}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-tokens", type=int, nargs="+", default=[1024, 4096])
+    ap.add_argument("--batch-tokens", type=int, nargs="+", default=[2048])
     ap.add_argument("--repeats", type=int, default=3, help="rounds; the best time of each (procedure, chunk) is kept")
-    ap.add_argument("--chunk", type=int, default=16, help="rows per score() call and per timed unit")
+    ap.add_argument("--chunk", type=int, default=24, help="rows per score() call and per timed unit")
+    ap.add_argument("--prep-chunk", type=int, default=6,
+                    help="the scorer's prep_chunk (rows prepared as one unit), prefetch off and on alike")
     ap.add_argument("--no-write", action="store_true", help="do not append to BENCHMARKS.md")
+    ap.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     torch.manual_seed(args.seed)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         path = build_tiny_checkpoint("llava", Path(tmp) / "llava-bench", size=CPU_SIZE, seed=args.seed,
@@ -213,36 +259,50 @@ def main(argv=None) -> int:
     # the best of --repeats rounds; a procedure's time is the sum over chunks. score() is called per chunk,
     # so one batch holds at most a chunk's sequences.
     chunks = [samples[i:i + args.chunk] for i in range(0, len(samples), args.chunk)]
-    scorers = {bt: with_batch_tokens(base, bt) for bt in args.batch_tokens}
-    procs = {bt: (lambda c, s=s: scorer_vigs(s.score(c))) for bt, s in scorers.items()}
+    scorers = {(bt, workers): with_options(base, batch_tokens=bt, prep_workers=workers, prep_chunk=args.prep_chunk)
+               for bt in args.batch_tokens for workers in (0, 1)}
+    procs = {key: (lambda c, s=s: scorer_vigs(s.score(c))) for key, s in scorers.items()}
     procs["naive"] = lambda c: naive_scores(model, processor, c)
     for fn in procs.values():
         fn(warm)
     chunk_best = {name: [float("inf")] * len(chunks) for name in procs}
+    forward_s = {name: [float("inf")] * len(chunks) for name in procs}  # forwards of the best run of each chunk
+    clock = ForwardClock()
     vigs: dict = {name: [] for name in procs}
     loads = [os.getloadavg()[0]]
     for rnd in range(args.repeats):
+        order = list(procs) if rnd % 2 == 0 else list(reversed(procs))  # no procedure always runs first
         for ci, chunk in enumerate(chunks):
-            for name, fn in procs.items():
+            for name in order:
+                fn = procs[name]
+                before = clock.seconds
                 out, secs = timed(lambda: fn(chunk))
-                chunk_best[name][ci] = min(chunk_best[name][ci], secs)
+                if secs < chunk_best[name][ci]:
+                    chunk_best[name][ci] = secs
+                    forward_s[name][ci] = clock.seconds - before
                 if rnd == 0:
                     vigs[name] += out
         loads.append(os.getloadavg()[0])
-        print(f"round {rnd}: " + ", ".join(f"{k}: {sum(v):.1f}s" for k, v in chunk_best.items())
+        print(f"round {rnd}: " + ", ".join(f"{procedure_name(k)}: {sum(v):.1f}s" for k, v in chunk_best.items())
               + f" (best so far); load average {loads[-1]:.1f}", flush=True)
+    clock.close()
     best = {name: sum(v) for name, v in chunk_best.items()}
     naive = vigs["naive"]
     n = len(samples)
     naive_s = best["naive"]
     table_rows = []
-    for bt in args.batch_tokens:
-        secs = best[bt]
-        table_rows.append(["VIGScorer.score", bt, f"{secs:.1f}", f"{n / secs:.2f}", f"{stats['tokens'] / secs:.0f}",
-                           f"{naive_s / secs:.2f}x", f"{vig_diff(vigs[bt], naive):.2e}"])
-    table_rows.append(["naive (batch 1, full logits)", "-", f"{naive_s:.1f}", f"{n / naive_s:.2f}",
+    for key in scorers:
+        secs = best[key]
+        table_rows.append([procedure_name(key), key[0], f"{secs:.1f}", f"{sum(forward_s[key]):.1f}", f"{n / secs:.2f}",
+                           f"{stats['tokens'] / secs:.0f}", f"{naive_s / secs:.2f}x",
+                           f"{vig_diff(vigs[key], naive):.2e}"])
+    prefetch_lines = [
+        f"- batch_tokens {bt}: prefetch on / off time ratio {best[(bt, 1)] / best[(bt, 0)]:.3f}; max abs VIG "
+        f"difference on vs off {vig_diff(vigs[(bt, 1)], vigs[(bt, 0)]):.1e}" for bt in args.batch_tokens]
+    table_rows.append(["naive (batch 1, full logits)", "-", f"{naive_s:.1f}", "-", f"{n / naive_s:.2f}",
                        f"{stats['tokens'] / naive_s:.0f}", "1.00x", "0 (reference)"])
-    table = markdown_table(["procedure", "batch_tokens", "time (s)", "samples/s", "tokens/s", "speed-up vs naive",
+    table = markdown_table(["procedure", "batch_tokens", "time (s)", "of which forwards (s)", "samples/s", "tokens/s",
+                            "speed-up vs naive",
                             "max abs VIG diff vs naive"], table_rows)
     scored = np.array([v for v in naive if v is not None])
     total_s = time.perf_counter() - t_start
@@ -261,8 +321,11 @@ def main(argv=None) -> int:
         f"max {stats['max_len']} per sequence), {stats['answer_tokens']} answer tokens",
         f"- counterfactual: blur, sigma {base.options.blur_sigma} of the shorter side; "
         f"after a warm-up on {WARMUP} other rows, the rows are timed in chunks of {args.chunk} (one score() call "
-        f"each), every procedure back to back on a chunk, best of {args.repeats} rounds per (procedure, chunk), "
-        f"summed; samples/s counts all {n} rows",
+        f"each), every procedure back to back on a chunk (the order reversed every other round), best of "
+        f"{args.repeats} rounds per (procedure, chunk), summed; samples/s counts all {n} rows",
+        f"- prefetch: the scorer prepares rows in units of prep_chunk={args.prep_chunk} (so a {args.chunk}-row call "
+        f"has {-(-args.chunk // args.prep_chunk)}); off = prep_workers 0 (prepare, then forward, in turn), on = "
+        f"prep_workers 1 (the next unit is prepared in a background thread during the forwards); same batches",
         f"- 1-minute load average at the start and after each round: {', '.join(f'{x:.1f}' for x in loads)} "
         f"(this process alone accounts for about 2; more means other processes shared the {os.cpu_count()} CPUs)",
         f"- sample VIG (naive procedure; random weights, so only a sanity check that they are not trivial): "
@@ -272,6 +335,8 @@ def main(argv=None) -> int:
         f"- the script ran {total_s:.0f}s in all",
         "",
         table,
+        "",
+        *prefetch_lines,
     ])
     print()
     print(body)

@@ -9,7 +9,15 @@ processor at 336 px). The samples come from benchmarks/corpus.py.
 
 For each ``--batch-tokens`` value, after a warm-up, it times ``VIGScorer.score`` over all samples (blur
 counterfactual, both passes) and reports samples/s, tokens/s, model FLOPs utilisation and peak GPU memory;
-then the naive procedure (benchmarks/naive.py: batch size 1, full logits) on a subset, as a ratio.
+then the levers of the GPU throughput work at the best budget, each against the scorer's defaults on the
+same rows (``--levers``, default on):
+- prefetch: preparation in the calling thread (``prep_workers=0``) vs one and two background threads
+  that prepare the next ``--prep-chunk`` rows while the GPU runs the current ones;
+- stacking: both passes of a sample in one batch (default) vs the real-image and the counterfactual passes
+  in separate batches (``stack_passes=False``);
+- answer-position logits vs full logits: the naive procedure (benchmarks/naive.py: batch size 1, full
+  logits) on a subset, as a ratio.
+Pinned host memory with asynchronous copies is always on for CUDA (vig_udf.forward), not a lever here.
 
 Model FLOPs (the standard 2 x parameters x tokens forward estimate, attention's quadratic term left out):
     2 * (language-model parameters without the input embeddings) * (tokens of both passes)
@@ -19,10 +27,14 @@ Model FLOPs (the standard 2 x parameters x tokens forward estimate, attention's 
 MFU = model FLOPs / wall time / peak; the naive procedure's extra head FLOPs at every position are waste
 and are not counted for it either. Peak dense bf16: 989 TFLOP/s for H100 SXM and H200, 756 for H100 PCIe
 (835 for H100 NVL; --peak-tflops to override). The wall time includes the CPU preparation (chat template, masking, blur,
-image processor), which ``score`` runs before the forward passes; it is reported separately too.
+image processor), which ``score`` overlaps with the forward passes when prefetching; it is reported
+separately too (one thread, not overlapped).
 
     python benchmarks/score_gpu.py --write                           # H100/H200, a few minutes
     python benchmarks/score_gpu.py --small --samples 8               # CPU smoke test, small config
+
+The Spark job against the bare scorer loop on the same GPU machine: ``benchmarks/score_spark.py`` (local
+mode; with one visible GPU both the bare loop and the Spark task score on ``cuda``), see its docstring.
 """
 
 from __future__ import annotations
@@ -120,6 +132,40 @@ def peak_flops(device: torch.device, override: float | None) -> tuple[float | No
     return None, f"unknown for {name} (pass --peak-tflops)"
 
 
+LEVERS = {  # label -> ScorerOptions overrides; the first is the reference
+    "defaults (prefetch 1 thread, passes stacked)": {},
+    "prefetch off (prepare in the calling thread)": {"prep_workers": 0},
+    "prefetch 2 threads": {"prep_workers": 2},
+    "passes in separate batches (stack_passes=False)": {"stack_passes": False},
+}
+
+
+def measure_levers(make_scorer, bt: int, samples: list, warm: list, stats: dict, *, cuda: bool) -> str:
+    """Time ``score`` over ``samples`` with each lever of :data:`LEVERS`; a markdown table.
+
+    The levers are measured twice in alternating order and the best time of each is kept, so a slow
+    moment of the machine does not land on one lever only.
+    """
+    scorers = {label: make_scorer(bt, **overrides) for label, overrides in LEVERS.items()}
+    times, vigs = {label: float("inf") for label in LEVERS}, {}
+    for rnd in range(2):
+        for label in (list(LEVERS) if rnd == 0 else list(reversed(LEVERS))):
+            s = scorers[label]
+            s.score(warm)
+            results, secs = timed(lambda: s.score(samples), cuda=cuda)
+            times[label] = min(times[label], secs)
+            vigs[label] = scorer_vigs(results)
+            print(f"lever {label}: {secs:.1f}s", flush=True)
+    ref = next(iter(LEVERS))
+    n = len(samples)
+    rows = [[label, f"{secs:.1f}", f"{n / secs:.2f}", f"{stats['tokens'] / secs:,.0f}",
+             f"{times[ref] / secs:.3f}x",
+             "0 (reference)" if label == ref else f"{vig_diff(vigs[label], vigs[ref]):.1e}"]
+            for label, secs in times.items()]
+    return markdown_table(["procedure", "time (s)", "samples/s", "tokens/s", "speed vs defaults",
+                           "max abs VIG diff vs defaults"], rows)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--small", action="store_true", help="small config (CPU smoke test)")
@@ -133,6 +179,9 @@ def main(argv=None) -> int:
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--pil-image-processor", action="store_true",
                     help="CLIPImageProcessorPil (as vig_udf.tiny) instead of the torchvision CLIPImageProcessor")
+    ap.add_argument("--prep-chunk", type=int, default=64,
+                    help="rows prepared as one unit in every measurement (the scorer's prep_chunk)")
+    ap.add_argument("--no-levers", action="store_true", help="skip the prefetch and stacking measurements")
     ap.add_argument("--write", action="store_true", help="append the results to BENCHMARKS.md")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
@@ -155,8 +204,9 @@ def main(argv=None) -> int:
     warm = make_corpus(WARMUP, seed=args.seed + 1000)
     naive_set = samples[: args.naive_samples]
 
-    def scorer(bt: int) -> VIGScorer:
-        return VIGScorer(model, processor, options=ScorerOptions(counterfactual="blur", batch_tokens=bt),
+    def scorer(bt: int, **levers) -> VIGScorer:
+        options = ScorerOptions(counterfactual="blur", batch_tokens=bt, prep_chunk=args.prep_chunk, **levers)
+        return VIGScorer(model, processor, options=options,
                          model_ref={"model": "random-weight LLaVA-1.5-7B config" if not args.small else "small"},
                          device=device, dtype=dtype)
 
@@ -193,10 +243,12 @@ def main(argv=None) -> int:
             best = (bt, secs)
         print(f"batch_tokens={bt}: {secs:.1f}s, {n / secs:.2f} samples/s, errors {errors}", flush=True)
 
+    best_bt = best[0] if best else budgets[0]
+    lever_table = "" if args.no_levers else measure_levers(scorer, best_bt, samples, warm, st, cuda=cuda)
+
     # The naive baseline on a subset, and the scorer on the same subset at the best budget.
     naive_scores(model, processor, warm[:2], device=device, dtype=dtype)
     naive, naive_s = timed(lambda: naive_scores(model, processor, naive_set, device=device, dtype=dtype), cuda=cuda)
-    best_bt = best[0] if best else budgets[0]
     s = scorer(best_bt)
     s.score(warm)
     sub_results, sub_s = timed(lambda: s.score(naive_set), cuda=cuda)
@@ -234,10 +286,13 @@ def main(argv=None) -> int:
         f"- model FLOPs for the {n} rows: {flops / 1e12:.1f} TFLOP (formula in benchmarks/score_gpu.py); peak {peak_text}",
         f"- CPU preparation alone (chat template, masking, blur, image processor; one thread, inside the times "
         f"below): {st['prep_s']:.1f}s for the {n} rows ({1000 * st['prep_s'] / n:.1f} ms per row)",
-        f"- each measurement after a warm-up on {WARMUP} other rows; padding = padded / real tokens - 1",
+        f"- each measurement after a warm-up on {WARMUP} other rows; padding = padded / real tokens - 1; "
+        f"one score() call over all rows, prep_chunk {args.prep_chunk}, one background preparation thread",
         "",
         table,
         "",
+        *([f"Levers at batch_tokens={best_bt}, all {n} rows, one score() call each (prep_chunk {args.prep_chunk}):",
+           "", lever_table, ""] if lever_table else []),
         f"Naive baseline (benchmarks/naive.py) on the first {k} rows, and the scorer on the same rows:",
         "",
         naive_table,
