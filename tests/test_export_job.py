@@ -1,0 +1,230 @@
+"""The export job: ingest (images as bytes) -> score with a tiny real checkpoint -> select -> export, then the
+exported JSON re-ingested and the mask sidecar mapped back onto the scorer's tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from deltalake import write_deltalake
+from pydantic import ValidationError
+
+from tests.conftest import random_image
+from vig_udf.config import ScorerConfig
+from vig_udf.lake import read_table
+from vig_udf.spans import keep_from_spans
+from vig_udf.spark.export_job import ExportJobConfig, _write_export, mask_path, run_export
+from vig_udf.spark.ingest_job import IngestJobConfig, run_ingest
+from vig_udf.spark.score_job import ScoreJobConfig, run_score
+from vig_udf.spark.select_job import SELECTION_SCHEMA, SelectJobConfig, run_select
+
+pytestmark = pytest.mark.spark
+QUIET = {"out": lambda *_: None}
+
+
+def qa(question: str, *answers: str, image: bool = True, questions: tuple[str, ...] = ()) -> list[dict]:
+    """A conversation: the first question (with the placeholder when ``image``), then answers and follow-ups."""
+    turns = [{"from": "human", "value": f"<image>\n{question}" if image else question}]
+    for i, answer in enumerate(answers):
+        if i:
+            turns.append({"from": "human", "value": questions[i - 1]})
+        turns.append({"from": "gpt", "value": answer})
+    return turns
+
+
+def write_records(root: Path) -> list[dict]:
+    """Records with answers padded by whitespace (offsets into ``value`` differ from offsets into the answer),
+    multi-turn, text-only, one without an id and one invalid; images saved under root/images."""
+    records = [
+        {"id": "red", "image": "coco/red.png", "conversations": qa("What colour is the square?", " Red.\n")},
+        {"id": "multi", "image": "gqa/multi.png", "conversations": qa(
+            "What colour is the circle?", "The circle is blue.", "  There are three circles on the left.", "Yes",
+            questions=("How many circles are there?", "Is it on the left?"))},
+        {"id": "text", "conversations": qa("How do I reverse a list in Python?", " Use slicing: my_list[::-1].",
+                                           image=False)},
+        {"image": "coco/noid.png", "conversations": qa("Describe the image.",
+                                                       "A small blue square above a large green triangle.")},
+        {"id": "wide", "image": "coco/wide.png", "conversations": qa("What is on the right?", "A green triangle ")},
+        {"id": "count", "image": "gqa/count.png", "conversations": qa("How many?", "There are three circles.")},
+        {"id": "where", "image": "coco/where.png", "conversations": qa("Where is the apple?", "\nOn the left side.")},
+        {"id": "broken", "image": "coco/red.png", "conversations": [{"from": "gpt", "value": "no question"}]},
+    ]
+    for i, rec in enumerate(r for r in records if r.get("image") and r.get("id") != "broken"):
+        path = root / "images" / rec["image"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        random_image(48 + 8 * i, 40, i).save(path)
+    (root / "records.json").write_text(json.dumps(records))
+    return records
+
+
+@pytest.fixture(scope="module")
+def chain(spark, tmp_path_factory):
+    """The lake after ingest (bytes), score (tiny llava), select (vig and token, p=50) and the vig export."""
+    from vig_udf.tiny import build_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("export")
+    records = write_records(root)
+    lake = str(root / "lake")
+    run_ingest(spark, IngestJobConfig(input=str(root / "records.json"), image_root=str(root / "images"), lake=lake,
+                                      image_storage="bytes"), **QUIET)
+    checkpoint = build_tiny_checkpoint("llava", root / "tiny", seed=1)
+    scored = run_score(spark, ScoreJobConfig(lake=lake, partitions=1, scorer=ScorerConfig(
+        model_path=checkpoint, dtype="float32")), **QUIET)
+    selected = run_select(spark, SelectJobConfig(lake=lake, policies=["vig", "token"], p=50), **QUIET)
+    lines: list[str] = []
+    summary = run_export(spark, ExportJobConfig(lake=lake, policy="vig", output=str(root / "out" / "vig.json")),
+                         out=lines.append)
+    return {"root": root, "lake": lake, "records": records, "checkpoint": checkpoint, "scored": scored,
+            "selected": selected, "summary": summary, "lines": lines}
+
+
+def kept_rows(spark, chain, policy: str) -> dict[str, dict]:
+    """sample_id -> selection row of the kept samples of one policy's selection."""
+    selection_id = chain["selected"]["policies"][policy]["selection_id"]
+    rows = read_table(spark, chain["lake"] + "/selection").where(f"selection_id = '{selection_id}' AND kept")
+    return {r["sample_id"]: r.asDict() for r in rows.collect()}
+
+
+def table_rows(spark, path: str) -> dict[str, dict]:
+    return {r["sample_id"]: r.asDict() for r in read_table(spark, path).collect()}
+
+
+def answers_of(record: dict) -> list[str]:
+    return [t["value"] for t in record["conversations"] if t["from"] == "gpt"]
+
+
+def test_export_round_trips_through_ingest_with_the_kept_records_in_input_order(spark, chain):
+    summary, root = chain["summary"], chain["root"]
+    kept = kept_rows(spark, chain, "vig")
+    corpus = table_rows(spark, chain["lake"] + "/corpus")
+    assert 0 < len(kept) < sum(1 for r in corpus.values() if r["status"] in ("ok", "text_only"))  # a real subset
+    exported = json.loads(Path(summary["output"]).read_text())
+    assert summary["records"] == len(exported) == len(kept)
+    input_order = [corpus[s]["sample_id"] for s in sorted(corpus, key=lambda s: corpus[s]["ingest_ordinal"])]
+    assert [r["id"] for r in exported] == [s for s in input_order if s in kept]
+    assert all(set(r) == ({"id", "image", "conversations"} if r["id"] != "text" else {"id", "conversations"})
+               for r in exported)
+
+    lake2 = str(root / "reingested")
+    again = run_ingest(spark, IngestJobConfig(input=summary["output"], image_root=str(root / "out" / "images"),
+                                              lake=lake2, image_storage="bytes"), **QUIET)
+    assert again["rows_by_status"].get("ok", 0) + again["rows_by_status"].get("text_only", 0) == len(kept)
+    reingested = table_rows(spark, lake2 + "/corpus")
+    as_sample = lambda r: (r["image_path"], [t.asDict() for t in r["conversations"]], r["image_bytes"])  # noqa: E731
+    assert {s: as_sample(r) for s, r in reingested.items()} == {s: as_sample(corpus[s]) for s in kept}
+
+
+def test_mask_spans_map_back_to_exactly_the_selected_tokens_as_offsets_into_value(spark, chain):
+    from transformers import AutoTokenizer
+
+    summary = chain["summary"]
+    sidecar = json.loads(Path(summary["mask"]).read_text())
+    records = {r["id"]: r for r in json.loads(Path(summary["output"]).read_text())}
+    kept = kept_rows(spark, chain, "vig")
+    scores = table_rows(spark, chain["lake"] + "/scores")
+    tokenizer = AutoTokenizer.from_pretrained(chain["checkpoint"])
+    assert set(sidecar["masks"]) == set(records) == set(kept)
+    partial = 0
+    for sample_id, spans in sidecar["masks"].items():
+        score, keep = scores[sample_id], np.asarray(kept[sample_id]["token_keep"], dtype=bool)
+        answers = answers_of(records[sample_id])
+        # the scores table's offsets are into the stripped answer; the sidecar's into the exported value
+        lead = np.array([len(v) - len(v.lstrip()) for v in answers])
+        turn = np.asarray(score["token_turn"])
+        start, end = np.asarray(score["token_char_start"]) + lead[turn], np.asarray(score["token_char_end"]) + lead[turn]
+        np.testing.assert_array_equal(keep_from_spans(turn, start, end, spans), keep)
+        partial += int(0 < keep.sum() < len(keep))
+        ids = np.asarray(score["token_ids"])
+        for k, s, e in spans:  # each span's text is the text of the tokens inside it
+            inside = (turn == k) & (start < e) & (end > s)
+            text = tokenizer.decode(ids[inside].tolist(), clean_up_tokenization_spaces=False)
+            assert text.strip() == answers[k][s:e].strip() and answers[k][s:e].strip(), (sample_id, k, s, e)
+    assert partial, "the vig policy should keep only some tokens of some sample"
+    text_answer = answers_of(records["text"])[0]  # kept whole, from after its leading space to its end
+    assert sidecar["masks"]["text"][0][1] == 1 and sidecar["masks"]["text"][-1][2] == len(text_answer)
+    selection_id = chain["selected"]["policies"]["vig"]["selection_id"]
+    assert (sidecar["format"], sidecar["selection_id"], sidecar["policy"]) == ("vig-spark/token-mask", selection_id,
+                                                                                 "vig")
+    assert sidecar["tau"] == pytest.approx(chain["selected"]["tau"]) and sidecar["params"]["p"] == 50
+    assert sidecar["scorer_id"] == chain["scored"]["scorer_id"]
+    assert {name: t["version"] for name, t in sidecar["tables"].items()} == {"selection": 0, "scores": 0, "corpus": 0}
+    assert sidecar["records_sha256"] == hashlib.sha256(Path(summary["output"]).read_bytes()).hexdigest()
+    assert summary["tokens_kept"] == sum(sum(r["token_keep"]) for r in kept.values())
+
+
+def test_bytes_stored_images_are_written_next_to_the_output(spark, chain):
+    summary, root = chain["summary"], chain["root"]
+    exported = json.loads(Path(summary["output"]).read_text())
+    images = [r["image"] for r in exported if "image" in r]
+    assert summary["images_written"] == len(images) > 0
+    for name in images:
+        assert (root / "out" / "images" / name).read_bytes() == (root / "images" / name).read_bytes()
+    assert summary["mask"] == mask_path(summary["output"]) == str(root / "out" / "vig.mask.json")
+    assert any(f"wrote {summary['records']} records" in line for line in chain["lines"])
+
+
+def test_recorded_paths_only_and_a_pinned_selection_id(spark, chain, tmp_path):
+    selection_id = chain["selected"]["policies"]["token"]["selection_id"]
+    output = tmp_path / "token.json"
+    summary = run_export(spark, ExportJobConfig(lake=chain["lake"], selection_id=selection_id, output=str(output),
+                                                images_dir=None), **QUIET)
+    exported = json.loads(output.read_text())
+    kept = kept_rows(spark, chain, "token")
+    assert summary["images_written"] == 0 and not (tmp_path / "images").exists()
+    corpus = table_rows(spark, chain["lake"] + "/corpus")
+    assert {r["id"]: r.get("image") for r in exported} == {s: corpus[s]["image_path"] for s in kept}
+    masks = json.loads(Path(mask_path(str(output))).read_text())["masks"]
+    assert set(masks) == set(kept) and summary["tokens_kept"] == sum(sum(r["token_keep"]) for r in kept.values())
+
+
+def test_cli_exports_from_the_config_section(spark, chain, tmp_path):
+    from typer.testing import CliRunner
+
+    from vig_udf.cli import app
+
+    conf = tmp_path / "conf.yaml"
+    conf.write_text(f"lake: {chain['lake']}\nexport: {{policy: vig, output: {tmp_path / 'cli.json'}}}\n")
+    result = CliRunner().invoke(app, ["export", "--config", str(conf), "policy=token"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    kept = kept_rows(spark, chain, "token")
+    assert f"wrote {len(kept)} records" in result.output
+    assert {r["id"] for r in json.loads((tmp_path / "cli.json").read_text())} == set(kept)
+
+
+def test_unknown_or_ambiguous_selection_and_missing_tables_are_clear_errors(spark, chain, tmp_path):
+    vig_id = chain["selected"]["policies"]["vig"]["selection_id"]
+    with pytest.raises(ValueError, match="no selection_id 'nope'.*" + vig_id):
+        run_export(spark, ExportJobConfig(lake=chain["lake"], selection_id="nope", output=str(tmp_path / "x.json")),
+                   **QUIET)
+    with pytest.raises(FileNotFoundError, match="vig select"):
+        run_export(spark, ExportJobConfig(lake=str(tmp_path / "empty"), policy="vig", output=str(tmp_path / "x.json")),
+                   **QUIET)
+    # a selection whose scores and corpus are gone; two vig selections make policy=vig ambiguous
+    lake = tmp_path / "orphan"
+    rows = [{"sample_id": "a", "scorer_id": "s", "policy": "vig", "selection_id": sid, "params_hash": "h",
+             "params": "{}", "kept": True, "reason": "vig>=tau", "token_keep": [True], "n_tokens": 1,
+             "n_tokens_kept": 1, "tau": 0.0, "p": 70.0, "scores_version": 0} for sid in ("id1", "id2")]
+    write_deltalake(str(lake / "selection"), pa.Table.from_pylist(rows, schema=SELECTION_SCHEMA))
+    with pytest.raises(ValueError, match="single selection of policy 'vig'.*id1.*id2"):
+        run_export(spark, ExportJobConfig(lake=str(lake), policy="vig", output=str(tmp_path / "x.json")), **QUIET)
+    with pytest.raises(FileNotFoundError, match="no scores table"):
+        run_export(spark, ExportJobConfig(lake=str(lake), selection_id="id1", output=str(tmp_path / "x.json")),
+                   **QUIET)
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "x.mask.json").exists()
+    for both_or_neither in ({"selection_id": "id1", "policy": "vig"}, {}):
+        with pytest.raises(ValidationError, match="exactly one of selection_id and policy"):
+            ExportJobConfig(output="x.json", **both_or_neither)
+
+
+def test_a_failed_write_leaves_no_file_behind_and_an_earlier_export_untouched(tmp_path):
+    output, sidecar = tmp_path / "out.json", tmp_path / "out.mask.json"
+    output.write_text("earlier export")
+    records = [{"id": "a", "conversations": []}, {"id": "b", "conversations": [object()]}]  # b cannot be written
+    with pytest.raises(TypeError):
+        _write_export(output, sidecar, records, {"format": "x"}, {"a": [], "b": []})
+    assert output.read_text() == "earlier export" and not sidecar.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
