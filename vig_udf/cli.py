@@ -74,6 +74,12 @@ def select(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
 
 
 @app.command()
+def export(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
+    """selection -> LLaVA JSON of the kept records plus a per-token mask sidecar (for other training stacks)."""
+    _spark_job("vig_udf.spark.export_job", "ExportJobConfig", "run_export", "export", config, overrides)
+
+
+@app.command()
 def train(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
     """corpus + scores + selection -> a fine-tuned model with loss on the selected tokens, one MLflow run."""
     _spark_job("vig_udf.spark.train_job", "TrainJobConfig", "run_train", "train", config, overrides)
