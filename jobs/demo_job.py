@@ -1,4 +1,4 @@
-"""The demo job (spark-submit-free for now): `python jobs/demo.py [key=value ...]`."""
+"""The demo job (spark-submit-free for now): `python jobs/demo_job.py [key=value ...]`."""
 
 import sys
 

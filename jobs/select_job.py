@@ -1,0 +1,8 @@
+"""spark-submit entry point: `spark-submit jobs/select_job.py --config conf/local.yaml [key=value ...]`."""
+
+import sys
+
+from vig_udf.cli import app
+
+if __name__ == "__main__":
+    app(["select", *sys.argv[1:]])

@@ -1,8 +1,0 @@
-"""spark-submit entry point: `spark-submit jobs/train.py --config conf/local.yaml [key=value ...]`."""
-
-import sys
-
-from vig_udf.cli import app
-
-if __name__ == "__main__":
-    app(["train", *sys.argv[1:]])
