@@ -47,8 +47,11 @@ def token_keep_for(tokens: AnswerTokens, row: dict) -> tuple[np.ndarray, bool]:
     """The selected-token mask over ``tokens`` (this tokenizer's answer tokens) and whether it was realigned.
 
     ``row`` carries the selection's ``token_keep`` over the scorer's tokens, described by ``token_ids``,
-    ``token_turn``, ``token_char_start`` and ``token_char_end``.
+    ``token_turn``, ``token_char_start`` and ``token_char_end``. A ``token_keep`` of None keeps every answer
+    token (training without a selection, such as the demo's alignment stage).
     """
+    if row.get("token_keep") is None:
+        return np.ones(len(tokens), dtype=bool), False
     keep = np.asarray(row["token_keep"], dtype=bool)
     stored_ids = np.asarray(row["token_ids"], dtype=np.int64)
     if keep.shape != stored_ids.shape:

@@ -60,9 +60,11 @@ class TrainSettings(BaseModel):
     keep_checkpoints: int = Field(2, gt=0, description="how many recent checkpoints to keep")
     resume: bool = Field(True, description="continue from the newest checkpoint in the output folder, if any")
     log_every: int = Field(1, gt=0, description="send metrics to MLflow every n steps")
+    cache_examples: bool = Field(False, description="keep built examples (processed images, labels) in memory "
+                                                    "across epochs; for small training sets")
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the trained weights (not checkpointing, logging or device)."""
         data = self.model_dump(mode="json", exclude={"checkpoint_every", "keep_checkpoints", "resume", "log_every",
-                                                     "device", "image_root"})
+                                                     "device", "image_root", "cache_examples"})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -96,6 +96,7 @@ def _train(settings: TrainSettings, train_set: str, out: Path, *, rank: int, wor
     pad = builder.tokenizer.pad_token_id if builder.tokenizer.pad_token_id is not None else 0
     skipped: dict[str, str] = {}
     realigned: set[str] = set()
+    cache: dict = {}
     client = _mlflow_client(tracking)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=_precision(settings, device) == "bfloat16")
     if rank == 0:
@@ -110,10 +111,12 @@ def _train(settings: TrainSettings, train_set: str, out: Path, *, rank: int, wor
         for index in _step_indices(step, rank, world, settings.batch_size, len(rows), settings.seed):
             row = rows[index]
             try:
-                example = build_example(builder, row, image_root=settings.image_root)
+                example = cache.get(index) or build_example(builder, row, image_root=settings.image_root)
             except SampleError as err:
                 skipped[row["sample_id"]] = f"{err.status}: {err.message}"
                 continue
+            if settings.cache_examples:
+                cache[index] = example
             examples.append(example)
             if example.realigned:
                 realigned.add(example.sample_id)
