@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from vig_udf.images import DEFAULT_BLUR_SIGMA
 
 T = TypeVar("T", bound=BaseModel)
+# The demo's blur: measured so that colours are gone (benchmarks/demo_blur_sigma.py, BENCHMARKS.md)
+DEMO_BLUR_SIGMA = 0.2
 
 
 class ScorerConfig(BaseModel):
@@ -59,16 +61,29 @@ class SqlConfig(BaseModel):
 
 
 class DemoConfig(BaseModel):
-    """The demo: build the small shapes-world model, score generated samples, print high-VIG tokens."""
+    """The demo benchmark (docs/demo_benchmark.md): align the small model, score a generated corpus, select
+    with every policy, instruction-tune per policy and seed, evaluate, report."""
 
     model_config = ConfigDict(extra="forbid")
 
-    workdir: str = Field(".demo", description="where the demo model and its outputs are written")
-    samples: int = Field(96, description="generated samples to score")
-    seed: int = Field(7, description="seed of the scored samples (the model trains on another seed)")
-    top: int = Field(15, description="how many highest-VIG tokens to print")
-    lake: str | None = Field(None, description="lake root for the corpus and scores tables; None = <workdir>/lake")
-    scorer: ScorerConfig = ScorerConfig()
+    workdir: str = Field(".demo", description="where the model, corpus, lake, MLflow store and report go")
+    samples: int = Field(800, gt=0, description="generated instruction samples (ingested, scored, selected)")
+    test_samples: int = Field(240, gt=1, description="balanced test items (half prior-conflicting)")
+    seed: int = Field(7, description="seed of the generated corpus and test split")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="training seeds (data order, random draw)")
+    policies: list[Literal["all", "vig", "sample", "token", "random"]] = Field(
+        default_factory=lambda: ["all", "vig", "sample", "token", "random"],
+        description="policies trained and compared (all = vanilla)")
+    p: float = Field(70.0, gt=0, le=100, description="percent of multimodal samples kept by vig/sample/random")
+    epochs: float = Field(3.0, gt=0, description="passes over each policy's kept samples")
+    batch_size: int = Field(16, gt=0, description="samples per training step")
+    learning_rate: float = Field(1e-3, gt=0, description="peak learning rate of instruction tuning")
+    examples: int = Field(8, ge=0, description="conversations shown in the report's token view")
+    lake: str | None = Field(None, description="lake root for the corpus, scores and selection tables; None = <workdir>/lake")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI; None = sqlite:///<workdir>/mlflow.db")
+    experiment: str = Field("vig-demo", description="MLflow experiment of the demo's runs")
+    system_metrics: bool = Field(True, description="log CPU/memory usage in every training run")
+    scorer: ScorerConfig = ScorerConfig(blur_sigma=DEMO_BLUR_SIGMA)
     spark: SparkConfig = SparkConfig(conf={"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4"})
 
 

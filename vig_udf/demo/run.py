@@ -1,10 +1,15 @@
-"""The demo job on the embedded default: build the shapes-world model, write a generated corpus, ingest
-it and score it with Spark into local Delta tables, then show where the image mattered."""
+"""The demo benchmark on the embedded default (local Spark, local Delta folder, local MLflow store).
+
+aligned model -> generated corpus -> ingest -> score (Spark) -> select (every policy) -> instruction-tune
+the aligned model once per policy and seed (MLflow runs) -> evaluate on the balanced test split -> report.
+The design, written before the results: docs/demo_benchmark.md.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -12,7 +17,7 @@ import numpy as np
 
 from vig_udf.config import DemoConfig, ScorerConfig
 from vig_udf.demo.model import DemoModelConfig, build_demo_model
-from vig_udf.demo.world import generate
+from vig_udf.demo.world import ATTRIBUTE_WORDS, generate, generate_test
 
 log = logging.getLogger(__name__)
 
@@ -20,79 +25,190 @@ log = logging.getLogger(__name__)
 def write_demo_corpus(folder: Path, n: int, seed: int, model_config: DemoModelConfig) -> Path:
     """Generated records as LLaVA JSON with PNG images under ``folder/images/shapes``; returns the JSON path.
 
-    The question kind of every answer turn goes to ``kinds.json`` (sample id -> kinds) for the report.
+    The ground truth of every answer turn (kind, prior conflict) goes to ``meta.json`` for the report.
     """
     images = folder / "images" / "shapes"
     images.mkdir(parents=True, exist_ok=True)
-    records, kinds = [], {}
+    records, meta = [], {}
     for rec in generate(n, seed=seed, config=model_config.world):
         out = {"id": rec["id"], "conversations": rec["conversations"]}
         if "image" in rec:
             rec["image"].save(images / f"{rec['id']}.png")
             out["image"] = f"shapes/{rec['id']}.png"
         records.append(out)
-        kinds[rec["id"]] = rec["meta"]["kinds"]
+        meta[rec["id"]] = {"kinds": rec["meta"]["kinds"], "conflict": rec["meta"]["conflict"]}
     (folder / "records.json").write_text(json.dumps(records))
-    (folder / "kinds.json").write_text(json.dumps(kinds))
+    (folder / "meta.json").write_text(json.dumps(meta))
     return folder / "records.json"
 
 
 def run_demo(cfg: DemoConfig, *, model_config: DemoModelConfig = DemoModelConfig(), spark=None, out=print) -> dict:
-    """Run the demo; returns a summary dict (statuses, VIG by question kind, scorer id, table versions)."""
-    from vig_udf.lake import read_table
+    """Run the benchmark; returns a summary (tables, selections, per-run metrics, MLflow run ids, report)."""
     from vig_udf.spark.ingest_job import IngestJobConfig, run_ingest
     from vig_udf.spark.score_job import ScoreJobConfig, run_score
     from vig_udf.spark.session import spark_session
 
-    workdir = Path(cfg.workdir)
     started = time.perf_counter()
+    workdir = Path(cfg.workdir).absolute()
     model_path = cfg.scorer.model_path or build_demo_model(workdir / "model", model_config)
-    out(f"demo model: {model_path} (ready in {time.perf_counter() - started:.0f}s)")
+    out(f"aligned model: {model_path} (ready after {time.perf_counter() - started:.0f}s)")
     corpus_dir = workdir / "corpus"
     records_path = write_demo_corpus(corpus_dir, cfg.samples, cfg.seed, model_config)
+    test_items = generate_test(cfg.test_samples, seed=cfg.seed + 2000, config=model_config.world)
     lake = cfg.lake or str(workdir / "lake")
     spark = spark or spark_session(cfg.spark)
-    run_ingest(spark, IngestJobConfig(input=str(records_path), image_root=str(corpus_dir / "images"), lake=lake),
-               out=out)
-    scorer = ScorerConfig(**{**cfg.scorer.model_dump(), "model_path": model_path,
-                             "image_root": str(corpus_dir / "images")})
-    summary = run_score(spark, ScoreJobConfig(lake=lake, scorer=scorer, spark=cfg.spark), out=out)
+    image_root = str(corpus_dir / "images")
+    ingest = run_ingest(spark, IngestJobConfig(input=str(records_path), image_root=image_root, lake=lake), out=out)
+    scorer = ScorerConfig(**{**cfg.scorer.model_dump(), "model_path": model_path, "image_root": image_root})
+    scored = run_score(spark, ScoreJobConfig(lake=lake, scorer=scorer, spark=cfg.spark), out=out)
+    selections = _select(spark, cfg, lake, out)
+    tracking = _mlflow_settings(cfg, workdir)
+    runs = []
+    for seed in cfg.seeds:
+        for policy in cfg.policies:
+            runs.append(_train_and_evaluate(spark, cfg, lake, model_path, image_root, selections, policy, seed,
+                                            test_items, tracking, workdir, out))
+    report = _report(spark, cfg, lake, scored, selections, runs, corpus_dir, tracking, workdir,
+                     started, ingest, model_path)
+    _print_table(report, out)
+    out(f"\nreport: {report['report']}  (MLflow: {tracking['tracking_uri']}, experiment {tracking['experiment']})")
+    out(f"tables: {lake}/corpus, scores, selection  (query them: vig sql \"SELECT ...\" --lake {lake})")
+    out(f"demo finished in {time.perf_counter() - started:.0f}s")
+    return {"lake": lake, "scorer_id": scored["scorer_id"], "rows_by_status": scored["rows_by_status"],
+            "rows_for_scorer": scored["rows_for_scorer"], "corpus_version": ingest["corpus_version"],
+            "selections": selections, "runs": runs, "report": report, "tracking": tracking}
 
-    scores = read_table(spark, lake + "/scores").where(f"scorer_id = '{summary['scorer_id']}'").toPandas()
+
+def _select(spark, cfg: DemoConfig, lake: str, out) -> dict:
+    """One select run for the deterministic policies and one per seed for ``random``."""
+    from vig_udf.spark.select_job import SelectJobConfig, run_select
+
+    fixed = [p for p in cfg.policies if p != "random"]
+    selections: dict = {}
+    if fixed:
+        summary = run_select(spark, SelectJobConfig(lake=lake, policies=fixed, p=cfg.p), out=out)
+        for policy in fixed:
+            selections[(policy, None)] = {**summary["policies"][policy], "tau": summary["tau"],
+                                          "scores_version": summary["scores_version"]}
+    if "random" in cfg.policies:
+        for seed in cfg.seeds:
+            summary = run_select(spark, SelectJobConfig(lake=lake, policies=["random"], p=cfg.p, seed=seed), out=out)
+            selections[("random", seed)] = {**summary["policies"]["random"], "tau": summary["tau"],
+                                            "scores_version": summary["scores_version"]}
+    return selections
+
+
+def _mlflow_settings(cfg: DemoConfig, workdir: Path) -> dict:
+    return {"tracking_uri": cfg.tracking_uri or f"sqlite:///{workdir / 'mlflow.db'}",
+            "experiment": cfg.experiment, "artifact_location": str(workdir / "mlartifacts")}
+
+
+def _train_and_evaluate(spark, cfg: DemoConfig, lake: str, model_path: str, image_root: str, selections: dict,
+                        policy: str, seed: int, test_items: list[dict], tracking: dict, workdir: Path, out) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    from vig_udf.demo.evaluate import evaluate
+    from vig_udf.spark.train_job import TrainJobConfig, run_train
+
+    selection = selections[(policy, seed if policy == "random" else None)]
+    kept = selection["kept_multimodal"] + selection["kept_text_only"]
+    steps = max(1, math.ceil(cfg.epochs * kept / cfg.batch_size))
+    job = TrainJobConfig(
+        lake=lake, selection_id=selection["selection_id"], output_dir=str(workdir / "runs" / f"{policy}-seed{seed}"),
+        training={"base_model": model_path, "steps": steps, "batch_size": cfg.batch_size,
+                  "learning_rate": cfg.learning_rate, "warmup_ratio": 0.05, "seed": seed, "image_root": image_root,
+                  "checkpoint_every": 0, "resume": False, "cache_examples": True, "device": "cpu",
+                  "log_every": 5},
+        mlflow={**tracking, "run_name": f"{policy}-seed{seed}", "system_metrics": cfg.system_metrics},
+        spark=cfg.spark)
+    trained = run_train(spark, job, out=lambda *_: None)
+    metrics = evaluate(trained["model_dir"], test_items, blur_sigma=cfg.scorer.blur_sigma)
+    client = MlflowClient(tracking["tracking_uri"])
+    for key, value in metrics.items():
+        client.log_metric(trained["run_id"], f"eval_{key}", float(value))
+    row = {"policy": policy, "seed": seed, "samples_kept": kept, "supervised_tokens": trained["supervised_tokens"],
+           "steps": steps, "run_id": trained["run_id"], "selection_id": selection["selection_id"],
+           "final_loss": trained["losses"][-1], **metrics}
+    out(f"{policy:<7} seed {seed}: {kept} samples, {steps} steps, {trained['supervised_tokens']} supervised tokens; "
+        f"accuracy consistent {metrics['acc_consistent']:.3f} conflicting {metrics['acc_conflicting']:.3f} "
+        f"blind {metrics['blind_acc']:.3f} ({trained['seconds']:.0f}s)")
+    return row
+
+
+def scored_turns_and_tokens(scores, conversations: dict, meta: dict):
+    """Per answer turn (kind, prior conflict, mean token VIG) and per answer token (text, VIG, attribute
+    word or not) of the ok rows of ``scores`` (a pandas frame of the scores table)."""
+    import pandas as pd
+
+    turns, tokens = [], []
+    for row in scores[scores.status == "ok"].itertuples():
+        answers = [t["value"].strip() for t in conversations[row.sample_id] if t["from"] == "gpt"]
+        info = meta.get(row.sample_id, {})
+        token_turn, token_vig = np.asarray(row.token_turn), np.asarray(row.token_vig, dtype=np.float64)
+        for turn, answer in enumerate(answers):
+            inside = np.nonzero(token_turn == turn)[0]
+            if inside.size == 0:
+                continue
+            turns.append({"sample_id": row.sample_id, "turn": turn, "kind": info.get("kinds", [None] * 9)[turn],
+                          "conflict": info.get("conflict", [None] * 9)[turn], "vig": float(token_vig[inside].mean())})
+            for i in inside:
+                text = answer[row.token_char_start[i]:row.token_char_end[i]]
+                tokens.append({"sample_id": row.sample_id, "turn": turn, "token": text, "vig": float(token_vig[i]),
+                               "attribute": text.strip(" .").lower() in ATTRIBUTE_WORDS})
+    return pd.DataFrame(turns), pd.DataFrame(tokens)
+
+
+def _report(spark, cfg: DemoConfig, lake: str, scored: dict, selections: dict, runs: list[dict], corpus_dir: Path,
+            tracking: dict, workdir: Path, started: float, ingest: dict, model_path: str) -> dict:
+    import mlflow
+
+    from vig_udf.demo.report import write_report
+    from vig_udf.lake import read_table
+
+    scores = read_table(spark, lake + "/scores").where(f"scorer_id = '{scored['scorer_id']}'").toPandas()
     corpus = read_table(spark, lake + "/corpus").select("sample_id", "conversations").toPandas()
-    kinds = json.loads((corpus_dir / "kinds.json").read_text())
-    conversations = {row.sample_id: list(row.conversations) for row in corpus.itertuples()}
-    by_kind = _vig_by_question_kind(scores, kinds)
-    out("\nmean token VIG by question kind (nats per token):")
-    for kind, values in sorted(by_kind.items(), key=lambda kv: -np.mean(kv[1])):
-        out(f"  {kind:<8} {np.mean(values):+.3f}  over {len(values)} answer turns")
-    out(f"\n{cfg.top} highest-VIG answer tokens:")
-    for vig, token, answer, question in _top_tokens(scores, conversations, cfg.top):
-        out(f"  {vig:+.3f}  {token!r:<12} in {answer!r:<34} <- {question!r}")
-    out(f"\ntables: {lake}/corpus, {lake}/scores  (query them: vig sql \"SELECT ... FROM scores\" --lake {lake})")
-    return {**summary, "vig_by_kind": {k: float(np.mean(v)) for k, v in by_kind.items()}, "lake": lake}
+    conversations = {r.sample_id: [dict(t) for t in r.conversations] for r in corpus.itertuples()}
+    meta = json.loads((corpus_dir / "meta.json").read_text())
+    turns, tokens = scored_turns_and_tokens(scores, conversations, meta)
+    examples = _examples(scores, conversations, count=cfg.examples)
+    vig_selection = selections.get(("vig", None)) or next(iter(selections.values()))
+    context = {"aligned model": model_path, "scorer_id": scored["scorer_id"], "counterfactual": cfg.scorer.counterfactual,
+               "blur sigma (fraction of the shorter side)": cfg.scorer.blur_sigma, "p": cfg.p,
+               "tau": vig_selection.get("tau"), "instruction samples": cfg.samples, "test items": cfg.test_samples,
+               "rows by status": scored["rows_by_status"], "epochs": cfg.epochs, "batch size": cfg.batch_size,
+               "learning rate": cfg.learning_rate, "seeds": list(cfg.seeds), "corpus version": ingest["corpus_version"],
+               "scores version": vig_selection.get("scores_version"),
+               "seconds until the report": round(time.perf_counter() - started)}
+    result = write_report(workdir / "report", runs=runs, turns=turns, tokens=tokens, examples=examples,
+                          context=context)
+    mlflow.set_tracking_uri(tracking["tracking_uri"])
+    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name(tracking["experiment"]).experiment_id,
+                          run_name="report"):
+        mlflow.set_tags({"vig.kind": "report", "vig.scorer_id": scored["scorer_id"]})
+        mlflow.log_params({"p": cfg.p, "seeds": json.dumps(list(cfg.seeds)), "samples": cfg.samples,
+                           "blur_sigma": cfg.scorer.blur_sigma})
+        mlflow.log_artifacts(str(workdir / "report"), artifact_path="report")
+    return {**result, "report": result["paths"]["report.md"]}
 
 
-def _vig_by_question_kind(scores, kinds: dict[str, list[str]]) -> dict[str, list[float]]:
-    by_kind: dict[str, list[float]] = {}
-    for row in scores[scores.status == "ok"].itertuples():
-        turns, token_vig = np.asarray(row.token_turn), np.asarray(row.token_vig)
-        for turn, kind in enumerate(kinds.get(row.sample_id, [])):
-            if (turns == turn).any():
-                by_kind.setdefault(kind, []).append(float(token_vig[turns == turn].mean()))
-    return by_kind
+def _print_table(report: dict, out) -> None:
+    out("\npolicy   samples  sup. tokens  consistent  conflicting  bias gap  blind acc   (mean over seeds)")
+    for policy, stats in report["policies"].items():
+        mean = {k: v["mean"] if isinstance(v, dict) else v for k, v in stats.items()}
+        out(f"{policy:<8} {mean['samples_kept']:>7.0f} {mean['supervised_tokens']:>12.0f} {mean['acc_consistent']:>11.3f} "
+            f"{mean['acc_conflicting']:>12.3f} {mean['bias_gap']:>9.3f} {mean['blind_acc']:>10.3f}")
 
 
-def _top_tokens(scores, conversations: dict[str, list], top: int):
-    rows = []
-    for row in scores[scores.status == "ok"].itertuples():
+def _examples(scores, conversations: dict, count: int) -> list[dict]:
+    """A few scored conversations (the highest sample VIG first) for the token view."""
+    ok = scores[scores.status == "ok"].sort_values("vig", ascending=False)
+    picked = list(ok.head(count // 2).itertuples()) + list(ok.tail(count - count // 2).itertuples())
+    out = []
+    for row in picked:
         turns = conversations[row.sample_id]
-        token_vig = np.asarray(row.token_vig)
-        for i in np.argsort(-token_vig)[:3]:
-            turn = int(row.token_turn[i])
-            answer = turns[2 * turn + 1]["value"]
-            token = answer[row.token_char_start[i]:row.token_char_end[i]]
-            question = turns[2 * turn]["value"].replace("<image>\n", "")
-            rows.append((float(token_vig[i]), token, answer, question))
-    rows.sort(key=lambda r: -r[0])
-    return rows[:top]
+        out.append({"sample_id": row.sample_id,
+                    "questions": [t["value"].replace("<image>", "").strip() for t in turns if t["from"] == "human"],
+                    "answers": [t["value"] for t in turns if t["from"] == "gpt"],
+                    "token_turn": list(row.token_turn), "token_char_start": list(row.token_char_start),
+                    "token_char_end": list(row.token_char_end), "token_vig": list(row.token_vig)})
+    return out
