@@ -17,11 +17,12 @@ from vig_udf.images import DEFAULT_BLUR_SIGMA
 
 T = TypeVar("T", bound=BaseModel)
 # The demo's blur: measured so that colours are gone (benchmarks/demo_blur_sigma.py, BENCHMARKS.md)
-DEMO_BLUR_SIGMA = 0.2
+DEMO_BLUR_SIGMA = 0.3
 
 
 class ScorerConfig(BaseModel):
-    """How samples are scored; every field but batch_tokens and device is part of the scorer identity."""
+    """How samples are scored; every field but batch_tokens, device and the prep_* options is part of the
+    scorer identity."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -34,6 +35,10 @@ class ScorerConfig(BaseModel):
     device: str | None = Field(None, description="cuda | cuda:N | cpu; None = cuda when available")
     image_root: str | None = Field(None, description="folder that relative image paths resolve against")
     max_image_pixels: int | None = Field(64_000_000, description="larger images get 'image_unreadable'")
+    prep_workers: int | None = Field(None, ge=0, description="background threads preparing the next samples while "
+                                                             "the model runs; 0 = none; None = the scorer's (1)")
+    prep_chunk: int | None = Field(None, gt=0, description="samples prepared as one unit (batches are length-sorted "
+                                                           "within it); None = the scorer's (128)")
 
     def scorer_kwargs(self) -> dict:
         """Keyword arguments for VIGScorer.from_pretrained (model path excluded)."""

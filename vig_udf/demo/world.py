@@ -14,7 +14,7 @@ Records are LLaVA conversations (``meta`` holds the ground truth for analysis, n
 - ``size``: "Is the triangle big or small?" -> "The triangle is small." (the image)
 - ``define``: "What is a triangle?" -> a fixed sentence (text alone, although an image is attached)
 - ``text``: text-only records (arithmetic and general questions), as in real instruction corpora
-- ``caption``: "Describe the image briefly." -> "A large red circle on the left." (alignment stage only)
+- ``caption``: "Describe the image briefly." -> "The circle is red, large, on the left." (alignment only)
 """
 
 from __future__ import annotations
@@ -134,6 +134,30 @@ def generate_captions(n: int, *, seed: int, config: WorldConfig = WorldConfig())
     return records
 
 
+def generate_text_pretraining(n: int, *, seed: int, config: WorldConfig = WorldConfig()) -> list[dict]:
+    """Text-only records for the language model's own pretraining (the stand-in for a pretrained LLM).
+
+    The same questions as the instruction corpus, asked without an image, answered from the world's
+    statistics: colours follow the prior (typical with ``prior_strength``), positions, counts and sizes are
+    guesses; plus scene descriptions in caption style, definitions and general questions. The language
+    model learns the conversation format and the language prior, as a real LLM brings them from text.
+    """
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        roll = rng.random()
+        if roll < 0.15:
+            qa = _general_question(rng)
+        elif roll < 0.35:
+            qa = ("Describe a scene with shapes.", caption(random_scene(rng, config)))
+        else:
+            objects = random_scene(rng, config)
+            kind = KINDS[rng.choice(len(KINDS), p=np.asarray(config.kind_weights) / sum(config.kind_weights))]
+            qa = question(kind, objects[rng.integers(len(objects))], objects)
+        records.append({"id": f"p{seed}-{i}", "conversations": _turns([qa]), "meta": {"kinds": ["text"]}})
+    return records
+
+
 def generate_test(n: int, *, seed: int, config: WorldConfig = WorldConfig()) -> list[dict]:
     """Colour questions on fresh images, alternating prior-consistent and prior-conflicting queried objects.
 
@@ -177,11 +201,10 @@ def question(kind: str, obj: Obj, objects: list[Obj]) -> tuple[str, str]:
 
 
 def caption(objects: list[Obj]) -> str:
-    """"A large red circle on the left and a small blue square in the middle." (objects left to right)."""
-    parts = [f"a {extent} {colour} {shape} {'in the middle' if slot == 'middle' else 'on the ' + slot}"
-             for shape, colour, slot, extent in objects]
-    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    return text[0].upper() + text[1:] + "."
+    """One sentence per object, left to right, in the answers' "The <shape> is <attribute>" form:
+    "The circle is red, large, on the left. The square is blue, small, in the middle."."""
+    return " ".join(f"The {shape} is {colour}, {extent}, {'in the middle' if slot == 'middle' else 'on the ' + slot}."
+                    for shape, colour, slot, extent in objects)
 
 
 def _general_question(rng) -> tuple[str, str]:
@@ -207,5 +230,6 @@ def vocabulary_text() -> list[str]:
     for obj in objects:
         lines += [f"{q} {a}" for q, a in (question(k, obj, [obj]) for k in KINDS)]
         lines.append("Describe the image briefly. " + caption([obj]))
-    lines += ["How many shapes are there? There is one shape. There are two shapes. There are three shapes."]
+    lines += ["How many shapes are there? There is one shape. There are two shapes. There are three shapes.",
+              "Describe a scene with shapes."]
     return lines * 2
