@@ -51,7 +51,9 @@ def test_demo_produces_every_table_run_and_report(spark, tmp_path):
             "selection": versions["selection"]}
         for key in ("eval_acc_consistent", "eval_acc_conflicting", "eval_blind_acc", "final_loss"):
             assert 0 <= run.data.metrics[key] <= 1 or key == "final_loss"
-        assert row["supervised_tokens"] == run.data.metrics["supervised_tokens_total"] > 0
+        assert row["trained_token_steps"] == run.data.metrics["supervised_tokens_total"] > 0
+        assert row["supervised_tokens"] == summary["selections"][
+            (row["policy"], 0 if row["policy"] == "random" else None)]["tokens_kept"]
     # vanilla supervises every answer token of every sample; every other policy supervises fewer
     vanilla = next(r for r in summary["runs"] if r["policy"] == "all")
     assert vanilla["samples_kept"] == 24

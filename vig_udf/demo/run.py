@@ -126,10 +126,12 @@ def _train_and_evaluate(spark, cfg: DemoConfig, lake: str, model_path: str, imag
     client = MlflowClient(tracking["tracking_uri"])
     for key, value in metrics.items():
         client.log_metric(trained["run_id"], f"eval_{key}", float(value))
-    row = {"policy": policy, "seed": seed, "samples_kept": kept, "supervised_tokens": trained["supervised_tokens"],
+    # supervised tokens as the paper counts them: the answer tokens the selection keeps (once, not per epoch)
+    row = {"policy": policy, "seed": seed, "samples_kept": kept, "supervised_tokens": selection["tokens_kept"],
+           "trained_token_steps": trained["supervised_tokens"],
            "steps": steps, "run_id": trained["run_id"], "selection_id": selection["selection_id"],
            "final_loss": trained["losses"][-1], **metrics}
-    out(f"{policy:<7} seed {seed}: {kept} samples, {steps} steps, {trained['supervised_tokens']} supervised tokens; "
+    out(f"{policy:<7} seed {seed}: {kept} samples, {selection['tokens_kept']} supervised tokens, {steps} steps; "
         f"accuracy consistent {metrics['acc_consistent']:.3f} conflicting {metrics['acc_conflicting']:.3f} "
         f"blind {metrics['blind_acc']:.3f} ({trained['seconds']:.0f}s)")
     return row
@@ -172,13 +174,15 @@ def _report(spark, cfg: DemoConfig, lake: str, scored: dict, selections: dict, r
     turns, tokens = scored_turns_and_tokens(scores, conversations, meta)
     examples = _examples(scores, conversations, count=cfg.examples)
     vig_selection = selections.get(("vig", None)) or next(iter(selections.values()))
+    kept_rates = _kept_rates(spark, lake, vig_selection["selection_id"], meta, scores, conversations)
     context = {"aligned model": model_path, "scorer_id": scored["scorer_id"], "counterfactual": cfg.scorer.counterfactual,
                "blur sigma (fraction of the shorter side)": cfg.scorer.blur_sigma, "p": cfg.p,
                "tau": vig_selection.get("tau"), "instruction samples": cfg.samples, "test items": cfg.test_samples,
                "rows by status": scored["rows_by_status"], "epochs": cfg.epochs, "batch size": cfg.batch_size,
                "learning rate": cfg.learning_rate, "seeds": list(cfg.seeds), "corpus version": ingest["corpus_version"],
                "scores version": vig_selection.get("scores_version"),
-               "seconds until the report": round(time.perf_counter() - started)}
+               "seconds until the report": round(time.perf_counter() - started),
+               **kept_rates}
     result = write_report(workdir / "report", runs=runs, turns=turns, tokens=tokens, examples=examples,
                           context=context)
     mlflow.set_tracking_uri(tracking["tracking_uri"])
@@ -197,6 +201,47 @@ def _print_table(report: dict, out) -> None:
         mean = {k: v["mean"] if isinstance(v, dict) else v for k, v in stats.items()}
         out(f"{policy:<8} {mean['samples_kept']:>7.0f} {mean['supervised_tokens']:>12.0f} {mean['acc_consistent']:>11.3f} "
             f"{mean['acc_conflicting']:>12.3f} {mean['bias_gap']:>9.3f} {mean['blind_acc']:>10.3f}")
+
+
+def _kept_rates(spark, lake: str, selection_id: str, meta: dict, scores, conversations: dict) -> dict[str, str]:
+    """What the selection keeps, by what the answers need: the share of samples kept with a prior-conflicting
+    colour answer, with only prior-consistent colour answers, with only definitions; and the share of colour
+    words kept (with their mean token VIG) in prior-conflicting and prior-consistent answers."""
+    from vig_udf.demo.world import COLOURS
+    from vig_udf.lake import read_table
+
+    rows = {r.sample_id: r for r in read_table(spark, lake + "/selection")
+            .where(f"selection_id = '{selection_id}'").select("sample_id", "kept", "token_keep").collect()}
+    groups: dict[str, list[bool]] = {"samples with a prior-conflicting colour answer": [],
+                                     "samples with only prior-consistent colour answers": [],
+                                     "samples with only definition answers": []}
+    words: dict[bool, list[tuple[bool, float]]] = {True: [], False: []}
+    scored = {r.sample_id: r for r in scores[scores.status == "ok"].itertuples()}
+    for sample_id, info in meta.items():
+        if sample_id not in rows:
+            continue
+        conflict = [c for k, c in zip(info["kinds"], info["conflict"]) if k == "colour"]
+        if any(conflict):
+            groups["samples with a prior-conflicting colour answer"].append(bool(rows[sample_id].kept))
+        elif conflict and len(conflict) == len(info["kinds"]):
+            groups["samples with only prior-consistent colour answers"].append(bool(rows[sample_id].kept))
+        elif set(info["kinds"]) == {"define"}:
+            groups["samples with only definition answers"].append(bool(rows[sample_id].kept))
+        row, keep = scored.get(sample_id), rows[sample_id].token_keep or []
+        if row is None:
+            continue
+        answers = [t["value"].strip() for t in conversations[sample_id] if t["from"] == "gpt"]
+        for i, turn in enumerate(row.token_turn):
+            text = answers[turn][row.token_char_start[i]:row.token_char_end[i]].strip()
+            if info["kinds"][turn] == "colour" and text in COLOURS:
+                words[bool(info["conflict"][turn])].append((bool(keep[i]) if keep else False, float(row.token_vig[i])))
+    out = {f"share kept by vig: {g}": f"{np.mean(v):.1%} of {len(v)}" if v else "none" for g, v in groups.items()}
+    for conflict, name in ((True, "prior-conflicting"), (False, "prior-consistent")):
+        values = words[conflict]
+        if values:
+            out[f"colour words in {name} answers"] = (f"mean token VIG {np.mean([v for _, v in values]):+.3f}, "
+                                                     f"{np.mean([k for k, _ in values]):.1%} of {len(values)} kept by vig")
+    return out
 
 
 def _examples(scores, conversations: dict, count: int) -> list[dict]:
