@@ -1,6 +1,7 @@
 """The Spark scoring function without Spark: GPU pinning, row passthrough, Arrow output."""
 
 import pyarrow as pa
+import pytest
 
 from tests.conftest import random_image
 from vig_udf.spark import score_udf
@@ -60,3 +61,26 @@ def test_rows_in_equal_rows_out_and_invalid_rows_keep_their_ingest_status(tiny_c
     assert got[0]["token_vig"] == got[1]["token_vig"]  # the same image by path and by bytes
     assert got[2]["error"] == "not a LLaVA record" and got[2]["token_ids"] == []
     assert {r["scorer_id"] for r in got} == {scorer_id}
+
+    # several batches through one stream: unscorable-only batches keep their place, rows keep their batch
+    batches = [pa.RecordBatch.from_pylist(part) for part in ([rows[2]], rows[:2], [rows[2]], [rows[0]], [rows[2]])]
+    streamed = list(score_batches(spec)(iter(batches)))
+    assert [b.num_rows for b in streamed] == [1, 2, 1, 1, 1]
+    flat = pa.Table.from_batches(streamed).to_pylist()
+    assert [r["sample_id"] for r in flat] == ["c", "a", "b", "c", "a", "c"]
+    assert [r["status"] for r in flat] == ["invalid_record", "ok", "ok", "invalid_record", "ok", "invalid_record"]
+    # other batch compositions round differently in float32
+    assert flat[1]["token_vig"] == pytest.approx(got[0]["token_vig"], abs=1e-5)
+    assert flat[4]["token_vig"] == pytest.approx(got[0]["token_vig"], abs=1e-5)
+
+
+def test_a_task_with_nothing_to_score_loads_no_model(monkeypatch):
+    def no_load(*_):
+        raise AssertionError("the model was loaded for a task with nothing to score")
+
+    monkeypatch.setattr(score_udf, "worker_scorer", no_load)
+    row = {"sample_id": "c", "image_path": None, "image_bytes": None, "conversations": None,
+           "status": "invalid_record", "error": "not a LLaVA record"}
+    spec = ScorerSpec(model_path="unused", scorer_id="s", kwargs={})
+    out = list(score_batches(spec)(iter([pa.RecordBatch.from_pylist([row])] * 2)))
+    assert [b.num_rows for b in out] == [1, 1] and out[0].column("status").to_pylist() == ["invalid_record"]

@@ -7,10 +7,12 @@ scorer id and the device; on a GPU executor it is pinned to the GPU that Spark a
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -78,30 +80,67 @@ def worker_scorer(spec: ScorerSpec, device: str | None):
     return _SCORERS[key]
 
 
+@dataclass
+class _Pending:
+    """One Arrow batch on its way through the scorer: its rows, results so far, and the rows to score."""
+
+    rows: list[dict]
+    results: list
+    todo: list[int]
+    started: float
+
+
 def score_batches(spec: ScorerSpec):
-    """The ``mapInArrow`` function: corpus record batches in, ``scores`` record batches out, row for row."""
+    """The ``mapInArrow`` function: corpus record batches in, ``scores`` record batches out, row for row.
+
+    The batches of a task go through one :meth:`~vig_udf.VIGScorer.score_stream`, so the scorer prepares
+    the next batch's samples (images, templates, processor) while the model runs the current one. Output
+    batches keep the input order; batches with nothing to score pass straight through in their place.
+    """
 
     def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            rows = batch.to_pylist()
-            started = time.perf_counter()
-            results: list[ScoreResult | None] = [None] * len(rows)
-            todo = []
-            for i, row in enumerate(rows):
-                if row.get("status") in SCORABLE:
-                    todo.append(i)
-                else:  # ingest already knows why this row cannot be scored
-                    results[i] = ScoreResult.unscored(row["sample_id"], spec.kwargs.get("counterfactual", "blur"),
-                                                      row.get("status") or st.INVALID_CONVERSATION, row.get("error"))
-            if todo:
-                scorer = worker_scorer(spec, task_device())
-                _maybe_kill_worker(spec)
-                for i, result in zip(todo, scorer.score([_sample(rows[i], spec.image_root) for i in todo])):
-                    results[i] = result
-            seconds = (time.perf_counter() - started) / max(1, len(rows))
-            yield results_to_arrow(results, scorer_id=spec.scorer_id, seconds_per_row=seconds)
+        pending: deque[_Pending] = deque()
+
+        def to_score() -> Iterator[list[dict]]:
+            for batch in batches:
+                entry = _pending(batch, spec)
+                pending.append(entry)
+                if entry.todo:
+                    yield [_sample(entry.rows[i], spec.image_root) for i in entry.todo]
+
+        lists = to_score()
+        first = next(lists, None)
+        if first is not None:  # load the model only for a task that has something to score
+            scorer = worker_scorer(spec, task_device())
+            _maybe_kill_worker(spec)
+            for scored in scorer.score_stream(itertools.chain([first], lists)):
+                while not pending[0].todo:
+                    yield _finish(pending.popleft(), spec)
+                entry = pending.popleft()
+                for i, result in zip(entry.todo, scored):
+                    entry.results[i] = result
+                yield _finish(entry, spec)
+        while pending:
+            yield _finish(pending.popleft(), spec)
 
     return score_partition
+
+
+def _pending(batch: pa.RecordBatch, spec: ScorerSpec) -> _Pending:
+    rows = batch.to_pylist()
+    entry = _Pending(rows, [None] * len(rows), [], time.perf_counter())
+    for i, row in enumerate(rows):
+        if row.get("status") in SCORABLE:
+            entry.todo.append(i)
+        else:  # ingest already knows why this row cannot be scored
+            entry.results[i] = ScoreResult.unscored(row["sample_id"], spec.kwargs.get("counterfactual", "blur"),
+                                                    row.get("status") or st.INVALID_CONVERSATION, row.get("error"))
+    return entry
+
+
+def _finish(entry: _Pending, spec: ScorerSpec) -> pa.RecordBatch:
+    seconds = (time.perf_counter() - entry.started) / max(1, len(entry.rows))
+    return results_to_arrow(entry.results, scorer_id=spec.scorer_id, seconds_per_row=seconds)
 
 
 def _sample(row: dict, image_root: str | None) -> dict:
