@@ -114,3 +114,13 @@ def test_torch_distributor_runs_the_same_function_on_two_processes(spark, scored
     assert [m.step for m in client.get_metric_history(summary["run_id"], "loss")] == [1, 2, 3, 4]
     # global batch = 2 processes x 4 samples
     assert all(m.value == 8 for m in client.get_metric_history(summary["run_id"], "samples"))
+
+
+def test_rerunning_a_finished_train_job_does_nothing(spark, scored_lake):
+    root, lake, _ = scored_lake
+    first = run_train(spark, job(root, lake, "run3", steps=2, checkpoint_every=0), out=QUIET)
+    lines = []
+    again = run_train(spark, job(root, lake, "run3", steps=2, checkpoint_every=0), out=lines.append)
+    assert again["run_id"] == first["run_id"] and "already holds the finished run" in lines[0]
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    assert [m.step for m in client.get_metric_history(first["run_id"], "loss")] == [1, 2]

@@ -229,3 +229,24 @@ def test_lora_trains_adapters_and_saves_a_merged_model(llava, tmp_path):
     changed = [k for k in merged if not torch.equal(merged[k], base[k])]
     assert any(".language_model." in k for k in changed) and any(".multi_modal_projector." in k for k in changed)
     assert not any(".vision_tower." in k for k in changed)
+
+
+def test_a_step_whose_samples_all_fail_supervises_nothing_and_is_reported(llava, tmp_path):
+    """batch_size 1 over one good and one unreadable sample: the bad sample's steps train nothing."""
+    from vig_udf.train.trainer import _checkpoints, train_selected
+
+    path, processor, _ = llava
+    good = scored_row(processor, records()[1])
+    bad = {**good, "sample_id": "broken", "image_bytes": b"not an image"}
+    data = str(tmp_path / "train.parquet")
+    pq.write_table(pa.Table.from_pylist([good, bad]), data)
+    seen = []
+    result = train_selected(settings(path, steps=6, batch_size=1, checkpoint_every=2), data, str(tmp_path / "run"),
+                            on_step=lambda step, m: seen.append(m))
+    assert list(result["skipped"]) == ["broken"] and "image_unreadable" in result["skipped"]["broken"]
+    assert {m["supervised_tokens"] for m in seen} == {0.0, float(sum(good["token_keep"]))}
+    assert all(m["samples"] == (1.0 if m["supervised_tokens"] else 0.0) for m in seen)
+    # a half-written checkpoint folder left by a killed run is not taken for a checkpoint
+    (tmp_path / "run" / "checkpoints" / "step-0000004.tmp").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "step-0000004.tmp" / "state.json").write_text("{}")
+    assert [p.name for p in _checkpoints(tmp_path / "run")] == ["step-0000002", "step-0000004"]

@@ -174,7 +174,8 @@ def _report(spark, cfg: DemoConfig, lake: str, scored: dict, selections: dict, r
     turns, tokens = scored_turns_and_tokens(scores, conversations, meta)
     examples = _examples(scores, conversations, count=cfg.examples)
     vig_selection = selections.get(("vig", None)) or next(iter(selections.values()))
-    kept_rates = _kept_rates(spark, lake, vig_selection["selection_id"], meta, scores, conversations)
+    kept_rates = (_kept_rates(spark, lake, vig_selection["selection_id"], meta, scores, conversations)
+                  if ("vig", None) in selections else {})
     context = {"aligned model": model_path, "scorer_id": scored["scorer_id"], "counterfactual": cfg.scorer.counterfactual,
                "blur sigma (fraction of the shorter side)": cfg.scorer.blur_sigma, "p": cfg.p,
                "tau": vig_selection.get("tau"), "instruction samples": cfg.samples, "test items": cfg.test_samples,

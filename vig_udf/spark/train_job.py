@@ -71,7 +71,9 @@ class TrainJobConfig(BaseModel):
     selection_version: int | None = Field(None, description="selection table version; None = latest")
     corpus_version: int | None = Field(None, description="corpus table version; None = latest")
     output_dir: str | None = Field(None, description="checkpoints, training set and final model; None = "
-                                                     "train_runs/<selection_id>-<settings fingerprint>")
+                                                     "train_runs/<selection_id>-<settings fingerprint>. With "
+                                                     "distributed training on a cluster it must be storage that "
+                                                     "the driver and every executor share (DBFS, a volume, NFS)")
     training: TrainSettings = TrainSettings()
     mlflow: MlflowConfig = MlflowConfig()
     distributed: DistributedConfig = DistributedConfig()
@@ -90,15 +92,24 @@ def run_train(spark, cfg: TrainJobConfig, *, out=print, on_step=None) -> dict:
 
     from vig_udf.train.trainer import train_selected
 
-    resolved = resolve_inputs(spark, cfg)
+    output = Path(cfg.output_dir).absolute() if cfg.output_dir else None
+    previous = _previous_run(output, cfg)
+    # a resumed run trains on the data it started with: its pinned inputs, not a new resolution
+    resolved = dict(previous["inputs"]) if previous else resolve_inputs(spark, cfg)
     settings = cfg.training.model_copy(update={"base_model": cfg.training.base_model or resolved["base_model"]})
-    output = Path(cfg.output_dir or f"train_runs/{resolved['selection_id']}-{settings.fingerprint()}").absolute()
+    if not settings.base_model:
+        raise ValueError(f"no base model: the scores table has no commit of scorer {resolved['scorer_id']} that names "
+                         "its model_path; set training.base_model")
+    if output is None:
+        output = Path(f"train_runs/{resolved['selection_id']}-{settings.fingerprint()}").absolute()
+        previous = _previous_run(output, cfg)
     state_file = output / "run.json"
-    previous = json.loads(state_file.read_text()) if state_file.exists() and settings.resume else None
     if previous and previous.get("fingerprint") != settings.fingerprint():
         raise ValueError(f"{output} holds a run with other settings; use another output_dir or training.resume=false")
-    if previous:  # a resumed run trains on the data it started with
-        resolved.update(previous["inputs"])
+    if previous and previous.get("complete"):
+        out(f"{output} already holds the finished run {previous['run_id']} (model {previous['result']['model_dir']}); "
+            "nothing to do (training.resume=false trains again)")
+        return {**resolved, "run_id": previous["run_id"], "output_dir": str(output), **previous["result"]}
     output.mkdir(parents=True, exist_ok=True)
     train_set = str(output / "train_set")
     rows = write_train_set(spark, resolved, train_set)
@@ -112,10 +123,10 @@ def run_train(spark, cfg: TrainJobConfig, *, out=print, on_step=None) -> dict:
     run_name = cfg.mlflow.run_name or f"{resolved['policy']}-{resolved['selection_id']}"
     with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else run_name,
                           log_system_metrics=cfg.mlflow.system_metrics) as run:
-        state_file.write_text(json.dumps({"run_id": run.info.run_id, "fingerprint": settings.fingerprint(),
-                                          "inputs": resolved}, indent=2))
         if not run_id:
             _log_run_inputs(spark, cfg, settings, resolved, summary, rows)
+        state = {"run_id": run.info.run_id, "fingerprint": settings.fingerprint(), "inputs": resolved}
+        state_file.write_text(json.dumps(state, indent=2))  # after the inputs are logged: a resume skips them
         tracking = {"tracking_uri": mlflow.get_tracking_uri(), "run_id": run.info.run_id}
         args = (settings.model_dump(mode="json"), train_set, str(output))
         if cfg.distributed.num_processes:
@@ -134,12 +145,24 @@ def run_train(spark, cfg: TrainJobConfig, *, out=print, on_step=None) -> dict:
             mlflow.set_tag("vig.token_alignment", "character_spans")
         if cfg.mlflow.log_model:
             mlflow.log_artifacts(result["model_dir"], artifact_path="model")
+        done = {k: result[k] for k in ("steps", "supervised_tokens", "realigned_samples", "rows", "model_dir",
+                                       "trainable_parameters")}
+        state_file.write_text(json.dumps({**state, "complete": True, "result": {
+            **done, "final_loss": result["losses"][-1] if result["losses"] else None,
+            "skipped_samples": len(result["skipped"])}}, indent=2))
     out(f"trained {settings.base_model} on selection {resolved['selection_id']} ({resolved['policy']}): "
         f"{rows} samples, steps {result['resumed_from_step'] + 1}-{result['steps']}, loss "
         f"{result['losses'][0] if result['losses'] else float('nan'):.4f} -> "
         f"{result['losses'][-1] if result['losses'] else float('nan'):.4f}; skipped {len(result['skipped'])}, "
         f"realigned {result['realigned_samples']}; model {result['model_dir']}; MLflow run {run.info.run_id}")
     return {**resolved, "run_id": run.info.run_id, "rows": rows, "output_dir": str(output), **result}
+
+
+def _previous_run(output: Path | None, cfg: TrainJobConfig) -> dict | None:
+    """The state of an earlier run in ``output`` that this one continues (None: start a new run)."""
+    if output is None or not cfg.training.resume or not (output / "run.json").exists():
+        return None
+    return json.loads((output / "run.json").read_text())
 
 
 def resolve_inputs(spark, cfg: TrainJobConfig) -> dict:
@@ -172,9 +195,11 @@ def resolve_inputs(spark, cfg: TrainJobConfig) -> dict:
     if not chosen["kept"]:
         raise ValueError(f"selection {chosen['selection_id']} keeps no sample: nothing to train on")
     base_model = None
-    for commit in table_history(paths["scores"], spark=spark):
-        if commit["version"] <= chosen["scores_version"] and commit.get("job") == "score" and commit.get("config"):
-            base_model = (commit["config"].get("scorer") or {}).get("model_path")
+    for commit in table_history(paths["scores"], spark=spark):  # the newest commit of this scorer
+        config = commit.get("config") or {}
+        if (commit["version"] <= chosen["scores_version"] and commit.get("job") == "score"
+                and config.get("scorer_id") == chosen["scorer_id"]):
+            base_model = (config.get("scorer") or {}).get("model_path")
             break
     return {"selection_id": chosen["selection_id"], "policy": chosen["policy"], "scorer_id": chosen["scorer_id"],
             "p": chosen["p"], "params": chosen["params"], "paths": paths,

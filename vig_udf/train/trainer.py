@@ -8,7 +8,8 @@ global batch (:mod:`vig_udf.train.loss`).
 
 Determinism and resume. The data order is a function of (seed, step) only: sample ``p`` of the run is
 ``permutation(seed, epoch)[p mod N]`` with ``p = step * global_batch + rank * batch_size + i``. A checkpoint
-holds the trainable weights, the optimizer and scheduler states, the RNG states and the step, written to a
+holds the trainable weights, the optimizer and scheduler states, the step and the supervised tokens so far
+(random ops are seeded per step and rank, so there is no RNG state to keep), written to a
 temporary folder and renamed, so a killed run never leaves a half checkpoint. Resuming loads the newest one
 and continues at the next step: the final weights equal those of an uninterrupted run.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -89,7 +91,10 @@ def _train(settings: TrainSettings, train_set: str, out: Path, *, rank: int, wor
 
         loss_module = DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == "cuda" else None,
                                               find_unused_parameters=True)
-    start = _resume(out, settings, trainable, optimizer, scheduler) if settings.resume else 0
+    precision = _precision(settings, device)
+    run_shape = {"world": world, "precision": precision}
+    start, supervised_total = _resume(out, settings, run_shape, trainable, optimizer, scheduler) if settings.resume \
+        else (0, 0)
     if rank == 0 and not settings.resume:
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     builder = InputBuilder(processor, max_length=settings.max_length)
@@ -98,15 +103,17 @@ def _train(settings: TrainSettings, train_set: str, out: Path, *, rank: int, wor
     realigned: set[str] = set()
     cache: dict = {}
     client = _mlflow_client(tracking)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=_precision(settings, device) == "bfloat16")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
     if rank == 0:
         log.info("training %s (%s) on %d rows from step %d to %d, %d process(es); parameters %s, trainable %d",
                  settings.base_model, settings.method, len(rows), start + 1, settings.steps, world, counts,
                  sum(p.numel() for p in trainable.values()))
     losses: list[float] = []
-    supervised_total = 0
+    fallback = None  # a buildable example, run with no labels when a rank's whole share fails
     started = time.perf_counter()
     for step in range(start, settings.steps):
+        # random ops (dropout) seeded per step and rank: a resumed run draws what an uninterrupted one would
+        torch.manual_seed(_step_seed(settings.seed, step, rank))
         examples = []
         for index in _step_indices(step, rank, world, settings.batch_size, len(rows), settings.seed):
             row = rows[index]
@@ -120,29 +127,35 @@ def _train(settings: TrainSettings, train_set: str, out: Path, *, rank: int, wor
             examples.append(example)
             if example.realigned:
                 realigned.add(example.sample_id)
-        batch = collate([e.seq for e in examples], pad) if examples else None
-        labels = _labels(examples, batch)
-        n_local = torch.tensor(float((labels != IGNORE_INDEX).sum()) if examples else 0.0)
-        n_global = _all_reduce(n_local.clone(), world)
-        optimizer.zero_grad(set_to_none=True)
+        n_examples = len(examples)
         if examples:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast:
-                loss_sum = loss_module(batch, labels.to(device))
-        else:  # every sample of this rank's share failed; still join the gradient all-reduce
-            loss_sum = sum(p.sum() * 0.0 for p in trainable.values())
-        scale = world / max(float(n_global), 1.0)  # DDP averages over ranks: the result is sum / n_global
+            fallback = examples[-1]
+        else:  # every sample of this rank's share failed: run one with no labels, so that DDP's forward and
+            # gradient all-reduce still happen on this rank (a rank that skips them hangs the others)
+            fallback = fallback or _first_buildable(builder, rows, settings)
+            examples = [fallback]
+        batch = collate([e.seq for e in examples], pad)
+        labels = _labels(examples, batch) if n_examples else torch.full_like(batch["input_ids"], IGNORE_INDEX)
+        n_local = torch.tensor([float((labels != IGNORE_INDEX).sum()), float(n_examples)])
+        n_global, samples = (float(v) for v in _all_reduce(n_local.clone(), world))
+        optimizer.zero_grad(set_to_none=True)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast:
+            loss_sum = loss_module(batch, labels.to(device))
+        scale = world / max(n_global, 1.0)  # DDP averages over ranks: the result is sum / n_global
         (loss_sum * scale).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable.values(), settings.max_grad_norm)
-        optimizer.step()
+        if n_global > 0:  # a step with nothing supervised must not move the weights (AdamW momentum, decay)
+            optimizer.step()
         scheduler.step()
-        loss = float(_all_reduce(loss_sum.detach().float().cpu(), world)) / max(float(n_global), 1.0)
+        loss = float(_all_reduce(loss_sum.detach().float().cpu(), world)) / max(n_global, 1.0)
         losses.append(loss)
         supervised_total += int(n_global)
         done = step + 1
         if settings.checkpoint_every and (done % settings.checkpoint_every == 0) and done < settings.steps and rank == 0:
-            _save_checkpoint(out, done, settings, trainable, optimizer, scheduler)
-        metrics = {"loss": loss, "supervised_tokens": float(n_global), "samples": float(len(examples) * world),
+            _save_checkpoint(out, done, settings, {**run_shape, "supervised_tokens": supervised_total}, trainable,
+                             optimizer, scheduler)
+        metrics = {"loss": loss, "supervised_tokens": n_global, "samples": samples,
                    "learning_rate": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                    "skipped_samples": float(len(skipped))}
         if client and (done % settings.log_every == 0 or done == settings.steps):
@@ -170,6 +183,20 @@ def _device(settings: TrainSettings, local_rank: int) -> torch.device:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 1_009 + rank) % (2**63)
+
+
+def _first_buildable(builder: InputBuilder, rows: list[dict], settings: TrainSettings):
+    """The first row of the training set that builds (its labels are not used)."""
+    for row in rows:
+        try:
+            return build_example(builder, row, image_root=settings.image_root)
+        except SampleError:
+            continue
+    raise ValueError("no sample of the training set can be built (see the skipped samples' reasons)")
 
 
 def _precision(settings: TrainSettings, device: torch.device) -> str:
@@ -242,36 +269,41 @@ def _with_lora(model, settings: TrainSettings):
 
 def _checkpoints(out: Path) -> list[Path]:
     folder = out / CHECKPOINTS
-    found = [p for p in folder.glob("step-*") if (p / "state.json").exists()] if folder.exists() else []
+    found = [p for p in folder.glob("step-*") if re.fullmatch(r"step-\d+", p.name) and (p / "state.json").exists()] \
+        if folder.exists() else []
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def _save_checkpoint(out: Path, step: int, settings: TrainSettings, trainable: dict, optimizer, scheduler) -> None:
+def _save_checkpoint(out: Path, step: int, settings: TrainSettings, extra: dict, trainable: dict, optimizer,
+                     scheduler) -> None:
     folder = out / CHECKPOINTS / f"step-{step:07d}"
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     torch.save({n: p.detach().cpu() for n, p in trainable.items()}, tmp / "trainable.pt")
-    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
-               tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": settings.fingerprint()}))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": settings.fingerprint(), **extra}))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     for old in _checkpoints(out)[:-settings.keep_checkpoints]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _resume(out: Path, settings: TrainSettings, trainable: dict, optimizer, scheduler) -> int:
-    """Load the newest checkpoint in ``out``; returns its step (0 when there is none)."""
+def _resume(out: Path, settings: TrainSettings, run_shape: dict, trainable: dict, optimizer,
+            scheduler) -> tuple[int, int]:
+    """Load the newest checkpoint in ``out``; returns its step and the supervised tokens so far (0, 0 without)."""
     found = _checkpoints(out)
     if not found:
-        return 0
+        return 0, 0
     folder = found[-1]
     state = json.loads((folder / "state.json").read_text())
     if state["fingerprint"] != settings.fingerprint():
         raise ValueError(f"{folder} was written with other training settings (fingerprint {state['fingerprint']}, "
                          f"now {settings.fingerprint()}): use another output folder, or resume=false to start over")
+    changed = {k: (state.get(k), v) for k, v in run_shape.items() if state.get(k) != v}
+    if changed:
+        raise ValueError(f"{folder} was written by a run with other {sorted(changed)} (checkpoint, now): {changed}; "
+                         "the data order and numerics would differ. Resume with the same, or resume=false")
     weights = torch.load(folder / "trainable.pt", map_location="cpu")
     missing = set(trainable) ^ set(weights)
     if missing:
@@ -282,11 +314,8 @@ def _resume(out: Path, settings: TrainSettings, trainable: dict, optimizer, sche
     opt = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False)
     optimizer.load_state_dict(opt["optimizer"])
     scheduler.load_state_dict(opt["scheduler"])
-    torch.set_rng_state(opt["rng"]["torch"])
-    if opt["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(opt["rng"]["cuda"])
     log.info("resuming from %s (step %d)", folder, state["step"])
-    return int(state["step"])
+    return int(state["step"]), int(state.get("supervised_tokens", 0))
 
 
 def _save_model(model, processor, settings: TrainSettings, model_dir: Path) -> None:
