@@ -86,17 +86,14 @@ def run_export(spark, cfg: ExportJobConfig, *, out=print) -> dict:
     """Write the records kept by one selection and their mask sidecar; returns the job summary."""
     from pyspark.sql import functions as F
 
-    from vig_udf.lake import read_table, table_version
+    from vig_udf.lake import read_table
+    from vig_udf.spark.selection_inputs import resolve_selection
 
-    paths = {name: cfg.lake.rstrip("/") + "/" + name for name in ("corpus", "scores", "selection")}
-    selection_version = _version(paths["selection"], cfg.selection_version, "vig select", spark)
+    chosen = resolve_selection(spark, lake=cfg.lake, selection_id=cfg.selection_id, policy=cfg.policy,
+                               selection_version=cfg.selection_version, corpus_version=cfg.corpus_version)
+    paths, versions = chosen["paths"], chosen["versions"]
+    selection_version, scores_version, corpus_version = (versions[k] for k in ("selection", "scores", "corpus"))
     selection = read_table(spark, paths["selection"], version=selection_version)
-    chosen = _resolve_selection(selection, cfg, paths["selection"], selection_version)
-    scores_version = chosen["scores_version"]
-    if table_version(paths["scores"], spark=spark) is None:
-        raise FileNotFoundError(f"no scores table at {paths['scores']}: selection {chosen['selection_id']} was made "
-                                f"from scores v{scores_version}, which the export needs for the token spans")
-    corpus_version = _version(paths["corpus"], cfg.corpus_version, "vig ingest", spark)
     scores = (read_table(spark, paths["scores"], version=scores_version)
               .where(F.col("scorer_id") == chosen["scorer_id"])
               .select("sample_id", "token_turn", "token_char_start", "token_char_end", F.lit(True).alias("_scored")))
@@ -168,35 +165,6 @@ def record_spans(row) -> list[tuple[int, int, int]]:
         return [(k, int(lead[k]), int(lead[k]) + len(v.strip())) for k, v in enumerate(values) if v.strip()]
     raise ValueError(f"sample {row['sample_id']}: the selection's token mask has {len(keep)} entries but the scores "
                      f"row has {len(turn)} tokens; was the selection made from another scores version?")
-
-
-def _version(path: str, pinned: int | None, producer: str, spark) -> int:
-    from vig_udf.lake import table_version
-
-    latest = table_version(path, spark=spark)
-    if latest is None:
-        raise FileNotFoundError(f"no Delta table at {path}: run `{producer}` first (or check lake=)")
-    return latest if pinned is None else pinned
-
-
-def _resolve_selection(selection, cfg: ExportJobConfig, path: str, version: int) -> dict:
-    """The chosen selection's id, policy, params, tau, scorer and scores version (one small aggregate)."""
-    from pyspark.sql import functions as F
-
-    keys = ["selection_id", "policy", "params", "p", "tau", "scorer_id", "scores_version"]
-    available = [r.asDict() for r in selection.groupBy(*keys).agg(F.sum(F.col("kept").cast("int")).alias("kept"))
-                 .orderBy("selection_id").collect()]
-    if cfg.selection_id is not None:
-        matches = [s for s in available if s["selection_id"] == cfg.selection_id]
-        wanted = f"selection_id {cfg.selection_id!r}"
-    else:
-        matches = [s for s in available if s["policy"] == cfg.policy]
-        wanted = f"a single selection of policy {cfg.policy!r}"
-    if len(matches) == 1:
-        return matches[0]
-    listing = "; ".join(f"{s['selection_id']} (policy {s['policy']}, scorer {s['scorer_id']}, scores "
-                        f"v{s['scores_version']}, kept {s['kept']}, params {s['params']})" for s in available)
-    raise ValueError(f"{path} v{version} has no {wanted}; set selection_id to one of: {listing or 'none (empty)'}")
 
 
 def _corpus_columns(corpus):

@@ -22,7 +22,6 @@ Example::
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -167,43 +166,24 @@ def _previous_run(output: Path | None, cfg: TrainJobConfig) -> dict | None:
 
 def resolve_inputs(spark, cfg: TrainJobConfig) -> dict:
     """The selection id and policy, the scorer, the table paths and versions, and the default base model."""
-    from pyspark.sql import functions as F
+    from vig_udf.lake import table_history
+    from vig_udf.spark.selection_inputs import resolve_selection
 
-    from vig_udf.lake import read_table, table_history, table_version
-
-    lake = cfg.lake.rstrip("/")
-    paths = {name: os.path.abspath(f"{lake}/{name}") for name in ("corpus", "scores", "selection")}
-    versions = {"selection": cfg.selection_version, "corpus": cfg.corpus_version}
-    for name in ("selection", "corpus"):
-        if versions[name] is None:
-            versions[name] = table_version(paths[name], spark=spark)
-        if versions[name] is None:
-            raise FileNotFoundError(f"no {name} table at {paths[name]}: run `vig {'select' if name == 'selection' else 'ingest'}` first")
-    selection = read_table(spark, paths["selection"], version=versions["selection"])
-    found = (selection.groupBy("selection_id", "policy", "scorer_id", "scores_version", "p", "params")
-             .agg(F.sum(F.col("kept").cast("int")).alias("kept")).collect())
-    if cfg.selection_id is not None:
-        match = [r for r in found if r["selection_id"] == cfg.selection_id]
-    else:
-        match = [r for r in found if r["policy"] == cfg.policy]
-    if len(match) != 1:
-        listing = sorted((r["selection_id"], r["policy"], r["p"]) for r in found)
-        wanted = cfg.selection_id or f"policy {cfg.policy!r}"
-        raise ValueError(f"{wanted} matches {len(match)} selections in {paths['selection']} v{versions['selection']}; "
-                         f"set selection_id to one of (selection_id, policy, p): {listing}")
-    chosen = match[0]
+    chosen = resolve_selection(spark, lake=cfg.lake, selection_id=cfg.selection_id, policy=cfg.policy,
+                               selection_version=cfg.selection_version, corpus_version=cfg.corpus_version)
     if not chosen["kept"]:
         raise ValueError(f"selection {chosen['selection_id']} keeps no sample: nothing to train on")
+    paths = chosen["paths"]
     base_model = None
     for commit in table_history(paths["scores"], spark=spark):  # the newest commit of this scorer
         config = commit.get("config") or {}
-        if (commit["version"] <= chosen["scores_version"] and commit.get("job") == "score"
+        if (commit["version"] <= chosen["versions"]["scores"] and commit.get("job") == "score"
                 and config.get("scorer_id") == chosen["scorer_id"]):
             base_model = (config.get("scorer") or {}).get("model_path")
             break
-    return {"selection_id": chosen["selection_id"], "policy": chosen["policy"], "scorer_id": chosen["scorer_id"],
-            "p": chosen["p"], "params": chosen["params"], "paths": paths,
-            "versions": {**versions, "scores": int(chosen["scores_version"])}, "base_model": base_model}
+    return {**{k: chosen[k] for k in ("selection_id", "policy", "scorer_id", "p", "params", "kept", "paths",
+                                       "versions")},
+            "base_model": base_model}
 
 
 def training_rows(spark, resolved: dict):
@@ -226,15 +206,9 @@ def training_rows(spark, resolved: dict):
 
 def write_train_set(spark, resolved: dict, path: str) -> int:
     """Write the training set as Parquet at ``path``; returns its row count (checked against the selection)."""
-    from pyspark.sql import functions as F
-
-    from vig_udf.lake import read_table
-
     rows = training_rows(spark, resolved)
     rows.write.mode("overwrite").parquet(path)
-    n = spark.read.parquet(path).count()
-    kept = (read_table(spark, resolved["paths"]["selection"], version=resolved["versions"]["selection"])
-            .where((F.col("selection_id") == resolved["selection_id"]) & F.col("kept")).count())
+    n, kept = spark.read.parquet(path).count(), resolved["kept"]
     if n != kept:
         raise ValueError(f"the selection keeps {kept} samples but only {n} have a scores row (scores "
                          f"v{resolved['versions']['scores']}) and a corpus row (corpus v{resolved['versions']['corpus']}); "
