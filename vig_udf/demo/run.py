@@ -63,11 +63,12 @@ def run_demo(cfg: DemoConfig, *, model_config: DemoModelConfig = DemoModelConfig
     scored = run_score(spark, ScoreJobConfig(lake=lake, scorer=scorer, spark=cfg.spark), out=out)
     selections = _select(spark, cfg, lake, out)
     tracking = _mlflow_settings(cfg, workdir)
+    test_inputs = _test_sequences(model_path, test_items, cfg.scorer.blur_sigma)
     runs = []
     for seed in cfg.seeds:
         for policy in cfg.policies:
             runs.append(_train_and_evaluate(spark, cfg, lake, model_path, image_root, selections, policy, seed,
-                                            test_items, tracking, workdir, out))
+                                            test_items, test_inputs, tracking, workdir, out))
     report = _report(spark, cfg, lake, scored, selections, runs, corpus_dir, tracking, workdir,
                      started, ingest, model_path)
     _print_table(report, out)
@@ -103,8 +104,19 @@ def _mlflow_settings(cfg: DemoConfig, workdir: Path) -> dict:
             "experiment": cfg.experiment, "artifact_location": str(workdir / "mlartifacts")}
 
 
+def _test_sequences(model_path: str, items: list[dict], blur_sigma: float) -> tuple:
+    """The test split's candidate inputs, seen and blurred, built once: fine-tuning keeps the processor."""
+    from transformers import AutoProcessor
+
+    from vig_udf.demo.evaluate import candidate_sequences
+
+    processor = AutoProcessor.from_pretrained(model_path)
+    return candidate_sequences(processor, items), candidate_sequences(processor, items, blur_sigma=blur_sigma)
+
+
 def _train_and_evaluate(spark, cfg: DemoConfig, lake: str, model_path: str, image_root: str, selections: dict,
-                        policy: str, seed: int, test_items: list[dict], tracking: dict, workdir: Path, out) -> dict:
+                        policy: str, seed: int, test_items: list[dict], test_inputs: tuple, tracking: dict,
+                        workdir: Path, out) -> dict:
     from mlflow.tracking import MlflowClient
 
     from vig_udf.demo.evaluate import evaluate
@@ -122,7 +134,7 @@ def _train_and_evaluate(spark, cfg: DemoConfig, lake: str, model_path: str, imag
         mlflow={**tracking, "run_name": f"{policy}-seed{seed}", "system_metrics": cfg.system_metrics},
         spark=cfg.spark)
     trained = run_train(spark, job, out=lambda *_: None)
-    metrics = evaluate(trained["model_dir"], test_items, blur_sigma=cfg.scorer.blur_sigma)
+    metrics = evaluate(trained["model_dir"], test_items, blur_sigma=cfg.scorer.blur_sigma, sequences=test_inputs)
     client = MlflowClient(tracking["tracking_uri"])
     for key, value in metrics.items():
         client.log_metric(trained["run_id"], f"eval_{key}", float(value))
