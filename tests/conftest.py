@@ -58,6 +58,22 @@ def sample(sample_id: str, turns: list[tuple[str, str]], image=None, *, image_la
     return record
 
 
+@pytest.fixture
+def forward_batches(monkeypatch) -> list[int]:
+    """The number of sequences in every forward batch the scorer runs (recorded, then run as usual)."""
+    import vig_udf.scorer as scorer_module
+
+    calls: list[int] = []
+    real = scorer_module.answer_logprobs
+
+    def spy(model, seqs, **kwargs):
+        calls.append(len(seqs))
+        return real(model, seqs, **kwargs)
+
+    monkeypatch.setattr(scorer_module, "answer_logprobs", spy)
+    return calls
+
+
 @pytest.fixture(scope="session")
 def mixed_samples() -> list[dict]:
     """Mixed lengths, image sizes, placeholder positions and turn counts, one text-only record."""

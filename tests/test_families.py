@@ -85,17 +85,8 @@ def test_logits_only_at_answer_positions(tiny_checkpoints, mixed_samples):
     assert head_rows[0][0] == answer_tokens_scored
 
 
-def test_same_layout_counterfactual_runs_both_passes_in_one_batch(tiny_checkpoints, mixed_samples, monkeypatch):
-    import vig_udf.scorer as scorer_module
-
-    calls = []
-    real = scorer_module.answer_logprobs
-
-    def spy(model, seqs, **kwargs):
-        calls.append(len(seqs))
-        return real(model, seqs, **kwargs)
-
-    monkeypatch.setattr(scorer_module, "answer_logprobs", spy)
+def test_same_layout_counterfactual_runs_both_passes_in_one_batch(tiny_checkpoints, mixed_samples, forward_batches):
+    calls = forward_batches
     image_samples = [s for s in mixed_samples if "image" in s]
     VIGScorer.from_pretrained(tiny_checkpoints["llava"], counterfactual="blur", batch_tokens=1).score(image_samples)
     assert calls == [2] * len(image_samples)  # a budget of 1 still keeps each sample's pair together

@@ -88,17 +88,8 @@ def test_chunking_and_unstacked_passes_agree_with_one_big_chunk(base, records):
     assert_same_results(whole, variant(base, stack_passes=False).score(records), atol=1e-5)
 
 
-def test_unstacked_passes_never_share_a_batch(base, mixed_samples, monkeypatch):
-    import vig_udf.scorer as scorer_module
-
-    calls = []
-    real = scorer_module.answer_logprobs
-
-    def spy(model, seqs, **kwargs):
-        calls.append(len(seqs))
-        return real(model, seqs, **kwargs)
-
-    monkeypatch.setattr(scorer_module, "answer_logprobs", spy)
+def test_unstacked_passes_never_share_a_batch(base, mixed_samples, forward_batches):
+    calls = forward_batches
     images = [s for s in mixed_samples if "image" in s]
     variant(base, batch_tokens=100_000).score(images)
     assert calls == [2 * len(images)]  # stacked: both passes of every sample in one batch

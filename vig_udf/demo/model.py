@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vig_udf.demo.world import WorldConfig, generate_captions, generate_text_pretraining, vocabulary_text
+from vig_udf.spark.ingest_job import CONVERSATIONS
 from vig_udf.tiny import TinySize, build_tiny_checkpoint, build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def write_records_parquet(records: list[dict], path: Path) -> str:
         rows.append({"sample_id": rec["id"], "image_path": None, "image_bytes": data,
                      "conversations": rec["conversations"], "token_keep": None})
     schema = pa.schema([("sample_id", pa.string()), ("image_path", pa.string()), ("image_bytes", pa.binary()),
-                        ("conversations", pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))),
+                        ("conversations", CONVERSATIONS),
                         ("token_keep", pa.list_(pa.bool_()))])
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)

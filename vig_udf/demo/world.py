@@ -100,14 +100,12 @@ def generate(n: int, *, seed: int, config: WorldConfig = WorldConfig()) -> list[
     records = []
     for i in range(n):
         if rng.random() < config.text_only_fraction:
-            q, a = _general_question(rng)
-            records.append({"id": f"t{seed}-{i}", "conversations": _turns([(q, a)]),
-                            "meta": {"kinds": ["text"], "conflict": [None]}})
+            records.append(_text_record(f"t{seed}-{i}", _general_question(rng)))
             continue
         objects = random_scene(rng, config)
         qa, kinds, conflict = [], [], []
         for _ in range(int(rng.integers(1, config.max_turns + 1))):
-            kind = KINDS[rng.choice(len(KINDS), p=np.asarray(config.kind_weights) / sum(config.kind_weights))]
+            kind = _random_kind(rng, config)
             obj = objects[rng.integers(len(objects))]
             qa.append(question(kind, obj, objects))
             kinds.append(kind)
@@ -124,8 +122,7 @@ def generate_captions(n: int, *, seed: int, config: WorldConfig = WorldConfig())
     records = []
     for i in range(n):
         if rng.random() < config.text_only_fraction:
-            records.append({"id": f"ct{seed}-{i}", "conversations": _turns([_general_question(rng)]),
-                            "meta": {"kinds": ["text"]}})
+            records.append(_text_record(f"ct{seed}-{i}", _general_question(rng)))
             continue
         objects = random_scene(rng, config)
         records.append({"id": f"c{seed}-{i}", "image": draw_scene(objects, config.image_size),
@@ -152,9 +149,9 @@ def generate_text_pretraining(n: int, *, seed: int, config: WorldConfig = WorldC
             qa = ("Describe a scene with shapes.", caption(random_scene(rng, config)))
         else:
             objects = random_scene(rng, config)
-            kind = KINDS[rng.choice(len(KINDS), p=np.asarray(config.kind_weights) / sum(config.kind_weights))]
+            kind = _random_kind(rng, config)
             qa = question(kind, objects[rng.integers(len(objects))], objects)
-        records.append({"id": f"p{seed}-{i}", "conversations": _turns([qa]), "meta": {"kinds": ["text"]}})
+        records.append(_text_record(f"p{seed}-{i}", qa))
     return records
 
 
@@ -205,6 +202,14 @@ def caption(objects: list[Obj]) -> str:
     "The circle is red, large, on the left. The square is blue, small, in the middle."."""
     return " ".join(f"The {shape} is {colour}, {extent}, {'in the middle' if slot == 'middle' else 'on the ' + slot}."
                     for shape, colour, slot, extent in objects)
+
+
+def _random_kind(rng, config: WorldConfig) -> str:
+    return KINDS[rng.choice(len(KINDS), p=np.asarray(config.kind_weights) / sum(config.kind_weights))]
+
+
+def _text_record(record_id: str, qa: tuple[str, str]) -> dict:
+    return {"id": record_id, "conversations": _turns([qa]), "meta": {"kinds": ["text"], "conflict": [None]}}
 
 
 def _general_question(rng) -> tuple[str, str]:
