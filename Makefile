@@ -1,6 +1,8 @@
 # The two commands a new user runs: `make demo` (the main job on the embedded default) and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Spark listens on the loopback address only
+export SPARK_LOCAL_IP ?= 127.0.0.1
 
 .PHONY: setup demo test test-fast bench-cpu clean
 

@@ -349,9 +349,9 @@ print("artifacts:", artifacts)
 
 lineage = {}
 for name, info in dataset_inputs.items():
-    commit = next(c for c in table_history(info["path"], spark=spark) if c["version"] == info["version"])
+    commit = next(c for c in table_history(spark, info["path"]) if c["version"] == info["version"])
     lineage[name] = commit
-    latest = table_version(info["path"], spark=spark)
+    latest = table_version(spark, info["path"])
     print(f"{name:<10} v{info['version']} (latest v{latest}) written by job {commit.get('job')!r}, "
           f"code {commit.get('code_version')}, config keys {sorted(commit.get('config') or {})}")
 

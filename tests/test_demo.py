@@ -36,7 +36,7 @@ def test_demo_produces_every_table_run_and_report(spark, tmp_path):
     assert sorted(ids) == sorted(POLICIES)
     for policy, selection_id in ids.items():
         assert selection.where(f"selection_id = '{selection_id}'").count() == 24, policy
-    assert table_history(lake + "/selection")[0]["job"] == "select"
+    assert table_history(spark, lake + "/selection")[0]["job"] == "select"
 
     client = MlflowClient(summary["tracking"]["tracking_uri"])
     assert [r["policy"] for r in summary["runs"]] == POLICIES

@@ -92,7 +92,7 @@ def test_02_pipeline_end_to_end(spark, tiny_checkpoints, tmp_path, monkeypatch):
     client = MlflowClient(ns["MLFLOW_URI"])
     assert [m.step for m in client.get_metric_history(train["run_id"], "loss")] == [1, 2, 3, 4]
     assert [step for step, _ in ns["loss_history"]] == [1, 2, 3, 4]
-    versions = {name: table_version(f"{lake}/{name}") for name in ("corpus", "scores", "selection")}
+    versions = {name: table_version(spark, f"{lake}/{name}") for name in ("corpus", "scores", "selection")}
     assert train["versions"] == versions
     assert {name: d["version"] for name, d in ns["dataset_inputs"].items()} == versions
     run = client.get_run(train["run_id"])

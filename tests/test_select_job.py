@@ -96,7 +96,7 @@ def test_every_policy_keeps_the_hand_computed_samples_and_tokens_in_one_idempote
     lines: list[str] = []
     summary = run_select(spark, cfg, out=lines.append)
     assert summary["tau"] == pytest.approx(TAU, abs=1e-12) and summary["tau_method"] == "percentile"
-    assert summary["selection_version"] == 0 and table_version(str(lake / "selection")) == 0
+    assert summary["selection_version"] == 0 and table_version(spark, str(lake / "selection")) == 0
     tables = selected(spark, lake, summary)
     for policy, expected in EXPECTED.items():
         rows = tables[policy]
@@ -119,12 +119,12 @@ def test_every_policy_keeps_the_hand_computed_samples_and_tokens_in_one_idempote
     assert vig["supervision_kept"] == pytest.approx(15 / 22)
     assert summary["policies"]["token"]["tokens_kept"] == 2 + 3 + 2 + 3 + 1 + 5
     assert any(line.startswith("vig [") and "15/22" in line for line in lines)
-    commit = table_history(str(lake / "selection"))[0]
+    commit = table_history(spark, str(lake / "selection"))[0]
     assert commit["job"] == "select" and commit["config"]["scorer_id"] == "s1"
     assert commit["config"]["selection_ids"]["vig"] == vig["selection_id"] and commit["config"]["tau"] == summary["tau"]
 
     again = run_select(spark, cfg, out=lambda *_: None)
-    assert again["selection_version"] is None and table_version(str(lake / "selection")) == 0
+    assert again["selection_version"] is None and table_version(spark, str(lake / "selection")) == 0
     assert all(not s["written"] for s in again["policies"].values())
     assert {p: s["selection_id"] for p, s in again["policies"].items()} == {
         p: s["selection_id"] for p, s in summary["policies"].items()}

@@ -57,4 +57,4 @@ def test_local_cluster_scores_once_loads_once_per_worker_and_survives_a_killed_w
     assert summaries["fault"]["rows_for_scorer"] == len(records)
     fault = read_table(spark, str(tmp_path / "fault" / "scores"))
     assert fault.count() == fault.select("sample_id").distinct().count() == len(records)
-    assert_no_orphan_files(tmp_path / "fault" / "scores")
+    assert_no_orphan_files(spark, tmp_path / "fault" / "scores")

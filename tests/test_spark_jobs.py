@@ -76,10 +76,12 @@ def score_rows(spark, lake: Path, scorer_id: str | None = None) -> dict[str, dic
     return {r["sample_id"]: r for r in rows if scorer_id is None or r["scorer_id"] == scorer_id}
 
 
-def assert_no_orphan_files(table: Path) -> None:
-    referenced = {os.path.basename(u) for u in DeltaTable(str(table)).file_uris()}
-    on_disk = {p.name for p in table.rglob("*.parquet")}
-    assert on_disk == referenced
+def assert_no_orphan_files(spark, table: Path) -> None:
+    """Every data file in the table folder belongs to its latest version, and nothing is left staged."""
+    referenced = {os.path.basename(u) for u in read_table(spark, str(table)).inputFiles()}
+    assert {p.name for p in table.rglob("*.parquet")} == referenced
+    staging = table.parent / "_staging" / table.name
+    assert not staging.exists() or not list(staging.iterdir())
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +111,10 @@ def test_ingest_keeps_every_record_with_a_status_and_stable_ids(spark, lake_with
     assert len(duplicated) == 2 and all(r["duplicate_id"] and r["sample_id"] != first_id for r in duplicated)
     assert summary["duplicate_id_rows"] == 2
     assert {r["source"] for r in corpus.values() if r["image_path"]} >= {"coco", "gqa", "bad"}
-    last = table_history(str(root / "lake" / "corpus"))[0]
+    last = table_history(spark, str(root / "lake" / "corpus"))[0]
     assert last["job"] == "ingest" and last["config"]["input"] == cfg.input and last["code_version"]
     again = run_ingest(spark, cfg, out=lambda *_: None)
-    assert again["corpus_version"] is None and table_version(str(root / "lake" / "corpus")) == 0
+    assert again["corpus_version"] is None and table_version(spark, str(root / "lake" / "corpus")) == 0
 
 
 def test_score_every_row_once_with_the_right_status_and_single_process_scores(
@@ -138,7 +140,7 @@ def test_score_every_row_once_with_the_right_status_and_single_process_scores(
         assert row["vig"] == pytest.approx(result.vig, abs=1e-5)
     again = run_score(spark, cfg, out=lambda *_: None)
     assert again["scored"] == 0
-    assert_no_orphan_files(root / "lake" / "scores")
+    assert_no_orphan_files(spark, root / "lake" / "scores")
 
 
 def test_interrupted_score_resumes_and_equals_a_clean_run(spark, tmp_path, tiny_checkpoints):
@@ -174,7 +176,7 @@ def test_interrupted_score_resumes_and_equals_a_clean_run(spark, tmp_path, tiny_
 def test_a_second_scorer_adds_rows_side_by_side_and_time_travel(spark, lake_with_corpus, tiny_checkpoints):
     root, records, _, _, _ = lake_with_corpus
     scores_path = str(root / "lake" / "scores")
-    before = table_version(scores_path)
+    before = table_version(spark, scores_path)
     cfg = ScoreJobConfig(lake=str(root / "lake"), scorer=scorer_config(
         tiny_checkpoints["llava"], root, counterfactual="drop", max_length=4096, max_image_pixels=200 * 200))
     summary = run_score(spark, cfg, out=lambda *_: None)
@@ -187,7 +189,7 @@ def test_a_second_scorer_adds_rows_side_by_side_and_time_travel(spark, lake_with
     via_delta_rs = DeltaTable(scores_path).to_pyarrow_table()
     assert sorted(zip(via_delta_rs["sample_id"].to_pylist(), via_delta_rs["scorer_id"].to_pylist())) == sorted(
         (r.sample_id, r.scorer_id) for r in both.select("sample_id", "scorer_id").collect())
-    meta = table_history(scores_path)[0]
+    meta = table_history(spark, scores_path)[0]
     assert meta["job"] == "score" and summary["scorer_id"] in json.dumps(meta["config"])
 
 
@@ -203,6 +205,26 @@ def test_vig_sql_answers_a_join_of_scores_and_corpus(spark, lake_with_corpus, ca
     assert result.exit_code == 0, result.output
     printed = result.output + capsys.readouterr().out
     assert "coco" in printed and "gqa" in printed
+
+
+@pytest.mark.parametrize("statement", [
+    "INSERT INTO scores SELECT * FROM scores",
+    "INSERT OVERWRITE DIRECTORY '{lake}/scores' USING parquet SELECT * FROM scores",
+    "DROP TABLE IF EXISTS scores", "DELETE FROM delta.`{lake}/scores`", "CREATE TABLE x AS SELECT * FROM corpus",
+])
+def test_vig_sql_refuses_statements_that_write_and_the_tables_stay(spark, lake_with_corpus, statement):
+    from typer.testing import CliRunner
+
+    from vig_udf.cli import app
+
+    lake = lake_with_corpus[0] / "lake"
+    before = {name: (table_version(spark, str(lake / name)), sorted(p.name for p in (lake / name).rglob("*")))
+              for name in ("corpus", "scores")}
+    result = CliRunner().invoke(app, ["sql", statement.format(lake=lake), "--lake", str(lake)])
+    assert result.exit_code == 2 and "read-only statements" in result.output
+    assert "vig lake vacuum" in result.output  # says how to change tables on purpose
+    assert before == {name: (table_version(spark, str(lake / name)), sorted(p.name for p in (lake / name).rglob("*")))
+                      for name in ("corpus", "scores")}
 
 
 def test_images_stored_as_bytes_score_like_paths(spark, tmp_path, tiny_checkpoints):

@@ -48,7 +48,7 @@ def test_train_job_logs_a_complete_mlflow_run(spark, scored_lake):
     assert summary["rows"] == vig["kept_multimodal"] + vig["kept_text_only"]
     # the base model defaults to the scorer's model, found in the scores table's commit metadata
     assert summary["base_model"] and summary["versions"] == {
-        "selection": table_version(lake + "/selection"), "corpus": table_version(lake + "/corpus"),
+        "selection": table_version(spark, lake + "/selection"), "corpus": table_version(spark, lake + "/corpus"),
         "scores": select["scores_version"]}
 
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")

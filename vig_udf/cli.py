@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from vig_udf.config import DemoConfig, ScorerConfig, SqlConfig, load_config
+from vig_udf.config import DemoConfig, LakeConfig, ScorerConfig, SqlConfig, load_config
 
 app = typer.Typer(help="vig-spark: Visual Information Gain scoring for vision-language training data.",
                   no_args_is_help=True, add_completion=False)
@@ -52,7 +52,7 @@ def _spark_job(module: str, config_class: str, run: str, section: str, config, o
     _logging(False)
     job = importlib.import_module(module)
     cfg = load_config(getattr(job, config_class), config, overrides, section=section)
-    getattr(job, run)(spark_session(cfg.spark), cfg)
+    getattr(job, run)(spark_session(cfg.spark, lake=cfg.lake), cfg)
 
 
 @app.command()
@@ -87,20 +87,79 @@ def train(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
 
 @app.command()
 def sql(
-    query: str = typer.Argument(..., help="Spark SQL over the lake's tables by name (corpus, scores, ...)"),
+    query: str = typer.Argument(..., help="a read-only Spark SQL statement over the lake's tables by name "
+                                          "(corpus, scores, selection); SELECT, WITH, SHOW, DESCRIBE, EXPLAIN"),
     config: Optional[Path] = CONFIG,
     lake: Optional[str] = typer.Option(None, help="lake root (default: the config's, else ./lake)"),
     limit: int = typer.Option(50, help="rows to show"),
 ):
-    """Run a Spark SQL query over the lake's Delta tables, registered as views by table name."""
+    """Run a read-only Spark SQL statement over the lake's Delta tables, registered as views by table name."""
     _logging(False)
-    from vig_udf.lake import register_views
+    from vig_udf.lake import ReadOnlyError, check_read_only, register_views
     from vig_udf.spark.session import spark_session
 
+    try:
+        check_read_only(query)
+    except ReadOnlyError as error:
+        typer.echo(f"vig sql: {error}", err=True)
+        raise typer.Exit(2) from None
     data = load_config(SqlConfig, config, [f"lake={lake}"] if lake else [], section="sql")
-    spark = spark_session(data.spark)
+    spark = spark_session(data.spark, lake=data.lake)
     register_views(spark, data.lake)
     spark.sql(query).show(limit, truncate=False)
+
+
+lake_app = typer.Typer(help="Delta table maintenance and history of the lake's tables.", no_args_is_help=True)
+app.add_typer(lake_app, name="lake")
+
+
+def _lake_session(config, overrides):
+    from vig_udf.spark.session import spark_session
+
+    _logging(False)
+    cfg = load_config(LakeConfig, config, overrides, section="maintenance")
+    return spark_session(cfg.spark, lake=cfg.lake), cfg
+
+
+@lake_app.command("optimize")
+def lake_optimize(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
+    """OPTIMIZE (compact small files of) the lake's tables, or those in tables=[...]."""
+    from vig_udf.lake import optimize_lake
+
+    spark, cfg = _lake_session(config, overrides)
+    for name, metrics in optimize_lake(spark, cfg.lake, cfg.tables).items():
+        typer.echo(f"{name}: {metrics['numFilesRemoved']} files compacted into {metrics['numFilesAdded']}")
+
+
+@lake_app.command("vacuum")
+def lake_vacuum(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
+    """VACUUM the lake's tables (files no version within retain_hours needs, such as those of killed writes)
+    and clear stale staging folders. retain_hours under 168 needs retention_check=false."""
+    from vig_udf.lake import vacuum_lake
+
+    spark, cfg = _lake_session(config, overrides)
+    result = vacuum_lake(spark, cfg.lake, cfg.tables, retain_hours=cfg.retain_hours,
+                         retention_check=cfg.retention_check)
+    typer.echo(f"vacuumed {', '.join(result['tables']) or 'no table'} (retention {cfg.retain_hours} h); "
+               f"staging folders removed: {len(result['staging_removed'])}")
+
+
+@lake_app.command("history")
+def lake_history(
+    table: str = typer.Argument(..., help="table name under the lake: corpus, scores, selection"),
+    overrides: list[str] = OVERRIDES,
+    config: Optional[Path] = CONFIG,
+    limit: int = typer.Option(20, help="newest commits to show"),
+):
+    """The table's commits, newest first: version, time, operation, rows added, job and code version."""
+    from vig_udf.lake import lake_table, table_history
+
+    spark, cfg = _lake_session(config, overrides)
+    for commit in table_history(spark, lake_table(cfg.lake, table), limit=limit):
+        metrics = commit["metrics"]
+        added = metrics.get("numTargetRowsInserted", metrics.get("numOutputRows"))
+        typer.echo(f"v{commit['version']}  {commit['timestamp']}  {commit['operation']:<8} rows added {added}  "
+                   f"job {commit['job']}  code {commit['code_version']}")
 
 
 @app.command("score-file")

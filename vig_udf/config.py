@@ -54,6 +54,9 @@ class SparkConfig(BaseModel):
     master: str | None = Field("local[*]", description="Spark master; None = leave it to spark-submit")
     app_name: str = Field("vig-spark", description="application name")
     conf: dict[str, str] = Field(default_factory=dict, description="any spark.* setting")
+    packages: list[str] = Field(default_factory=list, description="Maven coordinates added to Delta Lake's "
+                                                                   "(spark.jars.packages); hadoop-aws is added "
+                                                                   "for an s3a:// lake")
 
 
 class SqlConfig(BaseModel):
@@ -62,6 +65,20 @@ class SqlConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     lake: str = Field("lake", description="lake root; every Delta table under it becomes a view")
+    spark: SparkConfig = SparkConfig()
+
+
+class LakeConfig(BaseModel):
+    """``vig lake optimize / vacuum / history``: which lake and tables, and VACUUM's retention."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lake: str = Field("lake", description="lake root")
+    tables: list[str] | None = Field(None, description="tables to maintain; None = every table of the lake")
+    retain_hours: float = Field(168.0, ge=0, description="VACUUM keeps files that versions of the last "
+                                                         "retain_hours need (time travel, running jobs)")
+    retention_check: bool = Field(True, description="refuse retain_hours under 168 (Delta's safety check); "
+                                                    "false only when no job writes to the lake")
     spark: SparkConfig = SparkConfig()
 
 

@@ -1,34 +1,44 @@
-"""The lake: versioned Delta tables (corpus, scores, selection, ...) written and read through Spark.
+"""The lake: versioned Delta tables (corpus, scores, selection) read and written with Delta Lake's Spark
+engine (delta-spark; on Databricks the runtime's Delta).
 
-Every write is one atomic Delta commit that records the job, its config and the code version, and is
-idempotent with an app transaction id. Locally (and in tests) Spark executors write the Parquet files
-and delta-rs commits them (``backend="delta-rs"``); on a Spark with Delta Lake built in (Databricks)
-the same calls use ``format("delta")`` (``backend="native"``). ``VIG_DELTA_BACKEND`` or the
-``backend=`` argument overrides the automatic choice.
+Every write is one Delta commit whose ``userMetadata`` records the job, its resolved config and the code
+version (``DESCRIBE HISTORY`` shows it). Keyed tables grow with ``MERGE ... WHEN NOT MATCHED THEN INSERT``
+on their key, so no key is ever written twice, whatever runs concurrently; appends can be idempotent with
+Delta's app transactions. Reads pin a version with ``versionAsOf``. Table paths are URIs.
 
 Example::
 
-    from vig_udf.lake import read_table, register_views, table_history, write_table
+    from vig_udf.lake import insert_new_rows, read_table, register_views, table_history
 
-    version = write_table(df, "lake/scores", job="score", config={"model": "demo"},
-                          app_id="score/demo", app_version=1)
-    previous = read_table(spark, "lake/scores", version=version - 1)
+    commit = insert_new_rows(scores_df, "lake/scores", keys=["sample_id", "scorer_id"], job="score",
+                             config={"model": "demo"})
+    previous = read_table(spark, "lake/scores", version=commit.version - 1)
     register_views(spark, "lake")  # SELECT ... FROM scores JOIN corpus USING (sample_id)
 """
 
-from vig_udf.lake.backend import BACKEND_ENV, resolve_backend
+from vig_udf.lake.maintenance import optimize_lake, vacuum_lake
+from vig_udf.lake.paths import lake_table, staging_folder, table_uri
 from vig_udf.lake.read import read_table, table_exists, table_history, table_version
+from vig_udf.lake.readonly import ReadOnlyError, check_read_only
 from vig_udf.lake.views import lake_tables, register_views
-from vig_udf.lake.write import write_table
+from vig_udf.lake.write import Commit, ConcurrentWriteError, insert_new_rows, write_table
 
 __all__ = [
-    "BACKEND_ENV",
+    "Commit",
+    "ConcurrentWriteError",
+    "ReadOnlyError",
+    "check_read_only",
+    "insert_new_rows",
+    "lake_table",
     "lake_tables",
+    "optimize_lake",
     "read_table",
     "register_views",
-    "resolve_backend",
+    "staging_folder",
     "table_exists",
     "table_history",
+    "table_uri",
     "table_version",
+    "vacuum_lake",
     "write_table",
 ]

@@ -3,15 +3,14 @@
 Every commit carries ``job`` (the job's name), ``config`` (the job's resolved config as JSON),
 ``code_version`` (the package version plus the git commit of the source tree, when there is one) and
 ``write_id`` (a random id that lets the writer find its own commit in the history). With an app
-transaction it also records ``app_id`` and ``app_version``. delta-rs stores these keys in the commit's
-``commitInfo``; Delta Lake on Spark stores the same dictionary as JSON in ``userMetadata``.
+transaction it also records ``app_id`` and ``app_version``. The dictionary is stored as JSON in the
+commit's ``userMetadata``, which ``DESCRIBE HISTORY`` shows.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
@@ -61,14 +60,15 @@ def commit_metadata(
 
 
 def history_entry(commit: dict) -> dict:
-    """One entry of ``table_history`` from a delta-rs ``history()`` dict.
+    """One entry of ``table_history`` from a row of Delta's history (``DESCRIBE HISTORY``) as a dict.
 
-    Keys: ``version``, ``timestamp`` (aware UTC datetime), ``operation``, and each of ``METADATA_KEYS``
-    (``None`` where the commit does not have it; ``config`` parsed back into a dict).
+    Keys: ``version``, ``timestamp``, ``operation``, ``metrics`` (the commit's operation metrics, as ints
+    where they are numbers), and each of ``METADATA_KEYS`` (``None`` where the commit does not have it;
+    ``config`` parsed back into a dict).
     """
-    metadata = {key: commit.get(key) for key in METADATA_KEYS}
+    metadata = dict.fromkeys(METADATA_KEYS)
     user_metadata = commit.get("userMetadata")
-    if user_metadata:  # written by Delta Lake on Spark
+    if user_metadata:
         try:
             parsed = json.loads(user_metadata)
         except ValueError:
@@ -79,7 +79,6 @@ def history_entry(commit: dict) -> dict:
         metadata["config"] = json.loads(metadata["config"])
     if metadata["app_version"] is not None:
         metadata["app_version"] = int(metadata["app_version"])
-    timestamp = commit.get("timestamp")
-    if isinstance(timestamp, (int, float)):
-        timestamp = datetime.fromtimestamp(timestamp / 1000, tz=timezone.utc)
-    return {"version": commit["version"], "timestamp": timestamp, "operation": commit.get("operation"), **metadata}
+    metrics = {k: int(v) if str(v).lstrip("-").isdigit() else v for k, v in (commit.get("operationMetrics") or {}).items()}
+    return {"version": commit["version"], "timestamp": commit.get("timestamp"), "operation": commit.get("operation"),
+            "metrics": metrics, **metadata}

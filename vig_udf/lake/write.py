@@ -1,25 +1,57 @@
-"""``write_table``: one DataFrame, one atomic Delta commit with the job's metadata, idempotent reruns."""
+"""Writing tables with Delta Lake's Spark engine: one Delta commit per call, carrying the job's metadata.
+
+- :func:`write_table`: a DataFrame appended to (or replacing, or creating) a table, through
+  ``format("delta")`` with ``userMetadata`` and, for an idempotent write, ``txnAppId`` / ``txnVersion``.
+- :func:`insert_new_rows`: the rows whose key the table does not hold yet, as
+  ``MERGE ... WHEN NOT MATCHED THEN INSERT *`` on the key, so that concurrent or repeated runs never write a
+  key twice. An expensive source (the scorer's output) is first staged as its own Delta table under
+  ``<lake>/_staging``, so that a retry after a concurrent commit re-reads those rows instead of recomputing
+  them.
+
+Delta's concurrent-modification conflicts are retried (``RETRIES`` attempts, with a growing pause) and then
+reported as :class:`ConcurrentWriteError`. A failed call commits nothing: files written before the failure
+are not part of any version and are removed by ``VACUUM`` (``vig lake vacuum``).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import uuid
+from dataclasses import dataclass
 
-from deltalake import DeltaTable
 from pyspark.sql import DataFrame
 
-from vig_udf.lake.backend import NATIVE, resolve_backend
-from vig_udf.lake.commit import WriteSpec, already_committed
-from vig_udf.lake.datasource import FORMAT, register_data_source
-from vig_udf.lake.files import delete_files, files_of_write, table_uri
 from vig_udf.lake.metadata import commit_metadata, history_entry
-from vig_udf.lake.schema import check_append, check_partition_columns, delta_schema, spark_schema, table_schema
+from vig_udf.lake.paths import table_uri
+from vig_udf.lake.read import HISTORY_COLUMNS, table_exists
+from vig_udf.lake.schema import check_append
+from vig_udf.lake.session_conf import session_confs
+from vig_udf.lake.storage import delete_folder
 
 log = logging.getLogger(__name__)
-MODES = ("append", "overwrite", "error")
+MODES = {"append": "append", "overwrite": "overwrite", "error": "errorifexists"}
+RETRIES = 5
+RETRY_PAUSE_S = 0.5
+HISTORY_SEARCH = 200  # commits searched for this call's own commit (concurrent writers may add some)
+# Session settings Delta reads for commands that take no writer options (MERGE): the commit's metadata and
+# its app transaction.
+USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
+TXN_APP_ID_CONF = "spark.databricks.delta.write.txnAppId"
+TXN_VERSION_CONF = "spark.databricks.delta.write.txnVersion"
+
+
+class ConcurrentWriteError(RuntimeError):
+    """Other writers kept committing to the table: every attempt of this write conflicted with one."""
+
+
+@dataclass(frozen=True)
+class Commit:
+    """The commit a write made: its table version and how many rows it added."""
+
+    version: int
+    rows_added: int | None
 
 
 def write_table(
@@ -31,143 +63,159 @@ def write_table(
     config: dict,
     app_id: str | None = None,
     app_version: int | None = None,
-    partition_by: list[str] | str | None = None,
-    backend: str | None = None,
-) -> int | None:
-    """Write ``df`` to the Delta table at ``path`` in one commit; return the new table version.
+) -> Commit | None:
+    """Write ``df`` to the Delta table at ``path`` in one commit; returns it, or ``None`` if nothing was
+    written because the app transaction was already committed.
 
     Args:
-        mode: ``"append"`` (default; creates the table if missing), ``"overwrite"`` (replaces every row
-            and the schema, in the same commit) or ``"error"`` (create only; fails if the table exists).
+        mode: ``"append"`` (default; creates the table if missing), ``"overwrite"`` (replaces every row and
+            the schema, in the same commit) or ``"error"`` (create only; fails if the table exists).
         job, config: the job's name and resolved config, recorded in the commit with the code version.
-        app_id, app_version: an idempotent write. If the table already has a commit for ``app_id`` at
-            ``app_version`` or later, nothing is written and ``None`` is returned. Use a stable id per
-            logical output (e.g. ``"score/<scorer hash>/<input version>"``) and bump the version per run.
-        partition_by: partition columns of a new table; writes to an existing table use the table's.
-        backend: ``"delta-rs"``, ``"native"`` or ``"auto"`` (default: ``$VIG_DELTA_BACKEND`` or auto).
+        app_id, app_version: an idempotent write (Delta's ``txnAppId`` / ``txnVersion``). If the table
+            already has a commit of ``app_id`` at ``app_version`` or later, Delta writes nothing.
 
-    On the delta-rs backend, Spark tasks write Parquet files into the table folder and the driver
-    commits them with delta-rs; a failed job commits nothing and deletes its files. Columns are stored
-    nullable; an append must have the table's columns (any order) with the same types.
+    Appends match the table's columns by name and type. Example::
+
+        commit = write_table(df, "s3a://bucket/lake/events", job="ingest", config=cfg.model_dump(mode="json"),
+                             app_id="events/2024-05-01", app_version=0)
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
+    _check_app(app_id, app_version)
+    spark, uri = df.sparkSession, table_uri(path)
+    metadata = commit_metadata(job=job, config=config, write_id=uuid.uuid4().hex, app_id=app_id,
+                               app_version=app_version)
+    if mode == "error" and table_exists(spark, uri):
+        raise FileExistsError(f"A Delta table already exists at {uri}; write with mode='append' or 'overwrite'.")
+
+    def attempt() -> None:
+        data = df
+        if mode == "append" and table_exists(spark, uri):
+            data = df.select(*check_append(df.schema, spark.read.format("delta").load(uri).schema, path=uri))
+        _writer(data, MODES[mode], metadata, app_id, app_version).save(uri)
+
+    _retry_conflicts(attempt, uri)
+    return _find_commit(spark, uri, metadata["write_id"])
+
+
+def insert_new_rows(
+    df: DataFrame,
+    path,
+    *,
+    keys: list[str],
+    job: str,
+    config: dict,
+    app_id: str | None = None,
+    app_version: int | None = None,
+    staging: str | None = None,
+) -> Commit | None:
+    """Insert the rows of ``df`` whose ``keys`` the table at ``path`` does not hold; create it if missing.
+
+    One ``MERGE ... ON <keys> WHEN NOT MATCHED THEN INSERT *`` commit (the first write creates the table
+    with all of ``df``). Returns the commit, or ``None`` if nothing was committed (the app transaction was
+    already committed, or Delta had nothing to write). ``df`` must not repeat a key.
+
+    Args:
+        staging: a folder (URI) under which ``df`` is first written as a Delta table of its own and read
+            back, so that retries never recompute it; deleted afterwards (``vig lake vacuum`` clears one
+            left by a killed job). Use it when computing ``df`` is expensive.
 
     Example::
 
-        version = write_table(scores_df, "lake/scores", job="score", config=cfg.model_dump(mode="json"),
-                              app_id="score/3f2a", app_version=1)
+        insert_new_rows(scored, "lake/scores", keys=["sample_id", "scorer_id"], job="score", config=config,
+                        staging="lake/_staging/scores")
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not keys:
+        raise ValueError("insert_new_rows needs the table's key columns")
+    missing = [k for k in keys if k not in df.columns]
+    if missing:
+        raise ValueError(f"key columns {missing} are not columns of the rows: {df.columns}")
+    _check_app(app_id, app_version)
+    spark, uri = df.sparkSession, table_uri(path)
+    metadata = commit_metadata(job=job, config=config, write_id=uuid.uuid4().hex, app_id=app_id,
+                               app_version=app_version)
+    staged = f"{table_uri(staging)}/{metadata['write_id']}" if staging else None
+    source = df
+    try:
+        if staged:
+            df.write.format("delta").mode("errorifexists").save(staged)
+            source = spark.read.format("delta").load(staged)
+        _retry_conflicts(lambda: _create_or_merge(source, uri, keys, metadata, app_id, app_version), uri)
+    finally:
+        if staged:
+            delete_folder(spark, staged)
+    return _find_commit(spark, uri, metadata["write_id"])
+
+
+def _create_or_merge(source: DataFrame, uri: str, keys: list[str], metadata: dict, app_id, app_version) -> None:
+    from delta.tables import DeltaTable
+    from pyspark.errors import AnalysisException
+
+    spark = source.sparkSession
+    if not table_exists(spark, uri):
+        try:
+            _writer(source, "errorifexists", metadata, app_id, app_version).save(uri)
+            return
+        except AnalysisException:
+            if not table_exists(spark, uri):
+                raise
+            # another writer created the table between the check and this write: merge instead
+    table = DeltaTable.forPath(spark, uri)
+    columns = check_append(source.schema, table.toDF().schema, path=uri)
+    condition = " AND ".join(f"t.`{key}` <=> s.`{key}`" for key in keys)
+    confs = {USER_METADATA_CONF: json.dumps(metadata)}
+    if app_id is not None:
+        confs.update({TXN_APP_ID_CONF: app_id, TXN_VERSION_CONF: str(app_version)})
+    with session_confs(spark, confs):
+        table.alias("t").merge(source.select(*columns).alias("s"), condition).whenNotMatchedInsertAll().execute()
+
+
+def _writer(df: DataFrame, save_mode: str, metadata: dict, app_id, app_version):
+    writer = df.write.format("delta").mode(save_mode).option("userMetadata", json.dumps(metadata))
+    if save_mode == "overwrite":
+        writer = writer.option("overwriteSchema", "true")
+    if app_id is not None:
+        writer = writer.option("txnAppId", app_id).option("txnVersion", str(app_version))
+    return writer
+
+
+def _check_app(app_id, app_version) -> None:
     if (app_id is None) != (app_version is None):
         raise ValueError("Give both app_id and app_version for an idempotent write, or neither.")
     if app_version is not None and (not isinstance(app_version, int) or app_version < 0):
         raise ValueError(f"app_version must be a non-negative int, got {app_version!r}")
-    partition_by = [partition_by] if isinstance(partition_by, str) else list(partition_by or [])
-    uri = table_uri(path)
-    write_id = uuid.uuid4().hex
-    metadata = commit_metadata(job=job, config=config, write_id=write_id, app_id=app_id, app_version=app_version)
-    if resolve_backend(df.sparkSession, backend) == NATIVE:
-        return _write_native(df, uri, mode, metadata, app_id, app_version, partition_by)
-
-    if already_committed(uri, app_id, app_version):
-        log.info("%s: app transaction %s %s already committed; skipping the write", uri, app_id, app_version)
-        return None
-    exists = DeltaTable.is_deltatable(uri)
-    if exists and mode == "error":
-        raise FileExistsError(f"A Delta table already exists at {uri}; write with mode='append' or 'overwrite'.")
-    schema = table_schema(df.schema)
-    if exists:
-        df, schema, partition_by = _match_table(df, uri, mode, partition_by)
-    check_partition_columns(schema, partition_by)
-    delta_schema(schema)  # fail before running the job if Delta cannot store a column
-    spec = WriteSpec(
-        uri=uri,
-        mode=mode,
-        write_id=write_id,
-        schema=schema.json(),
-        partition_by=tuple(partition_by),
-        metadata=tuple(metadata.items()),
-        app_id=app_id,
-        app_version=app_version,
-    )
-    register_data_source(df.sparkSession)
-    save_mode = "overwrite" if mode == "overwrite" else "append"  # Python data sources know no "error"
-    try:
-        df.write.format(FORMAT).option("spec", spec.to_json()).mode(save_mode).save()
-    except Exception:
-        _sweep_after_failure(df.sparkSession, spec)
-        raise
-    return _committed_version(DeltaTable(uri).history(limit=100), write_id, uri, app_id, app_version)
 
 
-def _sweep_after_failure(spark, spec: WriteSpec, *, wait_s: float = 60.0) -> None:
-    """Delete the files of a failed write that tasks killed after Spark's abort left behind.
+def _retry_conflicts(write, uri: str) -> None:
+    """Run ``write``; when a concurrent commit conflicts with it, run it again (it re-reads the table)."""
+    import delta.exceptions
 
-    Spark aborts the write as soon as one task fails; tasks of the same stage that were still running are
-    killed afterwards and may create their file after the abort's own clean-up. Wait until no stage is
-    active and the folder stops changing, then remove every file of this write (unless it was committed).
-    """
-    tracker = spark.sparkContext.statusTracker()
-    deadline = time.monotonic() + wait_s
-    while tracker.getActiveStageIds() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    previous = None
-    while time.monotonic() < deadline:
-        current = sorted(files_of_write(spec.uri, spec.write_id))
-        if current == previous:
-            break
-        previous = current
-        time.sleep(0.5)
-    leftovers = files_of_write(spec.uri, spec.write_id)
-    if DeltaTable.is_deltatable(spec.uri):
-        committed = {os.path.basename(u) for u in DeltaTable(spec.uri).file_uris()}
-        if any(os.path.basename(f) in committed for f in leftovers):
-            log.warning("write %s failed after its commit landed in %s; keeping its files", spec.write_id, spec.uri)
+    # delta-spark's conflict classes do not share a base class: name each of them
+    conflicts = tuple(getattr(delta.exceptions, name) for name in delta.exceptions.__all__)
+    for attempt in range(1, RETRIES + 1):
+        try:
+            write()
             return
-    delete_files(spec.uri, leftovers)
+        except conflicts as error:
+            if attempt == RETRIES:
+                raise ConcurrentWriteError(
+                    f"{uri}: every one of {RETRIES} attempts conflicted with a concurrent commit "
+                    f"({type(error).__name__}); nothing was written by this job. Run it again when the "
+                    "other writers are done (a rerun adds only what is missing)."
+                ) from error
+            log.warning("%s: concurrent commit (%s); retrying (%d of %d)", uri, type(error).__name__, attempt + 1,
+                        RETRIES)
+            time.sleep(RETRY_PAUSE_S * attempt)
 
 
-def _match_table(df: DataFrame, uri: str, mode: str, partition_by: list[str]):
-    """(DataFrame, table schema, partition columns) for a write to the existing table at ``uri``.
+def _find_commit(spark, uri: str, write_id: str) -> Commit | None:
+    """The commit carrying ``write_id`` among the newest commits, or None when this call committed nothing."""
+    from delta.tables import DeltaTable
 
-    Appends must match the table's columns by name and type and take its column order; every write
-    keeps the table's partitioning.
-    """
-    table = DeltaTable(uri)
-    table_partitions = table.metadata().partition_columns
-    if partition_by and partition_by != table_partitions:  # delta-rs would keep the old partitioning
-        raise ValueError(
-            f"{uri} is partitioned by {table_partitions}, not {partition_by}: the partitioning of an existing "
-            "table cannot change. Omit partition_by, or write to a new path."
-        )
-    if mode != "append":
-        return df, table_schema(df.schema), table_partitions
-    schema = spark_schema(table.schema())
-    return df.select(*check_append(df.schema, schema, path=uri)), schema, table_partitions
-
-
-def _committed_version(history: list[dict], write_id: str, uri: str, app_id, app_version) -> int | None:
-    """The version of the commit carrying ``write_id``, or None if the app transaction won elsewhere."""
-    for commit in history:
-        if history_entry(commit)["write_id"] == write_id:
-            return commit["version"]
-    if app_id is not None:
-        return None  # committed meanwhile by another run of the same app transaction: nothing written
-    raise RuntimeError(f"The write {write_id} finished but its commit is not among the last 100 commits of {uri}.")
-
-
-def _write_native(df, uri, mode, metadata, app_id, app_version, partition_by) -> int | None:
-    """Delta Lake built into Spark: the same write through ``format("delta")``."""
-    from delta.tables import DeltaTable as SparkDeltaTable
-
-    writer = df.write.format("delta").mode("errorifexists" if mode == "error" else mode)
-    writer = writer.option("userMetadata", json.dumps(metadata))
-    if mode == "overwrite":
-        writer = writer.option("overwriteSchema", "true")
-    if app_id is not None:
-        writer = writer.option("txnAppId", app_id).option("txnVersion", str(app_version))
-    if partition_by:
-        writer = writer.partitionBy(*partition_by)
-    writer.save(uri)
-    rows = SparkDeltaTable.forPath(df.sparkSession, uri).history(100).select("version", "userMetadata").collect()
-    history = [{"version": row["version"], "userMetadata": row["userMetadata"]} for row in rows]
-    return _committed_version(history, metadata["write_id"], uri, app_id, app_version)
+    for row in DeltaTable.forPath(spark, uri).history(HISTORY_SEARCH).select(*HISTORY_COLUMNS).collect():
+        entry = history_entry(row.asDict())
+        if entry["write_id"] == write_id:
+            metrics = entry["metrics"]
+            rows = metrics.get("numTargetRowsInserted", metrics.get("numOutputRows"))
+            return Commit(entry["version"], rows)
+    return None

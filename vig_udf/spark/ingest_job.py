@@ -3,14 +3,16 @@
 Every input record becomes one row. ``sample_id`` is the record's id, or a content hash when the id is
 missing or shared by several records (reported; exact duplicates get a ``-<n>`` suffix in input order).
 Rows are checked with the scorer's own conversation parser; invalid ones keep a status and a message.
-Reruns are idempotent: an insert-only merge on ``sample_id`` plus a Delta app transaction per input.
+Rows are added with ``MERGE ... WHEN NOT MATCHED THEN INSERT`` on ``sample_id``, so concurrent or
+overlapping ingests never write a sample twice. Each input is a Delta app transaction (its files, sizes and
+modification times, and the options that change rows): a rerun of an ingested input finds it in the table
+history and returns before reading anything.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from typing import Iterator, Literal
 
 import pyarrow as pa
@@ -47,7 +49,9 @@ def read_records(spark, path: str):
     """The input as a DataFrame (id, image, conversations, _corrupt_record); malformed records kept."""
     from pyspark.sql import functions as F
 
-    if path.endswith(".parquet") or os.path.isdir(path):
+    from vig_udf.lake.storage import is_folder
+
+    if path.endswith(".parquet") or is_folder(spark, path):
         df = spark.read.parquet(path)
         cols = [F.col(c).cast("string") if c in ("id", "image") else F.col(c) for c in ("id", "image", "conversations")
                 if c in df.columns]
@@ -100,9 +104,15 @@ def run_ingest(spark, cfg: IngestJobConfig, *, out=print) -> dict:
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    from vig_udf.lake import read_table, table_exists, write_table
+    from vig_udf.lake import insert_new_rows, lake_table, table_exists, table_history
 
-    corpus_path = cfg.lake.rstrip("/") + "/corpus"
+    corpus_path = lake_table(cfg.lake, "corpus")
+    app_id = "ingest/" + input_fingerprint(spark, cfg)
+    if table_exists(spark, corpus_path):
+        earlier = next((c for c in table_history(spark, corpus_path) if c["app_id"] == app_id), None)
+        if earlier is not None:
+            out(f"{cfg.input} was already ingested with these options (corpus v{earlier['version']}): corpus unchanged")
+            return {"corpus_version": None, "new_rows": 0, "already_ingested_in": earlier["version"]}
     raw = read_records(spark, cfg.input).withColumn("_ordinal", F.monotonically_increasing_id())
     if cfg.partitions:
         raw = raw.repartition(cfg.partitions)
@@ -120,37 +130,39 @@ def run_ingest(spark, cfg: IngestJobConfig, *, out=print) -> dict:
                         .otherwise(F.col("sample_id")))
             .select("sample_id", "source_id", "source", "image_path", "image_bytes", "conversations", "n_turns",
                     "status", "error", "duplicate_id", F.col("_ordinal").alias("ingest_ordinal")))
-    rows = rows.cache()
-    new_rows = rows
-    if table_exists(corpus_path, spark=spark):
-        new_rows = rows.join(read_table(spark, corpus_path).select("sample_id"), "sample_id", "left_anti")
-    config = cfg.model_dump(mode="json")
-    version = write_table(new_rows, corpus_path, mode="append", job="ingest", config=config,
-                          app_id="ingest/" + _input_fingerprint(cfg), app_version=0)
-    summary = {
-        "input_rows": rows.count(), "new_rows": new_rows.count() if version is not None else 0,
-        "corpus_version": version, "rows_by_status": {r["status"]: r["count"] for r in rows.groupBy("status").count().collect()},
-        "duplicate_id_rows": rows.where("duplicate_id").count(),
-        "rows_by_source": {r["source"]: r["count"] for r in rows.groupBy("source").count().collect()},
-    }
-    rows.unpersist()
-    if version is None:
-        out(f"{cfg.input} was already ingested with these options: corpus unchanged")
+    rows = rows.cache()  # validated once: the merge and the summary read the same rows
+    try:
+        commit = insert_new_rows(rows, corpus_path, keys=["sample_id"], job="ingest", config=cfg.model_dump(mode="json"),
+                                 app_id=app_id, app_version=0)
+        summary = _summary(rows)
+    finally:
+        rows.unpersist()
+    summary.update(corpus_version=commit.version if commit else None, new_rows=commit.rows_added if commit else 0)
+    if commit is None:
+        out(f"nothing new in {cfg.input}: every sample is in {corpus_path} already")
     else:
-        out(f"ingested {summary['new_rows']} new rows of {summary['input_rows']} into {corpus_path} v{version}")
+        out(f"ingested {summary['new_rows']} new rows of {summary['input_rows']} into {corpus_path} v{commit.version}")
     out(f"rows by status: {summary['rows_by_status']}; by source: {summary['rows_by_source']}; "
         f"rows whose id was shared (given a content id): {summary['duplicate_id_rows']}")
     return summary
 
 
-def _input_fingerprint(cfg: IngestJobConfig) -> str:
-    """Identity of an ingest: the input file(s) (path, size, mtime) and the options that change rows."""
-    stats = []
-    for root, _, files in os.walk(cfg.input) if os.path.isdir(cfg.input) else [("", [], [cfg.input])]:
-        for name in sorted(files):
-            path = os.path.join(root, name)
-            st = os.stat(path)
-            stats.append([path, st.st_size, st.st_mtime_ns])
-    key = {"files": stats, "image_root": cfg.image_root, "image_storage": cfg.image_storage,
+def _summary(rows) -> dict:
+    """Input rows, by status and by source, and rows with a shared id: one aggregation over the rows."""
+    groups = rows.groupBy("status", "source", "duplicate_id").count().collect()
+    by_status: dict[str, int] = {}
+    by_source: dict[str, int] = {}
+    for group in groups:
+        by_status[group["status"]] = by_status.get(group["status"], 0) + group["count"]
+        by_source[group["source"]] = by_source.get(group["source"], 0) + group["count"]
+    return {"input_rows": sum(g["count"] for g in groups), "rows_by_status": by_status, "rows_by_source": by_source,
+            "duplicate_id_rows": sum(g["count"] for g in groups if g["duplicate_id"])}
+
+
+def input_fingerprint(spark, cfg: IngestJobConfig) -> str:
+    """Identity of an ingest: the input file(s) (path, size, modification time) and the options that change rows."""
+    from vig_udf.lake.storage import file_listing
+
+    key = {"files": file_listing(spark, cfg.input), "image_root": cfg.image_root, "image_storage": cfg.image_storage,
            "check_files": cfg.check_files}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

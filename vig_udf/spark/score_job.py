@@ -1,9 +1,11 @@
 """The score job: corpus Delta table -> scores Delta table, through ``mapInArrow`` on the executors.
 
-Resume and idempotency: the job scores only the corpus rows that have no row for this scorer yet (an
-insert-only merge on ``(sample_id, scorer_id)``), so a rerun after success adds nothing and a rerun after
-an interruption scores what is left. With ``rows_per_commit`` the pending rows are cut into chunks, each
-one Spark job and one Delta commit, so that an interruption loses at most one chunk.
+Resume and idempotency: the job scores only the corpus rows that have no row for this scorer yet, and adds
+them with ``MERGE ... WHEN NOT MATCHED THEN INSERT`` on ``(sample_id, scorer_id)``, so a rerun after success
+adds nothing, a rerun after an interruption scores what is left, and two runs at once never write a key
+twice. The scored rows are staged under ``<lake>/_staging/scores`` before the merge, so a merge that must be
+retried after a concurrent commit never scores again. With ``rows_per_commit`` the pending rows are cut
+into chunks, each one Spark job and one Delta commit, so that an interruption loses at most one chunk.
 """
 
 from __future__ import annotations
@@ -62,19 +64,19 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    from vig_udf.lake import read_table, table_exists, table_version, write_table
+    from vig_udf.lake import insert_new_rows, lake_table, read_table, staging_folder, table_exists, table_version
     from vig_udf.spark.arrow import SCORES_SCHEMA
     from vig_udf.spark.score_udf import score_batches
 
-    corpus_path, scores_path = _table(cfg.lake, "corpus"), _table(cfg.lake, "scores")
+    corpus_path, scores_path = lake_table(cfg.lake, "corpus"), lake_table(cfg.lake, "scores")
     gpu = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0
     spec = resolve_spec(cfg, gpu=gpu)
-    corpus_version = cfg.corpus_version if cfg.corpus_version is not None else table_version(corpus_path, spark=spark)
+    corpus_version = cfg.corpus_version if cfg.corpus_version is not None else table_version(spark, corpus_path)
     if corpus_version is None:
         raise FileNotFoundError(f"no corpus table at {corpus_path}: run `vig ingest` first")
     corpus = read_table(spark, corpus_path, version=corpus_version)
     pending = corpus
-    if table_exists(scores_path, spark=spark):
+    if table_exists(spark, scores_path):
         done = read_table(spark, scores_path).where(F.col("scorer_id") == spec.scorer_id).select("sample_id")
         pending = corpus.join(done, "sample_id", "left_anti")
     n_pending = pending.count()
@@ -90,8 +92,10 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
         for chunk in range(chunks if n_pending else 0):
             part = pending if chunks == 1 else pending.where(F.pmod(F.xxhash64("sample_id"), F.lit(chunks)) == chunk)
             scored = part.repartition(partitions).mapInArrow(score_batches(spec), from_arrow_schema(SCORES_SCHEMA))
-            version = write_table(scored, scores_path, mode="append", job="score", config=config)
-            out(f"chunk {chunk + 1}/{chunks}: committed scores v{version}")
+            commit = insert_new_rows(scored, scores_path, keys=["sample_id", "scorer_id"], job="score", config=config,
+                                     staging=staging_folder(cfg.lake, "scores"))
+            out(f"chunk {chunk + 1}/{chunks}: " + (f"committed scores v{commit.version} ({commit.rows_added} rows)"
+                                                   if commit else "every row was scored meanwhile by another run"))
     finally:  # the batch size is a session setting: leave the session as it was
         if previous_batch_rows is None:
             spark.conf.unset(batch_key)
@@ -102,10 +106,6 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
         "scorer_id": spec.scorer_id, "scored": 0}
     _print_summary(summary, out)
     return summary
-
-
-def _table(lake: str, name: str) -> str:
-    return lake.rstrip("/") + "/" + name
 
 
 def _summary(scores, scorer_id: str, corpus, n_pending: int, elapsed: float) -> dict:

@@ -13,9 +13,9 @@ Cheap and CPU-only: trying another p or policy never touches a GPU. The job
 6. writes every new policy in one Delta commit (job ``select``).
 
 Idempotency: each policy's rows carry a ``selection_id``, a hash of the scorer, the scores version and the
-policy params. Policies whose ``selection_id`` is already in the table are not written again (insert-only
-on the key), and the commit is a Delta app transaction keyed by the ids it writes, so concurrent identical
-runs commit once.
+policy params. Policies whose ``selection_id`` is already in the table are not computed again, and rows are
+added with ``MERGE ... WHEN NOT MATCHED THEN INSERT`` on ``(selection_id, sample_id)`` in a Delta app
+transaction keyed by the ids it writes, so concurrent identical runs never write a row twice.
 
 Example (the trainer pins one ``selection_id``)::
 
@@ -48,6 +48,7 @@ SELECTION_SCHEMA = pa.schema([
     ("n_tokens", pa.int32()), ("n_tokens_kept", pa.int32()), ("tau", pa.float64()), ("p", pa.float64()),
     ("scores_version", pa.int64()),
 ])
+SELECTION_KEY = ("selection_id", "sample_id")
 # carried through mapInArrow for the budget window, then dropped
 _PASSTHROUGH = [("_vig", pa.float64()), ("_rand_key", pa.int64()), ("_source", pa.string())]
 _UDF_SCHEMA = pa.schema(list(SELECTION_SCHEMA) + [pa.field(n, t) for n, t in _PASSTHROUGH])
@@ -176,10 +177,10 @@ def run_select(spark, cfg: SelectJobConfig, *, out=print) -> dict:
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    from vig_udf.lake import read_table, table_exists, table_version, write_table
+    from vig_udf.lake import insert_new_rows, lake_table, read_table, table_exists, table_version
 
-    scores_path, selection_path = _table(cfg.lake, "scores"), _table(cfg.lake, "selection")
-    scores_version = cfg.scores_version if cfg.scores_version is not None else table_version(scores_path, spark=spark)
+    scores_path, selection_path = lake_table(cfg.lake, "scores"), lake_table(cfg.lake, "selection")
+    scores_version = cfg.scores_version if cfg.scores_version is not None else table_version(spark, scores_path)
     if scores_version is None:
         raise FileNotFoundError(f"no scores table at {scores_path}: run `vig score` first")
     scores = read_table(spark, scores_path, version=scores_version)
@@ -207,9 +208,8 @@ def run_select(spark, cfg: SelectJobConfig, *, out=print) -> dict:
         runs.append(PolicyRun(policy, sel.params_json(params), digest, sel.selection_id(
             scorer_id=scorer_id, scores_version=scores_version, params_hash=digest)))
     ids = [run.selection_id for run in runs]
-    exists = table_exists(selection_path, spark=spark)
     present = set()
-    if exists:
+    if table_exists(spark, selection_path):
         present = {r[0] for r in read_table(spark, selection_path).where(F.col("selection_id").isin(ids))
                    .select("selection_id").distinct().collect()}
     new = tuple(run for run in runs if run.selection_id not in present)
@@ -222,17 +222,14 @@ def run_select(spark, cfg: SelectJobConfig, *, out=print) -> dict:
                   "corpus_version": corpus_version, "tau": tau, "tau_method": tau_method,
                   "selection_ids": {run.policy: run.selection_id for run in new}}
         app_id = "select/" + hashlib.sha256(",".join(sorted(r.selection_id for r in new)).encode()).hexdigest()[:16]
-        version = write_table(rows.select(*SELECTION_SCHEMA.names), selection_path, mode="append", job="select",
-                              config=config, app_id=app_id, app_version=0)
+        commit = insert_new_rows(rows.select(*SELECTION_SCHEMA.names), selection_path, keys=list(SELECTION_KEY),
+                                 job="select", config=config, app_id=app_id, app_version=0)
+        version = commit.version if commit else None
     summary = {"scorer_id": scorer_id, "scores_version": scores_version, "selection_version": version,
                "tau": tau, "tau_method": tau_method, "p": cfg.p, "ok_rows": n_ok,
                "policies": _policy_summaries(read_table(spark, selection_path), runs, present)}
     _print_summary(summary, out)
     return summary
-
-
-def _table(lake: str, name: str) -> str:
-    return lake.rstrip("/") + "/" + name
 
 
 def _resolve_scorer(present: list[str], scorer_id: str | None, path: str, version: int) -> str:
@@ -264,10 +261,10 @@ def _with_sources(spark, base, cfg: SelectJobConfig):
     """``base`` with each sample's corpus ``source`` as ``_source``; checks that every budget names a source."""
     from pyspark.sql import functions as F
 
-    from vig_udf.lake import read_table, table_version
+    from vig_udf.lake import lake_table, read_table, table_version
 
-    corpus_path = _table(cfg.lake, "corpus")
-    version = cfg.corpus_version if cfg.corpus_version is not None else table_version(corpus_path, spark=spark)
+    corpus_path = lake_table(cfg.lake, "corpus")
+    version = cfg.corpus_version if cfg.corpus_version is not None else table_version(spark, corpus_path)
     if version is None:
         raise FileNotFoundError(f"budgets need each sample's source from {corpus_path}, but there is no table there")
     sources = read_table(spark, corpus_path, version=version).select("sample_id", F.col("source").alias("_source"))

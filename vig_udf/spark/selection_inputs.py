@@ -7,8 +7,6 @@ selection's rows came from, and the corpus version (pinned or latest).
 
 from __future__ import annotations
 
-import os
-
 TABLES = ("corpus", "scores", "selection")
 
 
@@ -16,7 +14,7 @@ def pinned_or_latest(path: str, pinned: int | None, producer: str, spark) -> int
     """``pinned``, or the latest version of the table at ``path``; raises when there is no table."""
     from vig_udf.lake import table_version
 
-    latest = table_version(path, spark=spark)
+    latest = table_version(spark, path)
     if latest is None:
         raise FileNotFoundError(f"no Delta table at {path}: run `{producer}` first (or check lake=)")
     return latest if pinned is None else pinned
@@ -24,13 +22,13 @@ def pinned_or_latest(path: str, pinned: int | None, producer: str, spark) -> int
 
 def resolve_selection(spark, *, lake: str, selection_id: str | None, policy: str | None,
                       selection_version: int | None = None, corpus_version: int | None = None) -> dict:
-    """The chosen selection (id, policy, params, p, tau, scorer, kept count), the absolute table paths and
-    the pinned versions of the corpus, scores and selection tables."""
+    """The chosen selection (id, policy, params, p, tau, scorer, kept count), the table URIs and the pinned
+    versions of the corpus, scores and selection tables."""
     from pyspark.sql import functions as F
 
-    from vig_udf.lake import read_table, table_version
+    from vig_udf.lake import lake_table, read_table, table_version
 
-    paths = {name: os.path.abspath(f"{lake.rstrip('/')}/{name}") for name in TABLES}
+    paths = {name: lake_table(lake, name) for name in TABLES}
     versions = {"selection": pinned_or_latest(paths["selection"], selection_version, "vig select", spark)}
     selection = read_table(spark, paths["selection"], version=versions["selection"])
     keys = ["selection_id", "policy", "params", "p", "tau", "scorer_id", "scores_version"]
@@ -49,7 +47,7 @@ def resolve_selection(spark, *, lake: str, selection_id: str | None, policy: str
                          f"{len(matches)} selections); set selection_id to one of: {listing or 'none (empty)'}")
     chosen = matches[0]
     versions["scores"] = int(chosen.pop("scores_version"))
-    if table_version(paths["scores"], spark=spark) is None:
+    if table_version(spark, paths["scores"]) is None:
         raise FileNotFoundError(f"no scores table at {paths['scores']}: selection {chosen['selection_id']} was made "
                                 f"from scores v{versions['scores']}, whose token spans the mask is aligned to")
     versions["corpus"] = pinned_or_latest(paths["corpus"], corpus_version, "vig ingest", spark)

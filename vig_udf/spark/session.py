@@ -1,21 +1,115 @@
-"""The Spark session of a job, built from its typed config."""
+"""The Spark session of a job, built from its typed config, always with Delta Lake.
+
+Locally the session gets Delta Lake's Spark engine the way delta-spark documents it: the JVM artifact
+that matches the installed pyspark and delta-spark (``configure_spark_with_delta_pip``), resolved by
+Spark's own package resolution from Maven Central into Spark's Ivy cache (``make setup`` fetches it once),
+plus Delta's SQL extension and catalog. A lake on ``s3a://`` also gets ``hadoop-aws`` at the version of
+the Hadoop client that pyspark ships. On Databricks the runtime's own Delta is used as it is.
+
+Under ``spark-submit`` the JVM is started before this code runs, so packages must be given to
+spark-submit itself: ``spark-submit --packages "$(python -m vig_udf.spark.session)" ...``.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from vig_udf.config import SparkConfig
 
+DELTA_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+# Defaults sized for clusters that make a local session slow on small tables (BENCHMARKS.md): Delta
+# rebuilds a table's state with 50 tasks, and VACUUM lists files with 10,000.
+# A local session also listens on the loopback address only.
+LOCAL_DEFAULTS = {
+    "spark.databricks.delta.snapshotPartitions": "2",
+    "spark.sql.sources.parallelPartitionDiscovery.parallelism": "8",
+    "spark.driver.host": "127.0.0.1",
+    "spark.driver.bindAddress": "127.0.0.1",
+}
 
-def spark_session(cfg: SparkConfig):
-    """Get or create the session; Python workers use this interpreter unless PYSPARK_PYTHON says otherwise."""
+
+def on_databricks() -> bool:
+    """Whether this process runs on a Databricks runtime (whose Spark has Delta built in)."""
+    return bool(os.environ.get("DATABRICKS_RUNTIME_VERSION"))
+
+
+def hadoop_aws_package() -> str:
+    """The ``hadoop-aws`` Maven coordinate for the Hadoop client jars that the installed pyspark ships."""
+    import pyspark
+
+    jars = sorted((Path(pyspark.__file__).parent / "jars").glob("hadoop-client-api-*.jar"))
+    if not jars:
+        raise RuntimeError("pyspark ships no hadoop-client-api jar: cannot tell which hadoop-aws matches it")
+    version = jars[-1].name.removeprefix("hadoop-client-api-").removesuffix(".jar")
+    return f"org.apache.hadoop:hadoop-aws:{version}"
+
+
+def needs_s3a(lake: str | None) -> bool:
+    """Whether a lake URI is on S3 through Hadoop's s3a connector."""
+    return bool(lake) and lake.startswith("s3a://")
+
+
+def extra_packages(cfg: SparkConfig, *, lake: str | None = None) -> list[str]:
+    """Maven coordinates besides Delta Lake's: hadoop-aws for an s3a lake, then ``cfg.packages``."""
+    extra = list(cfg.packages)
+    if needs_s3a(lake) and not any(":hadoop-aws:" in p for p in extra):
+        extra.insert(0, hadoop_aws_package())
+    return extra
+
+
+def with_delta(builder, cfg: SparkConfig, *, lake: str | None = None):
+    """``builder`` configured with Delta Lake's Spark engine, its jars and the lake's file system jars."""
+    from delta.pip_utils import configure_spark_with_delta_pip
+
+    conf = dict(DELTA_CONF)
+    if (cfg.master or "").startswith("local"):
+        conf.update(LOCAL_DEFAULTS)
+    conf.update({key: str(value) for key, value in cfg.conf.items()})
+    extra = extra_packages(cfg, lake=lake)
+    if conf.get("spark.jars.packages"):
+        extra += conf.pop("spark.jars.packages").split(",")
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    return configure_spark_with_delta_pip(builder, extra_packages=list(dict.fromkeys(extra)))
+
+
+def spark_session(cfg: SparkConfig, *, lake: str | None = None):
+    """Get or create the session, with Delta Lake; Python workers use this interpreter unless
+    PYSPARK_PYTHON says otherwise.
+
+    Example::
+
+        spark = spark_session(SparkConfig(master="local[2]"), lake="s3a://bucket/lake")
+    """
     from pyspark.sql import SparkSession
 
+    if on_databricks():
+        return SparkSession.builder.getOrCreate()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(cfg.app_name)
     if cfg.master:
         builder = builder.master(cfg.master)
-    for key, value in cfg.conf.items():
-        builder = builder.config(key, str(value))
-    return builder.getOrCreate()
+    return with_delta(builder, cfg, lake=lake).getOrCreate()
+
+
+def fetch_packages() -> None:
+    """Resolve Delta Lake's and hadoop-aws's jars into Spark's Ivy cache (the setup runs this once)."""
+    spark = spark_session(SparkConfig(master="local[1]", app_name="vig-fetch-jars",
+                                      conf={"spark.ui.enabled": "false"}), lake="s3a://any")
+    spark.stop()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--fetch"]:
+        fetch_packages()
+    else:  # the --packages value for spark-submit; --s3a adds hadoop-aws
+        from pyspark.sql import SparkSession
+
+        lake = "s3a://" if "--s3a" in sys.argv else None
+        builder = with_delta(SparkSession.builder, SparkConfig(master=None), lake=lake)
+        print(builder._options["spark.jars.packages"])  # the Builder has no public getter

@@ -175,7 +175,7 @@ def resolve_inputs(spark, cfg: TrainJobConfig) -> dict:
         raise ValueError(f"selection {chosen['selection_id']} keeps no sample: nothing to train on")
     paths = chosen["paths"]
     base_model = None
-    for commit in table_history(paths["scores"], spark=spark):  # the newest commit of this scorer
+    for commit in table_history(spark, paths["scores"]):  # the newest commit of this scorer
         config = commit.get("config") or {}
         if (commit["version"] <= chosen["versions"]["scores"] and commit.get("job") == "score"
                 and config.get("scorer_id") == chosen["scorer_id"]):
