@@ -75,11 +75,16 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     if corpus_version is None:
         raise FileNotFoundError(f"no corpus table at {corpus_path}: run `vig ingest` first")
     corpus = read_table(spark, corpus_path, version=corpus_version)
-    pending = corpus
+    pending, corpus_rows, n_pending = corpus, None, None
     if table_exists(spark, scores_path):
         done = read_table(spark, scores_path).where(F.col("scorer_id") == spec.scorer_id).select("sample_id")
         pending = corpus.join(done, "sample_id", "left_anti")
-    n_pending = pending.count()
+        # corpus rows and pending rows in one pass over the corpus
+        counts = corpus.join(done.withColumn("_done", F.lit(True)), "sample_id", "left").agg(
+            F.count(F.lit(1)).alias("rows"), F.count_if(F.col("_done").isNull()).alias("pending")).first()
+        corpus_rows, n_pending = counts["rows"], counts["pending"]
+    else:
+        corpus_rows = n_pending = corpus.count()
     out(f"scorer {spec.scorer_id}: {n_pending} of corpus v{corpus_version} rows to score")
     batch_key = "spark.sql.execution.arrow.maxRecordsPerBatch"
     previous_batch_rows = spark.conf.get(batch_key, None)
@@ -102,22 +107,24 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
         else:
             spark.conf.set(batch_key, previous_batch_rows)
     elapsed = time.perf_counter() - started
-    summary = _summary(read_table(spark, scores_path), spec.scorer_id, corpus, n_pending, elapsed) if n_pending else {
-        "scorer_id": spec.scorer_id, "scored": 0}
+    summary = _summary(read_table(spark, scores_path), spec.scorer_id, corpus_rows, n_pending, elapsed) if n_pending \
+        else {"scorer_id": spec.scorer_id, "scored": 0}
     _print_summary(summary, out)
     return summary
 
 
-def _summary(scores, scorer_id: str, corpus, n_pending: int, elapsed: float) -> dict:
+def _summary(scores, scorer_id: str, corpus_rows: int, n_pending: int, elapsed: float) -> dict:
+    """Rows of this scorer by status and the quantiles of the ok rows' VIG: one aggregation over the table."""
     from pyspark.sql import functions as F
 
-    mine = scores.where(F.col("scorer_id") == scorer_id)
-    by_status = {r["status"]: r["count"] for r in mine.groupBy("status").count().collect()}
-    quantiles = mine.where(F.col("status") == "ok").select(
-        F.percentile_approx("vig", [0.05, 0.25, 0.5, 0.75, 0.95], 10000).alias("q")).first()["q"]
+    groups = (scores.where(F.col("scorer_id") == scorer_id).groupBy("status")
+              .agg(F.count(F.lit(1)).alias("count"),
+                   F.percentile_approx("vig", [0.05, 0.25, 0.5, 0.75, 0.95], 10000).alias("q")).collect())
+    by_status = {r["status"]: r["count"] for r in groups}
+    quantiles = next((r["q"] for r in groups if r["status"] == "ok"), None)
     return {"scorer_id": scorer_id, "scored": n_pending, "seconds": elapsed,
             "samples_per_s": n_pending / elapsed if elapsed else None, "rows_by_status": by_status,
-            "rows_for_scorer": sum(by_status.values()), "corpus_rows": corpus.count(),
+            "rows_for_scorer": sum(by_status.values()), "corpus_rows": corpus_rows,
             "vig_quantiles": dict(zip(["p05", "p25", "p50", "p75", "p95"], quantiles or []))}
 
 
