@@ -347,6 +347,8 @@ print("artifacts:", artifacts)
 
 # COMMAND ----------
 
+show(spark.sql(f"DESCRIBE HISTORY delta.`{LAKE}/scores`").select(
+    "version", "timestamp", "operation", "operationMetrics.numTargetRowsInserted", "userMetadata"))
 lineage = {}
 for name, info in dataset_inputs.items():
     commit = next(c for c in table_history(spark, info["path"]) if c["version"] == info["version"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from pyspark.sql.types import ArrayType, DoubleType, MapType, StringType, StructField, StructType
@@ -79,3 +80,28 @@ def test_read_only_statements_pass(statement):
 def test_writing_statements_are_refused_with_a_way_forward(statement):
     with pytest.raises(ReadOnlyError, match="read-only statements .*vig lake vacuum"):
         check_read_only(statement)
+
+
+def test_sessions_get_delta_lakes_jars_and_s3a_its_hadoop_aws(monkeypatch):
+    import importlib.metadata
+
+    import pyspark
+    from pyspark.sql import SparkSession
+
+    from vig_udf.config import SparkConfig
+    from vig_udf.spark.session import hadoop_aws_package, with_delta
+
+    monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
+    spark_minor = ".".join(pyspark.__version__.split(".")[:2])
+    delta = f"io.delta:delta-spark_{spark_minor}_2.13:{importlib.metadata.version('delta-spark')}"
+    jars = sorted(p.name for p in (Path(pyspark.__file__).parent / "jars").glob("hadoop-client-api-*.jar"))
+    assert hadoop_aws_package() == "org.apache.hadoop:hadoop-aws:" + jars[-1][len("hadoop-client-api-"):-len(".jar")]
+
+    local = with_delta(SparkSession.builder, SparkConfig(conf={"spark.jars.packages": "a:b:1"}))._options
+    assert local["spark.jars.packages"].split(",") == [delta, "a:b:1"]
+    assert local["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
+    assert local["spark.driver.bindAddress"] == "127.0.0.1"  # a local session listens on loopback only
+    on_s3 = with_delta(SparkSession.builder, SparkConfig(master="yarn", conf={"spark.driver.host": "h"}),
+                       lake="s3a://bucket/lake")._options
+    assert on_s3["spark.jars.packages"].split(",") == [delta, hadoop_aws_package()]
+    assert on_s3["spark.driver.host"] == "h" and "spark.driver.bindAddress" not in on_s3

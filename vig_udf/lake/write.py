@@ -8,7 +8,9 @@
   ``<lake>/_staging``, so that a retry after a concurrent commit re-reads those rows instead of recomputing
   them.
 
-Delta's concurrent-modification conflicts are retried (``RETRIES`` attempts, with a growing pause) and then
+A MERGE takes its commit metadata and app transaction from session settings (Delta's only way for DML), so
+two threads must not insert through one Spark session at the same time; separate jobs (processes, clusters)
+may. Delta's concurrent-modification conflicts are retried (``RETRIES`` attempts, with a growing pause) and then
 reported as :class:`ConcurrentWriteError`. A failed call commits nothing: files written before the failure
 are not part of any version and are removed by ``VACUUM`` (``vig lake vacuum``).
 """

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -70,8 +71,10 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
 
     corpus_path, scores_path = lake_table(cfg.lake, "corpus"), lake_table(cfg.lake, "scores")
     gpu = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0
-    spec = resolve_spec(cfg, gpu=gpu)
-    corpus_version = cfg.corpus_version if cfg.corpus_version is not None else table_version(spark, corpus_path)
+    with ThreadPoolExecutor(1) as pool:  # Delta's first look at the lake (seconds) overlaps loading the processor
+        latest_corpus = pool.submit(table_version, spark, corpus_path)
+        spec = resolve_spec(cfg, gpu=gpu)
+    corpus_version = cfg.corpus_version if cfg.corpus_version is not None else latest_corpus.result()
     if corpus_version is None:
         raise FileNotFoundError(f"no corpus table at {corpus_path}: run `vig ingest` first")
     corpus = read_table(spark, corpus_path, version=corpus_version)
