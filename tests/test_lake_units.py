@@ -76,6 +76,10 @@ def test_read_only_statements_pass(statement):
     "FROM scores INSERT OVERWRITE TABLE corpus SELECT *",
     "SELECT 1; DROP TABLE scores", "UPDATE scores SET vig = 0", "MERGE INTO scores USING x ON true",
     "SET spark.sql.shuffle.partitions=1", "VACUUM delta.`/tmp/lake/scores`", "", "/* only a comment */",
+    # Spark's lexer: a raw string has no escapes, and a comment ends at a carriage return
+    "WITH x AS (SELECT r'\\' AS a) INSERT OVERWRITE DIRECTORY '/tmp/lake/scores' USING parquet SELECT * FROM x",
+    "WITH x AS (SELECT 1 AS a) --\rINSERT OVERWRITE DIRECTORY '/tmp/l' USING parquet SELECT * FROM x",
+    "SELECT reflect('java.lang.System', 'exit', 0)", "SELECT java_method('java.lang.System', 'exit', 0)",
 ])
 def test_writing_statements_are_refused_with_a_way_forward(statement):
     with pytest.raises(ReadOnlyError, match="read-only statements .*vig lake vacuum"):
@@ -102,6 +106,11 @@ def test_sessions_get_delta_lakes_jars_and_s3a_its_hadoop_aws(monkeypatch):
     assert local["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
     assert local["spark.driver.bindAddress"] == "127.0.0.1"  # a local session listens on loopback only
     on_s3 = with_delta(SparkSession.builder, SparkConfig(master="yarn", conf={"spark.driver.host": "h"}),
-                       lake="s3a://bucket/lake")._options
+                       uris=["/local/lake", "s3a://bucket/input.json"])._options
     assert on_s3["spark.jars.packages"].split(",") == [delta, hadoop_aws_package()]
     assert on_s3["spark.driver.host"] == "h" and "spark.driver.bindAddress" not in on_s3
+
+
+def test_history_entries_of_other_writers_are_not_misread():
+    foreign = history_entry({"version": 2, "userMetadata": json.dumps({"job": "x", "config": "{not json"})})
+    assert foreign["job"] is None and foreign["config"] is None

@@ -52,7 +52,8 @@ def _spark_job(module: str, config_class: str, run: str, section: str, config, o
     _logging(False)
     job = importlib.import_module(module)
     cfg = load_config(getattr(job, config_class), config, overrides, section=section)
-    getattr(job, run)(spark_session(cfg.spark, lake=cfg.lake), cfg)
+    uris = [value for value in (getattr(cfg, "lake", None), getattr(cfg, "input", None)) if isinstance(value, str)]
+    getattr(job, run)(spark_session(cfg.spark, uris=uris), cfg)
 
 
 @app.command()
@@ -104,7 +105,12 @@ def sql(
         typer.echo(f"vig sql: {error}", err=True)
         raise typer.Exit(2) from None
     data = load_config(SqlConfig, config, [f"lake={lake}"] if lake else [], section="sql")
-    spark = spark_session(data.spark, lake=data.lake)
+    spark = spark_session(data.spark, uris=[data.lake])
+    try:
+        check_read_only(query, spark)  # again, with Spark's own parser
+    except ReadOnlyError as error:
+        typer.echo(f"vig sql: {error}", err=True)
+        raise typer.Exit(2) from None
     register_views(spark, data.lake)
     spark.sql(query).show(limit, truncate=False)
 
@@ -118,7 +124,7 @@ def _lake_session(config, overrides):
 
     _logging(False)
     cfg = load_config(LakeConfig, config, overrides, section="maintenance")
-    return spark_session(cfg.spark, lake=cfg.lake), cfg
+    return spark_session(cfg.spark, uris=[cfg.lake]), cfg
 
 
 @lake_app.command("optimize")

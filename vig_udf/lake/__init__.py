@@ -3,7 +3,8 @@ engine (delta-spark; on Databricks the runtime's Delta).
 
 Every write is one Delta commit whose ``userMetadata`` records the job, its resolved config and the code
 version (``DESCRIBE HISTORY`` shows it). Keyed tables grow with ``MERGE ... WHEN NOT MATCHED THEN INSERT``
-on their key, so no key is ever written twice, whatever runs concurrently; appends can be idempotent with
+on their key (``insert_new_rows``), so writers that all insert this way never write a key twice, however many
+run at once (on S3 with several drivers, with Delta's DynamoDB log store); appends can be idempotent with
 Delta's app transactions. Reads pin a version with ``versionAsOf``. Table paths are URIs.
 
 Example::

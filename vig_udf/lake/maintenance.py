@@ -71,6 +71,6 @@ def clear_staging(spark, lake, *, retain_hours: float) -> list[str]:
         for write in list_folders(spark, f"{root}/{table}"):
             folder = f"{root}/{table}/{write}"
             newest = newest_modification_ms(spark, folder)
-            if (newest is None or newest <= cutoff_ms) and delete_folder(spark, folder):
+            if newest is not None and newest <= cutoff_ms and delete_folder(spark, folder):
                 removed.append(f"{table}/{write}")
     return removed

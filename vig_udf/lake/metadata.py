@@ -75,10 +75,13 @@ def history_entry(commit: dict) -> dict:
             parsed = None
         if isinstance(parsed, dict):
             metadata.update({key: parsed[key] for key in METADATA_KEYS if key in parsed})
-    if isinstance(metadata["config"], str):
-        metadata["config"] = json.loads(metadata["config"])
-    if metadata["app_version"] is not None:
-        metadata["app_version"] = int(metadata["app_version"])
+    try:
+        if isinstance(metadata["config"], str):
+            metadata["config"] = json.loads(metadata["config"])
+        if metadata["app_version"] is not None:
+            metadata["app_version"] = int(metadata["app_version"])
+    except (TypeError, ValueError):  # another writer's userMetadata that only looks like ours
+        metadata = dict.fromkeys(METADATA_KEYS)
     metrics = {k: int(v) if str(v).lstrip("-").isdigit() else v for k, v in (commit.get("operationMetrics") or {}).items()}
     return {"version": commit["version"], "timestamp": commit.get("timestamp"), "operation": commit.get("operation"),
             "metrics": metrics, **metadata}

@@ -1,8 +1,11 @@
 """The statements ``vig sql`` runs: queries and inspection only, never a write.
 
-A statement is allowed when its first keyword is one of ``READ_ONLY`` and no keyword that writes
-(``INSERT``, ...) appears outside string literals, quoted identifiers and comments (Spark SQL accepts
-``WITH ... INSERT INTO`` and ``FROM t INSERT ...``). One statement per call.
+Two checks, both must pass. The first reads the text: the first keyword is one of ``READ_ONLY``, no keyword
+that writes (``INSERT``, ...) appears outside string literals, quoted identifiers and comments (Spark SQL
+accepts ``WITH ... INSERT INTO`` and ``FROM t INSERT ...``), one statement per call, and no function that
+calls JVM methods (``reflect``, ``java_method``) appears anywhere. The second, authoritative one, asks
+Spark's own parser for the statement's plan and refuses any node that writes: an insert, or a command other
+than SHOW, DESCRIBE and EXPLAIN (which only plans).
 """
 
 from __future__ import annotations
@@ -16,7 +19,13 @@ HOW_TO_WRITE = ("vig sql runs read-only statements ({allowed}). To change tables
                 "(vig ingest / score / select), `vig lake optimize` / `vig lake vacuum`, or Spark with Delta "
                 "Lake directly (DeltaTable.forPath(spark, path) or SQL on delta.`<path>`).")
 # literals, quoted identifiers and comments, whose words are not keywords
-_NOT_CODE = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`(?:[^`]|``)*`|--[^\n]*|/\*.*?\*/", re.DOTALL)
+_NOT_CODE = re.compile(r"[rR]'[^']*'|[rR]\"[^\"]*\"|'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`(?:[^`]|``)*`|--[^\r\n]*"
+                       r"|/\*.*?\*/", re.DOTALL)
+# functions that call arbitrary JVM methods: refused wherever the name appears, strings and comments included
+_REFLECTION = re.compile(r"reflect|java_method", re.IGNORECASE)
+# parsed plan nodes that write without being a Command, and the commands that only look
+_WRITING_NODES = ("InsertIntoStatement", "InsertIntoDir")
+_INSPECTION_PREFIXES = ("Show", "Describe", "Explain")
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -24,17 +33,39 @@ class ReadOnlyError(ValueError):
     """A statement that would change tables or the session."""
 
 
-def check_read_only(statement: str) -> None:
-    """Raise :class:`ReadOnlyError` unless ``statement`` is one read-only statement."""
+def check_read_only(statement: str, spark=None) -> None:
+    """Raise :class:`ReadOnlyError` unless ``statement`` is one read-only statement; with a classic Spark
+    session, also check the plan Spark's parser makes of it."""
     code = _NOT_CODE.sub(" ", statement).strip().rstrip(";").strip()
     message = HOW_TO_WRITE.format(allowed=", ".join(READ_ONLY[:6]))
     if ";" in code:
         raise ReadOnlyError(f"One statement per call, please. {message}")
+    if _REFLECTION.search(statement):
+        raise ReadOnlyError(f"Refused a statement that names a JVM reflection function (reflect, java_method): {message}")
     words = [word.upper() for word in _WORD.findall(code)]
     if not words or words[0] not in READ_ONLY:
         raise ReadOnlyError(f"Refused {words[0] if words else 'an empty statement'!s}: {message}")
-    if words[0] in ("SHOW", "DESCRIBE", "DESC", "EXPLAIN"):
-        return  # these only look (EXPLAIN plans a statement without running it)
-    writes = sorted(set(words) & set(WRITING))
-    if writes:
-        raise ReadOnlyError(f"Refused a statement that contains {', '.join(writes)}: {message}")
+    if words[0] not in ("SHOW", "DESCRIBE", "DESC", "EXPLAIN"):  # these only look (EXPLAIN plans, runs nothing)
+        writes = sorted(set(words) & set(WRITING))
+        if writes:
+            raise ReadOnlyError(f"Refused a statement that contains {', '.join(writes)}: {message}")
+    if spark is not None and getattr(spark, "_jsparkSession", None) is not None:
+        _check_plan(spark, statement, message)
+
+
+def _check_plan(spark, statement: str, message: str) -> None:
+    jvm = spark._jvm
+    try:
+        plan = spark._jsparkSession.sessionState().sqlParser().parsePlan(statement)
+    except Exception as error:  # noqa: BLE001 - a statement Spark cannot parse is not run either
+        raise ReadOnlyError(f"Spark cannot parse the statement ({str(error).splitlines()[0]}). {message}") from None
+    command = jvm.java.lang.Class.forName("org.apache.spark.sql.catalyst.plans.logical.Command")
+    nodes = [plan]
+    while nodes:
+        node = nodes.pop()
+        name = node.getClass().getSimpleName()
+        inspection = command.isInstance(node) and name.startswith(_INSPECTION_PREFIXES)
+        if name in _WRITING_NODES or (command.isInstance(node) and not inspection):
+            raise ReadOnlyError(f"Refused a statement whose plan writes ({name}): {message}")
+        children = node.children()
+        nodes += [children.apply(i) for i in range(children.size())]

@@ -9,9 +9,9 @@ from contextlib import contextmanager
 def session_confs(spark, confs: dict[str, str]):
     """Set ``confs`` on the session for the duration of the block, then restore what was there."""
     previous = {key: spark.conf.get(key, None) for key in confs}
-    for key, value in confs.items():
-        spark.conf.set(key, value)
     try:
+        for key, value in confs.items():
+            spark.conf.set(key, value)
         yield
     finally:
         for key, value in previous.items():

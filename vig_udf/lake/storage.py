@@ -25,11 +25,12 @@ def list_folders(spark, uri: str) -> list[str]:
 
 
 def newest_modification_ms(spark, uri: str) -> int | None:
-    """The newest modification time (ms since the epoch) of any file under ``uri``; None if it holds none."""
+    """The newest modification time (ms since the epoch) of ``uri`` itself and of any file under it; None if
+    it does not exist."""
     fs, path = _filesystem(spark, uri)
     if not fs.exists(path):
         return None
-    files, newest = fs.listFiles(path, True), None
+    files, newest = fs.listFiles(path, True), fs.getFileStatus(path).getModificationTime() or None
     while files.hasNext():
         mtime = files.next().getModificationTime()
         newest = mtime if newest is None else max(newest, mtime)

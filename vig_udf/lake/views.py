@@ -3,6 +3,7 @@ a version."""
 
 from __future__ import annotations
 
+import logging
 import re
 
 from pyspark.sql import SparkSession
@@ -11,6 +12,7 @@ from vig_udf.lake.paths import STAGING, table_uri
 from vig_udf.lake.read import read_table, table_exists, table_version
 from vig_udf.lake.storage import list_folders
 
+log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -42,7 +44,12 @@ def register_views(
     uri = table_uri(root)
     versions = dict(versions or {})
     if names is None:
-        names = lake_tables(spark, uri)
+        names = []
+        for name in lake_tables(spark, uri):
+            if _NAME.match(name):
+                names.append(name)
+            else:
+                log.warning("table folder %r under %s is not a valid view name: not registered", name, uri)
     unknown = sorted(set(versions) - set(names))
     if unknown:
         raise ValueError(f"versions names tables that are not registered: {unknown}; tables: {list(names)}")

@@ -10,8 +10,8 @@
 
 A MERGE takes its commit metadata and app transaction from session settings (Delta's only way for DML), so
 two threads must not insert through one Spark session at the same time; separate jobs (processes, clusters)
-may. Delta's concurrent-modification conflicts are retried (``RETRIES`` attempts, with a growing pause) and then
-reported as :class:`ConcurrentWriteError`. A failed call commits nothing: files written before the failure
+may. Delta's concurrent-modification conflicts are retried (``ATTEMPTS`` attempts in all, pausing 0.5 s, then twice
+as long each time with jitter, at most 30 s) and then reported as :class:`ConcurrentWriteError`. A failed call commits nothing: files written before the failure
 are not part of any version and are removed by ``VACUUM`` (``vig lake vacuum``).
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,16 +28,16 @@ from pyspark.sql import DataFrame
 
 from vig_udf.lake.metadata import commit_metadata, history_entry
 from vig_udf.lake.paths import table_uri
-from vig_udf.lake.read import HISTORY_COLUMNS, table_exists
+from vig_udf.lake.read import HISTORY_COLUMNS, table_exists, table_version
 from vig_udf.lake.schema import check_append
 from vig_udf.lake.session_conf import session_confs
 from vig_udf.lake.storage import delete_folder
 
 log = logging.getLogger(__name__)
 MODES = {"append": "append", "overwrite": "overwrite", "error": "errorifexists"}
-RETRIES = 5
-RETRY_PAUSE_S = 0.5
-HISTORY_SEARCH = 200  # commits searched for this call's own commit (concurrent writers may add some)
+ATTEMPTS = 8
+RETRY_PAUSE_S = 0.5  # before the second attempt; doubling, with jitter, up to RETRY_PAUSE_MAX_S
+RETRY_PAUSE_MAX_S = 30.0
 # Session settings Delta reads for commands that take no writer options (MERGE): the commit's metadata and
 # its app transaction.
 USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
@@ -87,7 +88,8 @@ def write_table(
     spark, uri = df.sparkSession, table_uri(path)
     metadata = commit_metadata(job=job, config=config, write_id=uuid.uuid4().hex, app_id=app_id,
                                app_version=app_version)
-    if mode == "error" and table_exists(spark, uri):
+    before = table_version(spark, uri)
+    if mode == "error" and before is not None:
         raise FileExistsError(f"A Delta table already exists at {uri}; write with mode='append' or 'overwrite'.")
 
     def attempt() -> None:
@@ -97,7 +99,7 @@ def write_table(
         _writer(data, MODES[mode], metadata, app_id, app_version).save(uri)
 
     _retry_conflicts(attempt, uri)
-    return _find_commit(spark, uri, metadata["write_id"])
+    return _find_commit(spark, uri, metadata["write_id"], after=before)
 
 
 def insert_new_rows(
@@ -137,7 +139,7 @@ def insert_new_rows(
     metadata = commit_metadata(job=job, config=config, write_id=uuid.uuid4().hex, app_id=app_id,
                                app_version=app_version)
     staged = f"{table_uri(staging)}/{metadata['write_id']}" if staging else None
-    source = df
+    source, before = df, table_version(spark, uri)
     try:
         if staged:
             df.write.format("delta").mode("errorifexists").save(staged)
@@ -146,7 +148,7 @@ def insert_new_rows(
     finally:
         if staged:
             delete_folder(spark, staged)
-    return _find_commit(spark, uri, metadata["write_id"])
+    return _find_commit(spark, uri, metadata["write_id"], after=before)
 
 
 def _create_or_merge(source: DataFrame, uri: str, keys: list[str], metadata: dict, app_id, app_version) -> None:
@@ -194,27 +196,35 @@ def _retry_conflicts(write, uri: str) -> None:
 
     # delta-spark's conflict classes do not share a base class: name each of them
     conflicts = tuple(getattr(delta.exceptions, name) for name in delta.exceptions.__all__)
-    for attempt in range(1, RETRIES + 1):
+    for attempt in range(1, ATTEMPTS + 1):
         try:
             write()
             return
         except conflicts as error:
-            if attempt == RETRIES:
+            if attempt == ATTEMPTS:
                 raise ConcurrentWriteError(
-                    f"{uri}: every one of {RETRIES} attempts conflicted with a concurrent commit "
-                    f"({type(error).__name__}); nothing was written by this job. Run it again when the "
-                    "other writers are done (a rerun adds only what is missing)."
+                    f"{uri}: each of {ATTEMPTS} attempts of this commit conflicted with a concurrent commit "
+                    f"({type(error).__name__}); this commit wrote nothing (earlier commits of the same job stay). "
+                    "Run the job again when the other writers are done: a rerun adds only what is missing."
                 ) from error
-            log.warning("%s: concurrent commit (%s); retrying (%d of %d)", uri, type(error).__name__, attempt + 1,
-                        RETRIES)
-            time.sleep(RETRY_PAUSE_S * attempt)
+            pause = min(RETRY_PAUSE_MAX_S, RETRY_PAUSE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+            log.warning("%s: concurrent commit (%s); attempt %d of %d in %.1f s", uri, type(error).__name__,
+                        attempt + 1, ATTEMPTS, pause)
+            time.sleep(pause)
 
 
-def _find_commit(spark, uri: str, write_id: str) -> Commit | None:
-    """The commit carrying ``write_id`` among the newest commits, or None when this call committed nothing."""
+def _find_commit(spark, uri: str, write_id: str, *, after: int | None) -> Commit | None:
+    """The commit carrying ``write_id`` among those after version ``after`` (None: the table is new), or None
+    when this call committed nothing."""
     from delta.tables import DeltaTable
 
-    for row in DeltaTable.forPath(spark, uri).history(HISTORY_SEARCH).select(*HISTORY_COLUMNS).collect():
+    latest = table_version(spark, uri)
+    if latest is None:
+        return None
+    newer = latest - (after if after is not None else -1)
+    if newer <= 0:
+        return None
+    for row in DeltaTable.forPath(spark, uri).history(newer).select(*HISTORY_COLUMNS).collect():
         entry = history_entry(row.asDict())
         if entry["write_id"] == write_id:
             metrics = entry["metrics"]

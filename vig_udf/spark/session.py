@@ -3,8 +3,8 @@
 Locally the session gets Delta Lake's Spark engine the way delta-spark documents it: the JVM artifact
 that matches the installed pyspark and delta-spark (``configure_spark_with_delta_pip``), resolved by
 Spark's own package resolution from Maven Central into Spark's Ivy cache (``make setup`` fetches it once),
-plus Delta's SQL extension and catalog. A lake on ``s3a://`` also gets ``hadoop-aws`` at the version of
-the Hadoop client that pyspark ships. On Databricks the runtime's own Delta is used as it is.
+plus Delta's SQL extension and catalog. A job that touches an ``s3a://`` URI (its lake or its input) also
+gets ``hadoop-aws`` at the version of the Hadoop client that pyspark ships. On Databricks the runtime's own Delta is used as it is.
 
 Under ``spark-submit`` the JVM is started before this code runs, so packages must be given to
 spark-submit itself: ``spark-submit --packages "$(python -m vig_udf.spark.session)" ...``.
@@ -49,20 +49,20 @@ def hadoop_aws_package() -> str:
     return f"org.apache.hadoop:hadoop-aws:{version}"
 
 
-def needs_s3a(lake: str | None) -> bool:
-    """Whether a lake URI is on S3 through Hadoop's s3a connector."""
-    return bool(lake) and lake.startswith("s3a://")
+def needs_s3a(uris) -> bool:
+    """Whether any of ``uris`` is on S3 through Hadoop's s3a connector."""
+    return any(str(uri).startswith("s3a://") for uri in uris or ())
 
 
-def extra_packages(cfg: SparkConfig, *, lake: str | None = None) -> list[str]:
-    """Maven coordinates besides Delta Lake's: hadoop-aws for an s3a lake, then ``cfg.packages``."""
+def extra_packages(cfg: SparkConfig, *, uris=()) -> list[str]:
+    """Maven coordinates besides Delta Lake's: hadoop-aws for s3a URIs, then ``cfg.packages``."""
     extra = list(cfg.packages)
-    if needs_s3a(lake) and not any(":hadoop-aws:" in p for p in extra):
+    if needs_s3a(uris) and not any(":hadoop-aws:" in p for p in extra):
         extra.insert(0, hadoop_aws_package())
     return extra
 
 
-def with_delta(builder, cfg: SparkConfig, *, lake: str | None = None):
+def with_delta(builder, cfg: SparkConfig, *, uris=()):
     """``builder`` configured with Delta Lake's Spark engine, its jars and the lake's file system jars."""
     from delta.pip_utils import configure_spark_with_delta_pip
 
@@ -70,7 +70,7 @@ def with_delta(builder, cfg: SparkConfig, *, lake: str | None = None):
     if (cfg.master or "").startswith("local"):
         conf.update(LOCAL_DEFAULTS)
     conf.update({key: str(value) for key, value in cfg.conf.items()})
-    extra = extra_packages(cfg, lake=lake)
+    extra = extra_packages(cfg, uris=uris)
     if conf.get("spark.jars.packages"):
         extra += conf.pop("spark.jars.packages").split(",")
     for key, value in conf.items():
@@ -78,13 +78,13 @@ def with_delta(builder, cfg: SparkConfig, *, lake: str | None = None):
     return configure_spark_with_delta_pip(builder, extra_packages=list(dict.fromkeys(extra)))
 
 
-def spark_session(cfg: SparkConfig, *, lake: str | None = None):
-    """Get or create the session, with Delta Lake; Python workers use this interpreter unless
-    PYSPARK_PYTHON says otherwise.
+def spark_session(cfg: SparkConfig, *, uris=()):
+    """Get or create the session, with Delta Lake (and hadoop-aws when one of ``uris``, the job's lake and
+    input, is on s3a); Python workers use this interpreter unless PYSPARK_PYTHON says otherwise.
 
     Example::
 
-        spark = spark_session(SparkConfig(master="local[2]"), lake="s3a://bucket/lake")
+        spark = spark_session(SparkConfig(master="local[2]"), uris=["s3a://bucket/lake"])
     """
     from pyspark.sql import SparkSession
 
@@ -94,13 +94,13 @@ def spark_session(cfg: SparkConfig, *, lake: str | None = None):
     builder = SparkSession.builder.appName(cfg.app_name)
     if cfg.master:
         builder = builder.master(cfg.master)
-    return with_delta(builder, cfg, lake=lake).getOrCreate()
+    return with_delta(builder, cfg, uris=uris).getOrCreate()
 
 
 def fetch_packages() -> None:
     """Resolve Delta Lake's and hadoop-aws's jars into Spark's Ivy cache (the setup runs this once)."""
     spark = spark_session(SparkConfig(master="local[1]", app_name="vig-fetch-jars",
-                                      conf={"spark.ui.enabled": "false"}), lake="s3a://any")
+                                      conf={"spark.ui.enabled": "false"}), uris=["s3a://any"])
     spark.stop()
 
 
@@ -110,6 +110,6 @@ if __name__ == "__main__":
     else:  # the --packages value for spark-submit; --s3a adds hadoop-aws
         from pyspark.sql import SparkSession
 
-        lake = "s3a://" if "--s3a" in sys.argv else None
-        builder = with_delta(SparkSession.builder, SparkConfig(master=None), lake=lake)
+        uris = ["s3a://"] if "--s3a" in sys.argv else []
+        builder = with_delta(SparkSession.builder, SparkConfig(master=None), uris=uris)
         print(builder._options["spark.jars.packages"])  # the Builder has no public getter
