@@ -202,6 +202,22 @@ def test_training_lowers_the_loss_and_resume_gives_the_same_weights(llava, tmp_p
     with pytest.raises(Interrupt):
         train_selected(settings(path, steps=12, checkpoint_every=4), data, str(tmp_path / "resumed"),
                        on_step=stop_at_6)
+    # a checkpoint folder is shared storage: a pickle planted in it must not run at resume
+    import pickle
+    import shutil
+
+    shutil.copytree(tmp_path / "resumed", tmp_path / "planted")
+    marker = tmp_path / "ran"
+
+    class Planted:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    for optimizer_file in (tmp_path / "planted").rglob("optimizer.pt"):
+        optimizer_file.write_bytes(pickle.dumps(Planted()))
+    with pytest.raises(pickle.UnpicklingError):
+        train_selected(settings(path, steps=12, checkpoint_every=4), data, str(tmp_path / "planted"))
+    assert not marker.exists()
     steps_seen = []
     resumed = train_selected(settings(path, steps=12, checkpoint_every=4), data, str(tmp_path / "resumed"),
                              on_step=lambda step, m: steps_seen.append(step))

@@ -311,7 +311,7 @@ def _resume(out: Path, settings: TrainSettings, run_shape: dict, trainable: dict
     with torch.no_grad():
         for name, param in trainable.items():
             param.copy_(weights[name])
-    opt = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False)
+    opt = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)  # tensors and numbers only: a planted pickle cannot run
     optimizer.load_state_dict(opt["optimizer"])
     scheduler.load_state_dict(opt["scheduler"])
     log.info("resuming from %s (step %d)", folder, state["step"])
