@@ -149,6 +149,7 @@ def run_ingest(spark, cfg: IngestJobConfig, *, out=print) -> dict:
 
 def _summary(rows) -> dict:
     """Input rows, by status and by source, and rows with a shared id: one aggregation over the rows."""
+    # one row per (status, source, shared id): bounded by the statuses and sources, not by the corpus
     groups = rows.groupBy("status", "source", "duplicate_id").count().collect()
     by_status: dict[str, int] = {}
     by_source: dict[str, int] = {}

@@ -120,7 +120,7 @@ def _summary(scores, scorer_id: str, corpus_rows: int, n_pending: int, elapsed: 
     """Rows of this scorer by status and the quantiles of the ok rows' VIG: one aggregation over the table."""
     from pyspark.sql import functions as F
 
-    groups = (scores.where(F.col("scorer_id") == scorer_id).groupBy("status")
+    groups = (scores.where(F.col("scorer_id") == scorer_id).groupBy("status")  # one row per status: bounded
               .agg(F.count(F.lit(1)).alias("count"),
                    F.percentile_approx("vig", [0.05, 0.25, 0.5, 0.75, 0.95], 10000).alias("q")).collect())
     by_status = {r["status"]: r["count"] for r in groups}

@@ -32,6 +32,7 @@ def resolve_selection(spark, *, lake: str, selection_id: str | None, policy: str
     versions = {"selection": pinned_or_latest(paths["selection"], selection_version, "vig select", spark)}
     selection = read_table(spark, paths["selection"], version=versions["selection"])
     keys = ["selection_id", "policy", "params", "p", "tau", "scorer_id", "scores_version"]
+    # one row per selection in the table (a handful), not per sample
     available = [r.asDict() for r in selection.groupBy(*keys).agg(F.sum(F.col("kept").cast("int")).alias("kept"))
                  .orderBy("selection_id").collect()]
     if selection_id is not None:
