@@ -9,7 +9,12 @@ answer tokens differ; the mask is then carried over through the stored character
 (:mod:`vig_udf.spans`) and the example is counted as ``realigned``.
 
 Labels are the token id at kept answer positions and -100 everywhere else: unselected answer tokens and
-the prompt stay in the input as context but get no loss.
+the prompt stay in the input as context but get no loss. With ``supervise_end_of_turn`` (the training
+default) the end-of-turn token that the chat template writes right after an assistant turn (``</s>``,
+``<|im_end|>``, ``<end_of_utterance>``: the special token following the turn's last answer token) is
+labelled too, for every turn that keeps at least one token, as LLaVA-1.5 and TRL's completion-only
+training do: otherwise the model never learns to stop. The scorer's mask never contains it (it is
+template, not answer text).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class TrainExample:
     seq: Sequence
     labels: np.ndarray  # int64 [L]
     realigned: bool
+    n_end_of_turn: int = 0  # labelled end-of-turn tokens (included in n_supervised)
 
     @property
     def n_supervised(self) -> int:
@@ -63,9 +69,25 @@ def token_keep_for(tokens: AnswerTokens, row: dict) -> tuple[np.ndarray, bool]:
     return keep_from_spans(tokens.turn, tokens.char_start, tokens.char_end, spans), True
 
 
+def end_of_turn_positions(input_ids: np.ndarray, tokens: AnswerTokens, keep: np.ndarray,
+                          special_ids: set[int]) -> np.ndarray:
+    """Positions of the end-of-turn tokens to supervise: for each assistant turn with at least one kept token,
+    the token right after the turn's last answer token when it is a special token of the tokenizer."""
+    ids = np.asarray(input_ids)
+    out = []
+    for turn in np.unique(tokens.turn[np.asarray(keep, dtype=bool)]):
+        after = int(tokens.positions[tokens.turn == turn].max()) + 1
+        if after < len(ids) and int(ids[after]) in special_ids:
+            out.append(after)
+    return np.asarray(out, dtype=np.int64)
+
+
 def build_example(builder: InputBuilder, row: dict, *, image_root: str | None = None,
-                  max_image_pixels: int | None = None) -> TrainExample:
-    """Model input and labels for one training-set row; raises :class:`SampleError` for a bad sample."""
+                  max_image_pixels: int | None = None, supervise_end_of_turn: bool = False) -> TrainExample:
+    """Model input and labels for one training-set row; raises :class:`SampleError` for a bad sample.
+
+    supervise_end_of_turn: also label the end-of-turn token of each turn that keeps a token (see the module).
+    """
     has_image = bool(row.get("image_path")) or row.get("image_bytes") is not None
     conv = parse_conversation(list(row["conversations"]), has_image=has_image)
     image = None
@@ -74,8 +96,14 @@ def build_example(builder: InputBuilder, row: dict, *, image_root: str | None = 
         image = load_image(source, image_root=image_root, max_pixels=max_image_pixels)
     seq, tokens = builder.build(conv, image)
     keep, realigned = token_keep_for(tokens, row)
-    labels = labels_for(seq.input_ids.numpy(), tokens, keep, ignore_index=IGNORE_INDEX)
-    return TrainExample(row["sample_id"], seq, labels, realigned)
+    ids = seq.input_ids.numpy()
+    labels = labels_for(ids, tokens, keep, ignore_index=IGNORE_INDEX)
+    n_eot = 0
+    if supervise_end_of_turn:
+        eot = end_of_turn_positions(ids, tokens, keep, set(builder.tokenizer.all_special_ids))
+        labels[eot] = ids[eot]
+        n_eot = len(eot)
+    return TrainExample(row["sample_id"], seq, labels, realigned, n_eot)
 
 
 def build_examples(builder: InputBuilder, rows: list[dict], **kwargs) -> tuple[list[TrainExample], dict[str, str]]:

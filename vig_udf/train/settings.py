@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,26 +45,47 @@ class TrainSettings(BaseModel):
     train: TrainParts = TrainParts()
     lora: LoraSettings = LoraSettings()
     steps: int = Field(100, gt=0, description="optimizer steps")
-    batch_size: int = Field(8, gt=0, description="samples per step per process (global batch = x processes)")
+    batch_size: int = Field(8, gt=0, description="samples per forward pass per process")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="forward passes per optimizer step (global batch "
+                                                                   "= batch_size x this x processes)")
     learning_rate: float = Field(2e-5, gt=0, description="peak learning rate (LLaVA-1.5 full fine-tuning: 2e-5)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="linear warm-up fraction, then cosine decay to 0")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     seed: int = Field(0, description="seed of the data order and of the model's random ops")
     max_length: int | None = Field(2048, description="longer samples are skipped and counted; None = no limit")
+    supervise_end_of_turn: bool = Field(True, description="also supervise the end-of-turn token after each assistant "
+                                                          "turn that keeps at least one token (the model learns to stop)")
     precision: Literal["float32", "bfloat16"] | None = Field(
         None, description="float32, or bfloat16 autocast with float32 weights; None = bfloat16 on GPU, float32 on CPU")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (memory for "
+                                                            "compute; needed for 7B at 2048 tokens)")
+    sharding: Literal["none", "fsdp"] = Field("none", description="none = every process holds the whole model and "
+                                                                  "optimizer (DDP); fsdp = FSDP2 full sharding of "
+                                                                  "parameters, gradients and optimizer state")
+    fsdp_layers: list[str] | None = Field(None, description="module classes that become one FSDP unit each; None = "
+                                                            "the model's _no_split_modules (its decoder layers)")
     device: str | None = Field(None, description="cuda | cpu; None = cuda when available (ranks use LOCAL_RANK)")
     image_root: str | None = Field(None, description="folder that relative image paths resolve against")
+    dataloader_workers: int = Field(0, ge=0, description="DataLoader worker processes that decode images and run the "
+                                                         "processor beside the training step (0 = in the step)")
     checkpoint_every: int = Field(50, ge=0, description="save a checkpoint every n steps (0 = none)")
     keep_checkpoints: int = Field(2, gt=0, description="how many recent checkpoints to keep")
     resume: bool = Field(True, description="continue from the newest checkpoint in the output folder, if any")
-    log_every: int = Field(1, gt=0, description="send metrics to MLflow every n steps")
+    log_every: int | None = Field(None, gt=0, description="log metrics every n steps; None = about 50 points per "
+                                                          "run (a divisor of checkpoint_every)")
     cache_examples: bool = Field(False, description="keep built examples (processed images, labels) in memory "
-                                                    "across epochs; for small training sets")
+                                                    "across epochs (with dataloader_workers=0); for small sets")
+
+    # settings that do not change the trained weights (the data order does not depend on the workers)
+    RUN_ONLY: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "keep_checkpoints", "resume", "log_every",
+                                                    "device", "image_root", "cache_examples", "dataloader_workers"})
+
+    def weight_settings(self) -> dict:
+        """Everything that changes the trained weights (not checkpointing, logging, device or workers)."""
+        return self.model_dump(mode="json", exclude=set(self.RUN_ONLY))
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes the trained weights (not checkpointing, logging or device)."""
-        data = self.model_dump(mode="json", exclude={"checkpoint_every", "keep_checkpoints", "resume", "log_every",
-                                                     "device", "image_root", "cache_examples"})
+        """Hash of :meth:`weight_settings`."""
+        data = self.weight_settings()
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

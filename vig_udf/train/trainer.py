@@ -1,265 +1,323 @@
 """The training function: fine-tune an image-text-to-text model on a training set with selected-token labels.
 
-:func:`train_selected` is one function for every launch: called in-process (local CPU, one GPU) or on each
-rank by pyspark's ``TorchDistributor`` (the environment's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` decide).
-It reads the training set (a Parquet folder written by the train job), builds each step's examples on the
-fly with :mod:`vig_udf.train.examples`, and minimises the mean cross-entropy over the selected tokens of the
-global batch (:mod:`vig_udf.train.loss`).
+:func:`train_selected` is one function for every launch: called in-process (local CPU, one GPU), or on each
+rank by pyspark's ``TorchDistributor`` or ``torchrun`` (the environment's ``RANK``/``WORLD_SIZE``/
+``LOCAL_RANK``/``MASTER_ADDR`` decide). The loop is ``transformers.Trainer``'s; what is ours plugs into it:
 
-Determinism and resume. The data order is a function of (seed, step) only: sample ``p`` of the run is
-``permutation(seed, epoch)[p mod N]`` with ``p = step * global_batch + rank * batch_size + i``. A checkpoint
-holds the trainable weights, the optimizer and scheduler states, the step and the supervised tokens so far
-(random ops are seeded per step and rank, so there is no RNG state to keep), written to a
-temporary folder and renamed, so a killed run never leaves a half checkpoint. Resuming loads the newest one
-and continues at the next step: the final weights equal those of an uninterrupted run.
+- the data: :class:`~vig_udf.train.data.TrainSetStream`, each rank's share of the Parquet training set as
+  a stream of ready batches built in the DataLoader's workers (labels from the stored token masks through
+  the scorer's masking, plus end-of-turn tokens);
+- the loss (:class:`SelectiveTrainer.compute_loss`): the summed cross-entropy at the labelled positions only
+  (:mod:`vig_udf.train.loss`), divided by the Trainer's ``num_items_in_batch``, the supervised tokens of the
+  global batch (every rank, every accumulated forward pass), so that an optimizer step minimises the mean over
+  exactly the supervised tokens of the step whatever the split into processes and accumulation steps;
+- the run record (``<output_dir>/vig_run.json``): the settings that change the weights, the training set's
+  identity, the number of processes and the precision; a resume with any of them different is refused,
+  naming the difference;
+- the metrics (:class:`MetricsToMlflow`): loss, learning rate, gradient norm, supervised and end-of-turn
+  tokens, samples and skipped samples per logging window, sent to the run's MLflow run when a checkpoint is
+  written (or at once when there are no checkpoints), so that after a kill and a resume every step is in
+  the history exactly once.
+
+Mixed precision (bf16 autocast over float32 weights), gradient checkpointing, gradient accumulation,
+DataLoader workers, DDP or FSDP2 full sharding, checkpoints (model as safetensors, optimizer, scheduler and
+RNG states loaded with ``weights_only=True``) and resume are the Trainer's, configured by
+:func:`training_arguments`. Exact resume: the data order is a function of the seed and the step (see
+:mod:`vig_udf.train.data`), the stream restarts at the checkpoint's step, and the Trainer restores the rest,
+so the final weights equal those of an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
-import re
 import shutil
 import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from vig_udf.forward import collate
-from vig_udf.inputs import InputBuilder
 from vig_udf.train import parts as model_parts
-from vig_udf.train.examples import IGNORE_INDEX, build_example
-from vig_udf.train.loss import SelectiveLoss, core_model
+from vig_udf.train.data import TrainSetStream, train_set_identity
+from vig_udf.train.loss import LabelledPositionsHead, core_model, selected_token_loss
 from vig_udf.train.settings import TrainSettings
-from vig_udf.status import SampleError
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
+RUN_RECORD = "vig_run.json"
+SKIPPED_FILE = "vig_skipped_samples.json"
 StepCallback = Callable[[int, dict], None]
+# counters summed over the ranks at each log (positions in SelectiveTrainer.window)
+WINDOW = ("supervised_tokens", "samples", "end_of_turn_tokens", "realigned_samples")
 
 
 def train_selected(settings: TrainSettings | dict, train_set: str, output_dir: str, *,
                    tracking: dict | None = None, on_step: StepCallback | None = None) -> dict:
     """Train ``settings.base_model`` on the rows of ``train_set``; the final model goes to ``<output_dir>/model``.
 
-    tracking: ``{"tracking_uri": ..., "run_id": ...}`` to log step metrics to that MLflow run (rank 0).
-    on_step: called on rank 0 after every step with (step, metrics), after the step's checkpoint is saved.
-    Returns a summary (steps, losses, supervised tokens, skipped samples, model folder) on rank 0.
+    tracking: ``{"tracking_uri": ..., "run_id": ...}`` to log the metrics to that MLflow run (rank 0).
+    on_step: called on rank 0 after every logged step with (step, metrics), before that step's checkpoint.
+    Returns a summary on every rank: steps, the logged losses and their steps, supervised tokens (selected
+    answer tokens plus end-of-turn tokens, counted once per visit), end-of-turn tokens, skipped samples,
+    the model folder.
     """
     settings = TrainSettings.model_validate(settings)
-    rank, world, local_rank = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1),
-                                                                      ("LOCAL_RANK", 0)))
-    device = _device(settings, local_rank)
-    distributed = world > 1
-    if distributed:
-        import torch.distributed as dist
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    out = Path(output_dir)
+    on_cpu = _device_type(settings) == "cpu"
+    precision = settings.precision or ("float32" if on_cpu else "bfloat16")
+    if settings.method == "lora" and settings.sharding == "fsdp":
+        raise ValueError("method=lora with sharding=fsdp is not supported: LoRA trains few parameters, use "
+                         "sharding=none (DDP), or full fine-tuning with fsdp")
+    record = {"settings": settings.weight_settings(), "train_set": train_set_identity(train_set),
+              "processes": world, "precision": precision}
+    checkpoint = _resume_point(out, settings, record)
+    if rank == 0 and checkpoint is None:
+        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RUN_RECORD).write_text(json.dumps(record, indent=2))
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    try:
-        return _train(settings, train_set, Path(output_dir), rank=rank, world=world, device=device,
-                      tracking=tracking if rank == 0 else None, on_step=on_step if rank == 0 else None)
-    finally:
-        if distributed:
-            torch.distributed.destroy_process_group()
-
-
-def _train(settings: TrainSettings, train_set: str, out: Path, *, rank: int, world: int, device: torch.device,
-           tracking: dict | None, on_step: StepCallback | None) -> dict:
-    from transformers import AutoModelForImageTextToText, AutoProcessor, get_cosine_schedule_with_warmup
-
-    rows = _read_rows(train_set)
-    if not rows:
-        raise ValueError(f"the training set {train_set} has no rows: nothing was selected")
-    torch.manual_seed(settings.seed)
     processor = AutoProcessor.from_pretrained(settings.base_model)
     model = AutoModelForImageTextToText.from_pretrained(settings.base_model, dtype=torch.float32)
     counts = model_parts.set_trainable(model, **settings.train.model_dump())
     if settings.method == "lora":
-        model = _with_lora(model, settings)
-    model.to(device).train()
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    optimizer = torch.optim.AdamW(trainable.values(), lr=settings.learning_rate,
-                                  weight_decay=settings.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, round(settings.warmup_ratio * settings.steps),
-                                                settings.steps)
-    loss_module = SelectiveLoss(model)
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        loss_module = DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == "cuda" else None,
-                                              find_unused_parameters=True)
-    precision = _precision(settings, device)
-    run_shape = {"world": world, "precision": precision}
-    start, supervised_total = _resume(out, settings, run_shape, trainable, optimizer, scheduler) if settings.resume \
-        else (0, 0)
-    if rank == 0 and not settings.resume:
-        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-    builder = InputBuilder(processor, max_length=settings.max_length)
-    pad = builder.tokenizer.pad_token_id if builder.tokenizer.pad_token_id is not None else 0
-    skipped: dict[str, str] = {}
-    realigned: set[str] = set()
-    cache: dict = {}
-    client = _mlflow_client(tracking)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+        model = with_lora(model, settings)
+    stream = TrainSetStream(train_set, processor, batch_size=settings.batch_size, seed=settings.seed, rank=rank,
+                            world=world, image_root=settings.image_root, max_length=settings.max_length,
+                            supervise_end_of_turn=settings.supervise_end_of_turn,
+                            cache_examples=settings.cache_examples)
+    args = training_arguments(settings, out, precision=precision, processes=world)
+    trainer = SelectiveTrainer(model=model, args=args, train_dataset=stream, processing_class=processor,
+                               callbacks=[LogTheLastStep(), MetricsToMlflow(tracking, settings.checkpoint_every > 0,
+                                                                            on_step)])
+    trainer.remove_callback(PrinterCallback)  # metrics go to the log and MLflow, not to stdout
+    start = 0
+    if checkpoint is not None:
+        start = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+        stream.start_batch = start * settings.gradient_accumulation_steps
+        trainer.skipped = json.loads((checkpoint / SKIPPED_FILE).read_text())
+        log.info("resuming from %s (step %d)", checkpoint, start)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if rank == 0:
-        log.info("training %s (%s) on %d rows from step %d to %d, %d process(es); parameters %s, trainable %d",
-                 settings.base_model, settings.method, len(rows), start + 1, settings.steps, world, counts,
-                 sum(p.numel() for p in trainable.values()))
-    losses: list[float] = []
-    fallback = None  # a buildable example, run with no labels when a rank's whole share fails
+        log.info("training %s (%s) from step %d to %d on %d process(es), %s; parameters %s, trainable %d",
+                 settings.base_model, settings.method, start + 1, settings.steps, world, settings.sharding, counts,
+                 trainable)
     started = time.perf_counter()
-    for step in range(start, settings.steps):
-        # random ops (dropout) seeded per step and rank: a resumed run draws what an uninterrupted one would
-        torch.manual_seed(_step_seed(settings.seed, step, rank))
-        examples = []
-        for index in _step_indices(step, rank, world, settings.batch_size, len(rows), settings.seed):
-            row = rows[index]
-            try:
-                example = cache.get(index) or build_example(builder, row, image_root=settings.image_root)
-            except SampleError as err:
-                skipped[row["sample_id"]] = f"{err.status}: {err.message}"
-                continue
-            if settings.cache_examples:
-                cache[index] = example
-            examples.append(example)
-            if example.realigned:
-                realigned.add(example.sample_id)
-        n_examples = len(examples)
-        if examples:
-            fallback = examples[-1]
-        else:  # every sample of this rank's share failed: run one with no labels, so that DDP's forward and
-            # gradient all-reduce still happen on this rank (a rank that skips them hangs the others)
-            fallback = fallback or _first_buildable(builder, rows, settings)
-            examples = [fallback]
-        batch = collate([e.seq for e in examples], pad)
-        labels = _labels(examples, batch) if n_examples else torch.full_like(batch["input_ids"], IGNORE_INDEX)
-        n_local = torch.tensor([float((labels != IGNORE_INDEX).sum()), float(n_examples)])
-        n_global, samples = (float(v) for v in _all_reduce(n_local.clone(), world))
-        optimizer.zero_grad(set_to_none=True)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with autocast:
-            loss_sum = loss_module(batch, labels.to(device))
-        scale = world / max(n_global, 1.0)  # DDP averages over ranks: the result is sum / n_global
-        (loss_sum * scale).backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable.values(), settings.max_grad_norm)
-        if n_global > 0:  # a step with nothing supervised must not move the weights (AdamW momentum, decay)
-            optimizer.step()
-        scheduler.step()
-        loss = float(_all_reduce(loss_sum.detach().float().cpu(), world)) / max(n_global, 1.0)
-        losses.append(loss)
-        supervised_total += int(n_global)
-        done = step + 1
-        if settings.checkpoint_every and (done % settings.checkpoint_every == 0) and done < settings.steps and rank == 0:
-            _save_checkpoint(out, done, settings, {**run_shape, "supervised_tokens": supervised_total}, trainable,
-                             optimizer, scheduler)
-        metrics = {"loss": loss, "supervised_tokens": n_global, "samples": samples,
-                   "learning_rate": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                   "skipped_samples": float(len(skipped))}
-        if client and (done % settings.log_every == 0 or done == settings.steps):
-            _log_metrics(client, tracking["run_id"], metrics, done)
-        if on_step:
-            on_step(done, metrics)
-        if rank == 0 and (done % 25 == 0 or done == settings.steps):
-            log.info("step %d/%d loss %.4f (%.0fs)", done, settings.steps, loss, time.perf_counter() - started)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    seconds = time.perf_counter() - started
     model_dir = out / "model"
-    if rank == 0:
-        _save_model(model, processor, settings, model_dir)
-    return {"steps": settings.steps, "resumed_from_step": start, "losses": losses,
-            "supervised_tokens": supervised_total, "skipped": skipped, "realigned_samples": len(realigned),
-            "rows": len(rows), "parameters": counts, "trainable_parameters": sum(p.numel() for p in trainable.values()),
-            "model_dir": str(model_dir), "seconds": time.perf_counter() - started}
+    _save_final(trainer, processor, settings, model_dir, rank)
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    return {"steps": settings.steps, "resumed_from_step": start, "losses": [h["loss"] for h in logs],
+            "loss_steps": [h["step"] for h in logs],
+            **{name: int(sum(h.get(name, 0) for h in logs)) for name in WINDOW},
+            "skipped": dict(trainer.skipped), "rows": stream.rows, "parameters": counts,
+            "trainable_parameters": trainable, "model_dir": str(model_dir), "seconds": seconds,
+            "supervise_end_of_turn": settings.supervise_end_of_turn, "processes": world,
+            "max_rows_held": stream.max_rows_held}
 
 
-def _device(settings: TrainSettings, local_rank: int) -> torch.device:
-    if settings.device:
-        device = torch.device(settings.device)
-    else:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return device
+class SelectiveTrainer(Trainer):
+    """``transformers.Trainer`` with the selective loss, the training-set stream and per-window counts."""
+
+    # compute_loss divides by the tokens of the whole accumulated global batch: no further division
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # the Trainer counts num_items_in_batch (labels != -100 over the accumulated batches, summed over the
+        # ranks with average_tokens_across_devices) only for models that take loss kwargs; ours is the loss
+        self.model_accepts_loss_kwargs = True
+        self.head = LabelledPositionsHead(self.model)
+        self.window = torch.zeros(len(WINDOW), dtype=torch.float64)
+        self.new_skipped: dict[str, str] = {}
+        self.skipped: dict[str, str] = {}
+        if self.args.fsdp_plugin_args is not None and not self.is_fsdp_enabled:
+            self._enable_fsdp_on_cpu()
+
+    def _enable_fsdp_on_cpu(self) -> None:
+        """accelerate switches FSDP on only for accelerator devices; on CPU processes (gloo: the tests, the
+        memory benchmark) the plugin the arguments describe is installed here, the same FSDP2 code runs."""
+        from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+        state = self.accelerator.state
+        state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+        state.distributed_type = DistributedType.FSDP
+        self.is_fsdp_enabled = True
+
+    def get_train_dataloader(self):
+        """The stream's batches as they come: each rank reads its own shard (no accelerate re-sharding or
+        dispatch from rank 0), built in ``dataloader_num_workers`` worker processes."""
+        workers = self.args.dataloader_num_workers
+        return torch.utils.data.DataLoader(self.train_dataset, batch_size=None, num_workers=workers,
+                                           pin_memory=self.args.dataloader_pin_memory,
+                                           persistent_workers=workers > 0, prefetch_factor=2 if workers else None)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        counts = [labels.ne(-100).sum().item(), inputs.pop("n_samples").item(), inputs.pop("end_of_turn").item(),
+                  inputs.pop("realigned").item()]
+        for entry in inputs.pop("skipped"):
+            sample_id, reason = entry.split(": ", 1)
+            self.new_skipped[sample_id] = reason
+        if model.training:
+            self.window += torch.tensor(counts, dtype=torch.float64)
+        loss_sum = selected_token_loss(model, self.head, inputs, labels)
+        supervised = num_items_in_batch if num_items_in_batch is not None else labels.ne(-100).sum()
+        # DDP and FSDP average gradients over the ranks: times the number of processes gives sum / supervised
+        loss = loss_sum / torch.clamp(torch.as_tensor(supervised, dtype=loss_sum.dtype, device=loss_sum.device),
+                                      min=1) * self.accelerator.num_processes
+        return (loss, None) if return_outputs else loss
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training-window log (called on every rank): add the window's counts
+            window = self.accelerator.reduce(self.window.to(self.args.device), reduction="sum").cpu()
+            logs.update({name: float(v) for name, v in zip(WINDOW, window.tolist())})
+            self.window.zero_()
+            for part in _gather_objects(self.new_skipped, self.accelerator.num_processes):
+                self.skipped.update(part)
+            self.new_skipped = {}
+            logs["skipped_samples"] = float(len(self.skipped))
+        super().log(logs, start_time)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:  # the skipped samples so far, beside the checkpoint they belong to
+            folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+            (folder / SKIPPED_FILE).write_text(json.dumps(self.skipped))
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if self.is_fsdp_enabled and self.args.use_cpu:
+            # accelerate's FSDP2 full state dict offloads to CPU, which on CPU tensors leaves freed storage;
+            # gather the full tensors without the offload (every rank takes part, rank 0 writes)
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
+            self._save(output_dir or self.args.output_dir, state_dict=state)
+            return
+        super().save_model(output_dir, _internal_call)
 
 
-def _step_seed(seed: int, step: int, rank: int) -> int:
-    return (seed * 1_000_003 + step * 1_009 + rank) % (2**63)
+class LogTheLastStep(TrainerCallback):
+    """Log at the last step (so that the window counts add up to the run's), and do not checkpoint there:
+    the final model is saved right after."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_log = True
+            control.should_save = False
+        return control
 
 
-def _first_buildable(builder: InputBuilder, rows: list[dict], settings: TrainSettings):
-    """The first row of the training set that builds (its labels are not used)."""
-    for row in rows:
-        try:
-            return build_example(builder, row, image_root=settings.image_root)
-        except SampleError:
-            continue
-    raise ValueError("no sample of the training set can be built (see the skipped samples' reasons)")
+class MetricsToMlflow(TrainerCallback):
+    """Send the training logs to the MLflow run of ``tracking`` (rank 0), committed with the checkpoints.
+
+    Logs wait until the next checkpoint is written (``on_save``) or the training ends: a killed run loses the
+    steps after its last checkpoint, which the resumed run trains and logs again, so each step is logged
+    exactly once. Without checkpoints (nothing to resume) they are sent at once.
+    """
+
+    def __init__(self, tracking: dict | None, commit_with_checkpoints: bool, on_step: StepCallback | None):
+        self.client = None
+        if tracking:
+            from mlflow.tracking import MlflowClient
+
+            self.client, self.run_id = MlflowClient(tracking_uri=tracking["tracking_uri"]), tracking["run_id"]
+        self.commit_with_checkpoints = commit_with_checkpoints
+        self.on_step = on_step
+        self.pending: list[tuple[int, dict]] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "loss" not in logs:
+            return
+        metrics = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and k != "epoch"}
+        self.pending.append((state.global_step, metrics))
+        if not self.commit_with_checkpoints:
+            self._flush()
+        if self.on_step:
+            self.on_step(state.global_step, metrics)
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self._flush()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.client and self.pending:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for step, metrics in self.pending
+                                                        for k, v in metrics.items()])
+        self.pending = []
 
 
-def _precision(settings: TrainSettings, device: torch.device) -> str:
-    return settings.precision or ("bfloat16" if device.type == "cuda" else "float32")
+def training_arguments(settings: TrainSettings, out: Path, *, precision: str, processes: int) -> TrainingArguments:
+    """The Trainer's arguments for ``settings``: what the library does for us, configured."""
+    fsdp = settings.sharding == "fsdp"
+    on_cpu = _device_type(settings) == "cpu"
+    return TrainingArguments(
+        output_dir=str(out / CHECKPOINTS), max_steps=settings.steps, per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps, learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay, warmup_steps=settings.warmup_ratio, lr_scheduler_type="cosine",
+        max_grad_norm=settings.max_grad_norm, seed=settings.seed, data_seed=settings.seed, optim="adamw_torch",
+        bf16=precision == "bfloat16", use_cpu=on_cpu,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
+        dataloader_num_workers=settings.dataloader_workers, dataloader_pin_memory=not on_cpu,
+        logging_strategy="steps", logging_steps=logging_steps(settings),
+        save_strategy="steps" if settings.checkpoint_every else "no", save_steps=settings.checkpoint_every or 500,
+        save_total_limit=settings.keep_checkpoints, report_to="none", disable_tqdm=True,
+        remove_unused_columns=False, ignore_data_skip=True, average_tokens_across_devices=True,
+        # text-only batches leave the projector unused; DDP must not wait for its gradients
+        ddp_find_unused_parameters=True if processes > 1 and not fsdp else None,
+        ddp_backend="gloo" if on_cpu and processes > 1 else None,
+        fsdp="full_shard auto_wrap" if fsdp else "",
+        fsdp_config={"version": 2, "transformer_layer_cls_to_wrap": settings.fsdp_layers} if fsdp and settings.fsdp_layers
+        else {"version": 2} if fsdp else None)
 
 
-def _read_rows(train_set: str) -> list[dict]:
-    """The training set's rows sorted by sample_id (the data order must not depend on file order)."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(train_set)
-    return table.sort_by("sample_id").to_pylist()
-
-
-def _step_indices(step: int, rank: int, world: int, batch_size: int, n: int, seed: int) -> list[int]:
-    """Row indices of this rank's share of ``step``: a fresh seeded permutation of the rows every epoch."""
-    first = step * batch_size * world + rank * batch_size
-    out, cache = [], {}
-    for p in range(first, first + batch_size):
-        epoch = p // n
-        if epoch not in cache:
-            cache[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
-        out.append(int(cache[epoch][p % n]))
-    return out
+def logging_steps(settings: TrainSettings) -> int:
+    """``log_every``, or about 50 logs per run, a divisor of ``checkpoint_every`` (each checkpoint then closes
+    a logging window, so the logged counts of a resumed run add up)."""
+    if settings.log_every:
+        return settings.log_every
+    target = max(1, math.ceil(settings.steps / 50))
+    if not settings.checkpoint_every:
+        return target
+    return max(d for d in range(1, min(target, settings.checkpoint_every) + 1) if settings.checkpoint_every % d == 0)
 
 
-def _labels(examples, batch) -> torch.Tensor:
-    if not examples:
-        return torch.zeros((0, 0), dtype=torch.long)
-    labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
-    for row, example in enumerate(examples):
-        labels[row, : len(example.labels)] = torch.as_tensor(example.labels)
-    return labels
-
-
-def _all_reduce(value: torch.Tensor, world: int) -> torch.Tensor:
-    if world > 1:
-        import torch.distributed as dist
-
-        backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-        value = value.to(backend_device)
-        dist.all_reduce(value)
-        value = value.cpu()
-    return value
-
-
-def _with_lora(model, settings: TrainSettings):
-    """LoRA adapters on the language model's linear layers; the projector (and vision tower) keep their
-    requires_grad from :func:`~vig_udf.train.parts.set_trainable`."""
+def with_lora(model, settings: TrainSettings):
+    """LoRA adapters on the language model's linear layers; the other parts that train (the projector, the
+    vision tower when asked) are peft ``modules_to_save``: trained as full copies and saved in the adapter,
+    so that the adapter alone turns the base model into the trained one."""
     from peft import LoraConfig, get_peft_model
 
     names = "|".join(settings.lora.target_modules)
     lm_prefixes = "|".join(p.rstrip(".").replace(".", r"\.") for p, part in model_parts.PREFIXES
                            if part == model_parts.LANGUAGE_MODEL and p != "lm_head.")
-    wanted = {n for n, p in model.named_parameters() if p.requires_grad and
-              model_parts.part_of(n) != model_parts.LANGUAGE_MODEL}
+    trained_outside = {model_parts.PROJECTOR: settings.train.projector,
+                       model_parts.VISION_TOWER: settings.train.vision_tower}
+    modules = dict(model.named_modules())
+    to_save = [p.rstrip(".") for p, part in model_parts.PREFIXES
+               if trained_outside.get(part) and p.endswith(".") and p.rstrip(".") in modules]
+    bare = [n for n, p in model.named_parameters() if p.requires_grad and trained_outside.get(model_parts.part_of(n))
+            and not any(n.startswith(m + ".") for m in to_save)]
+    if bare:  # a parameter outside any module (LLaVA-NeXT's image_newline) cannot go into the adapter
+        log.warning("LoRA: %s stay frozen (peft saves modules, not bare parameters)", bare)
     config = LoraConfig(r=settings.lora.r, lora_alpha=settings.lora.alpha, lora_dropout=settings.lora.dropout,
-                        target_modules=rf"({lm_prefixes})\..*\.({names})", bias="none")
+                        target_modules=rf"({lm_prefixes})\..*\.({names})", bias="none",
+                        modules_to_save=to_save or None)
     peft_model = get_peft_model(model, config)
-    base = peft_model.get_base_model()
-    for name, param in base.named_parameters():
-        if name in wanted:
-            param.requires_grad_(True)
     if not settings.train.language_model:  # adapters only train the language model
         for name, param in peft_model.named_parameters():
             if "lora_" in name:
@@ -267,80 +325,75 @@ def _with_lora(model, settings: TrainSettings):
     return peft_model
 
 
+def _device_type(settings: TrainSettings) -> str:
+    if settings.device:
+        return torch.device(settings.device).type
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints (the Trainer writes trainer_state.json last), oldest first."""
     folder = out / CHECKPOINTS
-    found = [p for p in folder.glob("step-*") if re.fullmatch(r"step-\d+", p.name) and (p / "state.json").exists()] \
-        if folder.exists() else []
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
+             and (p / "trainer_state.json").exists() and (p / SKIPPED_FILE).exists()] if folder.exists() else []
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
-def _save_checkpoint(out: Path, step: int, settings: TrainSettings, extra: dict, trainable: dict, optimizer,
-                     scheduler) -> None:
-    folder = out / CHECKPOINTS / f"step-{step:07d}"
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save({n: p.detach().cpu() for n, p in trainable.items()}, tmp / "trainable.pt")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": settings.fingerprint(), **extra}))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    for old in _checkpoints(out)[:-settings.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _resume(out: Path, settings: TrainSettings, run_shape: dict, trainable: dict, optimizer,
-            scheduler) -> tuple[int, int]:
-    """Load the newest checkpoint in ``out``; returns its step and the supervised tokens so far (0, 0 without)."""
-    found = _checkpoints(out)
+def _resume_point(out: Path, settings: TrainSettings, record: dict) -> Path | None:
+    """The newest checkpoint to resume from (None: start over); refuses one written by a different run."""
+    found = _checkpoints(out) if settings.resume else []
     if not found:
-        return 0, 0
-    folder = found[-1]
-    state = json.loads((folder / "state.json").read_text())
-    if state["fingerprint"] != settings.fingerprint():
-        raise ValueError(f"{folder} was written with other training settings (fingerprint {state['fingerprint']}, "
-                         f"now {settings.fingerprint()}): use another output folder, or resume=false to start over")
-    changed = {k: (state.get(k), v) for k, v in run_shape.items() if state.get(k) != v}
-    if changed:
-        raise ValueError(f"{folder} was written by a run with other {sorted(changed)} (checkpoint, now): {changed}; "
-                         "the data order and numerics would differ. Resume with the same, or resume=false")
-    weights = torch.load(folder / "trainable.pt", map_location="cpu")
-    missing = set(trainable) ^ set(weights)
-    if missing:
-        raise ValueError(f"{folder} does not match the model's trainable parameters: {sorted(missing)[:5]}")
-    with torch.no_grad():
-        for name, param in trainable.items():
-            param.copy_(weights[name])
-    opt = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)  # tensors and numbers only: a planted pickle cannot run
-    optimizer.load_state_dict(opt["optimizer"])
-    scheduler.load_state_dict(opt["scheduler"])
-    log.info("resuming from %s (step %d)", folder, state["step"])
-    return int(state["step"]), int(state.get("supervised_tokens", 0))
-
-
-def _save_model(model, processor, settings: TrainSettings, model_dir: Path) -> None:
-    """The final model in Hugging Face layout (LoRA merged into the weights, the adapter saved beside it)."""
-    tmp = model_dir.with_name(model_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    if settings.method == "lora":
-        model.save_pretrained(model_dir.with_name("adapter"))
-        model = model.merge_and_unload()
-    core_model(model).eval().to("cpu").save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    shutil.rmtree(model_dir, ignore_errors=True)
-    os.replace(tmp, model_dir)
-
-
-def _mlflow_client(tracking: dict | None):
-    if not tracking:
         return None
-    from mlflow.tracking import MlflowClient
+    previous = json.loads((out / RUN_RECORD).read_text()) if (out / RUN_RECORD).exists() else None
+    if previous is None:
+        raise ValueError(f"{out} holds checkpoints but no {RUN_RECORD} that says which run wrote them: use "
+                         "another output folder, or resume=false to start over")
+    changed = record_differences(previous, record)
+    if changed:
+        raise ValueError(f"{out} holds a run that differs from this one in {', '.join(changed)} "
+                         f"(then -> now: {changed}); use another output folder, or resume=false to start over")
+    return found[-1]
 
-    return MlflowClient(tracking_uri=tracking["tracking_uri"])
+
+def record_differences(previous: dict, current: dict, prefix: str = "") -> dict[str, tuple]:
+    """Dotted key -> (previous, current) for every leaf value that differs between two run records."""
+    diff = {}
+    for key in sorted(set(previous) | set(current)):
+        a, b = previous.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diff.update(record_differences(a, b, f"{prefix}{key}."))
+        elif a != b:
+            diff[f"{prefix}{key}"] = (a, b)
+    return diff
 
 
-def _log_metrics(client, run_id: str, metrics: dict, step: int) -> None:
-    from mlflow.entities import Metric
+def _gather_objects(obj, processes: int) -> list:
+    if processes == 1:
+        return [obj]
+    import torch.distributed as dist
 
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+    parts = [None] * processes
+    dist.all_gather_object(parts, obj)
+    return parts
+
+
+def _save_final(trainer: SelectiveTrainer, processor, settings: TrainSettings, model_dir: Path, rank: int) -> None:
+    """The final model in Hugging Face layout, written to a temporary folder and renamed. With LoRA the
+    adapter (with its modules_to_save) goes to ``<output_dir>/adapter`` and the merged model to ``model``."""
+    tmp = model_dir.with_name(model_dir.name + ".tmp")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if settings.method == "lora":
+        if rank == 0:
+            adapter = model_dir.with_name("adapter")
+            trainer.model.save_pretrained(adapter)
+            merged = trainer.model.merge_and_unload()
+            core_model(merged).eval().to("cpu").save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+    else:
+        trainer.save_model(str(tmp))  # every rank takes part under FSDP; rank 0 writes model and processor
+    trainer.accelerator.wait_for_everyone()
+    if rank == 0:
+        shutil.rmtree(model_dir, ignore_errors=True)
+        os.replace(tmp, model_dir)
+    trainer.accelerator.wait_for_everyone()
