@@ -73,6 +73,9 @@ def train_selected(settings: TrainSettings | dict, train_set: str, output_dir: s
     if settings.method == "lora" and settings.sharding == "fsdp":
         raise ValueError("method=lora with sharding=fsdp is not supported: LoRA trains few parameters, use "
                          "sharding=none (DDP), or full fine-tuning with fsdp")
+    if settings.sharding == "fsdp" and on_cpu and settings.checkpoint_every:
+        raise ValueError("FSDP on CPU processes cannot checkpoint (accelerate's FSDP2 state dict gathering does not "
+                         "work on CPU tensors): set checkpoint_every=0, or train on GPUs")
     record = {"settings": settings.weight_settings(), "train_set": train_set_identity(train_set),
               "processes": world, "precision": precision}
     checkpoint = _resume_point(out, settings, record)
@@ -192,15 +195,41 @@ class SelectiveTrainer(Trainer):
             (folder / SKIPPED_FILE).write_text(json.dumps(self.skipped))
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        if self.is_fsdp_enabled and self.args.use_cpu:
+        output_dir = output_dir or self.args.output_dir
+        if _internal_call and not _is_peft(self.model):
+            self._save_checkpoint_weights(output_dir)
+        elif self.is_fsdp_enabled and self.args.use_cpu:
             # accelerate's FSDP2 full state dict offloads to CPU, which on CPU tensors leaves freed storage;
             # gather the full tensors without the offload (every rank takes part, rank 0 writes)
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
             state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
-            self._save(output_dir or self.args.output_dir, state_dict=state)
+            self._save(output_dir, state_dict=state)
+        else:
+            super().save_model(output_dir, _internal_call)
+
+    def _save_checkpoint_weights(self, output_dir: str) -> None:
+        """A checkpoint's weights under the model's own parameter names, which the Trainer's resume loads as
+        they are (``save_pretrained`` writes some families, LLaVA among them, under their original checkpoint
+        names, which the resume's plain ``load_state_dict`` would silently skip). safetensors: no pickle."""
+        if self.is_fsdp_enabled:
+            from accelerate.utils import save_fsdp_model
+
+            if self.args.use_cpu:
+                raise NotImplementedError("checkpoints of FSDP on CPU processes: accelerate's FSDP2 state dict "
+                                          "gathering does not work on CPU tensors; set checkpoint_every=0")
+            save_fsdp_model(self.accelerator.state.fsdp_plugin, self.accelerator, self.model_wrapped, output_dir)
             return
-        super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            from safetensors.torch import save_model
+
+            os.makedirs(output_dir, exist_ok=True)
+            save_model(self.accelerator.unwrap_model(self.model), os.path.join(output_dir, "model.safetensors"),
+                       metadata={"format": "pt"})
+
+
+def _is_peft(model) -> bool:
+    return hasattr(model, "get_base_model")
 
 
 class LogTheLastStep(TrainerCallback):
@@ -270,8 +299,8 @@ def training_arguments(settings: TrainSettings, out: Path, *, precision: str, pr
         weight_decay=settings.weight_decay, warmup_steps=settings.warmup_ratio, lr_scheduler_type="cosine",
         max_grad_norm=settings.max_grad_norm, seed=settings.seed, data_seed=settings.seed, optim="adamw_torch",
         bf16=precision == "bfloat16", use_cpu=on_cpu,
-        gradient_checkpointing=settings.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
+        activation_checkpointing=settings.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
         dataloader_num_workers=settings.dataloader_workers, dataloader_pin_memory=not on_cpu,
         logging_strategy="steps", logging_steps=logging_steps(settings),
         save_strategy="steps" if settings.checkpoint_every else "no", save_steps=settings.checkpoint_every or 500,
