@@ -94,7 +94,8 @@ def train_selected(settings: TrainSettings | dict, train_set: str, output_dir: s
                             world=world, image_root=settings.image_root, max_length=settings.max_length,
                             supervise_end_of_turn=settings.supervise_end_of_turn,
                             cache_examples=settings.cache_examples)
-    args = training_arguments(settings, out, precision=precision, processes=world)
+    args = training_arguments(settings, out, precision=precision, processes=world,
+                              fsdp_layers=settings.fsdp_layers or fsdp_units(model))
     trainer = SelectiveTrainer(model=model, args=args, train_dataset=stream, processing_class=processor,
                                callbacks=[LogTheLastStep(), MetricsToMlflow(tracking, settings.checkpoint_every > 0,
                                                                             on_step)])
@@ -113,6 +114,7 @@ def train_selected(settings: TrainSettings | dict, train_set: str, output_dir: s
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.perf_counter() - started
+    held = rank_memory(trainer)
     model_dir = out / "model"
     _save_final(trainer, processor, settings, model_dir, rank)
     logs = [h for h in trainer.state.log_history if "loss" in h]
@@ -122,7 +124,7 @@ def train_selected(settings: TrainSettings | dict, train_set: str, output_dir: s
             "skipped": dict(trainer.skipped), "rows": stream.rows, "parameters": counts,
             "trainable_parameters": trainable, "model_dir": str(model_dir), "seconds": seconds,
             "supervise_end_of_turn": settings.supervise_end_of_turn, "processes": world,
-            "max_rows_held": stream.max_rows_held}
+            "max_rows_held": stream.max_rows_held, "rank_memory": held}
 
 
 class SelectiveTrainer(Trainer):
@@ -289,7 +291,15 @@ class MetricsToMlflow(TrainerCallback):
         self.pending = []
 
 
-def training_arguments(settings: TrainSettings, out: Path, *, precision: str, processes: int) -> TrainingArguments:
+def fsdp_units(model) -> list[str]:
+    """The model's ``_no_split_modules`` classes that it contains (its decoder and encoder layers): one FSDP unit
+    each, so that one layer's parameters are gathered at a time."""
+    present = {type(m).__name__ for m in core_model(model).modules()}
+    return [name for name in (core_model(model)._no_split_modules or []) if name in present]
+
+
+def training_arguments(settings: TrainSettings, out: Path, *, precision: str, processes: int,
+                       fsdp_layers: list[str] | None = None) -> TrainingArguments:
     """The Trainer's arguments for ``settings``: what the library does for us, configured."""
     fsdp = settings.sharding == "fsdp"
     on_cpu = _device_type(settings) == "cpu"
@@ -310,8 +320,8 @@ def training_arguments(settings: TrainSettings, out: Path, *, precision: str, pr
         ddp_find_unused_parameters=True if processes > 1 and not fsdp else None,
         ddp_backend="gloo" if on_cpu and processes > 1 else None,
         fsdp="full_shard auto_wrap" if fsdp else "",
-        fsdp_config={"version": 2, "transformer_layer_cls_to_wrap": settings.fsdp_layers} if fsdp and settings.fsdp_layers
-        else {"version": 2} if fsdp else None)
+        fsdp_config={"version": 2, "transformer_layer_cls_to_wrap": fsdp_layers or settings.fsdp_layers} if fsdp
+        else None)
 
 
 def logging_steps(settings: TrainSettings) -> int:
@@ -394,6 +404,17 @@ def record_differences(previous: dict, current: dict, prefix: str = "") -> dict[
         elif a != b:
             diff[f"{prefix}{key}"] = (a, b)
     return diff
+
+
+def rank_memory(trainer: Trainer) -> dict[str, int]:
+    """Bytes of parameters and of optimizer state that this rank holds (its shards under FSDP)."""
+    def local(t):
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    params = sum(local(p).numel() * local(p).element_size() for p in trainer.model_wrapped.parameters())
+    state = sum(local(v).numel() * local(v).element_size() for s in trainer.optimizer.state.values()
+                for v in s.values() if torch.is_tensor(v) and v.dim() > 0)
+    return {"parameter_bytes": int(params), "optimizer_state_bytes": int(state)}
 
 
 def _gather_objects(obj, processes: int) -> list:
