@@ -89,11 +89,23 @@ def test_interrupted_train_job_resumes_the_same_run(spark, scored_lake):
 
     with pytest.raises(Interrupt):
         run_train(spark, job(root, lake, "run2"), out=QUIET, on_step=stop)
+    # another selection, other pinned versions or other settings in the same output_dir: refused, named
+    with pytest.raises(ValueError, match=r"request\.policy"):
+        run_train(spark, job(root, lake, "run2").model_copy(update={"policy": "random"}), out=QUIET)
+    with pytest.raises(ValueError, match=r"request\.corpus_version"):
+        run_train(spark, job(root, lake, "run2").model_copy(update={"corpus_version": 0}), out=QUIET)
+    with pytest.raises(ValueError, match=r"settings\.supervise_end_of_turn"):
+        run_train(spark, job(root, lake, "run2", supervise_end_of_turn=False), out=QUIET)
     resumed = run_train(spark, job(root, lake, "run2"), out=QUIET)
     assert resumed["resumed_from_step"] == 4
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    steps = sorted({m.step for m in client.get_metric_history(resumed["run_id"], "loss")})
-    assert steps == list(range(1, 9))  # one run; steps 5-8 logged again after the resume
+    # one run; each step exactly once: steps 5 of the killed run were never sent (no checkpoint after them)
+    for metric in ("loss", "supervised_tokens", "learning_rate"):
+        assert [m.step for m in client.get_metric_history(resumed["run_id"], metric)] == list(range(1, 9))
+    run = client.get_run(resumed["run_id"])
+    assert run.data.metrics["supervised_tokens_total"] == sum(
+        m.value for m in client.get_metric_history(resumed["run_id"], "supervised_tokens"))
+    assert 0 < run.data.metrics["end_of_turn_tokens_total"] < run.data.metrics["supervised_tokens_total"]
 
 
 def test_train_job_refuses_an_ambiguous_or_unknown_selection(spark, scored_lake):

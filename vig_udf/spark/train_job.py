@@ -103,28 +103,37 @@ def run_train(spark, cfg: TrainJobConfig, *, out=print, on_step=None) -> dict:
         output = Path(f"train_runs/{resolved['selection_id']}-{settings.fingerprint()}").absolute()
         previous = _previous_run(output, cfg)
     state_file = output / "run.json"
-    if previous and previous.get("fingerprint") != settings.fingerprint():
-        raise ValueError(f"{output} holds a run with other settings; use another output_dir or training.resume=false")
+    if previous:
+        _refuse_a_different_run(output, previous, cfg, settings)
     if previous and previous.get("complete"):
         out(f"{output} already holds the finished run {previous['run_id']} (model {previous['result']['model_dir']}); "
             "nothing to do (training.resume=false trains again)")
         return {**resolved, "run_id": previous["run_id"], "output_dir": str(output), **previous["result"]}
+    from vig_udf.train.trainer import has_checkpoint
+
+    # the MLflow run continues only where training does: without a checkpoint training starts over, in a new run
+    resuming = bool(previous) and has_checkpoint(output)
     output.mkdir(parents=True, exist_ok=True)
     train_set = str(output / "train_set")
-    rows = write_train_set(spark, resolved, train_set)
+    rows = _existing_train_set(train_set, resolved) if resuming else None
+    if rows is None:  # a resumed run keeps its training set (the same files: the resume checks them)
+        rows = write_train_set(spark, resolved, train_set)
     summary = selection_summary(spark, resolved)
 
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     experiment = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
     experiment_id = (experiment.experiment_id if experiment else
                      mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=cfg.mlflow.artifact_location))
-    run_id = previous.get("run_id") if previous else None
+    run_id = previous.get("run_id") if resuming else None
+    if previous and not resuming:
+        mlflow.MlflowClient().set_terminated(previous["run_id"], status="KILLED")
     run_name = cfg.mlflow.run_name or f"{resolved['policy']}-{resolved['selection_id']}"
     with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else run_name,
                           log_system_metrics=cfg.mlflow.system_metrics) as run:
         if not run_id:
             _log_run_inputs(spark, cfg, settings, resolved, summary, rows)
-        state = {"run_id": run.info.run_id, "fingerprint": settings.fingerprint(), "inputs": resolved}
+        state = {"run_id": run.info.run_id, "fingerprint": settings.fingerprint(), "inputs": resolved,
+                 "request": _request(cfg), "settings": settings.weight_settings()}
         state_file.write_text(json.dumps(state, indent=2))  # after the inputs are logged: a resume skips them
         tracking = {"tracking_uri": mlflow.get_tracking_uri(), "run_id": run.info.run_id}
         args = (settings.model_dump(mode="json"), train_set, str(output))
@@ -135,8 +144,10 @@ def run_train(spark, cfg: TrainJobConfig, *, out=print, on_step=None) -> dict:
                                       use_gpu=cfg.distributed.use_gpu).run(train_selected, *args, tracking=tracking)
         else:
             result = train_selected(*args, tracking=tracking, on_step=on_step)
+        # supervised tokens: the selected answer tokens plus the end-of-turn tokens (also given alone), per visit
         mlflow.log_metrics({"final_loss": result["losses"][-1] if result["losses"] else float("nan"),
                             "supervised_tokens_total": result["supervised_tokens"],
+                            "end_of_turn_tokens_total": result["end_of_turn_tokens"],
                             "skipped_samples_total": len(result["skipped"]),
                             "realigned_samples": result["realigned_samples"], "train_seconds": result["seconds"]})
         mlflow.log_dict(result["skipped"], "skipped_samples.json")
@@ -144,17 +155,48 @@ def run_train(spark, cfg: TrainJobConfig, *, out=print, on_step=None) -> dict:
             mlflow.set_tag("vig.token_alignment", "character_spans")
         if cfg.mlflow.log_model:
             mlflow.log_artifacts(result["model_dir"], artifact_path="model")
-        done = {k: result[k] for k in ("steps", "supervised_tokens", "realigned_samples", "rows", "model_dir",
-                                       "trainable_parameters")}
+        done = {k: result[k] for k in ("steps", "supervised_tokens", "end_of_turn_tokens", "supervise_end_of_turn",
+                                       "realigned_samples", "rows", "model_dir", "trainable_parameters")}
         state_file.write_text(json.dumps({**state, "complete": True, "result": {
             **done, "final_loss": result["losses"][-1] if result["losses"] else None,
             "skipped_samples": len(result["skipped"])}}, indent=2))
     out(f"trained {settings.base_model} on selection {resolved['selection_id']} ({resolved['policy']}): "
         f"{rows} samples, steps {result['resumed_from_step'] + 1}-{result['steps']}, loss "
         f"{result['losses'][0] if result['losses'] else float('nan'):.4f} -> "
-        f"{result['losses'][-1] if result['losses'] else float('nan'):.4f}; skipped {len(result['skipped'])}, "
+        f"{result['losses'][-1] if result['losses'] else float('nan'):.4f}; {result['supervised_tokens']} supervised "
+        f"tokens ({result['end_of_turn_tokens']} of them end-of-turn); skipped {len(result['skipped'])}, "
         f"realigned {result['realigned_samples']}; model {result['model_dir']}; MLflow run {run.info.run_id}")
     return {**resolved, "run_id": run.info.run_id, "rows": rows, "output_dir": str(output), **result}
+
+
+def _request(cfg: TrainJobConfig) -> dict:
+    """What the user asked to train on (before resolution to a selection id and versions)."""
+    return {k: getattr(cfg, k) for k in ("lake", "selection_id", "policy", "selection_version", "corpus_version")}
+
+
+def _refuse_a_different_run(output: Path, previous: dict, cfg: TrainJobConfig, settings: TrainSettings) -> None:
+    """Raise, naming what differs, when ``output`` holds a run of another selection, pinned versions or settings."""
+    from vig_udf.train.trainer import record_differences
+
+    then = {"request": previous.get("request"), "settings": previous.get("settings")}
+    now = {"request": _request(cfg), "settings": settings.weight_settings()}
+    changed = record_differences(then, now)
+    if changed:
+        raise ValueError(f"{output} holds a run that differs from this one in {', '.join(changed)} "
+                         f"(then -> now: {changed}); use another output_dir, or training.resume=false to start over")
+
+
+def _existing_train_set(path: str, resolved: dict) -> int | None:
+    """The row count of the training set already at ``path`` when it is complete, else None."""
+    from vig_udf.train.data import list_units
+
+    if not (Path(path) / "_SUCCESS").exists():  # Spark writes it when the job commits
+        return None
+    try:
+        rows = sum(u.rows for u in list_units(path))
+    except (ValueError, OSError):
+        return None
+    return rows if rows == resolved["kept"] else None
 
 
 def _previous_run(output: Path | None, cfg: TrainJobConfig) -> dict | None:
@@ -248,7 +290,8 @@ def _log_run_inputs(spark, cfg: TrainJobConfig, settings: TrainSettings, resolve
     mlflow.log_params(params)
     mlflow.set_tags({"vig.policy": resolved["policy"], "vig.selection_id": resolved["selection_id"],
                      "vig.scorer_id": resolved["scorer_id"], "vig.p": str(resolved["p"]),
-                     "vig.base_model": settings.base_model, "vig.train_rows": str(rows)})
+                     "vig.base_model": settings.base_model, "vig.train_rows": str(rows),
+                     "vig.end_of_turn": "supervised" if settings.supervise_end_of_turn else "not supervised"})
     for name in ("corpus", "scores", "selection"):
         # the version is also a tag: MLflow's DeltaDatasetSource drops version 0 from its JSON
         mlflow.log_input(_delta_dataset(spark, name, resolved), context="training",

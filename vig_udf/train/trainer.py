@@ -378,6 +378,11 @@ def _checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
+def has_checkpoint(out: Path) -> bool:
+    """Whether ``out`` holds a complete checkpoint to resume from."""
+    return bool(_checkpoints(out))
+
+
 def _resume_point(out: Path, settings: TrainSettings, record: dict) -> Path | None:
     """The newest checkpoint to resume from (None: start over); refuses one written by a different run."""
     found = _checkpoints(out) if settings.resume else []
