@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from vig_udf.config import SparkConfig
 from vig_udf.train.settings import TrainSettings
 
+TRAIN_SET_ROW_GROUP_BYTES = 16 * 1024 * 1024  # Parquet row-group size of the training set
 TRAIN_SET_COLUMNS = ["sample_id", "image_path", "image_bytes", "conversations", "token_keep", "token_ids",
                      "token_turn", "token_char_start", "token_char_end"]
 
@@ -249,7 +250,8 @@ def training_rows(spark, resolved: dict):
 def write_train_set(spark, resolved: dict, path: str) -> int:
     """Write the training set as Parquet at ``path``; returns its row count (checked against the selection)."""
     rows = training_rows(spark, resolved)
-    rows.write.mode("overwrite").parquet(path)
+    # small row groups: a training rank holds one row group at a time (vig_udf.train.data)
+    rows.write.mode("overwrite").option("parquet.block.size", TRAIN_SET_ROW_GROUP_BYTES).parquet(path)
     n, kept = spark.read.parquet(path).count(), resolved["kept"]
     if n != kept:
         raise ValueError(f"the selection keeps {kept} samples but only {n} have a scores row (scores "

@@ -165,13 +165,13 @@ class SelectiveTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
-        counts = [labels.ne(-100).sum().item(), inputs.pop("n_samples").item(), inputs.pop("end_of_turn").item(),
-                  inputs.pop("realigned").item()]
+        counts = torch.stack([labels.ne(-100).sum(), inputs.pop("n_samples"), inputs.pop("end_of_turn"),
+                              inputs.pop("realigned")]).to(torch.float64)
         for entry in inputs.pop("skipped"):
             sample_id, reason = entry.split(": ", 1)
             self.new_skipped[sample_id] = reason
-        if model.training:
-            self.window += torch.tensor(counts, dtype=torch.float64)
+        if model.training:  # summed on the device: no host synchronisation per forward pass
+            self.window = self.window.to(counts.device) + counts
         loss_sum = selected_token_loss(model, self.head, inputs, labels)
         supervised = num_items_in_batch if num_items_in_batch is not None else labels.ne(-100).sum()
         # DDP and FSDP average gradients over the ranks: times the number of processes gives sum / supervised
@@ -183,7 +183,7 @@ class SelectiveTrainer(Trainer):
         if "loss" in logs:  # a training-window log (called on every rank): add the window's counts
             window = self.accelerator.reduce(self.window.to(self.args.device), reduction="sum").cpu()
             logs.update({name: float(v) for name, v in zip(WINDOW, window.tolist())})
-            self.window.zero_()
+            self.window = torch.zeros_like(self.window)
             for part in _gather_objects(self.new_skipped, self.accelerator.num_processes):
                 self.skipped.update(part)
             self.new_skipped = {}
