@@ -309,8 +309,10 @@ def training_arguments(settings: TrainSettings, out: Path, *, precision: str, pr
         weight_decay=settings.weight_decay, warmup_steps=settings.warmup_ratio, lr_scheduler_type="cosine",
         max_grad_norm=settings.max_grad_norm, seed=settings.seed, data_seed=settings.seed, optim="adamw_torch",
         bf16=precision == "bfloat16", use_cpu=on_cpu,
-        activation_checkpointing=settings.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
+        # under FSDP its own activation checkpointing (the Trainer's would gather each layer once more)
+        activation_checkpointing=settings.gradient_checkpointing and not fsdp,
+        activation_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing and not fsdp
+        else None,
         dataloader_num_workers=settings.dataloader_workers, dataloader_pin_memory=not on_cpu,
         logging_strategy="steps", logging_steps=logging_steps(settings),
         save_strategy="steps" if settings.checkpoint_every else "no", save_steps=settings.checkpoint_every or 500,
@@ -319,9 +321,10 @@ def training_arguments(settings: TrainSettings, out: Path, *, precision: str, pr
         # text-only batches leave the projector unused; DDP must not wait for its gradients
         ddp_find_unused_parameters=True if processes > 1 and not fsdp else None,
         ddp_backend="gloo" if on_cpu and processes > 1 else None,
-        fsdp="full_shard auto_wrap" if fsdp else "",
-        fsdp_config={"version": 2, "transformer_layer_cls_to_wrap": fsdp_layers or settings.fsdp_layers} if fsdp
-        else None)
+        # FSDP2, full shard (parameters resharded after forward), one unit per layer of these classes
+        fsdp=fsdp, fsdp_config={"version": 2, "reshard_after_forward": True,
+                                "activation_checkpointing": settings.gradient_checkpointing,
+                                "transformer_layer_cls_to_wrap": fsdp_layers or settings.fsdp_layers} if fsdp else None)
 
 
 def logging_steps(settings: TrainSettings) -> int:
