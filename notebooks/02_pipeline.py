@@ -314,8 +314,9 @@ train_summary = run_train(spark, TrainJobConfig(
 # MAGIC ## 7. The MLflow run
 # MAGIC
 # MAGIC Everything needed to reproduce the model is in the run: the resolved config as parameters, the loss and
-# MAGIC supervised tokens per step, the three Delta tables as dataset inputs with the versions read (time-travel
-# MAGIC to them with `read_table(spark, path, version=...)`), the selection summary and the final model.
+# MAGIC supervised tokens per logging window (every step in a short run), the three Delta tables as dataset
+# MAGIC inputs with the versions read (time-travel to them with `read_table(spark, path, version=...)`), the
+# MAGIC selection summary and the final model.
 
 # COMMAND ----------
 

@@ -96,3 +96,17 @@ def test_a_batch_reports_its_unbuildable_samples(processor, tmp_path):
     # a batch of only failed samples carries a buildable example with no label
     empty = [b for b in seen if b["n_samples"] == 0]
     assert len(empty) == 2 and all((b["labels"] == -100).all() for b in empty)
+
+
+def test_logging_rate_follows_the_run_length_and_closes_at_each_checkpoint():
+    from vig_udf.train.settings import TrainSettings
+    from vig_udf.train.trainer import logging_steps
+
+    def rate(**kw):
+        return logging_steps(TrainSettings(**kw))
+
+    assert rate(steps=8, checkpoint_every=4) == 1
+    assert rate(steps=5000, checkpoint_every=0) == 100
+    assert rate(steps=5000, checkpoint_every=250) == 50  # 100 wanted; the largest divisor of 250 below it
+    assert rate(steps=3640, checkpoint_every=250) == 50 and 250 % rate(steps=3640, checkpoint_every=250) == 0
+    assert rate(steps=5000, checkpoint_every=250, log_every=7) == 7
