@@ -3,12 +3,17 @@
 >>> cfg = load_config(DemoConfig, None, ["scorer.counterfactual=drop", "samples=16"])
 >>> cfg.scorer.counterfactual, cfg.samples
 ('drop', 16)
+
+A key part that itself contains dots is written in double quotes:
+``spark.conf."spark.driver.memory"=1g`` sets ``spark.conf["spark.driver.memory"]``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal, TypeVar
+
+import re
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -110,6 +115,27 @@ class DemoConfig(BaseModel):
 
 
 SHARED_SECTIONS = ("lake", "spark")
+_KEY_PART = re.compile(r'"([^"]+)"|([^."]+)')
+
+
+def override_key_parts(key: str) -> list[str]:
+    """An override key split on its dots; a double-quoted part is one part, dots included.
+
+    >>> override_key_parts('spark.conf."spark.driver.memory"')
+    ['spark', 'conf', 'spark.driver.memory']
+    """
+    parts, pos = [], 0
+    while True:
+        match = _KEY_PART.match(key, pos)
+        if match is None:
+            raise ValueError(f"override key {key!r}: expected a name or a \"quoted.name\" at character {pos}")
+        parts.append(match.group(1) if match.group(1) is not None else match.group(2))
+        pos = match.end()
+        if pos == len(key):
+            return parts
+        if key[pos] != ".":
+            raise ValueError(f"override key {key!r}: expected a dot at character {pos}")
+        pos += 1
 
 
 def load_config(model: type[T], path: str | Path | None, overrides: list[str] | None = None, *,
@@ -135,7 +161,7 @@ def load_config(model: type[T], path: str | Path | None, overrides: list[str] | 
         if not sep or not key:
             raise ValueError(f"override {item!r} must look like key.sub=value")
         node = data
-        *parents, leaf = key.split(".")
+        *parents, leaf = override_key_parts(key)
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
