@@ -1,18 +1,22 @@
 """The ingest job: LLaVA-format JSON / JSONL / Parquet plus an image root -> the ``corpus`` Delta table.
 
-Every input record becomes one row. ``sample_id`` is the record's id, or a content hash when the id is
+Every input record becomes one row. A one-array ``.json`` is first streamed into JSONL shards under
+``<lake>/_staging/ingest`` (:mod:`vig_udf.spark.json_shards`), so that no task holds the whole file. ``sample_id`` is the record's id, or a content hash when the id is
 missing or shared by several records (reported; exact duplicates get a ``-<n>`` suffix in input order).
 Rows are checked with the scorer's own conversation parser; invalid ones keep a status and a message.
 Rows are added with ``MERGE ... WHEN NOT MATCHED THEN INSERT`` on ``sample_id``, so concurrent or
 overlapping ingests never write a sample twice. Each input is a Delta app transaction (its files, sizes and
 modification times, and the options that change rows): a rerun of an ingested input finds it in the table
-history and returns before reading anything.
+history and returns before reading anything. ``ingest_ordinal`` is the row's place in ingest order, global
+across ingests: each ingest numbers its rows after the corpus's largest ordinal, in input order (files in
+path order, then their records in file order).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from typing import Iterator, Literal
 
 import pyarrow as pa
@@ -24,8 +28,10 @@ from vig_udf.status import IMAGE_UNREADABLE, OK
 
 INPUT_DDL = "id STRING, image STRING, conversations ARRAY<STRUCT<`from`: STRING, value: STRING>>, _corrupt_record STRING"
 CONVERSATIONS = pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))
+# where a raw record was read from: its file, the file split and its place in the task (input order, sortable)
+POSITION = ("_file", "_block", "_row")
 VALIDATED_SCHEMA = pa.schema([
-    ("_ordinal", pa.int64()), ("source_id", pa.string()), ("content_id", pa.string()), ("source", pa.string()),
+    ("_file", pa.string()), ("_block", pa.int64()), ("_row", pa.int64()), ("source_id", pa.string()), ("content_id", pa.string()), ("source", pa.string()),
     ("image_path", pa.string()), ("image_bytes", pa.binary()), ("conversations", CONVERSATIONS),
     ("n_turns", pa.int32()), ("status", pa.string()), ("error", pa.string()),
 ])
@@ -42,28 +48,43 @@ class IngestJobConfig(BaseModel):
     image_storage: Literal["path", "bytes"] = Field("path", description="store the image path, or the file's bytes")
     check_files: bool = Field(True, description="check that every image file exists (stat per row)")
     partitions: int | None = Field(None, description="partitions for validation; None = default parallelism")
+    json_shard_records: int = Field(100_000, gt=0, description="a one-array .json is streamed into JSONL shards "
+                                                               "of this many records, read in parallel")
     spark: SparkConfig = SparkConfig()
 
 
 def read_records(spark, path: str):
-    """The input as a DataFrame (id, image, conversations, _corrupt_record); malformed records kept."""
+    """The input as a DataFrame (id, image, conversations, _corrupt_record and the :data:`POSITION` columns);
+    malformed records kept. A one-array ``.json`` is read through its JSONL shards (``<folder>/*.jsonl``, see
+    :func:`vig_udf.spark.json_shards.stage_json_array`)."""
     from pyspark.sql import functions as F
 
     from vig_udf.lake.storage import is_folder
 
+    if path.endswith(".json"):
+        raise ValueError(f"{path}: a one-array .json is read through its JSONL shards (stage_json_array)")
     if path.endswith(".parquet") or is_folder(spark, path):
         df = spark.read.parquet(path)
+        position = _position(df)
         cols = [F.col(c).cast("string") if c in ("id", "image") else F.col(c) for c in ("id", "image", "conversations")
                 if c in df.columns]
         df = df.select(*cols)
+        df = df.select(*cols, *position)
         for missing in {"id", "image", "conversations"} - set(df.columns):
             df = df.withColumn(missing, F.lit(None).cast("string"))
         return df.withColumn("_corrupt_record", F.lit(None).cast("string"))
-    reader = spark.read.schema(INPUT_DDL).option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord",
-                                                                              "_corrupt_record")
-    if path.endswith(".json"):  # one JSON array, the layout of llava_v1_5_mix665k.json (read by one task)
-        reader = reader.option("multiLine", True)
-    return reader.json(path)
+    df = (spark.read.schema(INPUT_DDL).option("mode", "PERMISSIVE")
+          .option("columnNameOfCorruptRecord", "_corrupt_record").json(path))
+    return df.select(*df.columns, *_position(df))
+
+
+def _position(df) -> list:
+    """The :data:`POSITION` columns of a file source read: file path, split start, index in the task (the
+    task reads its splits one after the other, each in file order)."""
+    from pyspark.sql import functions as F
+
+    return [df["_metadata.file_path"].alias("_file"), df["_metadata.file_block_start"].alias("_block"),
+            F.monotonically_increasing_id().alias("_row")]
 
 
 def validate_batches(image_root: str | None, image_storage: str, check_files: bool):
@@ -87,7 +108,7 @@ def validate_batches(image_root: str | None, image_storage: str, check_files: bo
                     except OSError as exc:
                         status, error = IMAGE_UNREADABLE, f"cannot read {rec['image']}: {exc}"
                 rows.append({
-                    "_ordinal": rec["_ordinal"], "source_id": rec.get("id"),
+                    "_file": rec["_file"], "_block": rec["_block"], "_row": rec["_row"], "source_id": rec.get("id"),
                     "content_id": content_id(rec.get("id"), rec.get("image"), conversations or rec.get("_corrupt_record")),
                     "source": source_of(rec.get("image")), "image_path": rec.get("image"), "image_bytes": data,
                     "conversations": conversations, "n_turns": len(conversations or []), "status": status,
@@ -104,7 +125,9 @@ def run_ingest(spark, cfg: IngestJobConfig, *, out=print) -> dict:
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    from vig_udf.lake import insert_new_rows, lake_table, table_exists, table_history
+    from vig_udf.lake import insert_new_rows, lake_table, staging_folder, table_exists, table_history
+    from vig_udf.lake.storage import delete_folder
+    from vig_udf.spark.json_shards import stage_json_array
 
     corpus_path = lake_table(cfg.lake, "corpus")
     app_id = "ingest/" + input_fingerprint(spark, cfg)
@@ -113,30 +136,43 @@ def run_ingest(spark, cfg: IngestJobConfig, *, out=print) -> dict:
         if earlier is not None:
             out(f"{cfg.input} was already ingested with these options (corpus v{earlier['version']}): corpus unchanged")
             return {"corpus_version": None, "new_rows": 0, "already_ingested_in": earlier["version"]}
-    raw = read_records(spark, cfg.input).withColumn("_ordinal", F.monotonically_increasing_id())
-    if cfg.partitions:
-        raw = raw.repartition(cfg.partitions)
-    validated = raw.mapInArrow(validate_batches(cfg.image_root, cfg.image_storage, cfg.check_files),
-                               from_arrow_schema(VALIDATED_SCHEMA))
-    per_id = Window.partitionBy("source_id")
-    rows = (validated
-            .withColumn("duplicate_id", F.col("source_id").isNotNull() & (F.count(F.lit(1)).over(per_id) > 1))
-            .withColumn("sample_id", F.when(F.col("source_id").isNull() | F.col("duplicate_id"), F.col("content_id"))
-                        .otherwise(F.col("source_id"))))
-    same = Window.partitionBy("sample_id")
-    rows = (rows.withColumn("_n", F.row_number().over(same.orderBy("_ordinal")))
-            .withColumn("sample_id", F.when(F.count(F.lit(1)).over(same) > 1,
-                                            F.concat("sample_id", F.lit("-"), F.col("_n").cast("string")))
-                        .otherwise(F.col("sample_id")))
-            .select("sample_id", "source_id", "source", "image_path", "image_bytes", "conversations", "n_turns",
-                    "status", "error", "duplicate_id", F.col("_ordinal").alias("ingest_ordinal")))
-    rows = rows.cache()  # validated once: the merge and the summary read the same rows
+    staged = None
+    if cfg.input.endswith(".json"):  # one JSON array, the layout of llava_v1_5_mix665k.json
+        staged = f"{staging_folder(cfg.lake, 'ingest')}/{uuid.uuid4().hex}"
     try:
-        commit = insert_new_rows(rows, corpus_path, keys=["sample_id"], job="ingest", config=cfg.model_dump(mode="json"),
-                                 app_id=app_id, app_version=0)
-        summary = _summary(rows)
+        if staged:
+            n = stage_json_array(spark, cfg.input, staged, records_per_shard=cfg.json_shard_records)
+            out(f"{cfg.input}: {n} records streamed into {-(-n // cfg.json_shard_records)} JSONL shards")
+        raw = read_records(spark, f"{staged}/*.jsonl" if staged else cfg.input)
+        if cfg.partitions:
+            raw = raw.repartition(cfg.partitions)
+        validated = raw.mapInArrow(validate_batches(cfg.image_root, cfg.image_storage, cfg.check_files),
+                                   from_arrow_schema(VALIDATED_SCHEMA))
+        in_order = [F.col(c) for c in POSITION]
+        per_id = Window.partitionBy("source_id")
+        rows = (validated
+                .withColumn("duplicate_id", F.col("source_id").isNotNull() & (F.count(F.lit(1)).over(per_id) > 1))
+                .withColumn("sample_id", F.when(F.col("source_id").isNull() | F.col("duplicate_id"),
+                                                F.col("content_id")).otherwise(F.col("source_id"))))
+        same = Window.partitionBy("sample_id")
+        rows = (rows.withColumn("_n", F.row_number().over(same.orderBy(*in_order)))
+                .withColumn("sample_id", F.when(F.count(F.lit(1)).over(same) > 1,
+                                                F.concat("sample_id", F.lit("-"), F.col("_n").cast("string")))
+                            .otherwise(F.col("sample_id")))
+                .select("sample_id", "source_id", "source", "image_path", "image_bytes", "conversations", "n_turns",
+                        "status", "error", "duplicate_id", *POSITION))
+        rows = rows.cache()  # validated once: the ordinals, the merge and the summary read the same rows
+        try:
+            first = next_ordinal(spark, corpus_path)
+            rows_in_order = with_ingest_ordinal(rows, first).drop(*POSITION)
+            commit = insert_new_rows(rows_in_order, corpus_path, keys=["sample_id"], job="ingest",
+                                     config=cfg.model_dump(mode="json"), app_id=app_id, app_version=0)
+            summary = _summary(rows)
+        finally:
+            rows.unpersist()
     finally:
-        rows.unpersist()
+        if staged:
+            delete_folder(spark, staged)
     summary.update(corpus_version=commit.version if commit else None, new_rows=commit.rows_added if commit else 0)
     if commit is None:
         out(f"nothing new in {cfg.input}: every sample is in {corpus_path} already")
@@ -145,6 +181,42 @@ def run_ingest(spark, cfg: IngestJobConfig, *, out=print) -> dict:
     out(f"rows by status: {summary['rows_by_status']}; by source: {summary['rows_by_source']}; "
         f"rows whose id was shared (given a content id): {summary['duplicate_id_rows']}")
     return summary
+
+
+def next_ordinal(spark, corpus_path: str) -> int:
+    """The first ``ingest_ordinal`` of a new ingest: one after the corpus's largest (0 for a new corpus)."""
+    from pyspark.sql import functions as F
+
+    from vig_udf.lake import read_table, table_exists
+
+    if not table_exists(spark, corpus_path):
+        return 0
+    corpus = read_table(spark, corpus_path)
+    if "ingest_ordinal" not in corpus.columns:
+        return 0
+    largest = corpus.agg(F.max("ingest_ordinal")).first()[0]  # Delta answers it from the files' statistics
+    return 0 if largest is None else largest + 1
+
+
+def with_ingest_ordinal(rows, first: int):
+    """``rows`` (with the :data:`POSITION` columns) numbered ``first, first + 1, ...`` in input order.
+
+    Each file split is read in file order by one task, so a row's ordinal is the rows of the splits before
+    its split plus its index within the split: one small aggregation (a row per split, a few per GB of
+    input), no sort of the rows.
+    """
+    from pyspark.sql import functions as F
+
+    spark = rows.sparkSession
+    # one row per file split: bounded by the input's size over the split size, not by its rows
+    splits = rows.groupBy("_file", "_block").agg(F.min("_row").alias("_first_row"), F.count(F.lit(1)).alias("_n"))
+    starts, before = [], first
+    for split in splits.orderBy("_file", "_block").collect():
+        starts.append((split["_file"], split["_block"], before - split["_first_row"]))
+        before += split["_n"]
+    offsets = spark.createDataFrame(starts, "_file STRING, _block LONG, _offset LONG")
+    return (rows.join(F.broadcast(offsets), ["_file", "_block"])
+            .withColumn("ingest_ordinal", F.col("_offset") + F.col("_row")).drop("_offset"))
 
 
 def _summary(rows) -> dict:
