@@ -223,8 +223,12 @@ def test_unknown_or_ambiguous_selection_and_missing_tables_are_clear_errors(spar
 def test_a_failed_write_leaves_no_file_behind_and_an_earlier_export_untouched(tmp_path):
     output, sidecar = tmp_path / "out.json", tmp_path / "out.mask.json"
     output.write_text("earlier export")
-    records = [{"id": "a", "conversations": []}, {"id": "b", "conversations": [object()]}]  # b cannot be written
+
+    def lines():
+        yield '{"id": "a", "conversations": []}', '"a": []'
+        raise TypeError("the second record cannot be written")
+
     with pytest.raises(TypeError):
-        _write_export(output, sidecar, records, {"format": "x"}, {"a": [], "b": []})
+        _write_export(output, sidecar, lines(), {"format": "x"})
     assert output.read_text() == "earlier export" and not sidecar.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]

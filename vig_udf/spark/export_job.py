@@ -16,11 +16,14 @@ merged with :func:`vig_udf.spans.kept_char_spans`; another tokenizer keeps a tok
 answer tokens.
 
 The job reads the selection (pinned or latest version), the scores version the selection was made from
-(recorded in its rows) and the corpus (pinned or latest), joins the kept rows in Spark and collects them
-to the driver, which writes both files atomically (temporary file + rename; the JSON is renamed last).
-Images stored as bytes in the corpus are streamed to the driver a partition at a time and written under
-an images folder next to the output, so the exported ``image`` paths resolve against it (LLaVA's
-``--image_folder``). Example::
+(recorded in its rows) and the corpus (pinned or latest) and joins the kept rows in Spark; the executors
+turn each row into its JSON record and its mask entry. The driver checks the rows with one aggregation,
+then streams them in ingest order, ``batch_rows`` rows at a time (range partitions fetched one after the
+other, the next prefetched), into both files at once, through temporary files renamed at the end (the JSON
+last): its memory is bounded by the batch, not by the selection. Images stored as bytes in the corpus are
+streamed to the driver a partition at a time and written under an images folder next to the output, so the
+exported ``image`` paths resolve against it (LLaVA's ``--image_folder``). Files get the process's umask
+permissions. Example::
 
     summary = run_export(spark, ExportJobConfig(lake="lake", policy="vig", output="export/vig70.json"))
     # export/vig70.json, export/vig70.mask.json (and export/images/... for bytes-stored images)
@@ -28,6 +31,7 @@ an images folder next to the output, so the exported ``image`` paths resolve aga
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -45,6 +49,9 @@ from vig_udf.conversation import parse_conversation
 from vig_udf.spans import kept_char_spans
 
 FORMAT, FORMAT_VERSION = "vig-spark/token-mask", 1
+# one line of the export per kept row, made on the executors
+LINE_DDL = ("_ordinal LONG, sample_id STRING, record_id STRING, record STRING, mask STRING, problem STRING, "
+            "text_only BOOLEAN, n_tokens LONG, n_tokens_kept LONG")
 OFFSETS = ("each mask span [k, start, end] is value[start:end] of the k-th assistant message (from gpt/assistant, "
            "k = 0 first) of the record's conversations as exported; train on the answer tokens that overlap a span")
 
@@ -67,6 +74,8 @@ class ExportJobConfig(BaseModel):
         "images", description="folder, relative to the output's folder, that images stored as bytes in the corpus "
                               "are written to (at their recorded relative path); None = export the recorded "
                               "paths and write no image files")
+    batch_rows: int = Field(20_000, gt=0, description="kept rows the driver fetches and writes as one batch "
+                                                      "(bounds its memory)")
     spark: SparkConfig = SparkConfig()
 
     @model_validator(mode="after")
@@ -101,43 +110,105 @@ def run_export(spark, cfg: ExportJobConfig, *, out=print) -> dict:
     kept = (selection.where((F.col("selection_id") == chosen["selection_id"]) & F.col("kept"))
             .select("sample_id", "reason", "token_keep", "n_tokens", "n_tokens_kept")
             .join(scores, "sample_id", "left").join(corpus, "sample_id", "left"))
-    rows = kept.drop("image_bytes").orderBy(F.col("_ordinal").asc_nulls_last(), "sample_id").collect()
-    _check_joined(rows, corpus_version, scores_version)
-
     output = Path(cfg.output)
     images_root = output.parent / cfg.images_dir if cfg.images_dir is not None else None
-    records, masks, n_images = [], {}, 0
-    image_names: dict[str, str] = {}
-    for row in rows:
-        image = row["image_path"]
-        if image and row["_has_bytes"] and images_root is not None:
-            image = image_names[row["sample_id"]] = _image_name(image)
-        record_id = _record_id(row)
-        if record_id in masks:
-            raise ValueError(f"two kept records would be exported with the id {record_id!r}")
-        records.append(_record(record_id, image, _turns(row["conversations"])))
-        masks[record_id] = [list(span) for span in record_spans(row)]
-    if image_names:
-        n_images = _write_images(kept.where(F.col("_has_bytes")).select("sample_id", "image_bytes"), image_names,
-                                 images_root)
-
-    tables = {"selection": {"path": paths["selection"], "version": selection_version},
-              "scores": {"path": paths["scores"], "version": scores_version},
-              "corpus": {"path": paths["corpus"], "version": corpus_version}}
-    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "selection_id": chosen["selection_id"],
-              "policy": chosen["policy"], "params": json.loads(chosen["params"]), "p": chosen["p"], "tau": chosen["tau"],
-              "scorer_id": chosen["scorer_id"], "tables": tables, "offsets": OFFSETS, "records_file": output.name}
-    sidecar = mask_path(str(output))
-    _write_export(output, Path(sidecar), records, header, masks)
-    summary = {"selection_id": chosen["selection_id"], "policy": chosen["policy"], "records": len(records),
-               "text_only_records": sum(1 for r in rows if r["reason"] == sel.TEXT_ONLY_KEPT),
-               "tokens_kept": sum(r["n_tokens_kept"] or 0 for r in rows),
-               "answer_tokens": sum(r["n_tokens"] or 0 for r in rows), "images_written": n_images,
-               "output": str(output), "mask": sidecar, "images_dir": str(images_root) if n_images else None,
-               "selection_version": selection_version, "scores_version": scores_version,
-               "corpus_version": corpus_version}
+    lines = kept.drop("image_bytes").mapInArrow(export_lines(images_root is not None), LINE_DDL).persist()
+    try:
+        totals = _check_lines(lines, corpus_version, scores_version)
+        n_images = 0
+        if images_root is not None:
+            n_images = _write_images(kept.where(F.col("_has_bytes")).select("image_path", "image_bytes"), images_root)
+        tables = {"selection": {"path": paths["selection"], "version": selection_version},
+                  "scores": {"path": paths["scores"], "version": scores_version},
+                  "corpus": {"path": paths["corpus"], "version": corpus_version}}
+        header = {"format": FORMAT, "format_version": FORMAT_VERSION, "selection_id": chosen["selection_id"],
+                  "policy": chosen["policy"], "params": json.loads(chosen["params"]), "p": chosen["p"],
+                  "tau": chosen["tau"], "scorer_id": chosen["scorer_id"], "tables": tables, "offsets": OFFSETS,
+                  "records_file": output.name}
+        sidecar = mask_path(str(output))
+        batches = BatchMeter()
+        _write_export(output, Path(sidecar), batches.rows(in_ingest_order(lines, totals["records"], cfg.batch_rows)),
+                      header)
+    finally:
+        lines.unpersist()
+    summary = {"selection_id": chosen["selection_id"], "policy": chosen["policy"], **totals,
+               "images_written": n_images, "output": str(output), "mask": sidecar,
+               "images_dir": str(images_root) if n_images else None, "selection_version": selection_version,
+               "scores_version": scores_version, "corpus_version": corpus_version,
+               "largest_batch_rows": batches.largest}
     _print_summary(summary, out)
     return summary
+
+
+def export_lines(bytes_images_renamed: bool):
+    """``mapInArrow`` function: joined kept rows -> one :data:`LINE_DDL` row each: the record's JSON, its mask
+    entry (``"<id>": [[k, start, end], ...]``), and a readable ``problem`` instead when the row cannot be
+    exported (not in the corpus, no scores row, a token mask that does not fit)."""
+    import pyarrow as pa
+
+    from pyspark.sql.pandas.types import to_arrow_schema
+    from pyspark.sql.types import _parse_datatype_string
+
+    schema = to_arrow_schema(_parse_datatype_string(LINE_DDL))
+
+    def lines(batches):
+        for batch in batches:
+            out = []
+            for row in batch.to_pylist():
+                line = {"_ordinal": row["_ordinal"], "sample_id": row["sample_id"], "record_id": None,
+                        "record": None, "mask": None, "problem": None,
+                        "text_only": row["reason"] == sel.TEXT_ONLY_KEPT, "n_tokens": row["n_tokens"] or 0,
+                        "n_tokens_kept": row["n_tokens_kept"] or 0}
+                if not row["_in_corpus"]:
+                    line["problem"] = "not_in_corpus"
+                elif not row["_scored"]:
+                    line["problem"] = "unscored"
+                else:
+                    try:
+                        spans = record_spans(row)
+                    except ValueError as error:
+                        line["problem"] = str(error)
+                    else:
+                        image = row["image_path"]
+                        if image and row["_has_bytes"] and bytes_images_renamed:
+                            image = _image_name(image)
+                        record_id = _record_id(row)
+                        line.update(record_id=record_id, record=json.dumps(
+                            _record(record_id, image, _turns(row["conversations"])), ensure_ascii=False),
+                            mask=json.dumps(record_id, ensure_ascii=False) + ": " + json.dumps(
+                                [list(span) for span in spans]))
+                out.append(line)
+            yield pa.RecordBatch.from_pylist(out, schema=schema)
+
+    return lines
+
+
+def in_ingest_order(lines, n_rows: int, batch_rows: int):
+    """The lines sorted by ingest ordinal (then sample id), as an iterator over about ``batch_rows``-row range
+    partitions fetched one after the other (the next one prefetched while this one is written)."""
+    from pyspark.sql import functions as F
+
+    order = [F.col("_ordinal").asc_nulls_last(), F.col("sample_id")]
+    batches = max(1, -(-n_rows // batch_rows))
+    ordered = (lines.select("record", "mask", F.col("_ordinal"), "sample_id")
+               .repartitionByRange(batches, *order).sortWithinPartitions(*order)
+               .select("record", "mask", F.spark_partition_id().alias("_batch")))
+    return ordered.toLocalIterator(prefetchPartitions=True)
+
+
+class BatchMeter:
+    """Counts the rows of each batch that passes through :meth:`rows`; ``largest`` is the largest batch."""
+
+    def __init__(self):
+        self.largest, self._batch, self._rows = 0, None, 0
+
+    def rows(self, rows):
+        for row in rows:
+            if row["_batch"] != self._batch:
+                self._batch, self._rows = row["_batch"], 0
+            self._rows += 1
+            self.largest = max(self.largest, self._rows)
+            yield row["record"], row["mask"]
 
 
 def record_spans(row) -> list[tuple[int, int, int]]:
@@ -184,16 +255,34 @@ def _corpus_columns(corpus):
         optional("ingest_ordinal", "long").alias("_ordinal"), F.lit(True).alias("_in_corpus"))
 
 
-def _check_joined(rows, corpus_version: int, scores_version: int) -> None:
-    """Every kept sample must have its corpus record and its scores row (for the token spans)."""
-    missing = [r["sample_id"] for r in rows if not r["_in_corpus"]]
-    if missing:
-        raise ValueError(f"{len(missing)} kept samples are not in corpus v{corpus_version} (e.g. {missing[:5]}); "
-                         "pin corpus_version to one that holds them (the latest, unless rows were removed)")
-    unscored = [r["sample_id"] for r in rows if not r["_scored"]]
-    if unscored:
-        raise ValueError(f"{len(unscored)} kept samples have no row in scores v{scores_version} "
-                         f"(e.g. {unscored[:5]}); the selection does not match its scores table")
+def _check_lines(lines, corpus_version: int, scores_version: int) -> dict:
+    """The export's totals, after checking with one aggregation that every kept row can be exported: it has its
+    corpus record and its scores row, its mask fits, and no two rows share a record id."""
+    from pyspark.sql import functions as F
+
+    totals = lines.agg(
+        F.count(F.lit(1)).alias("records"), F.count_if("text_only").alias("text_only_records"),
+        F.coalesce(F.sum("n_tokens_kept"), F.lit(0)).alias("tokens_kept"),
+        F.coalesce(F.sum("n_tokens"), F.lit(0)).alias("answer_tokens"),
+        F.count_if(F.col("problem") == "not_in_corpus").alias("not_in_corpus"),
+        F.count_if(F.col("problem") == "unscored").alias("unscored"),
+        F.count_if(~F.col("problem").isin("not_in_corpus", "unscored")).alias("bad_masks"),
+        (F.count("record_id") - F.countDistinct("record_id")).alias("repeated_ids")).first().asDict()
+    examples = lambda problem: [r["sample_id"] for r in lines.where(problem).select("sample_id").limit(5).collect()]  # noqa: E731
+    if totals.pop("not_in_corpus"):
+        raise ValueError(f"kept samples are not in corpus v{corpus_version} (e.g. "
+                         f"{examples(F.col('problem') == 'not_in_corpus')}); pin corpus_version to one that holds "
+                         "them (the latest, unless rows were removed)")
+    if totals.pop("unscored"):
+        raise ValueError(f"kept samples have no row in scores v{scores_version} (e.g. "
+                         f"{examples(F.col('problem') == 'unscored')}); the selection does not match its scores table")
+    if totals.pop("bad_masks"):
+        raise ValueError(lines.where(~F.col("problem").isin("not_in_corpus", "unscored")).first()["problem"])
+    if totals.pop("repeated_ids"):
+        repeated = lines.groupBy("record_id").count().where("count > 1").limit(5).collect()  # at most 5 rows
+        raise ValueError(f"two kept records would be exported with the id {repeated[0]['record_id']!r} "
+                         f"(repeated ids: {[r['record_id'] for r in repeated]})")
+    return totals
 
 
 def _record_id(row) -> str:
@@ -222,41 +311,61 @@ def _image_name(image_path: str) -> str:
     return name
 
 
-def _write_images(rows, names: dict[str, str], root: Path) -> int:
-    """Write each row's image bytes to ``root/<name>`` (atomically per file); rows stream a partition at a time."""
+def _write_images(rows, root: Path) -> int:
+    """Write each row's image bytes to ``root/<recorded path>`` (atomically per file); rows stream a partition at
+    a time."""
     written = 0
     for row in rows.toLocalIterator():
-        target = root / names[row["sample_id"]]
+        target = root / _image_name(row["image_path"])
         _atomic_write(target, lambda f, data=row["image_bytes"]: f.write(data))
         written += 1
     return written
 
 
-def _write_export(output: Path, sidecar: Path, records: list[dict], header: dict, masks: dict) -> None:
-    """Both files through temporary files; the JSON is renamed last, so its presence marks a complete export."""
-    digest = hashlib.sha256()
-    json_tmp = _temp_file(output, lambda f: _write_records(f, records, digest))
+def _write_export(output: Path, sidecar: Path, lines: Iterable[tuple[str, str]], header: dict) -> None:
+    """Both files from one pass over ``(record JSON, mask entry)`` lines, through temporary files; the JSON is
+    renamed last, so its presence marks a complete export."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    sidecar.parent.mkdir(parents=True, exist_ok=True)
+    temps = []
     try:
-        document = {**header, "records_sha256": digest.hexdigest(), "masks": masks}
-        _atomic_write(sidecar, lambda f: f.write(json.dumps(document, ensure_ascii=False).encode()))
-        os.replace(json_tmp, output)
+        with _temp(output, temps) as records, _temp(sidecar, temps) as masks:
+            digest, first = hashlib.sha256(), True
+            masks.write((json.dumps(header, ensure_ascii=False)[:-1] + ', "masks": {').encode())
+            for record, mask in lines:
+                chunk = ("[\n" if first else ",\n") + record
+                data = chunk.encode()
+                digest.update(data)
+                records.write(data)
+                masks.write((("\n" if first else ",\n") + mask).encode())
+                first = False
+            tail = ("[]\n" if first else "\n]\n").encode()
+            digest.update(tail)
+            records.write(tail)
+            masks.write(f'}}, "records_sha256": "{digest.hexdigest()}"}}'.encode())
+        os.replace(temps[1], sidecar)
+        os.replace(temps[0], output)
     except BaseException:
-        os.unlink(json_tmp)
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         raise
 
 
-def _write_records(f, records: Iterable[dict], digest) -> None:
-    """A JSON list, one record a line (streamed, hashed as written)."""
-    first = True
-    for record in records:
-        chunk = ("[\n" if first else ",\n") + json.dumps(record, ensure_ascii=False)
-        first = False
-        data = chunk.encode()
-        digest.update(data)
-        f.write(data)
-    tail = ("[]\n" if first else "\n]\n").encode()
-    digest.update(tail)
-    f.write(tail)
+@contextlib.contextmanager
+def _temp(target: Path, temps: list[str]):
+    """A temporary file next to ``target`` with the umask's permissions (``mkstemp`` makes them 0600)."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    temps.append(tmp)
+    os.chmod(tmp, 0o666 & ~_umask())
+    with os.fdopen(fd, "wb") as f:
+        yield f
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _temp_file(target: Path, write) -> str:
@@ -264,6 +373,7 @@ def _temp_file(target: Path, write) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
     except BaseException:

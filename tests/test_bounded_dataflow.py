@@ -1,0 +1,89 @@
+"""The dataflow at scale, small: a one-array JSON read in parallel through its shards, ingest order global
+across inputs, and an export that streams more rows than its batch in that order."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from deltalake import write_deltalake
+
+from vig_udf.lake import read_table
+from vig_udf.selection import TEXT_ONLY_KEPT
+from vig_udf.spark.arrow import SCORES_SCHEMA
+from vig_udf.spark.export_job import ExportJobConfig, mask_path, run_export
+from vig_udf.spark.ingest_job import IngestJobConfig, read_records, run_ingest
+from vig_udf.spark.json_shards import stage_json_array
+from vig_udf.spark.select_job import SELECTION_SCHEMA
+
+pytestmark = pytest.mark.spark
+
+
+def text_records(prefix: str, n: int) -> list[dict]:
+    """Text-only LLaVA records (no image files needed), ids in order."""
+    return [{"id": f"{prefix}{i:03d}", "conversations": [{"from": "human", "value": f"question {prefix} {i}"},
+                                                        {"from": "gpt", "value": f"answer {i}"}]} for i in range(n)]
+
+
+def test_a_one_array_json_is_read_by_several_tasks(spark, tmp_path):
+    records = text_records("a", 40)
+    (tmp_path / "in.json").write_text(json.dumps(records))
+    assert stage_json_array(spark, str(tmp_path / "in.json"), str(tmp_path / "shards"), records_per_shard=7) == 40
+    raw = read_records(spark, f"{tmp_path / 'shards'}/*.jsonl")
+    assert raw.rdd.getNumPartitions() > 1
+    assert raw.select("_file").distinct().count() == 6
+    assert sorted(r["id"] for r in raw.collect()) == [r["id"] for r in records]
+
+
+def ingest_two_inputs(spark, tmp_path) -> tuple[str, list[dict]]:
+    """A lake holding a one-array JSON (ingested in shards of 4) and then a JSONL; returns it and the records."""
+    first, second = text_records("b", 30), text_records("a", 12)  # ids sort the other way from ingest order
+    (tmp_path / "first.json").write_text(json.dumps(first))
+    (tmp_path / "second.jsonl").write_text("".join(json.dumps(r) + "\n" for r in second))
+    lake = str(tmp_path / "lake")
+    one = run_ingest(spark, IngestJobConfig(input=str(tmp_path / "first.json"), lake=lake, json_shard_records=4),
+                     out=lambda *_: None)
+    two = run_ingest(spark, IngestJobConfig(input=str(tmp_path / "second.jsonl"), lake=lake), out=lambda *_: None)
+    assert (one["new_rows"], two["new_rows"]) == (30, 12)
+    return lake, first + second
+
+
+def test_ingest_order_is_global_across_inputs_and_the_staging_is_removed(spark, tmp_path):
+    lake, records = ingest_two_inputs(spark, tmp_path)
+    rows = read_table(spark, f"{lake}/corpus").orderBy("ingest_ordinal").collect()
+    assert [r["sample_id"] for r in rows] == [r["id"] for r in records]  # rows in == rows out, in order
+    assert [r["ingest_ordinal"] for r in rows] == list(range(42))
+    assert not any((tmp_path / "lake" / "_staging" / "ingest").iterdir())
+
+
+def test_export_streams_batches_in_ingest_order_with_umask_permissions(spark, tmp_path):
+    lake, records = ingest_two_inputs(spark, tmp_path)
+    ids = [r["id"] for r in records]
+    now = dt.datetime.now(dt.timezone.utc)
+    scores = [{"sample_id": s, "scorer_id": "stub", "status": "text_only", "n_tokens": 0, "token_ids": [],
+               "token_turn": [], "token_char_start": [], "token_char_end": [], "scored_at": now} for s in ids]
+    write_deltalake(f"{lake}/scores", pa.Table.from_pylist(scores, schema=SCORES_SCHEMA))
+    kept = [s for i, s in enumerate(ids) if i % 7 != 3]  # a subset, from both inputs
+    selection = [{"sample_id": s, "scorer_id": "stub", "policy": "all", "selection_id": "sel", "params_hash": "h",
+                  "params": "{}", "kept": s in kept, "reason": TEXT_ONLY_KEPT, "token_keep": [], "n_tokens": 2,
+                  "n_tokens_kept": 2, "tau": None, "p": 100.0, "scores_version": 0} for s in reversed(ids)]
+    write_deltalake(f"{lake}/selection", pa.Table.from_pylist(selection, schema=SELECTION_SCHEMA))
+
+    output = tmp_path / "out" / "all.json"
+    summary = run_export(spark, ExportJobConfig(lake=lake, policy="all", output=str(output), batch_rows=5),
+                         out=lambda *_: None)
+    assert summary["records"] == len(kept) == 36 > 5
+    assert 0 < summary["largest_batch_rows"] <= 5  # the driver never held more than a batch (plus the prefetch)
+    exported = json.loads(output.read_text())
+    assert [r["id"] for r in exported] == kept  # in ingest order across both inputs
+    assert exported == [r for r in records if r["id"] in kept]  # the records unchanged
+    masks = json.loads(Path(mask_path(str(output))).read_text())
+    assert list(masks["masks"]) == kept and masks["masks"]["b000"] == [[0, 0, len("answer 0")]]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in (output, Path(mask_path(str(output)))):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
