@@ -87,3 +87,28 @@ def test_export_streams_batches_in_ingest_order_with_umask_permissions(spark, tm
     os.umask(umask)
     for path in (output, Path(mask_path(str(output)))):
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+    cfg = ExportJobConfig(lake=lake, policy="all", output=str(output), batch_rows=5)
+    written = output.stat().st_mtime_ns
+    again = run_export(spark, cfg, out=lambda *_: None)  # nothing changed: found, not written again
+    assert again["unchanged"] and again["records"] == 36 and output.stat().st_mtime_ns == written
+    output.write_text(output.read_text().replace("answer 0", "answer 9"))  # edited: the hash no longer matches
+    assert not run_export(spark, cfg, out=lambda *_: None)["unchanged"]
+    assert json.loads(output.read_text()) == exported
+
+
+def test_score_tasks_and_files_are_sized_from_the_data(spark, tmp_path, tiny_checkpoints):
+    from vig_udf.config import ScorerConfig
+    from vig_udf.spark.score_job import ScoreJobConfig, run_score, task_partitions
+
+    assert task_partitions(10_000, 2_000, 2) == 5 and task_partitions(100, 2_000, 2) == 2
+    assert task_partitions(1, 2_000, 8) == 1 and task_partitions(0, 2_000, 8) == 1
+    lake = str(tmp_path / "lake")
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in text_records("t", 24)))
+    run_ingest(spark, IngestJobConfig(input=str(tmp_path / "in.jsonl"), lake=lake), out=lambda *_: None)
+    summary = run_score(spark, ScoreJobConfig(lake=lake, rows_per_task=5, rows_per_file=2, scorer=ScorerConfig(
+        model_path=tiny_checkpoints["llava"], dtype="float32")), out=lambda *_: None)
+    assert summary["rows_for_scorer"] == 24  # rows in == rows out
+    files = read_table(spark, f"{lake}/scores").inputFiles()
+    assert len(files) >= 12  # 5 tasks of at most 5 rows, each rolling after 2 rows
+    assert spark.conf.get("spark.sql.files.maxRecordsPerFile") != "2"  # the session is left as it was

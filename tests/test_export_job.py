@@ -229,6 +229,6 @@ def test_a_failed_write_leaves_no_file_behind_and_an_earlier_export_untouched(tm
         raise TypeError("the second record cannot be written")
 
     with pytest.raises(TypeError):
-        _write_export(output, sidecar, lines(), {"format": "x"})
+        _write_export(output, sidecar, lines(), {"format": "x"}, {})
     assert output.read_text() == "earlier export" and not sidecar.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]

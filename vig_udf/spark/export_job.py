@@ -49,6 +49,9 @@ from vig_udf.conversation import parse_conversation
 from vig_udf.spans import kept_char_spans
 
 FORMAT, FORMAT_VERSION = "vig-spark/token-mask", 1
+# the sidecar is written as <header>, "masks": {<entries>}, <ending>: these bytes delimit the masks
+MASKS_OPEN, MASKS_CLOSE = b', "masks": {', b'}, "records_sha256": '
+TAIL_BYTES = 64 << 10  # the ending (records hash and totals) is a few hundred bytes
 # one line of the export per kept row, made on the executors
 LINE_DDL = ("_ordinal LONG, sample_id STRING, record_id STRING, record STRING, mask STRING, problem STRING, "
             "text_only BOOLEAN, n_tokens LONG, n_tokens_kept LONG")
@@ -112,30 +115,32 @@ def run_export(spark, cfg: ExportJobConfig, *, out=print) -> dict:
             .join(scores, "sample_id", "left").join(corpus, "sample_id", "left"))
     output = Path(cfg.output)
     images_root = output.parent / cfg.images_dir if cfg.images_dir is not None else None
-    lines = kept.drop("image_bytes").mapInArrow(export_lines(images_root is not None), LINE_DDL).persist()
-    try:
-        totals = _check_lines(lines, corpus_version, scores_version)
-        n_images = 0
-        if images_root is not None:
-            n_images = _write_images(kept.where(F.col("_has_bytes")).select("image_path", "image_bytes"), images_root)
-        tables = {"selection": {"path": paths["selection"], "version": selection_version},
-                  "scores": {"path": paths["scores"], "version": scores_version},
-                  "corpus": {"path": paths["corpus"], "version": corpus_version}}
-        header = {"format": FORMAT, "format_version": FORMAT_VERSION, "selection_id": chosen["selection_id"],
-                  "policy": chosen["policy"], "params": json.loads(chosen["params"]), "p": chosen["p"],
-                  "tau": chosen["tau"], "scorer_id": chosen["scorer_id"], "tables": tables, "offsets": OFFSETS,
-                  "records_file": output.name}
-        sidecar = mask_path(str(output))
-        batches = BatchMeter()
-        _write_export(output, Path(sidecar), batches.rows(in_ingest_order(lines, totals["records"], cfg.batch_rows)),
-                      header)
-    finally:
-        lines.unpersist()
-    summary = {"selection_id": chosen["selection_id"], "policy": chosen["policy"], **totals,
-               "images_written": n_images, "output": str(output), "mask": sidecar,
-               "images_dir": str(images_root) if n_images else None, "selection_version": selection_version,
-               "scores_version": scores_version, "corpus_version": corpus_version,
-               "largest_batch_rows": batches.largest}
+    tables = {"selection": {"path": paths["selection"], "version": selection_version},
+              "scores": {"path": paths["scores"], "version": scores_version},
+              "corpus": {"path": paths["corpus"], "version": corpus_version}}
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "selection_id": chosen["selection_id"],
+              "policy": chosen["policy"], "params": json.loads(chosen["params"]), "p": chosen["p"],
+              "tau": chosen["tau"], "scorer_id": chosen["scorer_id"], "tables": tables, "offsets": OFFSETS,
+              "records_file": output.name, "images_dir": cfg.images_dir}
+    sidecar = mask_path(str(output))
+    totals, unchanged, batches = earlier_export(output, Path(sidecar), header), True, BatchMeter()
+    if totals is None:
+        unchanged = False
+        lines = kept.drop("image_bytes").mapInArrow(export_lines(images_root is not None), LINE_DDL).persist()
+        try:
+            totals = _check_lines(lines, corpus_version, scores_version)
+            totals["images_written"] = 0
+            if images_root is not None:
+                totals["images_written"] = _write_images(
+                    kept.where(F.col("_has_bytes")).select("image_path", "image_bytes"), images_root)
+            _write_export(output, Path(sidecar),
+                          batches.rows(in_ingest_order(lines, totals["records"], cfg.batch_rows)), header, totals)
+        finally:
+            lines.unpersist()
+    summary = {"selection_id": chosen["selection_id"], "policy": chosen["policy"], **totals, "output": str(output),
+               "mask": sidecar, "images_dir": str(images_root) if totals["images_written"] else None,
+               "selection_version": selection_version, "scores_version": scores_version,
+               "corpus_version": corpus_version, "largest_batch_rows": batches.largest, "unchanged": unchanged}
     _print_summary(summary, out)
     return summary
 
@@ -322,16 +327,45 @@ def _write_images(rows, root: Path) -> int:
     return written
 
 
-def _write_export(output: Path, sidecar: Path, lines: Iterable[tuple[str, str]], header: dict) -> None:
+def earlier_export(output: Path, sidecar: Path, header: dict) -> dict | None:
+    """The totals of an export already at ``output`` with this ``header`` (same selection, table versions and
+    options) whose records still hash to the sidecar's ``records_sha256``; None when it must be written. Reads
+    the sidecar's head and tail only: the masks in between can be gigabytes."""
+    if not (output.exists() and sidecar.exists()):
+        return None
+    with open(sidecar, "rb") as f:
+        head = f.read(1 << 20)
+        f.seek(max(0, sidecar.stat().st_size - TAIL_BYTES))
+        tail = f.read()
+    marker, end = head.find(MASKS_OPEN), tail.rfind(MASKS_CLOSE)
+    if marker < 0 or end < 0:
+        return None
+    try:
+        earlier_header = json.loads(head[:marker] + b"}")
+        ending = json.loads(b'{"records_sha256": ' + tail[end + len(MASKS_CLOSE):])
+    except ValueError:
+        return None
+    if earlier_header != json.loads(json.dumps(header)) or "totals" not in ending:
+        return None
+    digest = hashlib.sha256()
+    with open(output, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return ending["totals"] if digest.hexdigest() == ending.get("records_sha256") else None
+
+
+def _write_export(output: Path, sidecar: Path, lines: Iterable[tuple[str, str]], header: dict,
+                  totals: dict) -> None:
     """Both files from one pass over ``(record JSON, mask entry)`` lines, through temporary files; the JSON is
-    renamed last, so its presence marks a complete export."""
+    renamed last, so its presence marks a complete export. The sidecar ends with the records' hash and the
+    export's ``totals`` (what a rerun reports)."""
     output.parent.mkdir(parents=True, exist_ok=True)
     sidecar.parent.mkdir(parents=True, exist_ok=True)
     temps = []
     try:
         with _temp(output, temps) as records, _temp(sidecar, temps) as masks:
             digest, first = hashlib.sha256(), True
-            masks.write((json.dumps(header, ensure_ascii=False)[:-1] + ', "masks": {').encode())
+            masks.write(json.dumps(header, ensure_ascii=False)[:-1].encode() + MASKS_OPEN)
             for record, mask in lines:
                 chunk = ("[\n" if first else ",\n") + record
                 data = chunk.encode()
@@ -342,7 +376,8 @@ def _write_export(output: Path, sidecar: Path, lines: Iterable[tuple[str, str]],
             tail = ("[]\n" if first else "\n]\n").encode()
             digest.update(tail)
             records.write(tail)
-            masks.write(f'}}, "records_sha256": "{digest.hexdigest()}"}}'.encode())
+            ending = json.dumps({"records_sha256": digest.hexdigest(), "totals": totals})
+            masks.write(b"}, " + ending[1:].encode())
         os.replace(temps[1], sidecar)
         os.replace(temps[0], output)
     except BaseException:

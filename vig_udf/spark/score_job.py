@@ -6,6 +6,10 @@ adds nothing, a rerun after an interruption scores what is left, and two runs at
 twice. The scored rows are staged under ``<lake>/_staging/scores`` before the merge, so a merge that must be
 retried after a concurrent commit never scores again. With ``rows_per_commit`` the pending rows are cut
 into chunks, each one Spark job and one Delta commit, so that an interruption loses at most one chunk.
+
+Sizing from the data: the pending rows are cut into tasks of ``rows_per_task`` rows (at least one task per
+core of the cluster), so a large job spreads over every executor, and every write of the job rolls to a new
+Parquet file after ``rows_per_file`` rows (Spark's ``maxRecordsPerFile``), so files stay a few hundred MB.
 """
 
 from __future__ import annotations
@@ -31,7 +35,11 @@ class ScoreJobConfig(BaseModel):
     lake: str = Field("lake", description="lake root folder (or URI) holding the corpus and scores tables")
     corpus_version: int | None = Field(None, description="corpus table version to score; None = latest")
     scorer: ScorerConfig = ScorerConfig()
-    partitions: int | None = Field(None, description="Spark partitions of the pending rows; None = default parallelism")
+    partitions: int | None = Field(None, description="Spark partitions of the pending rows; None = from rows_per_task")
+    rows_per_task: int = Field(2_000, gt=0, description="pending rows per Spark task when partitions is None (at "
+                                                        "least one task per core)")
+    rows_per_file: int = Field(100_000, gt=0, description="rows per Parquet file of the scores written (about 150 MB "
+                                                          "of LLaVA-shaped rows); larger outputs roll to new files")
     rows_per_commit: int = Field(0, description="rows per Delta commit (0 = one commit); smaller loses less on interruption")
     arrow_batch_rows: int = Field(64, description="rows per Arrow batch handed to the scorer (bounds executor memory)")
     spark: SparkConfig = SparkConfig()
@@ -89,11 +97,14 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     else:
         corpus_rows = n_pending = corpus.count()
     out(f"scorer {spec.scorer_id}: {n_pending} of corpus v{corpus_version} rows to score")
-    batch_key = "spark.sql.execution.arrow.maxRecordsPerBatch"
-    previous_batch_rows = spark.conf.get(batch_key, None)
-    spark.conf.set(batch_key, str(cfg.arrow_batch_rows))
+    job_confs = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.arrow_batch_rows),
+                 "spark.sql.files.maxRecordsPerFile": str(cfg.rows_per_file)}
+    previous_confs = {key: spark.conf.get(key, None) for key in job_confs}
+    for key, value in job_confs.items():
+        spark.conf.set(key, value)
     chunks = max(1, math.ceil(n_pending / cfg.rows_per_commit)) if cfg.rows_per_commit else 1
-    partitions = cfg.partitions or spark.sparkContext.defaultParallelism
+    partitions = cfg.partitions or task_partitions(math.ceil(n_pending / chunks), cfg.rows_per_task,
+                                                   spark.sparkContext.defaultParallelism)
     config = {**cfg.model_dump(mode="json"), "scorer_id": spec.scorer_id, "corpus_version": corpus_version}
     started = time.perf_counter()
     try:
@@ -104,16 +115,23 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
                                      staging=staging_folder(cfg.lake, "scores"))
             out(f"chunk {chunk + 1}/{chunks}: " + (f"committed scores v{commit.version} ({commit.rows_added} rows)"
                                                    if commit else "every row was scored meanwhile by another run"))
-    finally:  # the batch size is a session setting: leave the session as it was
-        if previous_batch_rows is None:
-            spark.conf.unset(batch_key)
-        else:
-            spark.conf.set(batch_key, previous_batch_rows)
+    finally:  # the batch and file sizes are session settings: leave the session as it was
+        for key, previous in previous_confs.items():
+            if previous is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, previous)
     elapsed = time.perf_counter() - started
     summary = _summary(read_table(spark, scores_path), spec.scorer_id, corpus_rows, n_pending, elapsed) if n_pending \
         else {"scorer_id": spec.scorer_id, "scored": 0}
     _print_summary(summary, out)
     return summary
+
+
+def task_partitions(rows: int, rows_per_task: int, parallelism: int) -> int:
+    """Partitions for ``rows`` pending rows: ``rows_per_task`` rows a task, at least ``parallelism`` tasks (every
+    core busy) and never more tasks than rows."""
+    return max(1, min(max(rows, 1), max(parallelism, math.ceil(rows / rows_per_task))))
 
 
 def _summary(scores, scorer_id: str, corpus_rows: int, n_pending: int, elapsed: float) -> dict:

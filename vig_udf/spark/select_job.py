@@ -197,9 +197,7 @@ def run_select(spark, cfg: SelectJobConfig, *, out=print) -> dict:
         base, corpus_version = _with_sources(spark, base, cfg)
     else:
         base = base.withColumn("_source", F.lit(None).cast("string"))
-    tau, tau_method = _tau(ok, n_ok, cfg)
-    base = _with_random_draw(base, ok, tau, cfg)
-
+    tau_method = _tau_method(n_ok, cfg)
     runs = []
     for policy in cfg.policies:
         params = sel.policy_params(policy, p=cfg.p, drop_negative=cfg.drop_negative, tau_method=tau_method,
@@ -214,7 +212,11 @@ def run_select(spark, cfg: SelectJobConfig, *, out=print) -> dict:
                    .select("selection_id").distinct().collect()}
     new = tuple(run for run in runs if run.selection_id not in present)
     version = None
-    if new:
+    if not new:  # a rerun: tau is recorded in the selections' rows; nothing else is computed
+        tau = _recorded_tau(read_table(spark, selection_path), ids)
+    else:
+        tau = _tau(ok, n_ok, cfg)
+        base = _with_random_draw(base, ok, tau, cfg)
         spec = SelectSpec(scorer_id, scores_version, tau, cfg.p, cfg.drop_negative, new)
         rows = base.mapInArrow(select_batches(spec), from_arrow_schema(_UDF_SCHEMA))
         rows = _apply_budgets(rows, cfg.budgets) if cfg.budgets else rows
@@ -243,18 +245,32 @@ def _resolve_scorer(present: list[str], scorer_id: str | None, path: str, versio
     return present[0]
 
 
-def _tau(ok, n_ok: int, cfg: SelectJobConfig) -> tuple[float | None, str]:
-    """tau over the ok VIGs and the method that made it (exact ``percentile`` up to the size threshold)."""
+def _tau_method(n_ok: int, cfg: SelectJobConfig) -> str:
+    """How tau is computed: exact ``percentile`` up to the size threshold, ``percentile_approx`` above it."""
+    if n_ok <= cfg.exact_percentile_max_rows:
+        return "percentile"
+    return f"percentile_approx(accuracy={cfg.percentile_accuracy})"
+
+
+def _tau(ok, n_ok: int, cfg: SelectJobConfig) -> float | None:
+    """tau over the ok VIGs, by :func:`_tau_method`."""
     from pyspark.sql import functions as F
 
     q = sel.tau_quantile(cfg.p)
-    if n_ok <= cfg.exact_percentile_max_rows:
-        method, column = "percentile", F.percentile("vig", F.lit(q))
+    if _tau_method(n_ok, cfg) == "percentile":
+        column = F.percentile("vig", F.lit(q))
     else:
-        method = f"percentile_approx(accuracy={cfg.percentile_accuracy})"
         column = F.percentile_approx("vig", q, cfg.percentile_accuracy)
     tau = ok.select(column.alias("tau")).first()["tau"] if n_ok else None
-    return (float(tau) if tau is not None else None), method
+    return float(tau) if tau is not None else None
+
+
+def _recorded_tau(table, selection_ids: list[str]) -> float | None:
+    """The tau recorded in the rows of these selections (one run's selections share it)."""
+    from pyspark.sql import functions as F
+
+    row = table.where(F.col("selection_id").isin(selection_ids) & F.col("tau").isNotNull()).select("tau").first()
+    return row["tau"] if row else None
 
 
 def _with_sources(spark, base, cfg: SelectJobConfig):

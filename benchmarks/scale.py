@@ -1,0 +1,272 @@
+"""The pipeline at corpus scale: a seeded LLaVA-665K-shaped corpus of N records through ingest, score (stub
+scorer), select and export, with the wall time and peak memory of each stage's whole process tree.
+
+    PYTHONPATH=$PWD SPARK_LOCAL_IP=127.0.0.1 .venv/bin/python benchmarks/scale.py --n 10000 --workdir /tmp/scale
+    ... --n 100000 (each stage prints one JSON line; --stages ingest,score to run some only)
+
+The corpus (``generate``) follows the layout of ``llava_v1_5_mix665k.json`` (../shared/data/README.md): ONE JSON
+array, images under an image root in the six source folders, 6% text-only records (no ``image`` key), 1 to
+20 assistant turns (geometric, mean about 3), answers of 1 to 150 words (half 1-3 word VQA answers), and 1%
+of the records reusing an earlier record's id (LLaVA-665K's ids are not unique across sources). The images
+are hard links to one small JPEG per source folder: ingest stats them, the stub scorer never opens them.
+
+The stub scorer (``stub_score_batches``): the score job runs exactly as ``vig score`` does (pending rows,
+partitions and file sizes from the data, mapInArrow, staging, MERGE) but the model is replaced by a function
+that tokenizes each answer on whitespace and gives every token a VIG drawn from a hash of (sample id, token
+index). So the score stage measures the dataflow and the write path, not a model; its rows have the shape
+of real ones (per-token arrays with character spans into the stripped answer) so select and export do
+their real work.
+
+Each stage is its own process (a fresh Spark session, as ``vig <job>`` is): ``local[2]``, Spark's default 1g
+driver memory. A sampler adds up the resident memory of that process and all its descendants (the Python
+driver, the driver JVM, the Python workers) every 0.2 s and reports the peak of the sum and of each part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+SOURCES = ["coco/train2017", "gqa/images", "ocr_vqa/images", "textvqa/train_images", "vg/VG_100K", "vg/VG_100K_2"]
+WORDS = ("the a of and to in is it on with that this for are there what how many colour left right image "
+         "person table car tree sky water building street dog cat man woman sign red blue green white black").split()
+VQA_SUFFIX = "\nAnswer the question using a single word or phrase."
+STUB_SCORER_ID = "stub-whitespace-hash"
+STAGES = ("ingest", "ingest_rerun", "score", "score_rerun", "select", "select_rerun", "export", "export_rerun")
+POLICIES = ["vig", "sample", "token", "random", "all"]
+
+
+def _words(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def _answer_words(rng: random.Random) -> int:
+    return rng.randint(1, 3) if rng.random() < 0.5 else rng.randint(1, 150)
+
+
+def _rounds(rng: random.Random) -> int:
+    rounds = 1
+    while rounds < 20 and rng.random() < 0.65:
+        rounds += 1
+    return rounds
+
+
+def make_record(i: int, rng: random.Random, ids: list[str]) -> dict:
+    """Record ``i`` of the corpus (``ids``: the ids so far, for the 1% shared ones)."""
+    text_only = rng.random() < 0.06
+    source = rng.choice(SOURCES)
+    own = f"{i:012d}"
+    record_id = rng.choice(ids) if ids and rng.random() < 0.01 else own
+    turns = []
+    for k in range(_rounds(rng)):
+        question = _words(rng, rng.randint(4, 14)) + "?"
+        if not text_only and k == 0:
+            question = f"<image>\n{question}" if rng.random() < 0.8 else f"{question}\n<image>"
+        if not text_only and source in ("gqa/images", "ocr_vqa/images", "textvqa/train_images") and k == 0:
+            question += VQA_SUFFIX
+        turns.append({"from": "human", "value": question})
+        turns.append({"from": "gpt", "value": _words(rng, _answer_words(rng))})
+    record = {"id": record_id}
+    if not text_only:
+        record["image"] = f"{source}/{own}.jpg"
+    record["conversations"] = turns
+    return record
+
+
+def generate(root: Path, n: int, seed: int = 0) -> dict:
+    """Write ``root/llava.json`` (one array, streamed) and the hard-linked images; returns counts."""
+    from PIL import Image
+
+    rng = random.Random(seed)
+    images = root / "images"
+    bases = {}
+    for k, source in enumerate(SOURCES):
+        (images / source).mkdir(parents=True, exist_ok=True)
+        base = images / f".base-{k}.jpg"
+        buf = io.BytesIO()
+        Image.new("RGB", (336, 336), (40 * k, 255 - 40 * k, 128)).save(buf, format="JPEG")
+        base.write_bytes(buf.getvalue())
+        bases[source] = base
+    ids: list[str] = []
+    text_only = 0
+    with open(root / "llava.json", "w") as f:
+        f.write("[")
+        for i in range(n):
+            record = make_record(i, rng, ids)
+            ids.append(record["id"])
+            if "image" in record:
+                target = images / record["image"]
+                if not target.exists():
+                    os.link(bases[record["image"].rsplit("/", 1)[0]], target)
+            else:
+                text_only += 1
+            f.write(("," if i else "") + "\n" + json.dumps(record))
+        f.write("\n]\n")
+    return {"records": n, "text_only": text_only, "shared_ids": n - len(set(ids)),
+            "json_bytes": (root / "llava.json").stat().st_size}
+
+
+def stub_score_batches(spec):
+    """``mapInArrow`` stand-in for the scorer (module docstring): whitespace tokens, hashed VIGs."""
+    import hashlib
+
+    import numpy as np
+    import pyarrow as pa
+
+    from vig_udf.conversation import parse_conversation
+    from vig_udf.spark.arrow import SCORES_SCHEMA
+
+    def score(batches):
+        for batch in batches:
+            rows = []
+            for rec in batch.to_pylist():
+                row = {"sample_id": rec["sample_id"], "scorer_id": spec.scorer_id, "counterfactual": "stub",
+                       "status": rec["status"], "error": rec["error"], "score_seconds": 0.0,
+                       "scored_at": None}
+                if rec["status"] in ("ok", "text_only"):
+                    turns = [{"from": t["from"], "value": t["value"]} for t in rec["conversations"]]
+                    conv = parse_conversation(turns, has_image=bool(rec["image_path"]))
+                    turn, start, end = [], [], []
+                    for k, i in enumerate(conv.answer_turns):
+                        text, pos = turns[i]["value"].strip(), 0
+                        for word in text.split():
+                            pos = text.index(word, pos)
+                            turn.append(k), start.append(pos), end.append(pos + len(word))
+                            pos += len(word)
+                    seed = int.from_bytes(hashlib.blake2b(rec["sample_id"].encode(), digest_size=8).digest(), "little")
+                    token_vig = np.random.default_rng(seed).normal(0.2, 0.5, len(turn)).astype(np.float32)
+                    row.update(n_tokens=len(turn), token_ids=list(range(len(turn))), token_turn=turn,
+                               token_char_start=start, token_char_end=end)
+                    if rec["status"] == "ok":
+                        row.update(vig=float(token_vig.mean()), nll_with=1.0, nll_without=1.0 + float(token_vig.mean()),
+                                   token_vig=token_vig.tolist(), logp_with=[-1.0] * len(turn),
+                                   logp_without=[-1.0] * len(turn))
+                rows.append(row)
+            yield pa.RecordBatch.from_pylist(rows, schema=SCORES_SCHEMA)
+
+    return score
+
+
+def run_stage(stage: str, workdir: Path) -> dict:
+    """One stage in this process; returns rows in and out and the job's summary fields that matter."""
+    from vig_udf.config import ScorerConfig, SparkConfig
+    from vig_udf.spark.session import spark_session
+
+    conf = {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
+            "spark.local.dir": str(workdir / "spark-local"), "spark.sql.warehouse.dir": str(workdir / "warehouse")}
+    spark = spark_session(SparkConfig(master="local[2]", app_name=f"scale-{stage}", conf=conf))
+    spark.sparkContext.setLogLevel("ERROR")
+    lake, quiet = str(workdir / "lake"), (lambda *_: None)
+    name = stage.removesuffix("_rerun")
+    if name == "ingest":
+        from vig_udf.spark.ingest_job import IngestJobConfig, run_ingest
+
+        s = run_ingest(spark, IngestJobConfig(input=str(workdir / "llava.json"), image_root=str(workdir / "images"),
+                                              lake=lake), out=quiet)
+        result = {"rows_out": s["new_rows"], "input_rows": s.get("input_rows"),
+                  "rows_by_status": s.get("rows_by_status")}
+    elif name == "score":
+        import vig_udf.spark.score_job as score_job
+        import vig_udf.spark.score_udf as score_udf
+        from vig_udf.spark.score_udf import ScorerSpec
+
+        score_job.resolve_spec = lambda cfg, gpu: ScorerSpec(model_path="stub", scorer_id=STUB_SCORER_ID)
+        score_udf.score_batches = stub_score_batches
+        s = score_job.run_score(spark, score_job.ScoreJobConfig(lake=lake, scorer=ScorerConfig(model_path="stub")),
+                                out=quiet)
+        files = spark.read.format("delta").load(f"{lake}/scores").inputFiles()
+        result = {"rows_in": s.get("corpus_rows"), "rows_out": s["scored"], "rows_by_status": s.get("rows_by_status"),
+                  "score_files": len(files)}
+    elif name == "select":
+        from vig_udf.spark.select_job import SelectJobConfig, run_select
+
+        s = run_select(spark, SelectJobConfig(lake=lake, policies=POLICIES, p=70), out=quiet)
+        result = {"rows_out": {p: v["rows"] for p, v in s["policies"].items()},
+                  "kept": {p: v["kept_multimodal"] + v["kept_text_only"] for p, v in s["policies"].items()},
+                  "selection_version": s["selection_version"]}
+    elif name == "export":
+        from vig_udf.spark.export_job import ExportJobConfig, run_export
+
+        s = run_export(spark, ExportJobConfig(lake=lake, policy="vig", output=str(workdir / "export" / "vig.json")),
+                       out=quiet)
+        result = {"rows_out": s["records"], "largest_batch_rows": s["largest_batch_rows"],
+                  "skipped": s.get("unchanged", False)}
+    else:
+        raise ValueError(f"unknown stage {stage!r}; stages: {STAGES}")
+    spark.stop()
+    return result
+
+
+def measure(stage: str, workdir: Path) -> dict:
+    """Run ``stage`` in a child process; wall time, peak RSS of its process tree (total and by part)."""
+    import psutil
+
+    started = time.perf_counter()
+    child = subprocess.Popen([sys.executable, __file__, "--stage", stage, "--workdir", str(workdir)],
+                             stdout=subprocess.PIPE, text=True)
+    peaks = {"total": 0, "python_driver": 0, "jvm": 0, "python_workers": 0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        root = psutil.Process(child.pid)
+        while not stop.is_set():
+            parts = {"python_driver": 0, "jvm": 0, "python_workers": 0}
+            try:
+                procs = [root] + root.children(recursive=True)
+            except psutil.NoSuchProcess:
+                break
+            for proc in procs:
+                try:
+                    rss = proc.memory_info().rss
+                    kind = ("python_driver" if proc.pid == root.pid else
+                            "jvm" if "java" in proc.name() else "python_workers")
+                except psutil.NoSuchProcess:
+                    continue
+                parts[kind] += rss
+            for kind, rss in parts.items():
+                peaks[kind] = max(peaks[kind], rss)
+            peaks["total"] = max(peaks["total"], sum(parts.values()))
+            stop.wait(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output, _ = child.communicate()
+    stop.set()
+    sampler.join()
+    if child.returncode != 0:
+        raise RuntimeError(f"stage {stage} failed ({child.returncode})")
+    result = json.loads(output.strip().splitlines()[-1])
+    return {"stage": stage, "seconds": round(time.perf_counter() - started, 1),
+            **{f"peak_{k}_mb": round(v / 2**20) for k, v in peaks.items()}, **result}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stages", default=",".join(STAGES))
+    parser.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process
+    args = parser.parse_args()
+    if args.stage:
+        print(json.dumps(run_stage(args.stage, args.workdir)))
+        return
+    if not (args.workdir / "llava.json").exists():
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        print(json.dumps({"stage": "generate", **generate(args.workdir, args.n, args.seed),
+                          "seconds": round(time.perf_counter() - started, 1)}), flush=True)
+    for stage in args.stages.split(","):
+        print(json.dumps({"n": args.n, **measure(stage, args.workdir)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
