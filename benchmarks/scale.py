@@ -18,8 +18,10 @@ of real ones (per-token arrays with character spans into the stripped answer) so
 their real work.
 
 Each stage is its own process (a fresh Spark session, as ``vig <job>`` is): ``local[2]``, Spark's default 1g
-driver memory. A sampler adds up the resident memory of that process and all its descendants (the Python
-driver, the driver JVM, the Python workers) every 0.2 s and reports the peak of the sum and of each part.
+driver memory. ``seconds`` is the stage process's wall time (session start included), ``job_seconds`` the
+job's call alone. A sampler adds up the memory of that process and all its descendants (the Python
+driver, the driver JVM, the Python workers) every 0.5 s, as proportional set size (a page shared by forked
+processes counts once in the sum), and reports the peak of the sum and of each part.
 """
 
 from __future__ import annotations
@@ -166,6 +168,7 @@ def run_stage(stage: str, workdir: Path) -> dict:
     spark.sparkContext.setLogLevel("ERROR")
     lake, quiet = str(workdir / "lake"), (lambda *_: None)
     name = stage.removesuffix("_rerun")
+    started = time.perf_counter()
     if name == "ingest":
         from vig_udf.spark.ingest_job import IngestJobConfig, run_ingest
 
@@ -201,6 +204,7 @@ def run_stage(stage: str, workdir: Path) -> dict:
                   "skipped": s.get("unchanged", False)}
     else:
         raise ValueError(f"unknown stage {stage!r}; stages: {STAGES}")
+    result["job_seconds"] = round(time.perf_counter() - started, 1)  # the job alone, without the session start
     spark.stop()
     return result
 
@@ -224,8 +228,8 @@ def measure(stage: str, workdir: Path) -> dict:
             except psutil.NoSuchProcess:
                 break
             for proc in procs:
-                try:
-                    rss = proc.memory_info().rss
+                try:  # PSS: pages shared by forked workers (and the JVM) are counted once in the sum
+                    rss = proc.memory_full_info().pss
                     kind = ("python_driver" if proc.pid == root.pid else
                             "jvm" if "java" in proc.name() else "python_workers")
                 except psutil.NoSuchProcess:
@@ -234,7 +238,7 @@ def measure(stage: str, workdir: Path) -> dict:
             for kind, rss in parts.items():
                 peaks[kind] = max(peaks[kind], rss)
             peaks["total"] = max(peaks["total"], sum(parts.values()))
-            stop.wait(0.2)
+            stop.wait(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
