@@ -6,8 +6,9 @@ for text-only records), holding exactly the corpus records that the selection ke
 sidecar ``<name>.mask.json`` says which answer characters to train on:
 
     {"format": "vig-spark/token-mask", "format_version": 1, "selection_id": ..., "policy": ..., "params": {...},
-     "tau": ..., "scorer_id": ..., "tables": {...versions...}, "offsets": "...", "records_sha256": ...,
-     "masks": {"<id>": [[assistant_turn_index, start, end], ...], ...}}
+     "tau": ..., "scorer_id": ..., "tables": {...versions...}, "offsets": "...", "records_file": ...,
+     "images_dir": ..., "masks": {"<id>": [[assistant_turn_index, start, end], ...], ...},
+     "records_sha256": ..., "totals": {"records": ..., "tokens_kept": ..., ...}}
 
 A span ``[k, start, end]`` is ``value[start:end]`` of the k-th assistant message (``from`` gpt/assistant)
 of that record's ``conversations``, exactly as exported. The spans are the kept tokens' character spans
