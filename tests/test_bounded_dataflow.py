@@ -112,3 +112,9 @@ def test_score_tasks_and_files_are_sized_from_the_data(spark, tmp_path, tiny_che
     files = read_table(spark, f"{lake}/scores").inputFiles()
     assert len(files) >= 12  # 5 tasks of at most 5 rows, each rolling after 2 rows
     assert spark.conf.get("spark.sql.files.maxRecordsPerFile") != "2"  # the session is left as it was
+    cfg = ScoreJobConfig(lake=lake, scorer=ScorerConfig(model_path=tiny_checkpoints["llava"], dtype="float32"))
+    again = run_score(spark, cfg, out=lambda *_: None)  # nothing to do: found in the history, no join
+    assert again["scored"] == 0 and again["completed_in"] == 0
+    (tmp_path / "more.jsonl").write_text(json.dumps(text_records("u", 1)[0]) + "\n")
+    run_ingest(spark, IngestJobConfig(input=str(tmp_path / "more.jsonl"), lake=lake), out=lambda *_: None)
+    assert run_score(spark, cfg, out=lambda *_: None)["scored"] == 1  # a new corpus version: scored

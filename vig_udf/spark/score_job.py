@@ -85,6 +85,11 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     corpus_version = cfg.corpus_version if cfg.corpus_version is not None else latest_corpus.result()
     if corpus_version is None:
         raise FileNotFoundError(f"no corpus table at {corpus_path}: run `vig ingest` first")
+    completed_in = completed_version(spark, scores_path, spec.scorer_id, corpus_version)
+    if completed_in is not None:
+        out(f"scorer {spec.scorer_id}: corpus v{corpus_version} was scored completely (scores v{completed_in}); "
+            "nothing to score")
+        return {"scorer_id": spec.scorer_id, "scored": 0, "completed_in": completed_in}
     corpus = read_table(spark, corpus_path, version=corpus_version)
     pending, corpus_rows, n_pending = corpus, None, None
     if table_exists(spark, scores_path):
@@ -111,7 +116,9 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
         for chunk in range(chunks if n_pending else 0):
             part = pending if chunks == 1 else pending.where(F.pmod(F.xxhash64("sample_id"), F.lit(chunks)) == chunk)
             scored = part.repartition(partitions).mapInArrow(score_batches(spec), from_arrow_schema(SCORES_SCHEMA))
-            commit = insert_new_rows(scored, scores_path, keys=["sample_id", "scorer_id"], job="score", config=config,
+            # the last chunk's commit completes this corpus version for this scorer (a rerun's fast path)
+            commit = insert_new_rows(scored, scores_path, keys=["sample_id", "scorer_id"], job="score",
+                                     config={**config, "completes_corpus_version": chunk == chunks - 1},
                                      staging=staging_folder(cfg.lake, "scores"))
             out(f"chunk {chunk + 1}/{chunks}: " + (f"committed scores v{commit.version} ({commit.rows_added} rows)"
                                                    if commit else "every row was scored meanwhile by another run"))
@@ -126,6 +133,21 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
         else {"scorer_id": spec.scorer_id, "scored": 0}
     _print_summary(summary, out)
     return summary
+
+
+def completed_version(spark, scores_path: str, scorer_id: str, corpus_version: int) -> int | None:
+    """The scores version whose commit scored the last pending rows of ``corpus_version`` for ``scorer_id``
+    (after it, every row of that corpus version has a score of that scorer); None if there is none."""
+    from vig_udf.lake import table_exists, table_history
+
+    if not table_exists(spark, scores_path):
+        return None
+    for commit in table_history(spark, scores_path):
+        config = commit["config"] or {}
+        if (commit["job"] == "score" and config.get("scorer_id") == scorer_id
+                and config.get("corpus_version") == corpus_version and config.get("completes_corpus_version")):
+            return commit["version"]
+    return None
 
 
 def task_partitions(rows: int, rows_per_task: int, parallelism: int) -> int:
