@@ -274,7 +274,10 @@ def _check_lines(lines, corpus_version: int, scores_version: int) -> dict:
         F.count_if(F.col("problem") == "unscored").alias("unscored"),
         F.count_if(~F.col("problem").isin("not_in_corpus", "unscored")).alias("bad_masks"),
         (F.count("record_id") - F.countDistinct("record_id")).alias("repeated_ids")).first().asDict()
-    examples = lambda problem: [r["sample_id"] for r in lines.where(problem).select("sample_id").limit(5).collect()]  # noqa: E731
+
+    def examples(problem) -> list[str]:  # five sample ids
+        return [r["sample_id"] for r in lines.where(problem).select("sample_id").limit(5).collect()]
+
     if totals.pop("not_in_corpus"):
         raise ValueError(f"kept samples are not in corpus v{corpus_version} (e.g. "
                          f"{examples(F.col('problem') == 'not_in_corpus')}); pin corpus_version to one that holds "

@@ -1,8 +1,9 @@
 """The ingest job: LLaVA-format JSON / JSONL / Parquet plus an image root -> the ``corpus`` Delta table.
 
 Every input record becomes one row. A one-array ``.json`` is first streamed into JSONL shards under
-``<lake>/_staging/ingest`` (:mod:`vig_udf.spark.json_shards`), so that no task holds the whole file. ``sample_id`` is the record's id, or a content hash when the id is
-missing or shared by several records (reported; exact duplicates get a ``-<n>`` suffix in input order).
+``<lake>/_staging/ingest`` (:mod:`vig_udf.spark.json_shards`), so that no task holds the whole file.
+``sample_id`` is the record's id, or a content hash when the id is missing or shared by several records
+(reported; exact duplicates get a ``-<n>`` suffix in input order).
 Rows are checked with the scorer's own conversation parser; invalid ones keep a status and a message.
 Rows are added with ``MERGE ... WHEN NOT MATCHED THEN INSERT`` on ``sample_id``, so concurrent or
 overlapping ingests never write a sample twice. Each input is a Delta app transaction (its files, sizes and
@@ -31,7 +32,8 @@ CONVERSATIONS = pa.list_(pa.struct([("from", pa.string()), ("value", pa.string()
 # where a raw record was read from: its file, the file split and its place in the task (input order, sortable)
 POSITION = ("_file", "_block", "_row")
 VALIDATED_SCHEMA = pa.schema([
-    ("_file", pa.string()), ("_block", pa.int64()), ("_row", pa.int64()), ("source_id", pa.string()), ("content_id", pa.string()), ("source", pa.string()),
+    ("_file", pa.string()), ("_block", pa.int64()), ("_row", pa.int64()),
+    ("source_id", pa.string()), ("content_id", pa.string()), ("source", pa.string()),
     ("image_path", pa.string()), ("image_bytes", pa.binary()), ("conversations", CONVERSATIONS),
     ("n_turns", pa.int32()), ("status", pa.string()), ("error", pa.string()),
 ])
@@ -68,7 +70,6 @@ def read_records(spark, path: str):
         position = _position(df)
         cols = [F.col(c).cast("string") if c in ("id", "image") else F.col(c) for c in ("id", "image", "conversations")
                 if c in df.columns]
-        df = df.select(*cols)
         df = df.select(*cols, *position)
         for missing in {"id", "image", "conversations"} - set(df.columns):
             df = df.withColumn(missing, F.lit(None).cast("string"))
