@@ -99,20 +99,16 @@ class _HadoopInput(io.RawIOBase):
     """A Hadoop file read through py4j, a chunk per call."""
 
     def __init__(self, spark, uri: str):
-        self._jvm, fs, path = _hadoop(spark, uri)
+        _, fs, path = _hadoop(spark, uri)
         self._stream = fs.open(path)
-        self._buffer = spark.sparkContext._gateway.new_array(self._jvm.byte, CHUNK_BYTES)
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, target) -> int:
-        n = self._stream.read(self._buffer, 0, min(len(target), CHUNK_BYTES))
-        if n <= 0:
-            return 0
-        data = self._jvm.java.util.Arrays.copyOf(self._buffer, n)  # py4j returns a byte[] as bytes
-        target[:n] = data
-        return n
+        data = self._stream.readNBytes(min(len(target), CHUNK_BYTES))  # a returned byte[] arrives as bytes
+        target[:len(data)] = data
+        return len(data)
 
     def close(self) -> None:
         if not self.closed:
