@@ -39,8 +39,10 @@ def test_a_one_array_json_is_read_by_several_tasks(spark, tmp_path):
     assert sorted(r["id"] for r in raw.collect()) == [r["id"] for r in records]
 
 
-def ingest_two_inputs(spark, tmp_path) -> tuple[str, list[dict]]:
+@pytest.fixture(scope="module")
+def two_inputs(spark, tmp_path_factory) -> tuple[str, list[dict]]:
     """A lake holding a one-array JSON (ingested in shards of 4) and then a JSONL; returns it and the records."""
+    tmp_path = tmp_path_factory.mktemp("two_inputs")
     first, second = text_records("b", 30), text_records("a", 12)  # ids sort the other way from ingest order
     (tmp_path / "first.json").write_text(json.dumps(first))
     (tmp_path / "second.jsonl").write_text("".join(json.dumps(r) + "\n" for r in second))
@@ -52,16 +54,16 @@ def ingest_two_inputs(spark, tmp_path) -> tuple[str, list[dict]]:
     return lake, first + second
 
 
-def test_ingest_order_is_global_across_inputs_and_the_staging_is_removed(spark, tmp_path):
-    lake, records = ingest_two_inputs(spark, tmp_path)
+def test_ingest_order_is_global_across_inputs_and_the_staging_is_removed(spark, two_inputs):
+    lake, records = two_inputs
     rows = read_table(spark, f"{lake}/corpus").orderBy("ingest_ordinal").collect()
     assert [r["sample_id"] for r in rows] == [r["id"] for r in records]  # rows in == rows out, in order
     assert [r["ingest_ordinal"] for r in rows] == list(range(42))
-    assert not any((tmp_path / "lake" / "_staging" / "ingest").iterdir())
+    assert not any((Path(lake) / "_staging" / "ingest").iterdir())
 
 
-def test_export_streams_batches_in_ingest_order_with_umask_permissions(spark, tmp_path):
-    lake, records = ingest_two_inputs(spark, tmp_path)
+def test_export_streams_batches_in_ingest_order_with_umask_permissions(spark, two_inputs, tmp_path):
+    lake, records = two_inputs
     ids = [r["id"] for r in records]
     now = dt.datetime.now(dt.timezone.utc)
     scores = [{"sample_id": s, "scorer_id": "stub", "status": "text_only", "n_tokens": 0, "token_ids": [],
