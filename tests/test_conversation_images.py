@@ -10,14 +10,15 @@ from vig_udf.images import load_image, make_counterfactual
 from vig_udf.status import SampleError
 
 
-def test_placeholder_at_start_and_end_become_image_items_in_place():
+def test_placeholder_at_start_and_end_become_image_items_in_place_when_inline():
     start = parse_conversation([{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A cat"}],
                                has_image=True)
     assert start.to_messages(with_image=True)[0]["content"] == [{"type": "image"}, {"type": "text", "text": "What is it?"}]
     end = parse_conversation([{"from": "human", "value": "What is it?\n<image>"}, {"from": "gpt", "value": "A cat"}],
                              has_image=True)
-    assert end.to_messages(with_image=True)[0]["content"] == [{"type": "text", "text": "What is it?"}, {"type": "image"}]
-    assert end.to_messages(with_image=False)[0]["content"] == [{"type": "text", "text": "What is it?"}]
+    assert end.to_messages(with_image=True, placement="inline")[0]["content"] == [
+        {"type": "text", "text": "What is it?"}, {"type": "image"}]
+    assert end.to_messages(with_image=False, placement="inline")[0]["content"] == [{"type": "text", "text": "What is it?"}]
     assert end.answer_turns == [1]
 
 

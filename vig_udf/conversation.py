@@ -2,8 +2,15 @@
 
 A LLaVA record's ``conversations`` is a list of ``{"from": "human"|"gpt", "value": str}`` with one
 ``<image>`` placeholder in a human turn when the record has an image (at the start or the end of the
-first human turn in LLaVA-665K). The placeholder becomes an ``{"type": "image"}`` content item at the
-same place, so the processor's own chat template decides how the image is written.
+first human turn in LLaVA-665K). The placeholder becomes an ``{"type": "image"}`` content item, so the
+processor's own chat template decides how the image is written. Where the item goes is the image
+placement:
+
+- ``first`` (the default for LLaVA-format data): LLaVA-1.5's own training rule (``preprocess_multimodal``
+  in the LLaVA repository): the placeholder is removed, the turn's text stripped, and the image put
+  before it, so every record is rendered the way a LLaVA-1.5 model saw it in training, wherever the
+  record's placeholder was.
+- ``inline``: the image item stays where the placeholder was (the newline next to it dropped).
 """
 
 from __future__ import annotations
@@ -13,13 +20,15 @@ from dataclasses import dataclass
 from vig_udf.status import INVALID_CONVERSATION, NO_ANSWER_TOKENS, SampleError
 
 IMAGE_PLACEHOLDER = "<image>"
+IMAGE_PLACEMENTS = ("first", "inline")
+DEFAULT_IMAGE_PLACEMENT = "first"
 USER, ASSISTANT, SYSTEM = "user", "assistant", "system"
 _ROLE_NAMES = {"human": USER, "user": USER, "gpt": ASSISTANT, "assistant": ASSISTANT, "system": SYSTEM}
 
 
 @dataclass(frozen=True)
 class Turn:
-    """One turn. ``segments`` is the text split around the image placeholder (two parts if it held it)."""
+    """One turn. ``segments`` is the raw text split around the image placeholder (two parts if it held it)."""
 
     role: str
     segments: tuple[str, ...]
@@ -48,15 +57,24 @@ class Conversation:
         """Indices (into ``turns``) of the assistant turns, in order; turn index k of a token refers here."""
         return [i for i, t in enumerate(self.turns) if t.role == ASSISTANT]
 
-    def to_messages(self, *, with_image: bool) -> list[dict]:
+    def to_messages(self, *, with_image: bool, placement: str = DEFAULT_IMAGE_PLACEMENT) -> list[dict]:
         """Chat messages in the content-list format of Hugging Face processors.
 
-        ``with_image=False`` drops the image item (the "drop" counterfactual and text-only samples).
+        ``with_image=False`` drops the image item (the "drop" counterfactual and text-only samples), and
+        leaves the text as the placement writes it. ``placement``: one of :data:`IMAGE_PLACEMENTS`.
         """
+        if placement not in IMAGE_PLACEMENTS:
+            raise ValueError(f"image_placement={placement!r}; choose one of {IMAGE_PLACEMENTS}")
         messages = []
         for turn in self.turns:
-            if turn.has_image:
+            if turn.has_image and placement == "first":
+                text = turn.text.strip()
+                content = [{"type": "image"}] if with_image else []
+                if text:
+                    content.append({"type": "text", "text": text})
+            elif turn.has_image:
                 before, after = turn.segments
+                before, after = before.rstrip("\n"), after.lstrip("\n")
                 content = [{"type": "text", "text": before}] if before else []
                 if with_image:
                     content.append({"type": "image"})
@@ -93,7 +111,7 @@ def parse_conversation(conversations, *, has_image: bool) -> Conversation:
         placeholders += count
         if count and role != USER:
             raise SampleError(INVALID_CONVERSATION, f"turn {i} ({role}) holds the {IMAGE_PLACEHOLDER} placeholder")
-        turns.append(Turn(role, _split_placeholder(value) if count == 1 else (value,)))
+        turns.append(Turn(role, tuple(value.split(IMAGE_PLACEHOLDER)) if count == 1 else (value,)))
     _check_roles(turns)
     expected = 1 if has_image else 0
     if placeholders != expected:
@@ -105,12 +123,6 @@ def parse_conversation(conversations, *, has_image: bool) -> Conversation:
     if not any(t.role == ASSISTANT and t.text.strip() for t in turns):
         raise SampleError(NO_ANSWER_TOKENS, "the conversation has no assistant turn with text")
     return Conversation(tuple(turns))
-
-
-def _split_placeholder(value: str) -> tuple[str, str]:
-    """Split around the placeholder, dropping the newline that LLaVA data puts between it and the text."""
-    before, after = value.split(IMAGE_PLACEHOLDER)
-    return before.rstrip("\n"), after.lstrip("\n")
 
 
 def _check_roles(turns: list[Turn]) -> None:
