@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# weight digests of the scorer identity are cached per run, not in the user's ~/.cache
+os.environ.setdefault("VIG_DIGEST_CACHE", os.path.join(tempfile.mkdtemp(prefix="vig-digests-"), "digests.json"))
 
 
 

@@ -44,14 +44,12 @@ def test_rows_in_equal_rows_out_and_invalid_rows_keep_their_ingest_status(tiny_c
         {"sample_id": "c", "image_path": None, "image_bytes": None, "conversations": None, "status": "invalid_record",
          "error": "not a LLaVA record"},
     ]
-    from vig_udf.identity import model_fingerprint, scorer_identity
-    from transformers import AutoProcessor
+    from vig_udf.spark.score_job import ScoreJobConfig, resolve_spec
 
     path = tiny_checkpoints["llava"]
-    scorer_id = scorer_identity(model_fingerprint(path), counterfactual="blur", blur_sigma=0.05,
-                                chat_template=AutoProcessor.from_pretrained(path).chat_template, max_length=None,
-                                dtype="float32")
-    spec = ScorerSpec(model_path=path, scorer_id=scorer_id, kwargs={"dtype": "float32"}, image_root=str(tmp_path))
+    spec = resolve_spec(ScoreJobConfig(scorer={"model_path": path, "dtype": "float32", "image_root": str(tmp_path)}),
+                        gpu=False)
+    scorer_id = spec.scorer_id
     out = list(score_batches(spec)(iter([pa.RecordBatch.from_pylist(rows)])))
     table = pa.Table.from_batches(out)
     assert table.schema == SCORES_SCHEMA

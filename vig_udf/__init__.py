@@ -13,8 +13,12 @@ def __getattr__(name: str):
         from vig_udf.results import ScoreResult
 
         return ScoreResult
-    if name in ("ScorerOptions", "VIGScorer"):
+    if name == "ScorerOptions":
+        from vig_udf.options import ScorerOptions
+
+        return ScorerOptions
+    if name == "VIGScorer":
         from vig_udf import scorer
 
-        return getattr(scorer, name)
+        return scorer.VIGScorer
     raise AttributeError(f"module 'vig_udf' has no attribute {name!r}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -17,7 +16,6 @@ app = typer.Typer(help="vig-spark: Visual Information Gain scoring for vision-la
 
 
 def _logging(verbose: bool) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("vig_udf").setLevel(logging.INFO)
     from transformers.utils import logging as hf_logging
@@ -182,7 +180,7 @@ def score_file(
 
     cfg = load_config(ScorerConfig, None, [f"model_path={model}"] + list(overrides or []))
     records = _read_records(input)
-    scorer = VIGScorer.from_pretrained(cfg.model_path, **cfg.scorer_kwargs())
+    scorer = VIGScorer.from_pretrained(cfg.model_path, cfg.options())
     counts: dict[str, int] = {}
     with out.open("w") as f:
         for start in range(0, len(records), chunk):

@@ -18,37 +18,22 @@ import re
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from vig_udf.images import DEFAULT_BLUR_SIGMA
+from vig_udf.options import ScorerOptions
 
 T = TypeVar("T", bound=BaseModel)
 # The demo's blur: measured so that colours are gone (benchmarks/demo_blur_sigma.py, BENCHMARKS.md)
 DEMO_BLUR_SIGMA = 0.3
 
 
-class ScorerConfig(BaseModel):
-    """How samples are scored; every field but batch_tokens, device and the prep_* options is part of the
-    scorer identity."""
-
-    model_config = ConfigDict(extra="forbid")
+class ScorerConfig(ScorerOptions):
+    """How samples are scored (``scorer.*``): the model and every :class:`~vig_udf.options.ScorerOptions`
+    field; the fields marked ``identity`` there, the model's files and the chat template make the scorer id."""
 
     model_path: str | None = Field(None, description="HF model id or local checkpoint folder; None = the demo model")
-    counterfactual: str = Field("blur", description="blur | drop | blank | noise")
-    blur_sigma: float = Field(DEFAULT_BLUR_SIGMA, description="blur sigma as a fraction of the image's shorter side")
-    max_length: int | None = Field(None, description="longer samples get status 'truncated'; None = no limit")
-    batch_tokens: int | None = Field(None, description="token budget per forward batch; None = 2048 CPU / 32768 GPU")
-    dtype: str | None = Field(None, description="float32 | bfloat16 | float16; None = bf16 on GPU, fp32 on CPU")
-    device: str | None = Field(None, description="cuda | cuda:N | cpu; None = cuda when available")
-    image_root: str | None = Field(None, description="folder that relative image paths resolve against")
-    max_image_pixels: int | None = Field(64_000_000, description="larger images get 'image_unreadable'")
-    prep_workers: int | None = Field(None, ge=0, description="background threads preparing the next samples while "
-                                                             "the model runs; 0 = none; None = the scorer's (1)")
-    prep_chunk: int | None = Field(None, gt=0, description="samples prepared as one unit (batches are length-sorted "
-                                                           "within it); None = the scorer's (128)")
 
-    def scorer_kwargs(self) -> dict:
-        """Keyword arguments for VIGScorer.from_pretrained (model path excluded)."""
-        kwargs = self.model_dump(exclude={"model_path"})
-        return {k: v for k, v in kwargs.items() if v is not None}
+    def options(self) -> ScorerOptions:
+        """The scorer options of this config (model path excluded)."""
+        return ScorerOptions(**self.model_dump(exclude={"model_path"}, exclude_unset=True))
 
 
 class SparkConfig(BaseModel):

@@ -29,57 +29,15 @@ from vig_udf.batching import chunk_ranges, plan_batches, prefetched
 from vig_udf.conversation import parse_conversation
 from vig_udf.forward import Sequence, answer_logprobs
 from vig_udf.identity import model_fingerprint, scorer_identity
-from vig_udf.images import COUNTERFACTUALS, DEFAULT_BLUR_SIGMA, load_image, make_counterfactual
+from vig_udf.images import load_image, make_counterfactual
 from vig_udf.inputs import InputBuilder
 from vig_udf.masking import AnswerTokens
+from vig_udf.options import ScorerOptions
 from vig_udf.results import ScoreResult
 from vig_udf.status import SampleError
 
 log = logging.getLogger(__name__)
 WITH, WITHOUT = 0, 1
-
-
-@dataclass(frozen=True)
-class ScorerOptions:
-    """Everything besides the model that changes scores (part of the scorer identity) or batching.
-
-    counterfactual: blur | drop | blank | noise (see vig_udf.images).
-    blur_sigma: Gaussian sigma as a fraction of the image's shorter side (blur only).
-    max_length: samples whose full token sequence is longer get status ``truncated``; None = no limit.
-    batch_tokens: token budget of one forward batch (rows x padded length, both passes counted).
-    image_root: folder that relative image paths are resolved against.
-    max_image_pixels: images with more pixels get ``image_unreadable`` (guards decompression bombs).
-
-    Throughput only (left out of the scorer identity; scores agree to float tolerance whatever they are):
-    prep_workers: background threads that prepare the next chunks of samples (template, mask, image,
-        counterfactual, processor) while the model runs; 0 prepares in the calling thread, no overlap.
-    prep_chunk: samples prepared as one unit; batches are length-sorted within a chunk, so larger chunks
-        pad less and smaller ones start the model sooner.
-    stack_passes: run a sample's two passes in the same batch when their token layout is identical;
-        False batches the real-image and the counterfactual passes apart (to measure what stacking gains).
-    """
-
-    counterfactual: str = "blur"
-    blur_sigma: float = DEFAULT_BLUR_SIGMA
-    max_length: int | None = None
-    batch_tokens: int = 2048
-    image_root: str | None = None
-    max_image_pixels: int | None = 64_000_000
-    prep_workers: int = 1
-    prep_chunk: int = 128
-    stack_passes: bool = True
-
-    def __post_init__(self):
-        if self.counterfactual not in COUNTERFACTUALS:
-            raise ValueError(f"counterfactual={self.counterfactual!r}; choose one of {COUNTERFACTUALS}")
-        if self.blur_sigma <= 0:
-            raise ValueError(f"blur_sigma must be > 0 (a fraction of the shorter side), got {self.blur_sigma}")
-        if self.batch_tokens <= 0:
-            raise ValueError(f"batch_tokens must be positive, got {self.batch_tokens}")
-        if self.prep_workers < 0:
-            raise ValueError(f"prep_workers must be >= 0 (0 = prepare in the calling thread), got {self.prep_workers}")
-        if self.prep_chunk <= 0:
-            raise ValueError(f"prep_chunk must be positive, got {self.prep_chunk}")
 
 
 @dataclass
@@ -104,70 +62,63 @@ class _Chunk:
 class VIGScorer:
     """Scores LLaVA-format samples with one model and processor in this process (no Spark)."""
 
-    def __init__(self, model, processor, *, options: ScorerOptions, model_ref: dict, device, dtype):
+    def __init__(self, model, processor, *, options: ScorerOptions, model_ref: dict, device, dtype=None):
+        """A scorer around a loaded model and processor; ``model_ref`` is the model's fingerprint
+        (:func:`vig_udf.identity.model_fingerprint`). ``dtype`` defaults to ``options.dtype``."""
+        self.device = torch.device(device)
+        self.options = options.for_device(self.device.type)
+        if dtype is not None:
+            self.options = self.options.model_copy(update={"dtype": str(dtype).removeprefix("torch.")})
+        self.dtype = getattr(torch, self.options.dtype)
         self.model = model
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
-        self.inputs = InputBuilder(processor, max_length=options.max_length)
-        self.options = options
-        self.device = torch.device(device)
-        self.dtype = dtype
+        self.inputs = InputBuilder(processor, max_length=self.options.max_length,
+                                   image_placement=self.options.image_placement)
         self._model_ref = model_ref
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
 
     @classmethod
-    def from_pretrained(cls, model_path: str, *, counterfactual: str = "blur", device=None, dtype=None,
-                        max_length: int | None = None, batch_tokens: int | None = None, **options) -> "VIGScorer":
+    def from_pretrained(cls, model_path: str, options: ScorerOptions | None = None, **kwargs) -> "VIGScorer":
         """Load an image-text-to-text model and its processor (AutoModelForImageTextToText/AutoProcessor).
 
-        device: defaults to ``cuda`` when available, else ``cpu``. dtype: defaults to bfloat16 on CUDA and
-        float32 on CPU. batch_tokens: defaults to 32768 on CUDA and 2048 on CPU (small batches measured faster
-        on CPU, see BENCHMARKS.md). Other options:
-        ``blur_sigma``, ``image_root``, ``max_image_pixels``, ``prep_workers``, ``prep_chunk``,
-        ``stack_passes`` (see :class:`ScorerOptions`), ``revision``,
-        ``chat_template`` (overrides the processor's), ``attn_implementation`` (default ``sdpa``) and
-        ``trust_remote_code`` (default False).
+        Options are a :class:`~vig_udf.options.ScorerOptions` or its fields as keywords (``counterfactual``,
+        ``blur_sigma``, ``image_placement``, ``chat_template``, ``max_length``, ``dtype``, ``device``,
+        ``batch_tokens``, ``revision``, ``attn_implementation``, ``trust_remote_code``, ...); an unknown
+        keyword raises TypeError. device: defaults to ``cuda`` when available, else ``cpu``. dtype: bfloat16
+        on CUDA, float32 on CPU. batch_tokens: 32768 on CUDA, 2048 on CPU (small batches measured faster on
+        CPU, see BENCHMARKS.md). A hub model is loaded at the commit its identity names.
         """
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        revision = options.pop("revision", None)
-        trust_remote_code = options.pop("trust_remote_code", False)
-        attn = options.pop("attn_implementation", "sdpa")
-        chat_template = options.pop("chat_template", None)
-        allowed = {"blur_sigma", "image_root", "max_image_pixels", "prep_workers", "prep_chunk", "stack_passes"}
-        unknown = set(options) - allowed
-        if unknown:
-            raise TypeError(f"unknown scorer options {sorted(unknown)}; known: {sorted(allowed)}")
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        elif isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
-        if batch_tokens is None:
-            batch_tokens = 32768 if device.type == "cuda" else 2048
-        opts = ScorerOptions(counterfactual=counterfactual, max_length=max_length, batch_tokens=batch_tokens,
-                             **options)
-        processor = AutoProcessor.from_pretrained(model_path, revision=revision, trust_remote_code=trust_remote_code)
-        if chat_template is not None:
-            processor.chat_template = chat_template
+        if options is None:
+            options = ScorerOptions.from_kwargs(**kwargs)
+        elif kwargs:
+            options = ScorerOptions.from_kwargs(**{**options.model_dump(exclude_unset=True), **kwargs})
+        device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        options = options.for_device(device.type)
+        model_ref = model_fingerprint(model_path, options.revision)
+        revision = model_ref.get("commit", options.revision)
+        processor = AutoProcessor.from_pretrained(model_path, revision=revision,
+                                                  trust_remote_code=options.trust_remote_code)
+        if options.chat_template is not None:
+            processor.chat_template = options.chat_template
         if not getattr(processor, "chat_template", None):
             raise ValueError(
                 f"{model_path} has no chat template; pass chat_template= (a Jinja template) to from_pretrained"
             )
+        dtype = getattr(torch, options.dtype)
         model = AutoModelForImageTextToText.from_pretrained(
-            model_path, revision=revision, trust_remote_code=trust_remote_code, dtype=dtype,
-            attn_implementation=attn,
+            model_path, revision=revision, trust_remote_code=options.trust_remote_code, dtype=dtype,
+            attn_implementation=options.attn_implementation,
         ).to(device).eval()
-        return cls(model, processor, options=opts, model_ref=model_fingerprint(model_path, revision), device=device,
-                   dtype=dtype)
+        return cls(model, processor, options=options, model_ref=model_ref, device=device)
 
     @property
     def scorer_id(self) -> str:
         """Stable hash of everything that changes scores (see :mod:`vig_udf.identity`)."""
-        return scorer_identity(self._model_ref, counterfactual=self.options.counterfactual,
-                               blur_sigma=self.options.blur_sigma, chat_template=self.processor.chat_template,
-                               max_length=self.options.max_length, dtype=str(self.dtype))
+        return scorer_identity(self._model_ref, self.options, chat_template=self.processor.chat_template)
 
     def score(self, samples: list[dict]) -> list[ScoreResult]:
         """Score LLaVA-format records; one :class:`ScoreResult` per input, in input order."""

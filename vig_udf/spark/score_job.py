@@ -46,25 +46,36 @@ class ScoreJobConfig(BaseModel):
 
 
 def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool):
-    """The :class:`ScorerSpec` for this job, with the scorer id computed on the driver (no weights loaded)."""
+    """The :class:`ScorerSpec` for this job, with the scorer id computed on the driver (no weights loaded).
+
+    The spec's ``record`` is what the score commits record beside the rows: the unhashed identity, the chat
+    template text and image placement the rows were made with (training reads them) and library versions.
+    A hub model is pinned to its resolved commit, so every executor loads the same files.
+    """
     from transformers import AutoProcessor
 
-    from vig_udf.identity import model_fingerprint, scorer_identity
+    from vig_udf.identity import identity_record, library_versions, model_fingerprint, scorer_identity
     from vig_udf.spark.score_udf import ScorerSpec
 
     scorer = cfg.scorer
     if not scorer.model_path:
         raise ValueError("scorer.model_path is not set: give a HF model id or a local checkpoint folder")
-    kwargs = scorer.scorer_kwargs()
-    kwargs.pop("image_root", None)  # joined in the UDF so that executors resolve paths the same way
-    kwargs.pop("device", None)  # the executor's task decides
-    kwargs.setdefault("dtype", "bfloat16" if gpu else "float32")
-    processor = AutoProcessor.from_pretrained(scorer.model_path)
-    scorer_id = scorer_identity(
-        model_fingerprint(scorer.model_path), counterfactual=scorer.counterfactual, blur_sigma=scorer.blur_sigma,
-        chat_template=processor.chat_template, max_length=scorer.max_length, dtype=kwargs["dtype"])
+    options = scorer.options().for_device("cuda" if gpu else "cpu")
+    fingerprint = model_fingerprint(scorer.model_path, options.revision)
+    revision = fingerprint.get("commit", options.revision)
+    processor = AutoProcessor.from_pretrained(scorer.model_path, revision=revision,
+                                              trust_remote_code=options.trust_remote_code)
+    chat_template = options.chat_template or processor.chat_template
+    if not chat_template:
+        raise ValueError(f"{scorer.model_path} has no chat template; set scorer.chat_template (a Jinja template)")
+    scorer_id = scorer_identity(fingerprint, options, chat_template=chat_template)
+    # image_root is joined in the UDF so that executors resolve paths the same way; the task decides the device
+    kwargs = {**options.model_dump(exclude={"image_root", "device"}), "revision": revision}
+    record = {"identity": identity_record(fingerprint, options, chat_template=chat_template),
+              "chat_template": chat_template, "image_placement": options.image_placement,
+              "library_versions": library_versions()}
     return ScorerSpec(model_path=scorer.model_path, scorer_id=scorer_id, kwargs=kwargs, image_root=scorer.image_root,
-                      load_log_dir=os.environ.get("VIG_LOAD_LOG_DIR"),
+                      record=record, load_log_dir=os.environ.get("VIG_LOAD_LOG_DIR"),
                       kill_worker_once=os.environ.get("VIG_FAULT_KILL_WORKER_ONCE"))
 
 
@@ -110,7 +121,8 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     chunks = max(1, math.ceil(n_pending / cfg.rows_per_commit)) if cfg.rows_per_commit else 1
     partitions = cfg.partitions or task_partitions(math.ceil(n_pending / chunks), cfg.rows_per_task,
                                                    spark.sparkContext.defaultParallelism)
-    config = {**cfg.model_dump(mode="json"), "scorer_id": spec.scorer_id, "corpus_version": corpus_version}
+    config = {**cfg.model_dump(mode="json"), "scorer_id": spec.scorer_id, "corpus_version": corpus_version,
+              "scorer_record": spec.record}
     started = time.perf_counter()
     try:
         for chunk in range(chunks if n_pending else 0):

@@ -31,6 +31,8 @@ SCORABLE = (st.OK, st.TEXT_ONLY)
 class ScorerSpec:
     """Everything a worker needs to build the scorer: cheap to pickle, made once on the driver.
 
+    ``record``: the unhashed identity, chat template, image placement and library versions of the driver
+    (recorded with the score commits; a worker with other library versions logs a warning).
     ``load_log_dir``: when set, every model load writes a marker file there (tests count loads per worker).
     ``kill_worker_once``: fault injection; the first task that sees no file at this path creates it and
     kills its Python worker in the middle of scoring (tests check that Spark's retry recovers).
@@ -40,6 +42,7 @@ class ScorerSpec:
     scorer_id: str
     kwargs: dict = field(default_factory=dict)
     image_root: str | None = None
+    record: dict = field(default_factory=dict)
     load_log_dir: str | None = None
     kill_worker_once: str | None = None
 
@@ -72,12 +75,22 @@ def worker_scorer(spec: ScorerSpec, device: str | None):
                 f"{spec.scorer_id}: the model at {spec.model_path} differs between driver and executor"
             )
         _SCORERS[key] = scorer
+        _check_versions(spec)
         log.info("loaded scorer %s on %s in %.1fs", spec.scorer_id, scorer.device, time.perf_counter() - started)
         if spec.load_log_dir:
             os.makedirs(spec.load_log_dir, exist_ok=True)
             marker = os.path.join(spec.load_log_dir, f"{os.getpid()}-{uuid.uuid4().hex}")
             open(marker, "w").close()
     return _SCORERS[key]
+
+
+def _check_versions(spec: ScorerSpec) -> None:
+    from vig_udf.identity import library_versions
+
+    expected = spec.record.get("library_versions")
+    if expected and library_versions() != expected:
+        log.warning("this worker's library versions %s differ from the driver's %s, which the score commit "
+                    "records; scores may differ by float tolerance", library_versions(), expected)
 
 
 @dataclass

@@ -1,0 +1,134 @@
+"""The scorer identity hashes what changes scores, in one place, from one declaration of the options."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from vig_udf.config import ScorerConfig, load_config
+from vig_udf.identity import model_fingerprint, scorer_identity
+from vig_udf.options import ScorerOptions
+
+SHA_A, SHA_B = "a" * 40, "b" * 40
+
+
+@pytest.fixture(autouse=True)
+def digest_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIG_DIGEST_CACHE", str(tmp_path / "digests.json"))
+
+
+def _fake_checkpoint(folder, weight: bytes):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    (folder / "preprocessor_config.json").write_text(json.dumps({"max_pixels": 12845056}))
+    (folder / "tokenizer.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(weight)
+    return str(folder)
+
+
+def test_a_change_in_the_middle_of_the_weights_changes_the_fingerprint(tmp_path):
+    """A LoRA merge saved to the same path: same size, same first and last MiB, other middle."""
+    weight = bytearray(os.urandom(3 << 20))
+    path = _fake_checkpoint(tmp_path / "m", bytes(weight))
+    first = model_fingerprint(path)
+    weight[len(weight) // 2] ^= 0xFF
+    (tmp_path / "m" / "model.safetensors").write_bytes(bytes(weight))
+    assert model_fingerprint(path) != first
+
+
+def test_the_processor_configuration_is_part_of_the_fingerprint(tmp_path):
+    """A smaller Qwen2-VL pixel budget changes VIG: it must change the id."""
+    path = _fake_checkpoint(tmp_path / "m", b"weights")
+    first = model_fingerprint(path)
+    (tmp_path / "m" / "preprocessor_config.json").write_text(json.dumps({"max_pixels": 200704}))
+    assert model_fingerprint(path) != first
+    (tmp_path / "m" / "README.md").write_text("notes")  # not something that changes scores
+    (tmp_path / "m" / "preprocessor_config.json").write_text(json.dumps({"max_pixels": 12845056}))
+    assert model_fingerprint(path) == first
+
+
+def test_weight_digests_are_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
+    path = _fake_checkpoint(tmp_path / "m", b"x" * 1000)
+    reads = []
+    real = hashlib.file_digest
+    monkeypatch.setattr(hashlib, "file_digest", lambda f, name: reads.append(f.name) or real(f, name))
+    first = model_fingerprint(path)
+    assert model_fingerprint(path) == first and len(reads) == 1  # second call: from the cache
+    weight = tmp_path / "m" / "model.safetensors"
+    weight.write_bytes(b"y" * 1000)
+    stat = weight.stat()
+    os.utime(weight, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert model_fingerprint(path) != first and len(reads) == 2
+
+
+def test_a_hub_model_is_identified_by_its_resolved_commit(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    repo = tmp_path / "hub" / "models--org--vlm"
+    for sha in (SHA_A, SHA_B):
+        (repo / "snapshots" / sha).mkdir(parents=True)
+        (repo / "snapshots" / sha / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(SHA_A)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    at_a = model_fingerprint("org/vlm")
+    assert at_a == {"model": "org/vlm", "commit": SHA_A}
+    (repo / "refs" / "main").write_text(SHA_B)  # main moved on: same id and revision, other weights
+    assert model_fingerprint("org/vlm") == {"model": "org/vlm", "commit": SHA_B}
+    assert model_fingerprint("org/vlm", SHA_A) == at_a  # a commit as revision is the commit
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match="cannot resolve the commit"):
+        model_fingerprint("org/not-cached")
+
+
+def test_identity_covers_placement_and_counterfactual_parameters_not_throughput():
+    fingerprint = {"model": "m", "files": {"model.safetensors": "0" * 64}}
+
+    def ident(**options):
+        return scorer_identity(fingerprint, ScorerOptions(**options).for_device("cpu"), chat_template="T")
+
+    base = ident()
+    assert ident(image_placement="inline") != base
+    assert ident(blur_sigma=0.1) != base
+    assert ident(counterfactual="drop") != base
+    assert ident(counterfactual="drop", blur_sigma=0.1) == ident(counterfactual="drop")  # blur only
+    assert ident(max_image_pixels=1000) != base and ident(dtype="bfloat16") != base
+    assert scorer_identity(fingerprint, ScorerOptions().for_device("cpu"), chat_template="U") != base
+    assert ident(batch_tokens=64, prep_workers=0, prep_chunk=3, stack_passes=False, attn_implementation="eager",
+                 device="cpu", image_root="/x") == base
+
+
+def test_one_declaration_of_the_scorer_options():
+    """The config takes every option the Python API takes, with the same defaults; nothing else."""
+    assert set(ScorerConfig.model_fields) == set(ScorerOptions.model_fields) | {"model_path"}
+    cfg = load_config(ScorerConfig, None, ["model_path=m", "revision=v1.0", "chat_template='{{ x }}'",
+                                           "attn_implementation=eager", "image_placement=inline"])
+    assert cfg.options() == ScorerOptions(revision="v1.0", chat_template="{{ x }}", attn_implementation="eager",
+                                          image_placement="inline")
+    assert ScorerOptions().trust_remote_code is False
+    with pytest.raises(TypeError, match="unknown scorer options"):
+        ScorerOptions.from_kwargs(blur=3)
+    with pytest.raises(ValueError, match="image_placement"):
+        load_config(ScorerConfig, None, ["image_placement=last"])
+
+
+def test_the_driver_and_the_scorer_compute_the_same_id(tiny_checkpoints, tmp_path):
+    """resolve_spec (driver, no weights loaded) and VIGScorer.scorer_id (after loading) agree, overrides included."""
+    from vig_udf.identity import library_versions
+    from vig_udf.scorer import VIGScorer
+    from vig_udf.spark.score_job import ScoreJobConfig, resolve_spec
+
+    template = "{% for m in messages %}{{ m['role'] }}: {% for c in m['content'] %}{{ c.get('text', '<image>') }}" \
+               "{% endfor %}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+    options = {"image_placement": "inline", "chat_template": template, "counterfactual": "noise"}
+    spec = resolve_spec(ScoreJobConfig(scorer={"model_path": tiny_checkpoints["llava"], **options}), gpu=False)
+    scorer = VIGScorer.from_pretrained(spec.model_path, **spec.kwargs)
+    assert scorer.scorer_id == spec.scorer_id
+    assert spec.record["chat_template"] == template and spec.record["image_placement"] == "inline"
+    assert spec.record["library_versions"] == library_versions() and "torch" in spec.record["library_versions"]
+    default = resolve_spec(ScoreJobConfig(scorer={"model_path": tiny_checkpoints["llava"]}), gpu=False)
+    assert default.scorer_id != spec.scorer_id and default.record["image_placement"] == "first"

@@ -1,0 +1,105 @@
+"""The scorer's options, declared once: the Python API, the job configs, ``vig score-file --set`` and the
+scorer identity all read this class.
+
+>>> ScorerOptions(counterfactual="drop").identity_options()["counterfactual"]
+'drop'
+
+An option marked ``identity`` changes scores and is part of the scorer id (:mod:`vig_udf.identity`); the
+others change only speed, placement or where files are found, never a score beyond float tolerance.
+``dtype``, ``device`` and ``batch_tokens`` default by device (:meth:`ScorerOptions.for_device`).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from vig_udf.conversation import DEFAULT_IMAGE_PLACEMENT, IMAGE_PLACEMENTS
+from vig_udf.images import COUNTERFACTUALS, DEFAULT_BLUR_SIGMA
+
+_IDENTITY = {"identity": True}
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ScorerOptions(BaseModel):
+    """Everything besides the model path that the scorer is built with."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    counterfactual: str = Field("blur", description="blur | drop | blank | noise (see vig_udf.images)",
+                                json_schema_extra=_IDENTITY)
+    blur_sigma: float = Field(DEFAULT_BLUR_SIGMA, gt=0, description="Gaussian blur sigma as a fraction of the "
+                              "image's shorter side (blur only)", json_schema_extra=_IDENTITY)
+    image_placement: str = Field(DEFAULT_IMAGE_PLACEMENT, description="first: the image before the turn's text "
+                                 "(LLaVA-1.5's training rule); inline: where the <image> placeholder is",
+                                 json_schema_extra=_IDENTITY)
+    chat_template: str | None = Field(None, description="Jinja chat template replacing the processor's; None = "
+                                      "the processor's (the template used is part of the identity)")
+    max_length: int | None = Field(None, gt=0, description="longer samples get status 'truncated'; None = no limit",
+                                   json_schema_extra=_IDENTITY)
+    dtype: str | None = Field(None, description="float32 | bfloat16 | float16; None = bf16 on GPU, fp32 on CPU",
+                              json_schema_extra=_IDENTITY)
+    max_image_pixels: int | None = Field(64_000_000, gt=0, description="larger images get 'image_unreadable' "
+                                         "(guards decompression bombs)", json_schema_extra=_IDENTITY)
+    revision: str | None = Field(None, description="hub branch, tag or commit; None = main (the resolved "
+                                 "commit is part of the identity)")
+    trust_remote_code: bool = Field(False, description="run the checkpoint's own Python code (off: nothing read "
+                                    "from a checkpoint runs code)")
+    attn_implementation: str = Field("sdpa", description="attention kernel: sdpa | eager | flash_attention_2")
+    device: str | None = Field(None, description="cuda | cuda:N | cpu; None = cuda when available")
+    batch_tokens: int | None = Field(None, gt=0, description="token budget of one forward batch (rows x padded "
+                                     "length, both passes); None = 2048 on CPU, 32768 on GPU")
+    image_root: str | None = Field(None, description="folder that relative image paths resolve against")
+    prep_workers: int = Field(1, ge=0, description="background threads preparing the next samples while the "
+                              "model runs; 0 = prepare in the calling thread")
+    prep_chunk: int = Field(128, gt=0, description="samples prepared as one unit (batches are length-sorted "
+                            "within it: larger pads less, smaller starts the model sooner)")
+    stack_passes: bool = Field(True, description="run a sample's two passes in one batch when their token "
+                               "layout is identical")
+
+    @field_validator("counterfactual")
+    @classmethod
+    def _known_counterfactual(cls, value: str) -> str:
+        if value not in COUNTERFACTUALS:
+            raise ValueError(f"counterfactual={value!r}; choose one of {COUNTERFACTUALS}")
+        return value
+
+    @field_validator("image_placement")
+    @classmethod
+    def _known_placement(cls, value: str) -> str:
+        if value not in IMAGE_PLACEMENTS:
+            raise ValueError(f"image_placement={value!r}; choose one of {IMAGE_PLACEMENTS}")
+        return value
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype_name(cls, value):
+        if value is None:
+            return None
+        name = str(value).removeprefix("torch.")
+        if name not in DTYPES:
+            raise ValueError(f"dtype={value!r}; choose one of {DTYPES}")
+        return name
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "ScorerOptions":
+        """Options from keyword arguments; an unknown name raises TypeError listing the known ones."""
+        unknown = set(kwargs) - set(cls.model_fields)
+        if unknown:
+            raise TypeError(f"unknown scorer options {sorted(unknown)}; known: {sorted(cls.model_fields)}")
+        return cls(**kwargs)
+
+    def for_device(self, device_type: str) -> "ScorerOptions":
+        """These options with the device-dependent defaults filled in (dtype and batch_tokens)."""
+        gpu = device_type == "cuda"
+        return self.model_copy(update={
+            "dtype": self.dtype or ("bfloat16" if gpu else "float32"),
+            "batch_tokens": self.batch_tokens or (32768 if gpu else 2048),
+        })
+
+    def identity_options(self) -> dict:
+        """The identity options and their values (blur_sigma only for the blur counterfactual)."""
+        values = {name: getattr(self, name) for name, field in type(self).model_fields.items()
+                  if (field.json_schema_extra or {}).get("identity")}
+        if self.counterfactual != "blur":
+            values["blur_sigma"] = None
+        return values
