@@ -147,3 +147,33 @@ def test_output_head_runs_in_float32_for_a_bf16_model(tiny_checkpoints):
         assert float((hidden.float() @ head.weight.float().T).abs().max()) > 5
     assert np.abs(rounded.numpy() - exact.numpy()).max() > 1e-3  # the bf16 head is measurably off here
     np.testing.assert_allclose(got, exact.numpy(), atol=1e-5)
+
+
+def test_training_renders_with_the_template_and_placement_the_scores_were_made_with(tiny_checkpoints):
+    from transformers import AutoProcessor
+
+    from vig_udf.spark.train_job import training_conventions
+    from vig_udf.tiny import LLAVA_TEMPLATE
+    from vig_udf.train.settings import TrainSettings
+
+    path = tiny_checkpoints["llava"]
+    scores_template = LLAVA_TEMPLATE.replace("upper() + ': '", "upper() + ' >> '").replace("'ASSISTANT:'",
+                                                                                        "'ASSISTANT >>'")
+    resolved = {"base_model": path, "scorer_chat_template": scores_template, "scorer_image_placement": "inline"}
+    settings, conventions = training_conventions(TrainSettings(base_model=path), resolved)
+    assert conventions == {"chat_template_source": "scores", "image_placement": "inline",
+                           "image_placement_source": "scores"}
+    processor = AutoProcessor.from_pretrained(path)
+    processor.chat_template = settings.chat_template
+    text, _ = InputBuilder(processor, image_placement=settings.image_placement).render(
+        parse_conversation(IMAGE_LAST, has_image=True), with_image=True)
+    assert text.startswith("USER >> What color is the shape?<image>\n ASSISTANT >> Red.")
+    # told otherwise: the training settings win; another base model keeps its own template
+    told, conventions = training_conventions(TrainSettings(base_model=path, chat_template="T", image_placement="first"),
+                                             resolved)
+    assert (told.chat_template, told.image_placement) == ("T", "first")
+    assert conventions["chat_template_source"] == "training.chat_template"
+    other, conventions = training_conventions(TrainSettings(base_model="other/model"), resolved)
+    assert other.chat_template is None and conventions["chat_template_source"] == "base_model"
+    old, conventions = training_conventions(TrainSettings(base_model=path), {"base_model": path})
+    assert old.image_placement == "first" and conventions["image_placement_source"] == "default"

@@ -14,9 +14,12 @@ from vig_udf.spark.ingest_job import IngestJobConfig, run_ingest
 from vig_udf.spark.score_job import ScoreJobConfig, run_score
 from vig_udf.spark.select_job import SelectJobConfig, run_select
 from vig_udf.spark.train_job import DistributedConfig, TrainJobConfig, run_train
+from vig_udf.tiny import LLAVA_TEMPLATE
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 QUIET = lambda *_: None  # noqa: E731
+# the scores are made with an overridden template: training must use it and say so
+SCORES_TEMPLATE = LLAVA_TEMPLATE.replace("upper() + ': '", "upper() + ' >> '").replace("'ASSISTANT:'", "'ASSISTANT >>'")
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,8 @@ def scored_lake(spark, tmp_path_factory, tiny_checkpoints):
     lake = str(root / "lake")
     run_ingest(spark, IngestJobConfig(input=str(root / "records.json"), image_root=str(root / "images"), lake=lake),
                out=QUIET)
-    run_score(spark, ScoreJobConfig(lake=lake, scorer=scorer_config(tiny_checkpoints["llava"], root)), out=QUIET)
+    run_score(spark, ScoreJobConfig(lake=lake, scorer=scorer_config(tiny_checkpoints["llava"], root,
+                                                                    chat_template=SCORES_TEMPLATE)), out=QUIET)
     select = run_select(spark, SelectJobConfig(lake=lake, policies=["vig", "random"], p=50), out=QUIET)
     return root, lake, select
 
@@ -57,6 +61,8 @@ def test_train_job_logs_a_complete_mlflow_run(spark, scored_lake):
     assert params["training.steps"] == "8" and params["training.method"] == "full"
     assert params["resolved.selection_id"] == vig["selection_id"] and tags["vig.policy"] == "vig"
     assert tags["vig.scorer_id"] == select["scorer_id"]
+    assert (tags["vig.chat_template"], tags["vig.image_placement"]) == ("scores", "first")
+    assert mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/chat_template.jinja") == SCORES_TEMPLATE
     losses = client.get_metric_history(run.info.run_id, "loss")
     assert [m.step for m in losses] == list(range(1, 9))
     tokens = client.get_metric_history(run.info.run_id, "supervised_tokens")

@@ -27,6 +27,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vig_udf.config import SparkConfig
+from vig_udf.conversation import DEFAULT_IMAGE_PLACEMENT
 from vig_udf.train.settings import TrainSettings
 
 TRAIN_SET_ROW_GROUP_BYTES = 16 * 1024 * 1024  # Parquet row-group size of the training set
@@ -97,6 +98,7 @@ def run_train(spark, cfg: TrainJobConfig, *, out=print, on_step=None) -> dict:
     # a resumed run trains on the data it started with: its pinned inputs, not a new resolution
     resolved = dict(previous["inputs"]) if previous else resolve_inputs(spark, cfg)
     settings = cfg.training.model_copy(update={"base_model": cfg.training.base_model or resolved["base_model"]})
+    settings, conventions = training_conventions(settings, resolved)
     if not settings.base_model:
         raise ValueError(f"no base model: the scores table has no commit of scorer {resolved['scorer_id']} that names "
                          "its model_path; set training.base_model")
@@ -132,7 +134,7 @@ def run_train(spark, cfg: TrainJobConfig, *, out=print, on_step=None) -> dict:
     with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else run_name,
                           log_system_metrics=cfg.mlflow.system_metrics) as run:
         if not run_id:
-            _log_run_inputs(spark, cfg, settings, resolved, summary, rows)
+            _log_run_inputs(spark, cfg, settings, resolved, summary, rows, conventions)
         state = {"run_id": run.info.run_id, "fingerprint": settings.fingerprint(), "inputs": resolved,
                  "request": _request(cfg), "settings": settings.weight_settings()}
         state_file.write_text(json.dumps(state, indent=2))  # after the inputs are logged: a resume skips them
@@ -217,16 +219,40 @@ def resolve_inputs(spark, cfg: TrainJobConfig) -> dict:
     if not chosen["kept"]:
         raise ValueError(f"selection {chosen['selection_id']} keeps no sample: nothing to train on")
     paths = chosen["paths"]
-    base_model = None
+    base_model, record = None, {}
     for commit in table_history(spark, paths["scores"]):  # the newest commit of this scorer
         config = commit.get("config") or {}
         if (commit["version"] <= chosen["versions"]["scores"] and commit.get("job") == "score"
                 and config.get("scorer_id") == chosen["scorer_id"]):
             base_model = (config.get("scorer") or {}).get("model_path")
+            record = config.get("scorer_record") or {}
             break
     return {**{k: chosen[k] for k in ("selection_id", "policy", "scorer_id", "p", "params", "kept", "paths",
                                        "versions")},
-            "base_model": base_model}
+            "base_model": base_model, "scorer_chat_template": record.get("chat_template"),
+            "scorer_image_placement": record.get("image_placement")}
+
+
+def training_conventions(settings: TrainSettings, resolved: dict) -> tuple[TrainSettings, dict]:
+    """The settings with the chat template and image placement that training renders with, and their source.
+
+    Unless ``training.chat_template`` / ``training.image_placement`` say otherwise, training uses the ones
+    the scores were made with (recorded in the scores table's commit). The scores' template is used only when
+    the base model is the scorer's model: another model keeps its own processor's template.
+    """
+    template, template_source = settings.chat_template, "training.chat_template"
+    if template is None:
+        same_model = settings.base_model == resolved.get("base_model")
+        template = resolved.get("scorer_chat_template") if same_model else None
+        template_source = "scores" if template is not None else "base_model"
+    placement, placement_source = settings.image_placement, "training.image_placement"
+    if placement is None:
+        placement = resolved.get("scorer_image_placement")
+        placement_source = "scores" if placement is not None else "default"
+        placement = placement or DEFAULT_IMAGE_PLACEMENT
+    conventions = {"chat_template_source": template_source, "image_placement": placement,
+                   "image_placement_source": placement_source}
+    return settings.model_copy(update={"chat_template": template, "image_placement": placement}), conventions
 
 
 def training_rows(spark, resolved: dict):
@@ -283,17 +309,28 @@ def selection_summary(spark, resolved: dict) -> dict:
 
 
 def _log_run_inputs(spark, cfg: TrainJobConfig, settings: TrainSettings, resolved: dict, summary: dict,
-                    rows: int) -> None:
+                    rows: int, conventions: dict) -> None:
+    import hashlib
+
     import mlflow
 
+    # the template itself goes in as an artifact (a param value is limited in length), its hash as a param
+    template = settings.chat_template
+    template_hash = hashlib.sha256(template.encode()).hexdigest()[:16] if template is not None else None
     params = _flatten({**cfg.model_dump(mode="json", exclude={"spark", "training"}),
-                       "training": settings.model_dump(mode="json"), "resolved": {
-                           k: resolved[k] for k in ("selection_id", "policy", "scorer_id", "versions", "p")}})
+                       "training": {**settings.model_dump(mode="json", exclude={"chat_template"}),
+                                    "chat_template_sha256": template_hash},
+                       "resolved": {k: resolved[k] for k in ("selection_id", "policy", "scorer_id", "versions", "p")}})
     mlflow.log_params(params)
     mlflow.set_tags({"vig.policy": resolved["policy"], "vig.selection_id": resolved["selection_id"],
                      "vig.scorer_id": resolved["scorer_id"], "vig.p": str(resolved["p"]),
                      "vig.base_model": settings.base_model, "vig.train_rows": str(rows),
-                     "vig.end_of_turn": "supervised" if settings.supervise_end_of_turn else "not supervised"})
+                     "vig.end_of_turn": "supervised" if settings.supervise_end_of_turn else "not supervised",
+                     "vig.chat_template": conventions["chat_template_source"],
+                     "vig.image_placement": conventions["image_placement"],
+                     "vig.image_placement_source": conventions["image_placement_source"]})
+    if template is not None:
+        mlflow.log_text(template, "chat_template.jinja")
     for name in ("corpus", "scores", "selection"):
         # the version is also a tag: MLflow's DeltaDatasetSource drops version 0 from its JSON
         mlflow.log_input(_delta_dataset(spark, name, resolved), context="training",

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from vig_udf.forward import collate
+from vig_udf.conversation import DEFAULT_IMAGE_PLACEMENT
 from vig_udf.inputs import InputBuilder
 from vig_udf.status import SampleError
 from vig_udf.train.examples import IGNORE_INDEX, TrainExample, build_example
@@ -87,7 +88,8 @@ class TrainSetStream(torch.utils.data.IterableDataset):
 
     def __init__(self, train_set: str, processor, *, batch_size: int, seed: int, rank: int = 0, world: int = 1,
                  image_root: str | None = None, max_length: int | None = None,
-                 supervise_end_of_turn: bool = True, cache_examples: bool = False):
+                 supervise_end_of_turn: bool = True, cache_examples: bool = False,
+                 image_placement: str = DEFAULT_IMAGE_PLACEMENT):
         self.units = list_units(train_set)
         if not self.units:
             raise ValueError(f"the training set {train_set} has no rows: nothing was selected")
@@ -96,6 +98,7 @@ class TrainSetStream(torch.utils.data.IterableDataset):
         self.processor = processor
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.image_root, self.max_length = image_root, max_length
+        self.image_placement = image_placement  # the scores' (train_job.training_conventions)
         self.supervise_end_of_turn = supervise_end_of_turn
         self.cache = {} if cache_examples else None
         self.start_batch = 0  # set by a resume: the first batch this stream yields
@@ -151,7 +154,7 @@ class TrainSetStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        builder = InputBuilder(self.processor, max_length=self.max_length)
+        builder = InputBuilder(self.processor, max_length=self.max_length, image_placement=self.image_placement)
         pad = builder.tokenizer.pad_token_id if builder.tokenizer.pad_token_id is not None else 0
         pending, fallback = [], None
         for position, unit, row in self.samples(self.start_batch * self.batch_size):

@@ -8,6 +8,10 @@ and the stored mask applies as is. With another tokenizer (training a different 
 answer tokens differ; the mask is then carried over through the stored character spans
 (:mod:`vig_udf.spans`) and the example is counted as ``realigned``.
 
+The prompt is rendered with the chat template and image placement the scores were made with (the train
+job reads them from the scores table's commit into the settings, the trainer applies them to the processor
+and the builder), so the scored tokens and the trained tokens come from the same prompt.
+
 Labels are the token id at kept answer positions and -100 everywhere else: unselected answer tokens and
 the prompt stay in the input as context but get no loss. With ``supervise_end_of_turn`` (the training
 default) the end-of-turn token that the chat template writes right after an assistant turn (``</s>``,

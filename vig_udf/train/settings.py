@@ -6,7 +6,9 @@ import hashlib
 import json
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from vig_udf.conversation import IMAGE_PLACEMENTS
 
 
 class TrainParts(BaseModel):
@@ -53,6 +55,11 @@ class TrainSettings(BaseModel):
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="linear warm-up fraction, then cosine decay to 0")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     seed: int = Field(0, description="seed of the data order and of the model's random ops")
+    chat_template: str | None = Field(None, description="Jinja chat template to train with; None = the one the "
+                                      "scores were made with when training the scorer's model (recorded in the "
+                                      "scores table's commit), else the base model's own")
+    image_placement: str | None = Field(None, description="first | inline; None = the placement the scores were "
+                                        "made with (first for scores that predate the setting)")
     max_length: int | None = Field(2048, description="longer samples are skipped and counted; None = no limit")
     supervise_end_of_turn: bool = Field(True, description="also supervise the end-of-turn token after each assistant "
                                                           "turn that keeps at least one token (the model learns to stop)")
@@ -84,6 +91,13 @@ class TrainSettings(BaseModel):
     def weight_settings(self) -> dict:
         """Everything that changes the trained weights (not checkpointing, logging, device or workers)."""
         return self.model_dump(mode="json", exclude=set(self.RUN_ONLY))
+
+    @field_validator("image_placement")
+    @classmethod
+    def _known_placement(cls, value):
+        if value is not None and value not in IMAGE_PLACEMENTS:
+            raise ValueError(f"image_placement={value!r}; choose one of {IMAGE_PLACEMENTS}")
+        return value
 
     def fingerprint(self) -> str:
         """Hash of :meth:`weight_settings`."""

@@ -41,6 +41,7 @@ from typing import Callable
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
+from vig_udf.conversation import DEFAULT_IMAGE_PLACEMENT
 from vig_udf.train import parts as model_parts
 from vig_udf.train.data import TrainSetStream, train_set_identity
 from vig_udf.train.loss import LabelledPositionsHead, core_model, selected_token_loss
@@ -86,6 +87,8 @@ def train_selected(settings: TrainSettings | dict, train_set: str, output_dir: s
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(settings.base_model)
+    if settings.chat_template is not None:  # the scores' template (see train_job.training_conventions)
+        processor.chat_template = settings.chat_template
     model = AutoModelForImageTextToText.from_pretrained(settings.base_model, dtype=torch.float32)
     counts = model_parts.set_trainable(model, **settings.train.model_dump())
     if settings.method == "lora":
@@ -93,7 +96,8 @@ def train_selected(settings: TrainSettings | dict, train_set: str, output_dir: s
     stream = TrainSetStream(train_set, processor, batch_size=settings.batch_size, seed=settings.seed, rank=rank,
                             world=world, image_root=settings.image_root, max_length=settings.max_length,
                             supervise_end_of_turn=settings.supervise_end_of_turn,
-                            cache_examples=settings.cache_examples)
+                            cache_examples=settings.cache_examples,
+                            image_placement=settings.image_placement or DEFAULT_IMAGE_PLACEMENT)
     args = training_arguments(settings, out, precision=precision, processes=world,
                               fsdp_layers=settings.fsdp_layers or fsdp_units(model))
     trainer = SelectiveTrainer(model=model, args=args, train_dataset=stream, processing_class=processor,
