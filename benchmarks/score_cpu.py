@@ -25,7 +25,6 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,8 +118,8 @@ def padded_tokens(lengths: list[int], batch_tokens: int) -> int:
 
 
 def with_options(scorer: VIGScorer, **options) -> VIGScorer:
-    """The same model and processor with other :class:`~vig_udf.scorer.ScorerOptions` (e.g. batch_tokens)."""
-    return VIGScorer(scorer.model, scorer.processor, options=replace(scorer.options, **options),
+    """The same model and processor with other :class:`~vig_udf.options.ScorerOptions` (e.g. batch_tokens)."""
+    return VIGScorer(scorer.model, scorer.processor, options=scorer.options.model_copy(update=options),
                      model_ref=dict(scorer._model_ref), device=scorer.device, dtype=scorer.dtype)
 
 

@@ -56,7 +56,8 @@ from benchmarks.naive import naive_scores  # noqa: E402
 from benchmarks.score_cpu import (append_benchmarks, benchmark_tokenizer, command_line,  # noqa: E402
                                   machine_lines, markdown_table, padded_tokens, param_counts, scorer_vigs, timed,
                                   token_stats, vig_diff)
-from vig_udf.scorer import ScorerOptions, VIGScorer  # noqa: E402
+from vig_udf.options import ScorerOptions  # noqa: E402
+from vig_udf.scorer import VIGScorer  # noqa: E402
 from vig_udf.tiny import LLAVA_TEMPLATE  # noqa: E402
 
 VOCAB = 32000

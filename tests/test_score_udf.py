@@ -1,5 +1,7 @@
 """The Spark scoring function without Spark: GPU pinning, row passthrough, Arrow output."""
 
+import os
+
 import pyarrow as pa
 import pytest
 
@@ -34,7 +36,7 @@ def test_task_device_is_the_gpu_spark_assigned(monkeypatch):
 
 
 def test_rows_in_equal_rows_out_and_invalid_rows_keep_their_ingest_status(tiny_checkpoints, tmp_path, monkeypatch):
-    monkeypatch.setattr(score_udf, "task_device", lambda: None)
+    monkeypatch.setattr(score_udf, "task_device", lambda *_: None)
     random_image(40, 40, 0).save(tmp_path / "a.png")
     qa = [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "Red"}]
     rows = [
@@ -82,3 +84,42 @@ def test_a_task_with_nothing_to_score_loads_no_model(monkeypatch):
     spec = ScorerSpec(model_path="unused", scorer_id="s", kwargs={})
     out = list(score_batches(spec)(iter([pa.RecordBatch.from_pylist([row])] * 2)))
     assert [b.num_rows for b in out] == [1, 1] and out[0].column("status").to_pylist() == ["invalid_record"]
+
+
+class _PartitionContext(_Context):
+    def __init__(self, partition: int):
+        super().__init__({})
+        self._partition = partition
+
+    def partitionId(self):
+        return self._partition
+
+
+def test_local_mode_on_a_gpu_machine_runs_one_scoring_task_per_gpu(monkeypatch):
+    """local[*] would load one model per core; with GPUs the job runs one task per GPU, task p on GPU p mod n."""
+    import torch
+    from pyspark import TaskContext
+
+    from vig_udf.spark.score_job import local_gpu_count, score_partitions
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert local_gpu_count("local[*]", 0.0) == 4
+    assert local_gpu_count("spark://head:7077", 0.0) == 0 and local_gpu_count("local[*]", 1.0) == 0
+    assert score_partitions(None, 16, 4) == 4 and score_partitions(None, 16, 0) == 16
+    assert score_partitions(8, 16, 4) == 8  # an explicit setting wins
+    devices = []
+    for partition in range(6):
+        monkeypatch.setattr(TaskContext, "get", staticmethod(lambda p=partition: _PartitionContext(p)))
+        devices.append(task_device(4))
+    assert devices == ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0", "cuda:1"]
+    monkeypatch.setattr(TaskContext, "get", staticmethod(lambda: _Context({"gpu": _Resource(["2"])})))
+    assert task_device(4) == "cuda:2"  # a GPU Spark assigned wins
+
+
+def test_vig_respects_the_users_hub_offline_setting(monkeypatch):
+    from vig_udf import cli
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    cli._logging(False)
+    assert "HF_HUB_OFFLINE" not in os.environ

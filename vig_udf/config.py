@@ -33,7 +33,7 @@ class ScorerConfig(ScorerOptions):
 
     def options(self) -> ScorerOptions:
         """The scorer options of this config (model path excluded)."""
-        return ScorerOptions(**self.model_dump(exclude={"model_path"}, exclude_unset=True))
+        return ScorerOptions(**self.model_dump(exclude={"model_path"}))
 
 
 class SparkConfig(BaseModel):

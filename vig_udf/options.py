@@ -70,6 +70,11 @@ class ScorerOptions(BaseModel):
             raise ValueError(f"image_placement={value!r}; choose one of {IMAGE_PLACEMENTS}")
         return value
 
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device_name(cls, value):
+        return None if value is None else str(value)  # a torch.device as its name
+
     @field_validator("dtype", mode="before")
     @classmethod
     def _dtype_name(cls, value):

@@ -19,6 +19,7 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -79,6 +80,25 @@ def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool):
                       kill_worker_once=os.environ.get("VIG_FAULT_KILL_WORKER_ONCE"))
 
 
+def local_gpu_count(master: str | None, task_gpu_amount: float) -> int:
+    """GPUs to spread scoring over in local mode (Spark assigns none there); 0 elsewhere or without GPUs."""
+    if not (master or "").startswith("local") or task_gpu_amount > 0:
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def score_partitions(configured: int | None, default: int, local_gpus: int) -> int:
+    """Partitions of the pending rows: as configured; else one per GPU in local mode (one model per GPU, not
+    one per core as ``local[*]`` would load), else ``default`` (:func:`task_partitions`)."""
+    if configured:
+        if local_gpus and configured > local_gpus:
+            log.warning("partitions=%d on %d local GPU(s): several tasks (models) share a GPU", configured, local_gpus)
+        return configured
+    return local_gpus or default
+
+
 def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     """Score the pending corpus rows and append them to ``<lake>/scores``; returns the job summary."""
     from pyspark.sql import functions as F
@@ -89,10 +109,11 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     from vig_udf.spark.score_udf import score_batches
 
     corpus_path, scores_path = lake_table(cfg.lake, "corpus"), lake_table(cfg.lake, "scores")
-    gpu = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0
+    task_gpus = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0)
+    local_gpus = local_gpu_count(spark.sparkContext.master, task_gpus)
     with ThreadPoolExecutor(1) as pool:  # Delta's first look at the lake (seconds) overlaps loading the processor
         latest_corpus = pool.submit(table_version, spark, corpus_path)
-        spec = resolve_spec(cfg, gpu=gpu)
+        spec = replace(resolve_spec(cfg, gpu=task_gpus > 0 or local_gpus > 0), local_gpus=local_gpus)
     corpus_version = cfg.corpus_version if cfg.corpus_version is not None else latest_corpus.result()
     if corpus_version is None:
         raise FileNotFoundError(f"no corpus table at {corpus_path}: run `vig ingest` first")
@@ -119,8 +140,10 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     for key, value in job_confs.items():
         spark.conf.set(key, value)
     chunks = max(1, math.ceil(n_pending / cfg.rows_per_commit)) if cfg.rows_per_commit else 1
-    partitions = cfg.partitions or task_partitions(math.ceil(n_pending / chunks), cfg.rows_per_task,
-                                                   spark.sparkContext.defaultParallelism)
+    partitions = score_partitions(cfg.partitions, task_partitions(math.ceil(n_pending / chunks), cfg.rows_per_task,
+                                                                  spark.sparkContext.defaultParallelism), local_gpus)
+    if local_gpus:
+        out(f"local mode with {local_gpus} GPU(s): {partitions} scoring task(s), task p on GPU p mod {local_gpus}")
     config = {**cfg.model_dump(mode="json"), "scorer_id": spec.scorer_id, "corpus_version": corpus_version,
               "scorer_record": spec.record}
     started = time.perf_counter()

@@ -33,6 +33,7 @@ class ScorerSpec:
 
     ``record``: the unhashed identity, chat template, image placement and library versions of the driver
     (recorded with the score commits; a worker with other library versions logs a warning).
+    ``local_gpus``: local mode on a machine with GPUs: the number of GPUs, one scoring task each.
     ``load_log_dir``: when set, every model load writes a marker file there (tests count loads per worker).
     ``kill_worker_once``: fault injection; the first task that sees no file at this path creates it and
     kills its Python worker in the middle of scoring (tests check that Spark's retry recovers).
@@ -43,19 +44,26 @@ class ScorerSpec:
     kwargs: dict = field(default_factory=dict)
     image_root: str | None = None
     record: dict = field(default_factory=dict)
+    local_gpus: int = 0
     load_log_dir: str | None = None
     kill_worker_once: str | None = None
 
 
-def task_device() -> str | None:
-    """``cuda:<n>`` for the GPU that Spark assigned to this task, None when the task has no GPU."""
+def task_device(local_gpus: int = 0) -> str | None:
+    """``cuda:<n>`` for the GPU that Spark assigned to this task, None when the task has no GPU.
+
+    ``local_gpus`` > 0: local mode, where Spark assigns no GPU; the job runs one task per GPU and task
+    (partition) ``p`` takes GPU ``p mod local_gpus``.
+    """
     from pyspark import TaskContext
 
     ctx = TaskContext.get()
     gpus = ctx.resources().get("gpu") if ctx is not None else None
-    if gpus is None or not gpus.addresses:
-        return None
-    return f"cuda:{gpus.addresses[0]}"
+    if gpus is not None and gpus.addresses:
+        return f"cuda:{gpus.addresses[0]}"
+    if local_gpus and ctx is not None:
+        return f"cuda:{ctx.partitionId() % local_gpus}"
+    return None
 
 
 def worker_scorer(spec: ScorerSpec, device: str | None):
@@ -124,7 +132,7 @@ def score_batches(spec: ScorerSpec):
         lists = to_score()
         first = next(lists, None)
         if first is not None:  # load the model only for a task that has something to score
-            scorer = worker_scorer(spec, task_device())
+            scorer = worker_scorer(spec, task_device(spec.local_gpus))
             _maybe_kill_worker(spec)
             for scored in scorer.score_stream(itertools.chain([first], lists)):
                 while not pending[0].todo:
