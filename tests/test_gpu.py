@@ -20,8 +20,6 @@ def test_bf16_on_gpu_agrees_with_float32(tiny_checkpoints, mixed_samples, family
 
 
 def test_pinned_collate_matches_and_prefetch_agrees_on_gpu(tiny_checkpoints, mixed_samples):
-    from dataclasses import replace
-
     import torch
 
     from vig_udf.forward import collate
@@ -34,7 +32,8 @@ def test_pinned_collate_matches_and_prefetch_agrees_on_gpu(tiny_checkpoints, mix
     for key in plain:
         assert pinned[key].is_pinned() and torch.equal(plain[key], pinned[key])
     off = scorer.score(mixed_samples)
-    on = VIGScorer(scorer.model, scorer.processor, options=replace(scorer.options, prep_workers=2, prep_chunk=2),
+    faster = scorer.options.model_copy(update={"prep_workers": 2, "prep_chunk": 2})
+    on = VIGScorer(scorer.model, scorer.processor, options=faster,
                    model_ref=dict(scorer._model_ref), device=scorer.device, dtype=scorer.dtype).score(mixed_samples)
     assert [r.status for r in off] == [r.status for r in on]
     for a, b in zip(off, on):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ def base(tiny_checkpoints):
 
 def variant(scorer: VIGScorer, **options) -> VIGScorer:
     """The same model and processor with other throughput options."""
-    return VIGScorer(scorer.model, scorer.processor, options=replace(scorer.options, **options),
+    return VIGScorer(scorer.model, scorer.processor, options=scorer.options.model_copy(update=options),
                      model_ref=dict(scorer._model_ref), device=scorer.device, dtype=scorer.dtype)
 
 

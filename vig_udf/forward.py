@@ -106,12 +106,13 @@ def answer_logprobs(model, seqs: list[Sequence], *, pad_token_id: int, device, d
 
 
 def float32_head(head):
-    """A function computing ``head``'s logits in float32 (the weight upcast once; a float32 head as it is).
+    """A function computing ``head``'s logits in float32 (a low-precision weight upcast once per call, its
+    input upcast; a float32 head is called as it is).
 
     Heads that are not plain linear layers fall back to the module's own dtype, upcast afterwards.
     """
     weight = getattr(head, "weight", None)
-    if not isinstance(head, torch.nn.Linear) or weight is None:
+    if not isinstance(head, torch.nn.Linear) or weight is None or weight.dtype == torch.float32:
         return lambda hidden: head(hidden).float()
     weight = weight.float()
     bias = head.bias.float() if head.bias is not None else None
