@@ -125,28 +125,30 @@ def test_mask_on_released_idefics3_template_has_one_bos():
     assert _answer_texts(tok, tokens) == ANSWERS
 
 
-def test_output_head_runs_in_float32_for_a_bf16_model(tiny_checkpoints):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_output_head_runs_in_float32_for_a_bf16_model(tiny_checkpoints, device):
     """bf16 logits are rounded (steps of 0.125 at 20); the answer-position head must be float32."""
     from transformers import AutoModelForImageTextToText
 
     from vig_udf.forward import Sequence, answer_logprobs
 
-    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints["llava"], dtype=torch.bfloat16).eval()
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints["llava"], dtype=torch.bfloat16)
+    model = model.to(device).eval()
     head = model.get_output_embeddings()
     assert head.weight.dtype == torch.bfloat16
     with torch.no_grad():
         head.weight.mul_(400.0)  # logits of order 20, where bf16 rounding is coarse
     ids = torch.randint(5, 200, (24,), generator=torch.Generator().manual_seed(0))
     positions = np.arange(8, 24)
-    [got] = answer_logprobs(model, [Sequence(ids, {}, positions)], pad_token_id=0, device="cpu", dtype=torch.bfloat16)
+    [got] = answer_logprobs(model, [Sequence(ids, {}, positions)], pad_token_id=0, device=device, dtype=torch.bfloat16)
     with torch.inference_mode():
-        hidden = model.model(input_ids=ids[None], use_cache=False).last_hidden_state[0, positions - 1]
-        exact = torch.log_softmax(hidden.float() @ head.weight.float().T, -1)[torch.arange(len(positions)),
-                                                                                 ids[positions]]
-        rounded = torch.log_softmax(head(hidden).float(), -1)[torch.arange(len(positions)), ids[positions]]
+        hidden = model.model(input_ids=ids[None].to(device), use_cache=False).last_hidden_state[0, positions - 1]
+        rows, targets = torch.arange(len(positions)), ids[positions].to(device)
+        exact = torch.log_softmax(hidden.float() @ head.weight.float().T, -1)[rows, targets].cpu().numpy()
+        rounded = torch.log_softmax(head(hidden).float(), -1)[rows, targets].cpu().numpy()
         assert float((hidden.float() @ head.weight.float().T).abs().max()) > 5
-    assert np.abs(rounded.numpy() - exact.numpy()).max() > 1e-3  # the bf16 head is measurably off here
-    np.testing.assert_allclose(got, exact.numpy(), atol=1e-5)
+    assert np.abs(rounded - exact).max() > 1e-3  # the bf16 head is measurably off here
+    np.testing.assert_allclose(got, exact, atol=1e-5)
 
 
 def test_training_renders_with_the_template_and_placement_the_scores_were_made_with(tiny_checkpoints):
