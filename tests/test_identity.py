@@ -128,7 +128,13 @@ def test_the_driver_and_the_scorer_compute_the_same_id(tiny_checkpoints, tmp_pat
     spec = resolve_spec(ScoreJobConfig(scorer={"model_path": tiny_checkpoints["llava"], **options}), gpu=False)
     scorer = VIGScorer.from_pretrained(spec.model_path, **spec.kwargs)
     assert scorer.scorer_id == spec.scorer_id
+    assert spec.kwargs["batch_tokens"] is None and spec.kwargs["dtype"] == "float32"  # batch size: the executor's
     assert spec.record["chat_template"] == template and spec.record["image_placement"] == "inline"
     assert spec.record["library_versions"] == library_versions() and "torch" in spec.record["library_versions"]
     default = resolve_spec(ScoreJobConfig(scorer={"model_path": tiny_checkpoints["llava"]}), gpu=False)
     assert default.scorer_id != spec.scorer_id and default.record["image_placement"] == "first"
+
+
+def test_a_model_path_that_is_neither_a_folder_nor_a_hub_id_is_named():
+    with pytest.raises(ValueError, match="neither a local checkpoint folder nor a hub model id"):
+        model_fingerprint("/no/such/checkpoint")

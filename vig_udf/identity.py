@@ -89,8 +89,13 @@ def resolve_hub_commit(repo_id: str, revision: str | None) -> str:
     if revision and _COMMIT.match(revision):
         return revision
     from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
 
-    cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except HFValidationError as exc:
+        raise ValueError(f"model {repo_id!r} is neither a local checkpoint folder nor a hub model id "
+                         f"(org/name): {exc}") from exc
     if isinstance(cached, str):  # .../snapshots/<commit>/config.json
         return Path(cached).parent.name
     from huggingface_hub import HfApi

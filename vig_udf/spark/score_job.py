@@ -71,7 +71,9 @@ def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool):
         raise ValueError(f"{scorer.model_path} has no chat template; set scorer.chat_template (a Jinja template)")
     scorer_id = scorer_identity(fingerprint, options, chat_template=chat_template)
     # image_root is joined in the UDF so that executors resolve paths the same way; the task decides the device
-    kwargs = {**options.model_dump(exclude={"image_root", "device"}), "revision": revision}
+    # batch_tokens left unset stays the executor device's default (it changes no score)
+    kwargs = {**scorer.options().model_dump(exclude={"image_root", "device"}), "dtype": options.dtype,
+              "revision": revision}
     record = {"identity": identity_record(fingerprint, options, chat_template=chat_template),
               "chat_template": chat_template, "image_placement": options.image_placement,
               "library_versions": library_versions()}
