@@ -10,6 +10,11 @@ into chunks, each one Spark job and one Delta commit, so that an interruption lo
 Sizing from the data: the pending rows are cut into tasks of ``rows_per_task`` rows (at least one task per
 core of the cluster), so a large job spreads over every executor, and every write of the job rolls to a new
 Parquet file after ``rows_per_file`` rows (Spark's ``maxRecordsPerFile``), so files stay a few hundred MB.
+
+``rescore``: rows of this scorer with the given failure statuses (``image_unreadable`` after the images
+were fixed, ``model_error``) count as pending; the merge replaces them (``WHEN MATCHED AND t.status IN
+(...) THEN UPDATE SET *``), so the table still holds one row per key. While scoring, a line with rows done,
+rows per second and time left is printed every ``progress_every_s`` seconds (:mod:`vig_udf.spark.progress`).
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from vig_udf import status as st
 
 from vig_udf.config import ScorerConfig, SparkConfig
+from vig_udf.preflight import check_image_root, check_model_path
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,18 @@ class ScoreJobConfig(BaseModel):
                                                           "of LLaVA-shaped rows); larger outputs roll to new files")
     rows_per_commit: int = Field(0, description="rows per Delta commit (0 = one commit); smaller loses less on interruption")
     arrow_batch_rows: int = Field(64, description="rows per Arrow batch handed to the scorer (bounds executor memory)")
+    rescore: list[str] = Field(default_factory=list, description="statuses whose rows of this scorer are scored "
+                               "again and replaced, e.g. [image_unreadable, model_error] after fixing the cause")
+    progress_every_s: float = Field(30.0, description="seconds between progress lines (rows done, rows/s, time "
+                                    "left) while scoring; 0 = none")
+
+    @field_validator("rescore")
+    @classmethod
+    def _known_failures(cls, statuses: list[str]) -> list[str]:
+        unknown = sorted(set(statuses) - set(st.FAILURES))
+        if unknown:
+            raise ValueError(f"rescore={unknown}: only failure statuses can be re-scored, choose among {st.FAILURES}")
+        return statuses
     spark: SparkConfig = SparkConfig()
 
 
@@ -53,8 +73,6 @@ def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool):
     from vig_udf.spark.score_udf import ScorerSpec
 
     scorer = cfg.scorer
-    if not scorer.model_path:
-        raise ValueError("scorer.model_path is not set: give a HF model id or a local checkpoint folder")
     kwargs = scorer.scorer_kwargs()
     kwargs.pop("image_root", None)  # joined in the UDF so that executors resolve paths the same way
     kwargs.pop("device", None)  # the executor's task decides
@@ -68,13 +86,21 @@ def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool):
                       kill_worker_once=os.environ.get("VIG_FAULT_KILL_WORKER_ONCE"))
 
 
+def check_config(cfg: ScoreJobConfig) -> None:
+    """Fail fast, before Spark runs anything, when the model or the image root is not there (InputError)."""
+    check_model_path(cfg.scorer.model_path)
+    check_image_root(cfg.scorer.image_root)
+
+
 def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     """Score the pending corpus rows and append them to ``<lake>/scores``; returns the job summary."""
+    check_config(cfg)
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
     from vig_udf.lake import insert_new_rows, lake_table, read_table, staging_folder, table_exists, table_version
     from vig_udf.spark.arrow import SCORES_SCHEMA
+    from vig_udf.spark.progress import Progress
     from vig_udf.spark.score_udf import score_batches
 
     corpus_path, scores_path = lake_table(cfg.lake, "corpus"), lake_table(cfg.lake, "scores")
@@ -85,7 +111,8 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     corpus_version = cfg.corpus_version if cfg.corpus_version is not None else latest_corpus.result()
     if corpus_version is None:
         raise FileNotFoundError(f"no corpus table at {corpus_path}: run `vig ingest` first")
-    completed_in = completed_version(spark, scores_path, spec.scorer_id, corpus_version)
+    # a rescore looks at the rows themselves: a completed corpus version can still hold rows to score again
+    completed_in = None if cfg.rescore else completed_version(spark, scores_path, spec.scorer_id, corpus_version)
     if completed_in is not None:
         out(f"scorer {spec.scorer_id}: corpus v{corpus_version} was scored completely (scores v{completed_in}); "
             "nothing to score")
@@ -93,7 +120,10 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     corpus = read_table(spark, corpus_path, version=corpus_version)
     pending, corpus_rows, n_pending = corpus, None, None
     if table_exists(spark, scores_path):
-        done = read_table(spark, scores_path).where(F.col("scorer_id") == spec.scorer_id).select("sample_id")
+        done = read_table(spark, scores_path).where(F.col("scorer_id") == spec.scorer_id)
+        if cfg.rescore:  # rows with these statuses count as not done: scored again, replaced by the merge
+            done = done.where(~F.col("status").isin(cfg.rescore))
+        done = done.select("sample_id")
         pending = corpus.join(done, "sample_id", "left_anti")
         # corpus rows and pending rows in one pass over the corpus
         counts = corpus.join(done.withColumn("_done", F.lit(True)), "sample_id", "left").agg(
@@ -111,17 +141,21 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     partitions = cfg.partitions or task_partitions(math.ceil(n_pending / chunks), cfg.rows_per_task,
                                                    spark.sparkContext.defaultParallelism)
     config = {**cfg.model_dump(mode="json"), "scorer_id": spec.scorer_id, "corpus_version": corpus_version}
+    # rescore: a row of this scorer with one of those statuses is replaced; any other existing row is kept
+    replace_when = (f"t.status IN ({', '.join(repr(s) for s in cfg.rescore)})" if cfg.rescore else None)
     started = time.perf_counter()
     try:
-        for chunk in range(chunks if n_pending else 0):
-            part = pending if chunks == 1 else pending.where(F.pmod(F.xxhash64("sample_id"), F.lit(chunks)) == chunk)
-            scored = part.repartition(partitions).mapInArrow(score_batches(spec), from_arrow_schema(SCORES_SCHEMA))
-            # the last chunk's commit completes this corpus version for this scorer (a rerun's fast path)
-            commit = insert_new_rows(scored, scores_path, keys=["sample_id", "scorer_id"], job="score",
-                                     config={**config, "completes_corpus_version": chunk == chunks - 1},
-                                     staging=staging_folder(cfg.lake, "scores"))
-            out(f"chunk {chunk + 1}/{chunks}: " + (f"committed scores v{commit.version} ({commit.rows_added} rows)"
-                                                   if commit else "every row was scored meanwhile by another run"))
+        with Progress(spark, n_pending, out=out, every_s=cfg.progress_every_s) as rows_done:
+            for chunk in range(chunks if n_pending else 0):
+                part = pending if chunks == 1 else pending.where(F.pmod(F.xxhash64("sample_id"), F.lit(chunks)) == chunk)
+                scored = part.repartition(partitions).mapInArrow(score_batches(spec, rows_done),
+                                                                 from_arrow_schema(SCORES_SCHEMA))
+                # the last chunk's commit completes this corpus version for this scorer (a rerun's fast path)
+                commit = insert_new_rows(scored, scores_path, keys=["sample_id", "scorer_id"], job="score",
+                                         config={**config, "completes_corpus_version": chunk == chunks - 1},
+                                         staging=staging_folder(cfg.lake, "scores"), replace_when=replace_when)
+                out(f"chunk {chunk + 1}/{chunks}: " + (_committed(commit) if commit
+                                                       else "every row was scored meanwhile by another run"))
     finally:  # the batch and file sizes are session settings: leave the session as it was
         for key, previous in previous_confs.items():
             if previous is None:
@@ -154,6 +188,11 @@ def task_partitions(rows: int, rows_per_task: int, parallelism: int) -> int:
     """Partitions for ``rows`` pending rows: ``rows_per_task`` rows a task, at least ``parallelism`` tasks (every
     core busy) and never more tasks than rows."""
     return max(1, min(max(rows, 1), max(parallelism, math.ceil(rows / rows_per_task))))
+
+
+def _committed(commit) -> str:
+    replaced = f", {commit.rows_updated} re-scored rows replaced" if commit.rows_updated else ""
+    return f"committed scores v{commit.version} ({commit.rows_added} rows added{replaced})"
 
 
 def _summary(scores, scorer_id: str, corpus_rows: int, n_pending: int, elapsed: float) -> dict:

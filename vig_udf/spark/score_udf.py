@@ -19,8 +19,10 @@ from typing import Iterator
 import pyarrow as pa
 
 from vig_udf import status as st
+from vig_udf.images import resolve_image
 from vig_udf.results import ScoreResult
 from vig_udf.spark.arrow import results_to_arrow
+from vig_udf.status import SampleError
 
 log = logging.getLogger(__name__)
 _SCORERS: dict[tuple[str, str], object] = {}
@@ -88,15 +90,22 @@ class _Pending:
     results: list
     todo: list[int]
     started: float
+    samples: list[dict] = field(default_factory=list)  # scorer records of the rows in ``todo``
 
 
-def score_batches(spec: ScorerSpec):
+def score_batches(spec: ScorerSpec, progress=None):
     """The ``mapInArrow`` function: corpus record batches in, ``scores`` record batches out, row for row.
 
     The batches of a task go through one :meth:`~vig_udf.VIGScorer.score_stream`, so the scorer prepares
     the next batch's samples (images, templates, processor) while the model runs the current one. Output
     batches keep the input order; batches with nothing to score pass straight through in their place.
+    ``progress``: a Spark accumulator that counts the rows done (:mod:`vig_udf.spark.progress`).
     """
+
+    def _finish(entry: _Pending, spec: ScorerSpec) -> pa.RecordBatch:
+        if progress is not None:
+            progress.add(len(entry.rows))
+        return _finished_batch(entry, spec)
 
     def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         pending: deque[_Pending] = deque()
@@ -106,7 +115,7 @@ def score_batches(spec: ScorerSpec):
                 entry = _pending(batch, spec)
                 pending.append(entry)
                 if entry.todo:
-                    yield [_sample(entry.rows[i], spec.image_root) for i in entry.todo]
+                    yield entry.samples
 
         lists = to_score()
         first = next(lists, None)
@@ -129,25 +138,35 @@ def score_batches(spec: ScorerSpec):
 def _pending(batch: pa.RecordBatch, spec: ScorerSpec) -> _Pending:
     rows = batch.to_pylist()
     entry = _Pending(rows, [None] * len(rows), [], time.perf_counter())
+    counterfactual = spec.kwargs.get("counterfactual", "blur")
     for i, row in enumerate(rows):
         if row.get("status") in SCORABLE:
+            try:
+                entry.samples.append(_sample(row, spec.image_root))
+            except SampleError as err:  # a path that leaves the image root (a corpus table not written by ingest)
+                entry.results[i] = ScoreResult.unscored(row["sample_id"], counterfactual, err.status, err.message)
+                continue
             entry.todo.append(i)
         else:  # ingest already knows why this row cannot be scored
-            entry.results[i] = ScoreResult.unscored(row["sample_id"], spec.kwargs.get("counterfactual", "blur"),
+            entry.results[i] = ScoreResult.unscored(row["sample_id"], counterfactual,
                                                     row.get("status") or st.INVALID_CONVERSATION, row.get("error"))
     return entry
 
 
-def _finish(entry: _Pending, spec: ScorerSpec) -> pa.RecordBatch:
+def _finished_batch(entry: _Pending, spec: ScorerSpec) -> pa.RecordBatch:
     seconds = (time.perf_counter() - entry.started) / max(1, len(entry.rows))
     return results_to_arrow(entry.results, scorer_id=spec.scorer_id, seconds_per_row=seconds)
 
 
 def _sample(row: dict, image_root: str | None) -> dict:
-    """A corpus row as a scorer record (image bytes win over the path when both are stored)."""
+    """A corpus row as a scorer record (image bytes win over the path when both are stored).
+
+    A path is resolved under ``image_root`` by the rule ingest applies (:func:`vig_udf.images.resolve_image`):
+    one that leaves the root raises :class:`SampleError`.
+    """
     image = row.get("image_bytes") or row.get("image_path")
-    if isinstance(image, str) and image_root and not os.path.isabs(image):
-        image = os.path.join(image_root, image)
+    if isinstance(image, str) and image_root:
+        image = resolve_image(image, image_root)
     record = {"id": row["sample_id"], "conversations": row.get("conversations")}
     if image:
         record["image"] = image
