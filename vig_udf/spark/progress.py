@@ -3,7 +3,7 @@
 The scoring function adds each finished Arrow batch's rows to a Spark accumulator; a driver thread reads it
 every ``every_s`` seconds and prints a line. Spark sends a task's accumulator updates to the driver when the
 task ends, so the count moves by whole tasks (the score job's partitions); until the first task ends the
-line says so, with the time elapsed.
+line says so, with the time elapsed. A last line follows when the job's tasks are done.
 """
 
 from __future__ import annotations
@@ -33,10 +33,12 @@ class Progress:
             self._thread.start()
         return self.rows
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *_) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+            if exc_type is None:
+                self.out(self.line())  # the last count: every task has ended
 
     def line(self) -> str:
         """The progress line for the rows counted so far."""
