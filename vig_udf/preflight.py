@@ -60,14 +60,27 @@ def check_input(path: str) -> None:
                          f"{head[:40]!r})")
 
 
-def check_image_root(image_root: str | None) -> None:
-    """``image_root`` is None or an existing folder."""
+def check_image_root(image_root: str | None, spark=None) -> None:
+    """``image_root`` is None or an existing folder: here, or with a session on a cluster, where the
+    executors see it (one small task: the image root is mounted on the executors, maybe not on the driver)."""
     if image_root is None:
         return
-    if not os.path.exists(image_root):
-        raise InputError(f"image_root {image_root} does not exist")
-    if not os.path.isdir(image_root):
-        raise InputError(f"image_root {image_root} is not a folder")
+    where = ""
+    if spark is not None and not is_local(spark.sparkContext.master):
+        exists, folder = spark.sparkContext.parallelize([image_root], 1).map(
+            lambda root: (os.path.exists(root), os.path.isdir(root))).first()
+        where = " on the executors"
+    else:
+        exists, folder = os.path.exists(image_root), os.path.isdir(image_root)
+    if not exists:
+        raise InputError(f"image_root {image_root} does not exist{where}")
+    if not folder:
+        raise InputError(f"image_root {image_root} is not a folder{where}")
+
+
+def is_local(master: str | None) -> bool:
+    """Whether a Spark master runs the executors in this process (so this machine sees what they see)."""
+    return bool(master) and master.startswith("local")
 
 
 def check_model_path(model_path: str | None) -> None:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vig_udf.config import SparkConfig
 from vig_udf.corpus import INVALID_RECORD, content_id, resolve_image, source_of, validate_record
-from vig_udf.preflight import check_image_root, check_input
+from vig_udf.preflight import check_image_root, check_input, is_local
 from vig_udf.status import IMAGE_UNREADABLE, OK
 
 # conversations is read as its JSON text and parsed in Python: a schema with ``value: STRING`` would make
@@ -151,15 +151,18 @@ def _storable(conversations) -> list[dict] | None:
     return turns
 
 
-def check_config(cfg: IngestJobConfig) -> None:
-    """Fail fast, before Spark runs anything, when the input or the image root is unusable (InputError)."""
+def check_config(cfg: IngestJobConfig, spark=None) -> None:
+    """Fail fast, before any table is written, when the input or the image root is unusable (InputError).
+
+    Without a session (before Spark starts) the image root is checked only for a local master."""
     check_input(cfg.input)
-    check_image_root(cfg.image_root)
+    if spark is not None or is_local(cfg.spark.master):
+        check_image_root(cfg.image_root, spark)
 
 
 def run_ingest(spark, cfg: IngestJobConfig, *, out=print) -> dict:
     """Ingest ``cfg.input`` into ``<lake>/corpus``; returns the summary (rows, statuses, duplicates)."""
-    check_config(cfg)
+    check_config(cfg, spark)
     from pyspark.sql import Window
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from vig_udf import status as st
 
 from vig_udf.config import ScorerConfig, SparkConfig
-from vig_udf.preflight import check_image_root, check_model_path
+from vig_udf.preflight import check_image_root, check_model_path, is_local
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +86,18 @@ def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool):
                       kill_worker_once=os.environ.get("VIG_FAULT_KILL_WORKER_ONCE"))
 
 
-def check_config(cfg: ScoreJobConfig) -> None:
-    """Fail fast, before Spark runs anything, when the model or the image root is not there (InputError)."""
+def check_config(cfg: ScoreJobConfig, spark=None) -> None:
+    """Fail fast, before any table is written, when the model or the image root is not there (InputError).
+
+    Without a session (before Spark starts) the image root is checked only for a local master."""
     check_model_path(cfg.scorer.model_path)
-    check_image_root(cfg.scorer.image_root)
+    if spark is not None or is_local(cfg.spark.master):
+        check_image_root(cfg.scorer.image_root, spark)
 
 
 def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     """Score the pending corpus rows and append them to ``<lake>/scores``; returns the job summary."""
-    check_config(cfg)
+    check_config(cfg, spark)
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
