@@ -205,6 +205,14 @@ def test_the_jobs_check_their_inputs_before_spark_starts(tmp_path, monkeypatch):
     assert not (tmp_path / "lake").exists()
 
 
+def test_vig_leaves_the_hub_offline_setting_to_the_user(monkeypatch):
+    from vig_udf.cli import _logging
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    _logging(False)
+    assert "HF_HUB_OFFLINE" not in os.environ
+
+
 # -- the device's failures are not a sample's ----------------------------------------------------------------
 
 def _records(n: int) -> list[dict]:
@@ -226,11 +234,15 @@ def test_out_of_memory_halves_the_batch_down_to_one_sequence(llava, monkeypatch)
     records = _records(5)
     expected = [r.token_vig for r in llava.score(records)]
     monkeypatch.setattr(scorer_module, "answer_logprobs", limited)
+    monkeypatch.setattr(llava, "batch_tokens", llava.batch_tokens)  # restored for the other tests
     results = llava.score(records)
     assert [r.status for r in results] == ["ok"] * 5
     for got, want in zip(results, expected):
         np.testing.assert_allclose(got.token_vig, want, atol=1e-5)
     assert sizes[0] == 10 and max(sizes[1:]) < 10 and sizes.count(2) == 5
+    sizes.clear()  # the next call plans under the lowered budget: no batch fails again
+    assert [r.status for r in llava.score(records)] == ["ok"] * 5
+    assert max(sizes) <= 4 and sizes.count(2) >= 1
 
     def never_fits(model, seqs, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -19,7 +18,7 @@ app = typer.Typer(help="vig-spark: Visual Information Gain scoring for vision-la
 
 
 def _logging(verbose: bool) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # the hub's online/offline setting (HF_HUB_OFFLINE) is the user's: left as the environment has it
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("vig_udf").setLevel(logging.INFO)
     from transformers.utils import logging as hf_logging

@@ -114,6 +114,7 @@ class VIGScorer:
         self.device = torch.device(device)
         self.dtype = dtype
         self._model_ref = model_ref
+        self.batch_tokens = options.batch_tokens  # lowered after an out-of-memory (see _forward_halved)
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
 
@@ -299,7 +300,7 @@ class VIGScorer:
         kinds = [kind(m) for m in members]
         for key in sorted(set(kinds)):
             idx = [g for g in range(len(groups)) if kinds[g] == key]
-            for batch in plan_batches([groups[g] for g in idx], budget=self.options.batch_tokens):
+            for batch in plan_batches([groups[g] for g in idx], budget=self.batch_tokens):
                 yield [idx[b] for b in batch]
 
     def _forward_isolating(self, flat, failed: dict[int, str]):
@@ -327,9 +328,15 @@ class VIGScorer:
         return self._forward_parts(flat, failed, [[p] for p in _positions_by_sample(flat)])
 
     def _forward_halved(self, flat, failed: dict[int, str], exc: Exception):
-        """After an out-of-memory: the two halves of ``flat`` one after the other."""
+        """After an out-of-memory: the two halves of ``flat`` one after the other. Later batches are planned
+        under half the failed batch's tokens, so that the same budget does not fail batch after batch."""
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+        failed_tokens = len(flat) * max(len(item.seqs[which]) for item, which in flat)
+        if failed_tokens // 2 < self.batch_tokens:
+            self.batch_tokens = max(1, failed_tokens // 2)
+            log.warning("out of memory at %d batch tokens: later batches get at most %d (batch_tokens=%d)",
+                        failed_tokens, self.batch_tokens, self.options.batch_tokens)
         samples = _positions_by_sample(flat)
         if len(flat) == 1:
             item, which = flat[0]
@@ -350,6 +357,7 @@ class VIGScorer:
             for p, lp in zip(positions, self._forward_isolating([flat[p] for p in positions], failed)):
                 results[p] = lp
         return results
+
 
 def _positions_by_sample(flat) -> list[list[int]]:
     """Positions in ``flat`` grouped by sample, in order of first appearance."""
