@@ -10,6 +10,7 @@ import zlib
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet  # noqa: F401  (pa.parquet)
 import pytest
 import torch
 from PIL import Image
@@ -61,8 +62,9 @@ def test_any_other_exception_while_preparing_a_sample_is_that_samples_model_erro
 def test_a_turn_value_that_is_not_a_string_is_invalid_conversation_in_the_scorer(llava):
     record = {"id": "n", "image": random_image(32, 32, 1),
               "conversations": [QA[0], {"from": "gpt", "value": 42}]}
-    result = llava.score([record])[0]
-    assert result.status == "invalid_conversation" and "turn 1" in result.error
+    results = llava.score([record, [1, 2]])
+    assert results[0].status == "invalid_conversation" and "turn 1" in results[0].error
+    assert results[1].status == "invalid_conversation" and "not a JSON object" in results[1].error
 
 
 # -- 16-bit images ----------------------------------------------------------------------------------------
@@ -160,6 +162,15 @@ def test_whole_input_mistakes_are_named_before_anything_runs(tmp_path):
     for path, message in cases.items():
         with pytest.raises(InputError, match=message):
             check_input(path)
+    pq_empty = str(tmp_path / "empty.parquet")
+    pa.parquet.write_table(pa.table({"id": pa.array([], pa.string())}), pq_empty)
+    with pytest.raises(InputError, match="has no rows"):
+        check_input(pq_empty)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(InputError, match="holds no .parquet files"):
+        check_input(str(tmp_path / "folder"))
+    pa.parquet.write_table(pa.table({"id": ["1"]}), str(tmp_path / "folder" / "part-0.parquet"))
+    check_input(str(tmp_path / "folder"))
     check_input(written("ok.json", b'\n [{"id": "1"}]'))
     check_input(written("ok.jsonl", b'{"id": "1"}\n'))
     with pytest.raises(InputError, match="image_root .* does not exist"):

@@ -100,16 +100,9 @@ def check_model_path(model_path: str | None) -> None:
             from None
 
 
-def _check_parquet_file(path: str) -> int:
-    import pyarrow.parquet as pq
-
-    try:
-        rows = pq.ParquetFile(path).metadata.num_rows
-    except Exception as err:  # pyarrow raises ArrowInvalid / OSError for a file that is not Parquet
-        raise InputError(f"input {path} is not a Parquet file ({err})") from None
-    if rows == 0:
+def _check_parquet_file(path: str) -> None:
+    if _parquet_rows(path) == 0:
         raise InputError(f"input {path} is empty: its Parquet file has no rows")
-    return rows
 
 
 def _check_parquet_folder(path: str) -> None:
@@ -117,14 +110,18 @@ def _check_parquet_folder(path: str) -> None:
                    if name.endswith(".parquet") and not name.startswith((".", "_")))
     if not files:
         raise InputError(f"input folder {path} holds no .parquet files")
-    for file in files:  # stops at the first file with rows: one footer read in the usual case
-        try:
-            _check_parquet_file(file)
-            return
-        except InputError as err:
-            if "no rows" not in str(err):
-                raise
-    raise InputError(f"input folder {path} is empty: none of its {len(files)} Parquet files has rows")
+    if not any(_parquet_rows(file) for file in files):  # stops at the first file with rows (one footer, usually)
+        raise InputError(f"input folder {path} is empty: none of its {len(files)} Parquet files has rows")
+
+
+def _parquet_rows(path: str) -> int:
+    """The row count in the file's Parquet footer."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception as err:  # pyarrow raises ArrowInvalid / OSError for a file that is not Parquet
+        raise InputError(f"input {path} is not a Parquet file ({err})") from None
 
 
 def _is_uri(path: str) -> bool:

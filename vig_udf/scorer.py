@@ -231,6 +231,9 @@ class VIGScorer:
         return chunk
 
     def _prepare(self, index: int, sample_id: str, sample: dict):
+        if not isinstance(sample, dict):
+            raise SampleError(st.INVALID_CONVERSATION, f"the record is a {type(sample).__name__}, not a JSON object "
+                                                       "with 'conversations'")
         image_ref = sample.get("image")
         has_image = image_ref is not None and not (isinstance(image_ref, str) and not image_ref)
         conv = parse_conversation(sample.get("conversations"), has_image=has_image)
