@@ -33,6 +33,53 @@ def test_task_device_is_the_gpu_spark_assigned(monkeypatch):
     assert task_device() is None
 
 
+def test_local_mode_runs_one_scoring_task_per_gpu():
+    from vig_udf.spark.local_gpus import local_master
+
+    assert local_master("local[*]", 2) == "local[2]"
+    assert local_master("local[16, 3]", 4) == "local[4, 3]"
+    assert local_master("local[1]", 2) == "local[1]" and local_master("local", 2) == "local"
+    assert local_master("local[*]", 0) == "local[*]"  # no GPU: a task per core
+    assert local_master("spark://host:7077", 2) == "spark://host:7077" and local_master(None, 2) is None
+
+
+def test_the_score_jobs_local_session_gets_a_task_per_gpu(monkeypatch):
+    import torch
+
+    from vig_udf.spark.score_job import ScoreJobConfig, spark_config
+
+    cfg = ScoreJobConfig()
+    if not torch.cuda.is_available():
+        assert spark_config(cfg).master == "local[*]"  # no GPU: a task per core
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert spark_config(cfg).master == "local[2]" and cfg.spark.master == "local[*]"
+
+
+def test_concurrent_python_workers_take_different_gpus(tmp_path):
+    """Each worker process holds its GPU's lock for its life; a third worker on two GPUs gets none."""
+    import multiprocessing
+
+    from vig_udf.spark.local_gpus import worker_gpu
+
+    def take(queue, release):
+        queue.put(worker_gpu(2, str(tmp_path)))
+        release.wait(30)
+
+    ctx = multiprocessing.get_context("fork")
+    queue, release = ctx.Queue(), ctx.Event()
+    workers = [ctx.Process(target=take, args=(queue, release)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    taken = sorted((queue.get(timeout=30) for _ in workers), key=lambda i: (i is None, i))
+    release.set()
+    for worker in workers:
+        worker.join(30)
+    assert taken == [0, 1, None]
+    assert worker_gpu(2, str(tmp_path)) == 0  # the locks went with the processes
+    assert worker_gpu(2, str(tmp_path)) == 0  # and this process keeps the one it took
+
+
 def test_rows_in_equal_rows_out_and_invalid_rows_keep_their_ingest_status(tiny_checkpoints, tmp_path, monkeypatch):
     monkeypatch.setattr(score_udf, "task_device", lambda: None)
     random_image(40, 40, 0).save(tmp_path / "a.png")

@@ -57,7 +57,8 @@ def _spark_job(module: str, config_class: str, run: str, section: str, config, o
         with _input_errors(section):
             job.check_config(cfg)
     uris = [value for value in (getattr(cfg, "lake", None), getattr(cfg, "input", None)) if isinstance(value, str)]
-    getattr(job, run)(spark_session(cfg.spark, uris=uris), cfg)
+    spark_cfg = job.spark_config(cfg) if hasattr(job, "spark_config") else cfg.spark  # score: a task per GPU
+    getattr(job, run)(spark_session(spark_cfg, uris=uris), cfg)
 
 
 @contextmanager

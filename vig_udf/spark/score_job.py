@@ -86,6 +86,21 @@ def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool):
                       kill_worker_once=os.environ.get("VIG_FAULT_KILL_WORKER_ONCE"))
 
 
+def spark_config(cfg: ScoreJobConfig) -> SparkConfig:
+    """The job's Spark settings, with a local master cut to one task per GPU on a machine with GPUs (local
+    mode schedules no GPUs; ``local[*]`` would load the model once per core)."""
+    import torch
+
+    from vig_udf.spark.local_gpus import local_master
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    master = local_master(cfg.spark.master, gpus)
+    if master != cfg.spark.master:
+        log.warning("local mode with %d GPU(s): master %s becomes %s (one scoring task per GPU)", gpus,
+                    cfg.spark.master, master)
+    return cfg.spark.model_copy(update={"master": master})
+
+
 def check_config(cfg: ScoreJobConfig, spark=None) -> None:
     """Fail fast, before any table is written, when the model or the image root is not there (InputError).
 

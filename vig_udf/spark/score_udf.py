@@ -22,6 +22,7 @@ from vig_udf import status as st
 from vig_udf.images import resolve_image
 from vig_udf.results import ScoreResult
 from vig_udf.spark.arrow import results_to_arrow
+from vig_udf.spark.local_gpus import worker_gpu
 from vig_udf.status import SampleError
 
 log = logging.getLogger(__name__)
@@ -47,14 +48,20 @@ class ScorerSpec:
 
 
 def task_device() -> str | None:
-    """``cuda:<n>`` for the GPU that Spark assigned to this task, None when the task has no GPU."""
+    """``cuda:<n>`` for the GPU that Spark assigned to this task; without one (local mode), on a machine with
+    several GPUs, the GPU this Python worker holds (:func:`vig_udf.spark.local_gpus.worker_gpu`); None
+    leaves it to the scorer (``cuda`` when there is one, else the CPU)."""
     from pyspark import TaskContext
 
     ctx = TaskContext.get()
     gpus = ctx.resources().get("gpu") if ctx is not None else None
-    if gpus is None or not gpus.addresses:
-        return None
-    return f"cuda:{gpus.addresses[0]}"
+    if gpus is not None and gpus.addresses:
+        return f"cuda:{gpus.addresses[0]}"
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = worker_gpu(count) if count > 1 else None
+    return None if index is None else f"cuda:{index}"
 
 
 def worker_scorer(spec: ScorerSpec, device: str | None):
