@@ -1,5 +1,7 @@
 """The Spark scoring function without Spark: GPU pinning, row passthrough, Arrow output."""
 
+import os
+
 import pyarrow as pa
 import pytest
 
@@ -53,7 +55,9 @@ def test_the_score_jobs_local_session_gets_a_task_per_gpu(monkeypatch):
         assert spark_config(cfg).master == "local[*]"  # no GPU: a task per core
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert spark_config(cfg).master == "local[2]" and cfg.spark.master == "local[*]"
+    local = spark_config(cfg)
+    assert local.master == "local[2]" and cfg.spark.master == "local[*]"
+    assert local.conf["spark.default.parallelism"] == str(os.cpu_count())  # tasks as small as before
 
 
 def test_concurrent_python_workers_take_different_gpus(tmp_path):

@@ -95,10 +95,13 @@ def spark_config(cfg: ScoreJobConfig) -> SparkConfig:
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     master = local_master(cfg.spark.master, gpus)
-    if master != cfg.spark.master:
-        log.warning("local mode with %d GPU(s): master %s becomes %s (one scoring task per GPU)", gpus,
-                    cfg.spark.master, master)
-    return cfg.spark.model_copy(update={"master": master})
+    if master == cfg.spark.master:
+        return cfg.spark
+    log.warning("local mode with %d GPU(s): master %s becomes %s (one scoring task per GPU)", gpus,
+                cfg.spark.master, master)
+    # as many partitions as before (a task per core's worth of rows), run a GPU's worth at a time
+    conf = {"spark.default.parallelism": str(os.cpu_count() or 1), **cfg.spark.conf}
+    return cfg.spark.model_copy(update={"master": master, "conf": conf})
 
 
 def check_config(cfg: ScoreJobConfig, spark=None) -> None:
