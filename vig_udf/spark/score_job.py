@@ -28,7 +28,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from vig_udf import status as st
-
 from vig_udf.config import ScorerConfig, SparkConfig
 from vig_udf.preflight import check_image_root, check_model_path, is_local
 
@@ -54,6 +53,7 @@ class ScoreJobConfig(BaseModel):
                                "again and replaced, e.g. [image_unreadable, model_error] after fixing the cause")
     progress_every_s: float = Field(30.0, description="seconds between progress lines (rows done, rows/s, time "
                                     "left) while scoring; 0 = none")
+    spark: SparkConfig = SparkConfig()
 
     @field_validator("rescore")
     @classmethod
@@ -62,7 +62,6 @@ class ScoreJobConfig(BaseModel):
         if unknown:
             raise ValueError(f"rescore={unknown}: only failure statuses can be re-scored, choose among {st.FAILURES}")
         return statuses
-    spark: SparkConfig = SparkConfig()
 
 
 def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool):
