@@ -123,15 +123,17 @@ def test_preparation_runs_in_a_background_thread_and_its_errors_become_statuses(
 
 
 def test_an_unexpected_preparation_error_reaches_the_caller_and_stops_the_threads(base, records, monkeypatch):
+    """An error of the chunk machinery itself (a sample's own errors are its status, see test_bad_inputs)."""
     scorer = variant(base, prep_workers=2, prep_chunk=1)
-    real = scorer._prepare
+    real = scorer._prepare_chunk
 
-    def prepare(index, sample_id, record):
-        if sample_id == "long":
+    def prepare_chunk(unit):
+        samples, part, _ = unit
+        if any(samples[i]["id"] == "long" for i in part):
             raise KeyError("a bug, not a bad sample")
-        return real(index, sample_id, record)
+        return real(unit)
 
-    monkeypatch.setattr(scorer, "_prepare", prepare)
+    monkeypatch.setattr(scorer, "_prepare_chunk", prepare_chunk)
     with pytest.raises(KeyError, match="a bug"):
         scorer.score(records)
     assert not [t for t in threading.enumerate() if t.name.startswith("vig-prep")]

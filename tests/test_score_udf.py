@@ -35,6 +35,59 @@ def test_task_device_is_the_gpu_spark_assigned(monkeypatch):
     assert task_device() is None
 
 
+def test_local_mode_runs_one_scoring_task_per_gpu():
+    from vig_udf.spark.local_gpus import local_master
+
+    assert local_master("local[*]", 2) == "local[2]"
+    assert local_master("local[16, 3]", 4) == "local[4, 3]"
+    assert local_master("local[1]", 2) == "local[1]" and local_master("local", 2) == "local"
+    assert local_master("local[*]", 0) == "local[*]"  # no GPU: a task per core
+    assert local_master("spark://host:7077", 2) == "spark://host:7077" and local_master(None, 2) is None
+
+
+def test_the_score_jobs_local_session_gets_a_task_per_gpu(monkeypatch):
+    import torch
+
+    from vig_udf.spark.score_job import ScoreJobConfig, spark_config
+
+    cfg = ScoreJobConfig()
+    if not torch.cuda.is_available():
+        assert spark_config(cfg).master == "local[*]"  # no GPU: a task per core
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    local = spark_config(cfg)
+    assert local.master == "local[2]" and cfg.spark.master == "local[*]"
+    assert local.conf["spark.default.parallelism"] == str(os.cpu_count())  # tasks as small as before
+    from vig_udf.spark.score_job import local_gpu_count
+
+    assert local_gpu_count("local[2]", 0.0) == 2  # the job's scorer runs in bf16 on those GPUs
+    assert local_gpu_count("spark://head:7077", 0.0) == 0 and local_gpu_count("local[*]", 1.0) == 0
+
+
+def test_concurrent_python_workers_take_different_gpus(tmp_path):
+    """Each worker process holds its GPU's lock for its life; a third worker on two GPUs gets none."""
+    import multiprocessing
+
+    from vig_udf.spark.local_gpus import worker_gpu
+
+    def take(queue, release):
+        queue.put(worker_gpu(2, str(tmp_path)))
+        release.wait(30)
+
+    ctx = multiprocessing.get_context("fork")
+    queue, release = ctx.Queue(), ctx.Event()
+    workers = [ctx.Process(target=take, args=(queue, release)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    taken = sorted((queue.get(timeout=30) for _ in workers), key=lambda i: (i is None, i))
+    release.set()
+    for worker in workers:
+        worker.join(30)
+    assert taken == [0, 1, None]
+    assert worker_gpu(2, str(tmp_path)) == 0  # the locks went with the processes
+    assert worker_gpu(2, str(tmp_path)) == 0  # and this process keeps the one it took
+
+
 def test_rows_in_equal_rows_out_and_invalid_rows_keep_their_ingest_status(tiny_checkpoints, tmp_path, monkeypatch):
     monkeypatch.setattr(score_udf, "task_device", lambda *_: None)
     random_image(40, 40, 0).save(tmp_path / "a.png")
@@ -84,37 +137,6 @@ def test_a_task_with_nothing_to_score_loads_no_model(monkeypatch):
     spec = ScorerSpec(model_path="unused", scorer_id="s", kwargs={})
     out = list(score_batches(spec)(iter([pa.RecordBatch.from_pylist([row])] * 2)))
     assert [b.num_rows for b in out] == [1, 1] and out[0].column("status").to_pylist() == ["invalid_record"]
-
-
-class _PartitionContext(_Context):
-    def __init__(self, partition: int):
-        super().__init__({})
-        self._partition = partition
-
-    def partitionId(self):
-        return self._partition
-
-
-def test_local_mode_on_a_gpu_machine_runs_one_scoring_task_per_gpu(monkeypatch):
-    """local[*] would load one model per core; with GPUs the job runs one task per GPU, task p on GPU p mod n."""
-    import torch
-    from pyspark import TaskContext
-
-    from vig_udf.spark.score_job import local_gpu_count, score_partitions
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    assert local_gpu_count("local[*]", 0.0) == 4
-    assert local_gpu_count("spark://head:7077", 0.0) == 0 and local_gpu_count("local[*]", 1.0) == 0
-    assert score_partitions(None, 16, 4) == 4 and score_partitions(None, 16, 0) == 16
-    assert score_partitions(8, 16, 4) == 8  # an explicit setting wins
-    devices = []
-    for partition in range(6):
-        monkeypatch.setattr(TaskContext, "get", staticmethod(lambda p=partition: _PartitionContext(p)))
-        devices.append(task_device(4))
-    assert devices == ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0", "cuda:1"]
-    monkeypatch.setattr(TaskContext, "get", staticmethod(lambda: _Context({"gpu": _Resource(["2"])})))
-    assert task_device(4) == "cuda:2"  # a GPU Spark assigned wins
 
 
 def test_vig_respects_the_users_hub_offline_setting(monkeypatch):

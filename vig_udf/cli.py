@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from vig_udf.config import DemoConfig, LakeConfig, ScorerConfig, SqlConfig, load_config
+from vig_udf.preflight import InputError, check_image_root, check_input, check_model_path
 
 app = typer.Typer(help="vig-spark: Visual Information Gain scoring for vision-language training data.",
                   no_args_is_help=True, add_completion=False)
 
 
 def _logging(verbose: bool) -> None:
+    # the hub's online/offline setting (HF_HUB_OFFLINE) is the user's: left as the environment has it
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("vig_udf").setLevel(logging.INFO)
     from transformers.utils import logging as hf_logging
@@ -50,8 +53,22 @@ def _spark_job(module: str, config_class: str, run: str, section: str, config, o
     _logging(False)
     job = importlib.import_module(module)
     cfg = load_config(getattr(job, config_class), config, overrides, section=section)
+    if hasattr(job, "check_config"):  # whole-input mistakes fail here, before Spark starts
+        with _input_errors(section):
+            job.check_config(cfg)
     uris = [value for value in (getattr(cfg, "lake", None), getattr(cfg, "input", None)) if isinstance(value, str)]
-    getattr(job, run)(spark_session(cfg.spark, uris=uris), cfg)
+    spark_cfg = job.spark_config(cfg) if hasattr(job, "spark_config") else cfg.spark  # score: a task per GPU
+    getattr(job, run)(spark_session(spark_cfg, uris=uris), cfg)
+
+
+@contextmanager
+def _input_errors(command: str):
+    """An :class:`InputError` ends the command with its message and exit code 2, not a traceback."""
+    try:
+        yield
+    except InputError as error:
+        typer.echo(f"vig {command}: {error}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -179,7 +196,10 @@ def score_file(
     from vig_udf.scorer import VIGScorer
 
     cfg = load_config(ScorerConfig, None, [f"model_path={model}"] + list(overrides or []))
-    records = _read_records(input)
+    with _input_errors("score-file"):
+        check_model_path(cfg.model_path)
+        check_image_root(cfg.image_root)
+        records = _read_records(input)
     scorer = VIGScorer.from_pretrained(cfg.model_path, cfg.options())
     counts: dict[str, int] = {}
     with out.open("w") as f:
@@ -192,12 +212,19 @@ def score_file(
 
 
 def _read_records(path: Path) -> list[dict]:
+    """The records of a LLaVA JSON list or JSON lines file; :class:`InputError` when it is neither."""
+    if path.suffix not in (".json", ".jsonl"):
+        raise InputError(f"input {path} is not a .json (a JSON list of LLaVA records) or .jsonl file")
+    check_input(str(path))
     text = path.read_text()
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    data = json.loads(text)
+    try:
+        if path.suffix == ".jsonl":
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(f"input {path} is not valid JSON: {error}") from None
     if not isinstance(data, list):
-        raise typer.BadParameter(f"{path} must hold a JSON list of LLaVA records (or use .jsonl)")
+        raise InputError(f"input {path} must hold a JSON list of LLaVA records (or use .jsonl)")
     return data
 
 

@@ -1,18 +1,18 @@
 """Validation of LLaVA-format records at ingest: pure functions, no Spark.
 
 Every record becomes a corpus row; an invalid one keeps its status and a readable message. The checks
-are the scorer's own (the same conversation parser), plus the image reference: a relative path that
-stays inside the image root and names an existing file.
+are the scorer's own (the same conversation parser and the same image-path rule,
+:func:`vig_udf.images.resolve_image`): a path that stays inside the image root and names an existing file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 
 from vig_udf.conversation import parse_conversation
-from vig_udf.status import IMAGE_UNREADABLE, INVALID_CONVERSATION, OK, TEXT_ONLY, SampleError
+from vig_udf.images import check_image_file, resolve_image
+from vig_udf.status import INVALID_CONVERSATION, OK, TEXT_ONLY, SampleError
 
 INVALID_RECORD = "invalid_record"  # not a JSON object of the LLaVA layout at all
 
@@ -25,17 +25,6 @@ def source_of(image_path: str | None) -> str:
     return first[0] if len(first) == 2 else "root"
 
 
-def resolve_image(image_path: str, image_root: str | None) -> str:
-    """Absolute path of ``image_path`` under ``image_root``; refuses paths that escape the root."""
-    if image_root is None:
-        return os.path.abspath(image_path)
-    root = os.path.realpath(image_root)
-    full = os.path.realpath(os.path.join(root, image_path))
-    if os.path.commonpath([root, full]) != root:
-        raise SampleError(IMAGE_UNREADABLE, f"image path {image_path!r} points outside the image root {image_root}")
-    return full
-
-
 def validate_record(record_id, image_path, conversations, *, image_root: str | None,
                     check_files: bool = True) -> tuple[str, str | None]:
     """(status, error) of one record: ``ok``, ``text_only`` or the reason it cannot be scored."""
@@ -45,8 +34,8 @@ def validate_record(record_id, image_path, conversations, *, image_root: str | N
         parse_conversation(list(conversations), has_image=bool(image_path))
         if image_path:
             full = resolve_image(image_path, image_root)
-            if check_files and not os.path.isfile(full):
-                raise SampleError(IMAGE_UNREADABLE, f"image file not found: {full}")
+            if check_files:
+                check_image_file(full)
     except SampleError as err:
         return err.status, err.message
     return (OK if image_path else TEXT_ONLY), None

@@ -43,11 +43,43 @@ def load_image(image: Any, *, image_root: str | None = None, max_pixels: int | N
     if isinstance(image, (bytes, bytearray, memoryview)):
         return _decoded_rgb(_open(io.BytesIO(bytes(image)), "image bytes"), "image bytes", max_pixels)
     if isinstance(image, (str, os.PathLike)):
-        path = os.path.join(image_root, image) if image_root and not os.path.isabs(image) else os.fspath(image)
-        if not os.path.isfile(path):
-            raise SampleError(IMAGE_UNREADABLE, f"image file not found: {path}")
+        path = resolve_image(os.fspath(image), image_root)
+        check_image_file(path)
         return _decoded_rgb(_open(path, path), path, max_pixels)
     raise SampleError(IMAGE_UNREADABLE, f"unsupported image value of type {type(image).__name__}")
+
+
+def resolve_image(image_path: str, image_root: str | None) -> str:
+    """The file that ``image_path`` names: under ``image_root`` when one is given, else as given.
+
+    With an image root, the path (relative to it, or absolute) must stay inside it, also after following
+    symlinks: a symlink inside the root that points inside it is fine; ``../``, an absolute path elsewhere
+    or a symlink that leaves the root raise :class:`SampleError` (``image_unreadable``) saying which.
+    Ingest, the score job and the scorer all check paths here, so they refuse the same paths alike.
+    """
+    if image_root is None:
+        return os.path.abspath(image_path)
+    root, real_root = os.path.abspath(image_root), os.path.realpath(image_root)
+    named = os.path.normpath(os.path.join(root, image_path))
+    if not any(_inside(named, r) for r in (root, real_root)):
+        raise SampleError(IMAGE_UNREADABLE, f"image path {image_path!r} points outside the image root {image_root}")
+    full = os.path.realpath(named)
+    if not _inside(full, real_root):
+        raise SampleError(IMAGE_UNREADABLE, f"image path {image_path!r} is a symlink that leaves the image root "
+                                            f"{image_root} (it resolves to {full})")
+    return full
+
+
+def check_image_file(path: str) -> None:
+    """Raise ``image_unreadable`` unless ``path`` is an existing file (a folder is named as one)."""
+    if os.path.isdir(path):
+        raise SampleError(IMAGE_UNREADABLE, f"image path {path} is a folder, not an image file")
+    if not os.path.isfile(path):
+        raise SampleError(IMAGE_UNREADABLE, f"image file not found: {path}")
+
+
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([root, path]) == root
 
 
 def _open(source, name: str) -> Image.Image:
@@ -65,9 +97,21 @@ def _decoded_rgb(img: Image.Image, name: str, max_pixels: int | None) -> Image.I
         )
     try:
         img.load()  # decode now: a truncated file fails here, not inside the processor
-        return img.convert("RGB")
+        return _eight_bit(img).convert("RGB")
     except Exception as exc:
         raise SampleError(IMAGE_UNREADABLE, f"cannot decode {name}: {exc}") from exc
+
+
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """16-bit grey (PIL modes ``I;16*``, and ``I`` as 16-bit PNGs open) scaled to 8 bits, not clipped.
+
+    PIL's own ``convert`` clips those values at 255, so a 16-bit image comes out almost white. 16-bit RGB
+    and grey+alpha PNGs are already opened as 8-bit RGB / RGBA by PIL.
+    """
+    if not (img.mode.startswith("I;16") or img.mode == "I"):
+        return img
+    pixels = np.clip(np.asarray(img, dtype=np.float64), 0, 65535) / 257.0
+    return Image.fromarray(np.round(pixels).astype(np.uint8), "L")
 
 
 def make_counterfactual(

@@ -12,7 +12,8 @@ Samples are prepared in chunks of ``prep_chunk``; a chunk's sequences are packed
 batches under a token budget (a sample's two passes side by side when their token layout is identical)
 and scored with logits at answer positions only. With ``prep_workers`` > 0 the next chunks are prepared
 in background threads while the model runs the current one (``score_stream`` carries this across calls).
-A failing sample gets its status and message; the others are scored.
+A failing sample gets its status and message, whatever it raises while being prepared; the others are
+scored.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class VIGScorer:
         self.inputs = InputBuilder(processor, max_length=self.options.max_length,
                                    image_placement=self.options.image_placement)
         self._model_ref = model_ref
+        self.batch_tokens = options.batch_tokens  # lowered after an out-of-memory (see _forward_halved)
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
 
@@ -168,6 +170,11 @@ class VIGScorer:
             except SampleError as err:
                 chunk.done[i] = ScoreResult.unscored(sample_id, self.options.counterfactual, err.status, err.message)
                 continue
+            except Exception as exc:  # whatever else one sample raises is that sample's status, never the call's
+                log.warning("preparing sample %s failed: %s: %s", sample_id, type(exc).__name__, exc)
+                chunk.done[i] = ScoreResult.unscored(sample_id, self.options.counterfactual, st.MODEL_ERROR,
+                                                     f"preparing the sample failed: {type(exc).__name__}: {exc}")
+                continue
             if isinstance(item, ScoreResult):
                 chunk.done[i] = item
             else:
@@ -175,6 +182,9 @@ class VIGScorer:
         return chunk
 
     def _prepare(self, index: int, sample_id: str, sample: dict):
+        if not isinstance(sample, dict):
+            raise SampleError(st.INVALID_CONVERSATION, f"the record is a {type(sample).__name__}, not a JSON object "
+                                                       "with 'conversations'")
         image_ref = sample.get("image")
         has_image = image_ref is not None and not (isinstance(image_ref, str) and not image_ref)
         conv = parse_conversation(sample.get("conversations"), has_image=has_image)
@@ -183,18 +193,29 @@ class VIGScorer:
             _, tokens = self.inputs.build(conv, None, rendered=rendered)
             return ScoreResult.unscored(sample_id, self.options.counterfactual, st.TEXT_ONLY, None, tokens)
         image = load_image(image_ref, image_root=self.options.image_root, max_pixels=self.options.max_image_pixels)
-        real, tokens = self.inputs.build(conv, image, rendered=rendered)
+        real, tokens = self._build_with_image(conv, image, rendered)
         if self.options.counterfactual == "drop":
             cf, cf_tokens = self.inputs.build(conv, None)
         else:
             cf_image = make_counterfactual(image, self.options.counterfactual, blur_sigma=self.options.blur_sigma,
                                            seed_key=sample_id)
-            cf, cf_tokens = self.inputs.build(conv, cf_image, rendered=rendered)
+            cf, cf_tokens = self._build_with_image(conv, cf_image, rendered)
         if not np.array_equal(cf_tokens.token_ids, tokens.token_ids):
             raise SampleError(st.TEMPLATE_MISMATCH, "the answer tokens differ between the image and the "
                                                     "counterfactual prompt; they cannot be aligned")
         return _Prepared(index, sample_id, tokens, seqs=[real, cf],
                          shared_layout=torch.equal(cf.input_ids, real.input_ids))
+
+    def _build_with_image(self, conv, image, rendered):
+        """``inputs.build`` with an image; the processor refusing the image is the sample's ``image_unsupported``."""
+        try:
+            return self.inputs.build(conv, image, rendered=rendered)
+        except SampleError:
+            raise
+        except Exception as exc:  # e.g. Qwen2-VL: "absolute aspect ratio must be smaller than 200"
+            width, height = image.size
+            raise SampleError(st.IMAGE_UNSUPPORTED, f"the processor refused the {width}x{height} image: "
+                                                    f"{type(exc).__name__}: {exc}") from exc
 
     # -- forward passes (GPU) ----------------------------------------------------------------------
 
@@ -233,29 +254,90 @@ class VIGScorer:
         kinds = [kind(m) for m in members]
         for key in sorted(set(kinds)):
             idx = [g for g in range(len(groups)) if kinds[g] == key]
-            for batch in plan_batches([groups[g] for g in idx], budget=self.options.batch_tokens):
+            for batch in plan_batches([groups[g] for g in idx], budget=self.batch_tokens):
                 yield [idx[b] for b in batch]
 
     def _forward_isolating(self, flat, failed: dict[int, str]):
-        """Forward a batch; if it raises, retry each sample alone so one bad sample fails alone."""
+        """Forward a batch; one bad sample fails alone, and the device's own failures are not a sample's.
+
+        Out of memory: the batch is halved (a sample's passes kept together, then apart) down to one
+        sequence, and only a sequence that does not fit alone gets ``model_error``. A fatal device error
+        (a CUDA error such as a device-side assert) is raised: the process's device state is lost, so the
+        task must fail and be retried in a fresh worker. Any other error: each sample is retried alone.
+        """
         seqs = [item.seqs[which] for item, which in flat]
         try:
             return answer_logprobs(self.model, seqs, pad_token_id=self.pad_token_id, device=self.device,
                                    dtype=self.dtype)
         except Exception as exc:
+            if _out_of_memory(exc):
+                return self._forward_halved(flat, failed, exc)
+            if _fatal_device_error(exc):
+                raise
             if len({item.index for item, _ in flat}) == 1:
                 item = flat[0][0]
                 failed[item.index] = f"forward pass failed: {type(exc).__name__}: {exc}"
                 return [None] * len(flat)
             log.warning("batch of %d sequences failed (%s); retrying sample by sample", len(flat), exc)
-        by_sample: dict[int, list[int]] = {}
-        for pos, (item, _) in enumerate(flat):
-            by_sample.setdefault(item.index, []).append(pos)
+        return self._forward_parts(flat, failed, [[p] for p in _positions_by_sample(flat)])
+
+    def _forward_halved(self, flat, failed: dict[int, str], exc: Exception):
+        """After an out-of-memory: the two halves of ``flat`` one after the other. Later batches are planned
+        under half the failed batch's tokens, so that the same budget does not fail batch after batch."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        failed_tokens = len(flat) * max(len(item.seqs[which]) for item, which in flat)
+        if failed_tokens // 2 < self.batch_tokens:
+            self.batch_tokens = max(1, failed_tokens // 2)
+            log.warning("out of memory at %d batch tokens: later batches get at most %d (batch_tokens=%d)",
+                        failed_tokens, self.batch_tokens, self.options.batch_tokens)
+        samples = _positions_by_sample(flat)
+        if len(flat) == 1:
+            item, which = flat[0]
+            failed[item.index] = (f"out of memory with this sequence alone ({len(item.seqs[which])} tokens; "
+                                  f"lower batch_tokens or max_length): {type(exc).__name__}: {exc}")
+            return [None]
+        log.warning("out of memory on a batch of %d sequences; retrying it in two halves", len(flat))
+        if len(samples) == 1:  # one sample's two stacked passes: run them apart
+            return self._forward_parts(flat, failed, [[[0]], [[1]]])
+        half = len(samples) // 2
+        return self._forward_parts(flat, failed, [samples[:half], samples[half:]])
+
+    def _forward_parts(self, flat, failed: dict[int, str], parts: list[list[list[int]]]):
+        """Forward each part (a list of samples, each a list of positions in ``flat``) as its own batch."""
         results: list = [None] * len(flat)
-        for positions in by_sample.values():
+        for part in parts:
+            positions = [p for sample_positions in part for p in sample_positions]
             for p, lp in zip(positions, self._forward_isolating([flat[p] for p in positions], failed)):
                 results[p] = lp
         return results
+
+
+def _positions_by_sample(flat) -> list[list[int]]:
+    """Positions in ``flat`` grouped by sample, in order of first appearance."""
+    by_sample: dict[int, list[int]] = {}
+    for pos, (item, _) in enumerate(flat):
+        by_sample.setdefault(item.index, []).append(pos)
+    return list(by_sample.values())
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError)
+                                                      and "out of memory" in str(exc).lower())
+
+
+# Errors after which a CUDA context is unusable (every later call fails too): the task must not go on
+_FATAL_DEVICE_MESSAGES = ("cuda error", "cublas_status", "cudnn_status", "cudnn error", "device-side assert",
+                          "illegal memory access", "nccl error", "unspecified launch failure")
+
+
+def _fatal_device_error(exc: Exception) -> bool:
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(exc, accelerator_error):
+        return True
+    message = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(m in message for m in _FATAL_DEVICE_MESSAGES)
+
 
 def _sample_id(sample, index: int) -> str:
     if isinstance(sample, dict) and sample.get("id") is not None:

@@ -3,14 +3,16 @@
 OK = "ok"
 TEXT_ONLY = "text_only"  # no image: nothing to gain from it; not an error
 IMAGE_UNREADABLE = "image_unreadable"  # missing file, corrupt or truncated bytes, not an image
+IMAGE_UNSUPPORTED = "image_unsupported"  # a readable image the processor refuses (e.g. aspect ratio above 200)
 INVALID_CONVERSATION = "invalid_conversation"  # empty, malformed roles, <image> count not matching
 NO_ANSWER_TOKENS = "no_answer_tokens"  # no assistant turn, or assistant turns that tokenize to nothing
 TRUNCATED = "truncated"  # the full sequence is longer than the scorer's max_length
 TEMPLATE_MISMATCH = "template_mismatch"  # an answer could not be located in the chat template's text
-MODEL_ERROR = "model_error"  # the forward pass raised on this sample alone
+MODEL_ERROR = "model_error"  # the model or its processor raised on this sample alone (not out of memory)
 
 FAILURES = (
     IMAGE_UNREADABLE,
+    IMAGE_UNSUPPORTED,
     INVALID_CONVERSATION,
     NO_ANSWER_TOKENS,
     TRUNCATED,

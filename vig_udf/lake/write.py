@@ -6,7 +6,8 @@
   ``MERGE ... WHEN NOT MATCHED THEN INSERT *`` on the key, so that concurrent or repeated runs never write a
   key twice. An expensive source (the scorer's output) is first staged as its own Delta table under
   ``<lake>/_staging``, so that a retry after a concurrent commit re-reads those rows instead of recomputing
-  them.
+  them. With ``replace_when`` it is an upsert: matched rows that meet the condition are replaced
+  (``WHEN MATCHED AND ... THEN UPDATE SET *``), as the score job's ``rescore`` does.
 
 A MERGE takes its commit metadata and app transaction from session settings (Delta's only way for DML), so
 two threads must not insert through one Spark session at the same time; separate jobs (processes, clusters)
@@ -55,6 +56,7 @@ class Commit:
 
     version: int
     rows_added: int | None
+    rows_updated: int | None = None  # rows a MERGE replaced (``replace_when``)
 
 
 def write_table(
@@ -112,6 +114,7 @@ def insert_new_rows(
     app_id: str | None = None,
     app_version: int | None = None,
     staging: str | None = None,
+    replace_when: str | None = None,
 ) -> Commit | None:
     """Insert the rows of ``df`` whose ``keys`` the table at ``path`` does not hold; create it if missing.
 
@@ -123,6 +126,10 @@ def insert_new_rows(
         staging: a folder (URI) under which ``df`` is first written as a Delta table of its own and read
             back, so that retries never recompute it; deleted afterwards (``vig lake vacuum`` clears one
             left by a killed job). Use it when computing ``df`` is expensive.
+        replace_when: the upsert variant: a SQL condition on the table's row (alias ``t``) under which a row
+            of ``df`` whose key the table holds replaces it (``WHEN MATCHED AND <condition> THEN UPDATE SET
+            *``); rows with a key the table holds that do not meet it are left as they are. The table still
+            holds one row per key. The commit's ``rows_updated`` counts the replaced rows.
 
     Example::
 
@@ -144,14 +151,15 @@ def insert_new_rows(
         if staged:
             df.write.format("delta").mode("errorifexists").save(staged)
             source = spark.read.format("delta").load(staged)
-        _retry_conflicts(lambda: _create_or_merge(source, uri, keys, metadata, app_id, app_version), uri)
+        _retry_conflicts(lambda: _create_or_merge(source, uri, keys, metadata, app_id, app_version, replace_when), uri)
     finally:
         if staged:
             delete_folder(spark, staged)
     return _find_commit(spark, uri, metadata["write_id"], after=before)
 
 
-def _create_or_merge(source: DataFrame, uri: str, keys: list[str], metadata: dict, app_id, app_version) -> None:
+def _create_or_merge(source: DataFrame, uri: str, keys: list[str], metadata: dict, app_id, app_version,
+                     replace_when: str | None = None) -> None:
     from delta.tables import DeltaTable
     from pyspark.errors import AnalysisException
 
@@ -170,8 +178,11 @@ def _create_or_merge(source: DataFrame, uri: str, keys: list[str], metadata: dic
     confs = {USER_METADATA_CONF: json.dumps(metadata)}
     if app_id is not None:
         confs.update({TXN_APP_ID_CONF: app_id, TXN_VERSION_CONF: str(app_version)})
+    merge = table.alias("t").merge(source.select(*columns).alias("s"), condition)
+    if replace_when is not None:
+        merge = merge.whenMatchedUpdateAll(condition=replace_when)
     with session_confs(spark, confs):
-        table.alias("t").merge(source.select(*columns).alias("s"), condition).whenNotMatchedInsertAll().execute()
+        merge.whenNotMatchedInsertAll().execute()
 
 
 def _writer(df: DataFrame, save_mode: str, metadata: dict, app_id, app_version):
@@ -229,5 +240,6 @@ def _find_commit(spark, uri: str, write_id: str, *, after: int | None) -> Commit
         if entry["write_id"] == write_id:
             metrics = entry["metrics"]
             rows = metrics.get("numTargetRowsInserted", metrics.get("numOutputRows"))
-            return Commit(entry["version"], rows)
+            updated = metrics.get("numTargetRowsUpdated")
+            return Commit(entry["version"], rows, updated)
     return None

@@ -25,9 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vig_udf.config import SparkConfig
 from vig_udf.corpus import INVALID_RECORD, content_id, resolve_image, source_of, validate_record
+from vig_udf.preflight import check_image_root, check_input, is_local
 from vig_udf.status import IMAGE_UNREADABLE, OK
 
-INPUT_DDL = "id STRING, image STRING, conversations ARRAY<STRUCT<`from`: STRING, value: STRING>>, _corrupt_record STRING"
+# conversations is read as its JSON text and parsed in Python: a schema with ``value: STRING`` would make
+# Spark turn a number (``"value": 42``) into the string "42", and such a record must be invalid_conversation
+INPUT_DDL = "id STRING, image STRING, conversations STRING, _corrupt_record STRING"
 CONVERSATIONS = pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))
 # where a raw record was read from: its file, the file split and its place in the task (input order, sortable)
 POSITION = ("_file", "_block", "_row")
@@ -95,12 +98,15 @@ def validate_batches(image_root: str | None, image_storage: str, check_files: bo
         for batch in batches:
             rows = []
             for rec in batch.to_pylist():
-                conversations = rec.get("conversations")
+                conversations = _parsed_conversations(rec.get("conversations"))
                 if rec.get("_corrupt_record") is not None and conversations is None:
                     status, error = INVALID_RECORD, f"not a LLaVA record: {rec['_corrupt_record'][:200]!r}"
+                elif rec.get("conversations") is not None and conversations is None:
+                    status, error = INVALID_RECORD, "'conversations' is not a list of {from, value} turns"
                 else:
                     status, error = validate_record(rec.get("id"), rec.get("image"), conversations,
                                                     image_root=image_root, check_files=check_files)
+                conversations = _storable(conversations)
                 data = None
                 if image_storage == "bytes" and rec.get("image") and status == OK:
                     try:
@@ -120,8 +126,43 @@ def validate_batches(image_root: str | None, image_storage: str, check_files: bo
     return validate
 
 
+def _parsed_conversations(raw):
+    """The record's turns as JSON gave them (types kept), from the JSON text of a JSON/JSONL input or the
+    typed column of a Parquet input; None when there are none or they are not a JSON list."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return None
+    return list(raw) if isinstance(raw, (list, tuple)) else None
+
+
+def _storable(conversations) -> list[dict] | None:
+    """Turns in the table's layout (``from`` and ``value`` strings); a value of another JSON type is kept as
+    its JSON text (the row is already ``invalid_conversation``)."""
+    if conversations is None:
+        return None
+    turns = []
+    for turn in conversations:
+        turn = turn if isinstance(turn, dict) else {"value": turn}
+        role, value = turn.get("from"), turn.get("value")
+        turns.append({"from": None if role is None else str(role),
+                      "value": value if isinstance(value, str) or value is None else json.dumps(value)})
+    return turns
+
+
+def check_config(cfg: IngestJobConfig, spark=None) -> None:
+    """Fail fast, before any table is written, when the input or the image root is unusable (InputError).
+
+    Without a session (before Spark starts) the image root is checked only for a local master."""
+    check_input(cfg.input)
+    if spark is not None or is_local(cfg.spark.master):
+        check_image_root(cfg.image_root, spark)
+
+
 def run_ingest(spark, cfg: IngestJobConfig, *, out=print) -> dict:
     """Ingest ``cfg.input`` into ``<lake>/corpus``; returns the summary (rows, statuses, duplicates)."""
+    check_config(cfg, spark)
     from pyspark.sql import Window
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema

@@ -10,6 +10,11 @@ into chunks, each one Spark job and one Delta commit, so that an interruption lo
 Sizing from the data: the pending rows are cut into tasks of ``rows_per_task`` rows (at least one task per
 core of the cluster), so a large job spreads over every executor, and every write of the job rolls to a new
 Parquet file after ``rows_per_file`` rows (Spark's ``maxRecordsPerFile``), so files stay a few hundred MB.
+
+``rescore``: rows of this scorer with the given failure statuses (``image_unreadable`` after the images
+were fixed, ``model_error``) count as pending; the merge replaces them (``WHEN MATCHED AND t.status IN
+(...) THEN UPDATE SET *``), so the table still holds one row per key. While scoring, a line with rows done,
+rows per second and time left is printed every ``progress_every_s`` seconds (:mod:`vig_udf.spark.progress`).
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from vig_udf import status as st
 from vig_udf.config import ScorerConfig, SparkConfig
+from vig_udf.preflight import check_image_root, check_model_path, is_local
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +49,19 @@ class ScoreJobConfig(BaseModel):
                                                           "of LLaVA-shaped rows); larger outputs roll to new files")
     rows_per_commit: int = Field(0, description="rows per Delta commit (0 = one commit); smaller loses less on interruption")
     arrow_batch_rows: int = Field(64, description="rows per Arrow batch handed to the scorer (bounds executor memory)")
+    rescore: list[str] = Field(default_factory=list, description="statuses whose rows of this scorer are scored "
+                               "again and replaced, e.g. [image_unreadable, model_error] after fixing the cause")
+    progress_every_s: float = Field(30.0, description="seconds between progress lines (rows done, rows/s, time "
+                                    "left) while scoring; 0 = none")
     spark: SparkConfig = SparkConfig()
+
+    @field_validator("rescore")
+    @classmethod
+    def _known_failures(cls, statuses: list[str]) -> list[str]:
+        unknown = sorted(set(statuses) - set(st.FAILURES))
+        if unknown:
+            raise ValueError(f"rescore={unknown}: only failure statuses can be re-scored, choose among {st.FAILURES}")
+        return statuses
 
 
 def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool):
@@ -83,7 +101,8 @@ def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool):
 
 
 def local_gpu_count(master: str | None, task_gpu_amount: float) -> int:
-    """GPUs to spread scoring over in local mode (Spark assigns none there); 0 elsewhere or without GPUs."""
+    """GPUs of a local master (Spark assigns none there; each Python worker takes one, see
+    :mod:`vig_udf.spark.local_gpus`); 0 elsewhere or without GPUs."""
     if not (master or "").startswith("local") or task_gpu_amount > 0:
         return 0
     import torch
@@ -91,23 +110,42 @@ def local_gpu_count(master: str | None, task_gpu_amount: float) -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def score_partitions(configured: int | None, default: int, local_gpus: int) -> int:
-    """Partitions of the pending rows: as configured; else one per GPU in local mode (one model per GPU, not
-    one per core as ``local[*]`` would load), else ``default`` (:func:`task_partitions`)."""
-    if configured:
-        if local_gpus and configured > local_gpus:
-            log.warning("partitions=%d on %d local GPU(s): several tasks (models) share a GPU", configured, local_gpus)
-        return configured
-    return local_gpus or default
+def spark_config(cfg: ScoreJobConfig) -> SparkConfig:
+    """The job's Spark settings, with a local master cut to one task per GPU on a machine with GPUs (local
+    mode schedules no GPUs; ``local[*]`` would load the model once per core)."""
+    import torch
+
+    from vig_udf.spark.local_gpus import local_master
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    master = local_master(cfg.spark.master, gpus)
+    if master == cfg.spark.master:
+        return cfg.spark
+    log.warning("local mode with %d GPU(s): master %s becomes %s (one scoring task per GPU)", gpus,
+                cfg.spark.master, master)
+    # as many partitions as before (a task per core's worth of rows), run a GPU's worth at a time
+    conf = {"spark.default.parallelism": str(os.cpu_count() or 1), **cfg.spark.conf}
+    return cfg.spark.model_copy(update={"master": master, "conf": conf})
+
+
+def check_config(cfg: ScoreJobConfig, spark=None) -> None:
+    """Fail fast, before any table is written, when the model or the image root is not there (InputError).
+
+    Without a session (before Spark starts) the image root is checked only for a local master."""
+    check_model_path(cfg.scorer.model_path)
+    if spark is not None or is_local(cfg.spark.master):
+        check_image_root(cfg.scorer.image_root, spark)
 
 
 def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     """Score the pending corpus rows and append them to ``<lake>/scores``; returns the job summary."""
+    check_config(cfg, spark)
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
     from vig_udf.lake import insert_new_rows, lake_table, read_table, staging_folder, table_exists, table_version
     from vig_udf.spark.arrow import SCORES_SCHEMA
+    from vig_udf.spark.progress import Progress
     from vig_udf.spark.score_udf import score_batches
 
     corpus_path, scores_path = lake_table(cfg.lake, "corpus"), lake_table(cfg.lake, "scores")
@@ -115,11 +153,12 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     local_gpus = local_gpu_count(spark.sparkContext.master, task_gpus)
     with ThreadPoolExecutor(1) as pool:  # Delta's first look at the lake (seconds) overlaps loading the processor
         latest_corpus = pool.submit(table_version, spark, corpus_path)
-        spec = replace(resolve_spec(cfg, gpu=task_gpus > 0 or local_gpus > 0), local_gpus=local_gpus)
+        spec = resolve_spec(cfg, gpu=task_gpus > 0 or local_gpus > 0)
     corpus_version = cfg.corpus_version if cfg.corpus_version is not None else latest_corpus.result()
     if corpus_version is None:
         raise FileNotFoundError(f"no corpus table at {corpus_path}: run `vig ingest` first")
-    completed_in = completed_version(spark, scores_path, spec.scorer_id, corpus_version)
+    # a rescore looks at the rows themselves: a completed corpus version can still hold rows to score again
+    completed_in = None if cfg.rescore else completed_version(spark, scores_path, spec.scorer_id, corpus_version)
     if completed_in is not None:
         out(f"scorer {spec.scorer_id}: corpus v{corpus_version} was scored completely (scores v{completed_in}); "
             "nothing to score")
@@ -127,7 +166,10 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     corpus = read_table(spark, corpus_path, version=corpus_version)
     pending, corpus_rows, n_pending = corpus, None, None
     if table_exists(spark, scores_path):
-        done = read_table(spark, scores_path).where(F.col("scorer_id") == spec.scorer_id).select("sample_id")
+        done = read_table(spark, scores_path).where(F.col("scorer_id") == spec.scorer_id)
+        if cfg.rescore:  # rows with these statuses count as not done: scored again, replaced by the merge
+            done = done.where(~F.col("status").isin(cfg.rescore))
+        done = done.select("sample_id")
         pending = corpus.join(done, "sample_id", "left_anti")
         # corpus rows and pending rows in one pass over the corpus
         counts = corpus.join(done.withColumn("_done", F.lit(True)), "sample_id", "left").agg(
@@ -142,23 +184,25 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     for key, value in job_confs.items():
         spark.conf.set(key, value)
     chunks = max(1, math.ceil(n_pending / cfg.rows_per_commit)) if cfg.rows_per_commit else 1
-    partitions = score_partitions(cfg.partitions, task_partitions(math.ceil(n_pending / chunks), cfg.rows_per_task,
-                                                                  spark.sparkContext.defaultParallelism), local_gpus)
-    if local_gpus:
-        out(f"local mode with {local_gpus} GPU(s): {partitions} scoring task(s), task p on GPU p mod {local_gpus}")
+    partitions = cfg.partitions or task_partitions(math.ceil(n_pending / chunks), cfg.rows_per_task,
+                                                   spark.sparkContext.defaultParallelism)
     config = {**cfg.model_dump(mode="json"), "scorer_id": spec.scorer_id, "corpus_version": corpus_version,
               "scorer_record": spec.record}
+    # rescore: a row of this scorer with one of those statuses is replaced; any other existing row is kept
+    replace_when = (f"t.status IN ({', '.join(repr(s) for s in cfg.rescore)})" if cfg.rescore else None)
     started = time.perf_counter()
     try:
-        for chunk in range(chunks if n_pending else 0):
-            part = pending if chunks == 1 else pending.where(F.pmod(F.xxhash64("sample_id"), F.lit(chunks)) == chunk)
-            scored = part.repartition(partitions).mapInArrow(score_batches(spec), from_arrow_schema(SCORES_SCHEMA))
-            # the last chunk's commit completes this corpus version for this scorer (a rerun's fast path)
-            commit = insert_new_rows(scored, scores_path, keys=["sample_id", "scorer_id"], job="score",
-                                     config={**config, "completes_corpus_version": chunk == chunks - 1},
-                                     staging=staging_folder(cfg.lake, "scores"))
-            out(f"chunk {chunk + 1}/{chunks}: " + (f"committed scores v{commit.version} ({commit.rows_added} rows)"
-                                                   if commit else "every row was scored meanwhile by another run"))
+        with Progress(spark, n_pending, out=out, every_s=cfg.progress_every_s) as rows_done:
+            for chunk in range(chunks if n_pending else 0):
+                part = pending if chunks == 1 else pending.where(F.pmod(F.xxhash64("sample_id"), F.lit(chunks)) == chunk)
+                scored = part.repartition(partitions).mapInArrow(score_batches(spec, rows_done),
+                                                                 from_arrow_schema(SCORES_SCHEMA))
+                # the last chunk's commit completes this corpus version for this scorer (a rerun's fast path)
+                commit = insert_new_rows(scored, scores_path, keys=["sample_id", "scorer_id"], job="score",
+                                         config={**config, "completes_corpus_version": chunk == chunks - 1},
+                                         staging=staging_folder(cfg.lake, "scores"), replace_when=replace_when)
+                out(f"chunk {chunk + 1}/{chunks}: " + (_committed(commit) if commit
+                                                       else "every row was scored meanwhile by another run"))
     finally:  # the batch and file sizes are session settings: leave the session as it was
         for key, previous in previous_confs.items():
             if previous is None:
@@ -191,6 +235,11 @@ def task_partitions(rows: int, rows_per_task: int, parallelism: int) -> int:
     """Partitions for ``rows`` pending rows: ``rows_per_task`` rows a task, at least ``parallelism`` tasks (every
     core busy) and never more tasks than rows."""
     return max(1, min(max(rows, 1), max(parallelism, math.ceil(rows / rows_per_task))))
+
+
+def _committed(commit) -> str:
+    replaced = f", {commit.rows_updated} re-scored rows replaced" if commit.rows_updated else ""
+    return f"committed scores v{commit.version} ({commit.rows_added} rows added{replaced})"
 
 
 def _summary(scores, scorer_id: str, corpus_rows: int, n_pending: int, elapsed: float) -> dict:

@@ -19,8 +19,11 @@ from typing import Iterator
 import pyarrow as pa
 
 from vig_udf import status as st
+from vig_udf.images import resolve_image
 from vig_udf.results import ScoreResult
 from vig_udf.spark.arrow import results_to_arrow
+from vig_udf.spark.local_gpus import worker_gpu
+from vig_udf.status import SampleError
 
 log = logging.getLogger(__name__)
 _SCORERS: dict[tuple[str, str], object] = {}
@@ -33,7 +36,6 @@ class ScorerSpec:
 
     ``record``: the unhashed identity, chat template, image placement and library versions of the driver
     (recorded with the score commits; a worker with other library versions logs a warning).
-    ``local_gpus``: local mode on a machine with GPUs: the number of GPUs, one scoring task each.
     ``load_log_dir``: when set, every model load writes a marker file there (tests count loads per worker).
     ``kill_worker_once``: fault injection; the first task that sees no file at this path creates it and
     kills its Python worker in the middle of scoring (tests check that Spark's retry recovers).
@@ -44,26 +46,25 @@ class ScorerSpec:
     kwargs: dict = field(default_factory=dict)
     image_root: str | None = None
     record: dict = field(default_factory=dict)
-    local_gpus: int = 0
     load_log_dir: str | None = None
     kill_worker_once: str | None = None
 
 
-def task_device(local_gpus: int = 0) -> str | None:
-    """``cuda:<n>`` for the GPU that Spark assigned to this task, None when the task has no GPU.
-
-    ``local_gpus`` > 0: local mode, where Spark assigns no GPU; the job runs one task per GPU and task
-    (partition) ``p`` takes GPU ``p mod local_gpus``.
-    """
+def task_device() -> str | None:
+    """``cuda:<n>`` for the GPU that Spark assigned to this task; without one (local mode), on a machine with
+    several GPUs, the GPU this Python worker holds (:func:`vig_udf.spark.local_gpus.worker_gpu`); None
+    leaves it to the scorer (``cuda`` when there is one, else the CPU)."""
     from pyspark import TaskContext
 
     ctx = TaskContext.get()
     gpus = ctx.resources().get("gpu") if ctx is not None else None
     if gpus is not None and gpus.addresses:
         return f"cuda:{gpus.addresses[0]}"
-    if local_gpus and ctx is not None:
-        return f"cuda:{ctx.partitionId() % local_gpus}"
-    return None
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = worker_gpu(count) if count > 1 else None
+    return None if index is None else f"cuda:{index}"
 
 
 def worker_scorer(spec: ScorerSpec, device: str | None):
@@ -109,15 +110,22 @@ class _Pending:
     results: list
     todo: list[int]
     started: float
+    samples: list[dict] = field(default_factory=list)  # scorer records of the rows in ``todo``
 
 
-def score_batches(spec: ScorerSpec):
+def score_batches(spec: ScorerSpec, progress=None):
     """The ``mapInArrow`` function: corpus record batches in, ``scores`` record batches out, row for row.
 
     The batches of a task go through one :meth:`~vig_udf.VIGScorer.score_stream`, so the scorer prepares
     the next batch's samples (images, templates, processor) while the model runs the current one. Output
     batches keep the input order; batches with nothing to score pass straight through in their place.
+    ``progress``: a Spark accumulator that counts the rows done (:mod:`vig_udf.spark.progress`).
     """
+
+    def _finish(entry: _Pending, spec: ScorerSpec) -> pa.RecordBatch:
+        if progress is not None:
+            progress.add(len(entry.rows))
+        return _finished_batch(entry, spec)
 
     def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         pending: deque[_Pending] = deque()
@@ -127,12 +135,12 @@ def score_batches(spec: ScorerSpec):
                 entry = _pending(batch, spec)
                 pending.append(entry)
                 if entry.todo:
-                    yield [_sample(entry.rows[i], spec.image_root) for i in entry.todo]
+                    yield entry.samples
 
         lists = to_score()
         first = next(lists, None)
         if first is not None:  # load the model only for a task that has something to score
-            scorer = worker_scorer(spec, task_device(spec.local_gpus))
+            scorer = worker_scorer(spec, task_device())
             _maybe_kill_worker(spec)
             for scored in scorer.score_stream(itertools.chain([first], lists)):
                 while not pending[0].todo:
@@ -150,25 +158,35 @@ def score_batches(spec: ScorerSpec):
 def _pending(batch: pa.RecordBatch, spec: ScorerSpec) -> _Pending:
     rows = batch.to_pylist()
     entry = _Pending(rows, [None] * len(rows), [], time.perf_counter())
+    counterfactual = spec.kwargs.get("counterfactual", "blur")
     for i, row in enumerate(rows):
         if row.get("status") in SCORABLE:
+            try:
+                entry.samples.append(_sample(row, spec.image_root))
+            except SampleError as err:  # a path that leaves the image root (a corpus table not written by ingest)
+                entry.results[i] = ScoreResult.unscored(row["sample_id"], counterfactual, err.status, err.message)
+                continue
             entry.todo.append(i)
         else:  # ingest already knows why this row cannot be scored
-            entry.results[i] = ScoreResult.unscored(row["sample_id"], spec.kwargs.get("counterfactual", "blur"),
+            entry.results[i] = ScoreResult.unscored(row["sample_id"], counterfactual,
                                                     row.get("status") or st.INVALID_CONVERSATION, row.get("error"))
     return entry
 
 
-def _finish(entry: _Pending, spec: ScorerSpec) -> pa.RecordBatch:
+def _finished_batch(entry: _Pending, spec: ScorerSpec) -> pa.RecordBatch:
     seconds = (time.perf_counter() - entry.started) / max(1, len(entry.rows))
     return results_to_arrow(entry.results, scorer_id=spec.scorer_id, seconds_per_row=seconds)
 
 
 def _sample(row: dict, image_root: str | None) -> dict:
-    """A corpus row as a scorer record (image bytes win over the path when both are stored)."""
+    """A corpus row as a scorer record (image bytes win over the path when both are stored).
+
+    A path is resolved under ``image_root`` by the rule ingest applies (:func:`vig_udf.images.resolve_image`):
+    one that leaves the root raises :class:`SampleError`.
+    """
     image = row.get("image_bytes") or row.get("image_path")
-    if isinstance(image, str) and image_root and not os.path.isabs(image):
-        image = os.path.join(image_root, image)
+    if isinstance(image, str) and image_root:
+        image = resolve_image(image, image_root)
     record = {"id": row["sample_id"], "conversations": row.get("conversations")}
     if image:
         record["image"] = image
