@@ -127,7 +127,7 @@ def score_batches(spec: ScorerSpec):
                 entry = _pending(batch, spec)
                 pending.append(entry)
                 if entry.todo:
-                    yield [_sample(entry.rows[i], spec.image_root) for i in entry.todo]
+                    yield [corpus_record(entry.rows[i], spec.image_root) for i in entry.todo]
 
         lists = to_score()
         first = next(lists, None)
@@ -164,7 +164,7 @@ def _finish(entry: _Pending, spec: ScorerSpec) -> pa.RecordBatch:
     return results_to_arrow(entry.results, scorer_id=spec.scorer_id, seconds_per_row=seconds)
 
 
-def _sample(row: dict, image_root: str | None) -> dict:
+def corpus_record(row: dict, image_root: str | None) -> dict:
     """A corpus row as a scorer record (image bytes win over the path when both are stored)."""
     image = row.get("image_bytes") or row.get("image_path")
     if isinstance(image, str) and image_root and not os.path.isabs(image):
