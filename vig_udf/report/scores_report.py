@@ -142,12 +142,13 @@ def _examples(scores, corpus, scorer_id: str, k: int) -> tuple[list[dict], list[
     bottom = ok.orderBy(F.asc("vig")).limit(k).select(*cols).collect()
 
     def example(row) -> dict:
-        turns = [dict(t) for t in (row["conversations"] or [])] if "conversations" in row else []
-        return {"sample_id": row.sample_id, "vig": float(row.vig),
+        row = row.asDict(recursive=True)
+        turns = row.get("conversations") or []
+        return {"sample_id": row["sample_id"], "vig": float(row["vig"]),
                 "questions": [t["value"].replace("<image>", "").strip() for t in turns if t["from"] == "human"],
                 "answers": [t["value"] for t in turns if t["from"] == "gpt"],
-                "token_turn": list(row.token_turn or []), "token_char_start": list(row.token_char_start or []),
-                "token_char_end": list(row.token_char_end or []), "token_vig": list(row.token_vig or [])}
+                **{key: list(row[key] or []) for key in ("token_turn", "token_char_start", "token_char_end",
+                                                          "token_vig")}}
 
     return [example(r) for r in top], [example(r) for r in bottom]
 
