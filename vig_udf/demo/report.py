@@ -286,8 +286,10 @@ def _plot_accuracy(summary: dict, path: Path) -> None:
 # the report
 
 def write_report(out_dir, *, runs: list[dict], turns: pd.DataFrame, tokens: pd.DataFrame,
-                 examples: list[dict], context: dict) -> dict:
-    """Write report.md, the three figures and tokens.html into ``out_dir``; return paths and summary numbers."""
+                 examples: list[dict], context: dict, gate: list[str] | None = None) -> dict:
+    """Write report.md, the three figures and tokens.html into ``out_dir``; return paths and summary numbers.
+
+    ``gate``: the scorer gate's section (markdown lines, :func:`vig_udf.demo.gate.gate_lines`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: str(out / name) for name in
@@ -311,6 +313,8 @@ def write_report(out_dir, *, runs: list[dict], turns: pd.DataFrame, tokens: pd.D
 
     md = ["# Demo benchmark report", "", "## Context", ""]
     md += [f"- **{_md_cell(k)}**: {_md_cell(_context_value(v))}" for k, v in context.items()]
+    if gate is not None:
+        md += ["", "## Scorer gate", ""] + gate
 
     md += ["", "## Main table", "",
            "Mean ± standard deviation over seeds (ddof=1; n/a with a single seed). Accuracies are on the test "
