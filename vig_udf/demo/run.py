@@ -105,6 +105,7 @@ def scorer_gate(cfg: DemoConfig, model_path: str, model_config: DemoModelConfig,
 def write_refusal(report_dir: Path, gate, cfg: DemoConfig, model_path: str) -> str:
     """report.md when the scorer fails the gate: the gate's numbers and why no policy comparison is reported."""
     from vig_udf.demo.gate import gate_lines
+    from vig_udf.report.scores_report import ReportConfig, write_scores_report
 
     report_dir.mkdir(parents=True, exist_ok=True)
     md = ["# Demo benchmark report", "", f"- **aligned model**: {model_path}",
@@ -216,6 +217,7 @@ def _report(spark, cfg: DemoConfig, lake: str, scored: dict, selections: dict, r
     import mlflow
 
     from vig_udf.demo.gate import gate_lines
+    from vig_udf.report.scores_report import ReportConfig, write_scores_report
     from vig_udf.demo.report import write_report
     from vig_udf.lake import read_table
 
@@ -241,6 +243,12 @@ def _report(spark, cfg: DemoConfig, lake: str, scored: dict, selections: dict, r
             "test the method.**"])
     result = write_report(workdir / "report", runs=runs, turns=turns, tokens=tokens, examples=examples,
                           context=context, gate=gate_md)
+    lake_report = write_scores_report(spark, ReportConfig(lake=lake, out=str(workdir / "report" / "lake"),
+                                                          scorer_id=scored["scorer_id"]), out=lambda *_: None)
+    with open(result["paths"]["report.md"], "a", encoding="utf-8") as md:
+        md.write("\n\n## The lake\n\n[lake/report.html](lake/report.html): `vig report` of the demo's lake (rows by "
+                 "status, VIG per source, top and bottom samples, what each selection keeps).\n")
+    result["paths"]["lake/report.html"] = lake_report["paths"]["report.html"]
     mlflow.set_tracking_uri(tracking["tracking_uri"])
     with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name(tracking["experiment"]).experiment_id,
                           run_name="report"):
