@@ -27,6 +27,8 @@ TABLE1_ROWS = (("matching", "real", "vig_matching"), ("partly matching", "partia
                ("conflicting (mismatched)", "mismatched", "vig_mismatched"))
 CONDITION_WORDS = {"real": "real image", "counterfactual": "counterfactual", "partial": "partly matching image",
                    "mismatched": "mismatched image", "none": "no image"}
+SHORT_NAMES = {"real": "real", "counterfactual": "counterf.", "partial": "partly", "mismatched": "mismatched",
+               "none": "no image"}
 SAMPLES_SHOWN = 6
 
 
@@ -119,9 +121,11 @@ def plot_check(result: CheckResult, path: Path) -> None:
     axes[0].set_title("Table 1 ordering")
     axes[0].legend(fontsize=8)
     conds = [c for c in CONDITIONS if c in s["nll"]]
-    axes[1].bar(range(len(conds)), [s["nll"][c] for c in conds], color="#2ca02c")
-    axes[1].set_xticks(range(len(conds)), [CONDITION_WORDS[c].replace(" image", "") for c in conds], fontsize=8)
-    axes[1].set_ylabel("mean answer NLL")
+    real_nll = s["nll"].get("real", math.nan)
+    axes[1].bar(range(len(conds)), [s["nll"][c] - real_nll for c in conds], color="#2ca02c")
+    axes[1].axhline(0, color="grey", lw=0.8)
+    axes[1].set_xticks(range(len(conds)), [SHORT_NAMES[c] for c in conds], fontsize=8)
+    axes[1].set_ylabel("mean answer NLL minus the real image's")
     axes[1].set_title(f"Counterfactual ({result.counterfactual}) keeps {_pct(s['retained_none'])} of the gain")
     per = s.get("per_sample", {})
     for key, label in (("vig_real", "matching"), ("vig_partial", "partly"), ("vig_mismatched", "mismatched")):
