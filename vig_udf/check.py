@@ -23,7 +23,7 @@ and reports, per sample (answer log-likelihoods summed over the answer tokens, N
 
 :func:`check_scorer` measures and decides (:class:`CheckThresholds`), :mod:`vig_udf.report.check_report`
 writes the markdown, HTML and PNG report. No Spark here: :mod:`vig_udf.spark.check_job` samples a Delta
-corpus table, :func:`sample_records` a LLaVA JSON/JSONL file.
+corpus table or a JSON list, :func:`sample_records` a JSONL file.
 """
 
 from __future__ import annotations
@@ -331,34 +331,31 @@ def _has_image(record: dict) -> bool:
 
 
 def sample_records(path: str | Path, *, n: int, seed: int = 0) -> list[dict]:
-    """Up to ``n`` records with an image from a LLaVA JSON (a list) or JSONL file, drawn uniformly with ``seed``.
+    """Up to ``n`` records with an image from a LLaVA JSONL file, drawn uniformly with ``seed``.
 
-    JSONL is read line by line (reservoir sampling: memory bounded by ``n``); a JSON list is parsed whole.
+    Read line by line (reservoir sampling), so memory is bounded by ``n`` whatever the file's size. A JSON list
+    (one array, such as llava_v1_5_mix665k.json) would have to be parsed whole: ``vig check`` samples those
+    with Spark (:func:`vig_udf.spark.check_job.sample_input`).
     """
     path = Path(path)
+    if path.suffix != ".jsonl":
+        raise ValueError(f"{path}: sample_records reads JSONL; sample a JSON list or Parquet with "
+                         "vig_udf.spark.check_job.sample_input (Spark)")
     rng = np.random.default_rng(seed)
-    if path.suffix == ".jsonl":
-        reservoir: list[dict] = []
-        seen = 0
-        with path.open() as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                record = json.loads(line)
-                if not isinstance(record, dict) or not _has_image(record):
-                    continue
-                seen += 1
-                if len(reservoir) < n:
-                    reservoir.append(record)
-                else:
-                    j = int(rng.integers(seen))
-                    if j < n:
-                        reservoir[j] = record
-        return reservoir
-    data = json.loads(path.read_text())
-    if not isinstance(data, list):
-        raise ValueError(f"{path} must hold a JSON list of LLaVA records (or use .jsonl)")
-    with_image = [r for r in data if isinstance(r, dict) and _has_image(r)]
-    if len(with_image) <= n:
-        return with_image
-    return [with_image[i] for i in sorted(rng.choice(len(with_image), size=n, replace=False))]
+    reservoir: list[dict] = []
+    seen = 0
+    with path.open() as f:
+        for line in f:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if not isinstance(record, dict) or not _has_image(record):
+                continue
+            seen += 1
+            if len(reservoir) < n:
+                reservoir.append(record)
+            else:
+                j = int(rng.integers(seen))
+                if j < n:
+                    reservoir[j] = record
+    return reservoir

@@ -86,7 +86,7 @@ def train(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
 
 @app.command()
 def check(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
-    """Scorer sanity check on a sample (input=<file.jsonl> or the lake's corpus): real vs counterfactual vs
+    """Scorer sanity check on a sample (input=<JSON, JSONL or Parquet> or the lake's corpus): real vs counterfactual vs
     mismatched image; writes check.md/html/png and prints the verdict; exit code 1 when the scorer fails."""
     from vig_udf.spark.check_job import CheckJobConfig, run_check_job, uses_spark
 
@@ -96,7 +96,7 @@ def check(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
     if uses_spark(cfg):
         from vig_udf.spark.session import spark_session
 
-        spark = spark_session(cfg.spark, uris=[cfg.lake])
+        spark = spark_session(cfg.spark, uris=[cfg.lake] + ([cfg.input] if cfg.input else []))
     result = run_check_job(cfg, spark=spark, out=typer.echo)
     if not result["passed"]:
         raise typer.Exit(1)

@@ -1,9 +1,10 @@
-"""``vig check``: a sample of a corpus (the lake's corpus Delta table or a LLaVA JSON/JSONL file) -> the scorer
-sanity check of :mod:`vig_udf.check` and its report (:mod:`vig_udf.report.check_report`).
+"""``vig check``: a sample of a corpus (the lake's corpus Delta table, or a LLaVA JSON, JSONL or Parquet input)
+-> the scorer sanity check of :mod:`vig_udf.check` and its report (:mod:`vig_udf.report.check_report`).
 
-The sample is drawn with a seed: from a Delta table by ``ORDER BY rand(seed) LIMIT samples`` over the rows
-ingest marked ``ok`` that have an image (Spark keeps only ``samples`` rows per partition, so the driver
-receives ``samples`` rows whatever the corpus size); from a file by :func:`vig_udf.check.sample_records`.
+The sample is drawn with a seed, in memory bounded by ``samples``: from the corpus table, or from a JSON list or
+Parquet input read by Spark (the ingest job's reader), by ``ORDER BY rand(seed) LIMIT samples`` over the rows
+with an image (Spark keeps only ``samples`` rows per partition, so the driver receives ``samples`` rows whatever
+the corpus size); from a JSONL file line by line (:func:`vig_udf.check.sample_records`, no Spark).
 The check runs in the driver process with one scorer: it is meant for tens to hundreds of samples.
 """
 
@@ -15,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vig_udf.config import ScorerConfig, SparkConfig
 
-FILE_SUFFIXES = (".json", ".jsonl")
 
 
 class CheckJobConfig(BaseModel):
@@ -23,7 +23,8 @@ class CheckJobConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input: str | None = Field(None, description="LLaVA JSON/JSONL file to sample; None = the lake's corpus table")
+    input: str | None = Field(None, description="LLaVA JSON, JSONL or Parquet input to sample; None = the lake's "
+                                                "corpus table")
     lake: str = Field("lake", description="lake root whose corpus table is sampled when input is not set")
     corpus_version: int | None = Field(None, description="corpus table version; None = latest")
     samples: int = Field(64, gt=1, description="records checked (each is scored under five image conditions)")
@@ -48,7 +49,19 @@ class CheckJobConfig(BaseModel):
 
 
 def uses_spark(cfg: CheckJobConfig) -> bool:
-    return cfg.input is None or not cfg.input.endswith(FILE_SUFFIXES)
+    """Only a JSONL input is sampled without Spark."""
+    return cfg.input is None or not cfg.input.endswith(".jsonl")
+
+
+def sample_input(spark, path: str, *, n: int, seed: int) -> list[dict]:
+    """``n`` records with an image drawn with ``seed`` from a LLaVA JSON list or Parquet input (Spark)."""
+    from pyspark.sql import functions as F
+
+    from vig_udf.spark.ingest_job import read_records
+
+    rows = (read_records(spark, path).where(F.col("image").isNotNull() & (F.col("image") != ""))
+            .select("id", "image", "conversations").orderBy(F.rand(seed)).limit(n).collect())
+    return [row.asDict(recursive=True) for row in rows]
 
 
 def sample_corpus(spark, lake: str, *, n: int, seed: int, version: int | None = None,
@@ -77,13 +90,13 @@ def run_check_job(cfg: CheckJobConfig, *, spark=None, out=print) -> dict:
 
     if not cfg.scorer.model_path:
         raise ValueError("scorer.model_path is not set: give a HF model id or a local checkpoint folder")
-    if uses_spark(cfg):
-        if cfg.input is not None:
-            raise ValueError(f"input={cfg.input!r}: give a .json or .jsonl file, or leave input unset to sample "
-                             f"the corpus table of lake={cfg.lake!r}")
+    if cfg.input is None:
         records = sample_corpus(spark, cfg.lake, n=cfg.samples, seed=cfg.seed, version=cfg.corpus_version,
                                 image_root=cfg.scorer.image_root)
         source = f"{cfg.lake} corpus table" + (f" v{cfg.corpus_version}" if cfg.corpus_version is not None else "")
+    elif uses_spark(cfg):
+        records = sample_input(spark, cfg.input, n=cfg.samples, seed=cfg.seed)
+        source = cfg.input
     else:
         if not Path(cfg.input).is_file():
             raise FileNotFoundError(f"input file not found: {cfg.input}")
