@@ -99,7 +99,7 @@ class DemoConfig(BaseModel):
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; None = sqlite:///<workdir>/mlflow.db")
     experiment: str = Field("vig-demo", description="MLflow experiment of the demo's runs")
     system_metrics: bool = Field(True, description="log CPU/memory usage in every training run")
-    scorer: ScorerConfig = ScorerConfig(blur_sigma=DEMO_BLUR_SIGMA)
+    scorer: ScorerConfig = ScorerConfig(counterfactual="drop", blur_sigma=DEMO_BLUR_SIGMA)  # gate: docs/demo_benchmark.md
     spark: SparkConfig = SparkConfig(conf={"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4"})
 
 
