@@ -107,6 +107,8 @@ def test_cli_check_on_a_jsonl_file_writes_every_section(tiny_checkpoints, tmp_pa
     lines.append(json.dumps(sample("text", [("Hi?", "Hello.")])))  # no image: never sampled
     (tmp_path / "data.jsonl").write_text("\n".join(lines))
     assert len(sample_records(tmp_path / "data.jsonl", n=3, seed=1)) == 3
+    (tmp_path / "data.json").write_text("[" + ",".join(lines) + "]")  # one array, streamed the same way
+    assert sample_records(tmp_path / "data.json", n=3, seed=1) == sample_records(tmp_path / "data.jsonl", n=3, seed=1)
     out = tmp_path / "check"
     result = CliRunner().invoke(app, ["check", f"input={tmp_path / 'data.jsonl'}", f"out={out}", "samples=10",
                                       f"scorer.model_path={tiny_checkpoints['llava']}",

@@ -143,8 +143,12 @@ def test_check_samples_the_corpus_table_with_a_seed(spark, lake):
     assert set(r["id"] for r in first) <= set(ANSWERS)
     assert all(r["image"].startswith(str(lake / "images")) and r["conversations"][1]["from"] == "gpt" for r in first)
     assert len(sample_corpus(spark, str(lake / "lake"), n=50, seed=5)) == 4
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     records = [json.loads(line) for line in (lake / "data.jsonl").read_text().splitlines()]
-    (lake / "data.json").write_text(json.dumps(records + [{"id": "t", "conversations": records[0]["conversations"]}]))
-    drawn = sample_input(spark, str(lake / "data.json"), n=3, seed=5)
+    rows = records + [{"id": "t", "image": None, "conversations": records[0]["conversations"]}]
+    pq.write_table(pa.Table.from_pylist(rows), lake / "data.parquet")
+    drawn = sample_input(spark, str(lake / "data.parquet"), n=3, seed=5)
     assert len(drawn) == 3 and {r["id"] for r in drawn} <= set(ANSWERS)  # the text-only record is never drawn
     assert drawn[0]["conversations"][1]["from"] == "gpt" and drawn[0]["image"].endswith(".png")

@@ -23,7 +23,7 @@ and reports, per sample (answer log-likelihoods summed over the answer tokens, N
 
 :func:`check_scorer` measures and decides (:class:`CheckThresholds`), :mod:`vig_udf.report.check_report`
 writes the markdown, HTML and PNG report. No Spark here: :mod:`vig_udf.spark.check_job` samples a Delta
-corpus table or a JSON list, :func:`sample_records` a JSONL file.
+corpus table or Parquet, :func:`sample_records` a JSON or JSONL file.
 """
 
 from __future__ import annotations
@@ -330,32 +330,39 @@ def _has_image(record: dict) -> bool:
     return image is not None and not (isinstance(image, str) and not image)
 
 
-def sample_records(path: str | Path, *, n: int, seed: int = 0) -> list[dict]:
-    """Up to ``n`` records with an image from a LLaVA JSONL file, drawn uniformly with ``seed``.
+def _stream_records(path: Path):
+    """The records of a JSONL file or of a one-array JSON file, one at a time (ijson streams the array)."""
+    with path.open("rb") as f:
+        if path.suffix == ".jsonl":
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
+        else:
+            import ijson
 
-    Read line by line (reservoir sampling), so memory is bounded by ``n`` whatever the file's size. A JSON list
-    (one array, such as llava_v1_5_mix665k.json) would have to be parsed whole: ``vig check`` samples those
-    with Spark (:func:`vig_udf.spark.check_job.sample_input`).
+            yield from ijson.items(f, "item", use_float=True)
+
+
+def sample_records(path: str | Path, *, n: int, seed: int = 0) -> list[dict]:
+    """Up to ``n`` records with an image from a LLaVA JSONL or one-array JSON file, drawn uniformly with ``seed``.
+
+    The file is streamed (reservoir sampling), so memory is bounded by ``n`` whatever the file's size.
     """
     path = Path(path)
-    if path.suffix != ".jsonl":
-        raise ValueError(f"{path}: sample_records reads JSONL; sample a JSON list or Parquet with "
+    if path.suffix not in (".json", ".jsonl"):
+        raise ValueError(f"{path}: sample_records reads .json (one array) or .jsonl; sample Parquet with "
                          "vig_udf.spark.check_job.sample_input (Spark)")
     rng = np.random.default_rng(seed)
     reservoir: list[dict] = []
     seen = 0
-    with path.open() as f:
-        for line in f:
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            if not isinstance(record, dict) or not _has_image(record):
-                continue
-            seen += 1
-            if len(reservoir) < n:
-                reservoir.append(record)
-            else:
-                j = int(rng.integers(seen))
-                if j < n:
-                    reservoir[j] = record
+    for record in _stream_records(path):
+        if not isinstance(record, dict) or not _has_image(record):
+            continue
+        seen += 1
+        if len(reservoir) < n:
+            reservoir.append(record)
+        else:
+            j = int(rng.integers(seen))
+            if j < n:
+                reservoir[j] = record
     return reservoir

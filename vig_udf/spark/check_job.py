@@ -1,10 +1,10 @@
 """``vig check``: a sample of a corpus (the lake's corpus Delta table, or a LLaVA JSON, JSONL or Parquet input)
 -> the scorer sanity check of :mod:`vig_udf.check` and its report (:mod:`vig_udf.report.check_report`).
 
-The sample is drawn with a seed, in memory bounded by ``samples``: from the corpus table, or from a JSON list or
-Parquet input read by Spark (the ingest job's reader), by ``ORDER BY rand(seed) LIMIT samples`` over the rows
-with an image (Spark keeps only ``samples`` rows per partition, so the driver receives ``samples`` rows whatever
-the corpus size); from a JSONL file line by line (:func:`vig_udf.check.sample_records`, no Spark).
+The sample is drawn with a seed, in memory bounded by ``samples``: from the corpus table, or from a Parquet
+input read by Spark (the ingest job's reader), by ``ORDER BY rand(seed) LIMIT samples`` over the rows with an
+image (Spark keeps only ``samples`` rows per partition, so the driver receives ``samples`` rows whatever the
+corpus size); from a JSONL or one-array JSON file by streaming it (:func:`vig_udf.check.sample_records`).
 The check runs in the driver process with one scorer: it is meant for tens to hundreds of samples.
 """
 
@@ -49,12 +49,12 @@ class CheckJobConfig(BaseModel):
 
 
 def uses_spark(cfg: CheckJobConfig) -> bool:
-    """Only a JSONL input is sampled without Spark."""
-    return cfg.input is None or not cfg.input.endswith(".jsonl")
+    """JSON and JSONL inputs are streamed without Spark."""
+    return cfg.input is None or not cfg.input.endswith((".json", ".jsonl"))
 
 
 def sample_input(spark, path: str, *, n: int, seed: int) -> list[dict]:
-    """``n`` records with an image drawn with ``seed`` from a LLaVA JSON list or Parquet input (Spark)."""
+    """``n`` records with an image drawn with ``seed`` from a LLaVA Parquet input (Spark)."""
     from pyspark.sql import functions as F
 
     from vig_udf.spark.ingest_job import read_records
