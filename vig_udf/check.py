@@ -28,7 +28,6 @@ corpus table or Parquet, :func:`sample_records` a JSON or JSONL file.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -160,8 +159,8 @@ def _with_image(record: dict, image: Image.Image) -> dict:
 
 def drop_variant(scorer):
     """The same model and processor scoring against the no-image prompt (``drop``)."""
-    return type(scorer)(scorer.model, scorer.processor, options=dataclasses.replace(scorer.options, counterfactual="drop"),
-                        model_ref=scorer._model_ref, device=scorer.device, dtype=scorer.dtype)
+    return type(scorer)(scorer.model, scorer.processor, options=scorer.options.model_copy(update={"counterfactual": "drop"}),
+                        model_ref=scorer._model_ref, device=scorer.device)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def scorer_gate(cfg: DemoConfig, model_path: str, model_config: DemoModelConfig,
     from vig_udf.scorer import VIGScorer
 
     started = time.perf_counter()
-    scorer = VIGScorer.from_pretrained(model_path, **{**cfg.scorer.scorer_kwargs(), "device": "cpu"})
+    scorer = VIGScorer.from_pretrained(model_path, cfg.scorer.options(), device="cpu")
     gate = measure_gate(scorer, check_split(cfg.gate_items, seed=cfg.seed, config=model_config.world))
     write_check_report(gate.check, report_dir / "check", context={"model": model_path, "input": "the demo's "
                        f"check split ({cfg.gate_items} colour items, seed {cfg.seed} + 3000)"})

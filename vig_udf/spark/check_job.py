@@ -104,7 +104,7 @@ def run_check_job(cfg: CheckJobConfig, *, spark=None, out=print) -> dict:
         source = cfg.input
     if len(records) < 2:
         raise ValueError(f"{source} has {len(records)} record(s) with an image; the check needs at least two")
-    scorer = VIGScorer.from_pretrained(cfg.scorer.model_path, **cfg.scorer.scorer_kwargs())
+    scorer = VIGScorer.from_pretrained(cfg.scorer.model_path, cfg.scorer.options())
     result = check_scorer(scorer, records, thresholds=cfg.thresholds())
     paths = write_check_report(result, cfg.out, context={"model": cfg.scorer.model_path, "input": source,
                                                          "seed": cfg.seed})
