@@ -19,6 +19,18 @@ ensure_java() {
   fi
 }
 
+ensure_chromium() {
+  # Only the browser test of `vig report` needs it (tests/test_reports_spark.py; skipped without it).
+  if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then return; fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: no chromium on PATH; installing Debian's headless-capable chromium for the report's browser test." >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+      || echo "setup: installing chromium failed; the browser test will be skipped." >&2
+  else
+    echo "setup: no chromium (not root or no apt-get): the report's browser test will be skipped." >&2
+  fi
+}
+
 pip_install() {
   # pip warns about every unused local index entry of this machine's pip config; keep real errors visible.
   "$VENV/bin/python" -m pip install -q "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
@@ -35,6 +47,7 @@ default_torch_packages() {
 }
 
 ensure_java
+ensure_chromium
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 stamp="$VENV/.vig-installed"
 want=$(cat pyproject.toml scripts/setup_env.sh | sha256sum | cut -d' ' -f1)

@@ -22,8 +22,9 @@ def test_demo_produces_every_table_run_and_report(spark, tmp_path):
 
     lines = []
     model = DemoModelConfig(align_samples=40, align_steps=3, batch_size=8)
+    # gate=report: this few-step model fails the scorer gate (tests/test_demo_gate.py tests the refusal)
     cfg = DemoConfig(workdir=str(tmp_path), samples=24, test_samples=6, seeds=[0], epochs=1, batch_size=8,
-                     examples=2, system_metrics=False)
+                     examples=2, system_metrics=False, gate="report", gate_items=6)
     summary = run_demo(cfg, model_config=model, spark=spark, out=lines.append)
     lake = summary["lake"]
 
@@ -62,6 +63,7 @@ def test_demo_produces_every_table_run_and_report(spark, tmp_path):
     report = summary["report"]
     text = open(report["report"]).read()
     assert all(f"| {p}" in text for p in ("all", "vig", "sample", "token", "random"))
+    assert "## Scorer gate" in text and "FAILS the gate" in text and not summary["gate"].passed
     report_runs = client.search_runs([client.get_experiment_by_name("vig-demo").experiment_id],
                                      filter_string="tags.`vig.kind` = 'report'")
     assert len(report_runs) == 1

@@ -102,6 +102,31 @@ def train(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
 
 
 @app.command()
+def check(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
+    """Scorer sanity check on a sample (input=<JSON, JSONL or Parquet> or the lake's corpus): real vs counterfactual vs
+    mismatched image; writes check.md/html/png and prints the verdict; exit code 1 when the scorer fails."""
+    from vig_udf.spark.check_job import CheckJobConfig, run_check_job, uses_spark
+
+    _logging(False)
+    cfg = load_config(CheckJobConfig, config, overrides, section="check")
+    spark = None
+    if uses_spark(cfg):
+        from vig_udf.spark.session import spark_session
+
+        spark = spark_session(cfg.spark, uris=[cfg.lake] + ([cfg.input] if cfg.input else []))
+    result = run_check_job(cfg, spark=spark, out=typer.echo)
+    if not result["passed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
+    """HTML report (PNG plots) of the lake's scores: statuses, VIG per source and scorer, top/bottom samples
+    with coloured tokens, and what each selection keeps."""
+    _spark_job("vig_udf.report.scores_report", "ReportConfig", "write_scores_report", "report", config, overrides)
+
+
+@app.command()
 def sql(
     query: str = typer.Argument(..., help="a read-only Spark SQL statement over the lake's tables by name "
                                           "(corpus, scores, selection); SELECT, WITH, SHOW, DESCRIBE, EXPLAIN"),

@@ -91,11 +91,15 @@ class DemoConfig(BaseModel):
     batch_size: int = Field(16, gt=0, description="samples per training step")
     learning_rate: float = Field(1e-3, gt=0, description="peak learning rate of instruction tuning")
     examples: int = Field(8, ge=0, description="conversations shown in the report's token view")
+    gate_items: int = Field(240, gt=1, description="check-split items of the scorer gate (docs/demo_benchmark.md)")
+    gate: Literal["enforce", "report"] = Field("enforce", description="enforce: no policy comparison when the "
+                                                                      "scorer fails the gate; report: compare anyway "
+                                                                      "and mark the report")
     lake: str | None = Field(None, description="lake root for the corpus, scores and selection tables; None = <workdir>/lake")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; None = sqlite:///<workdir>/mlflow.db")
     experiment: str = Field("vig-demo", description="MLflow experiment of the demo's runs")
     system_metrics: bool = Field(True, description="log CPU/memory usage in every training run")
-    scorer: ScorerConfig = ScorerConfig(blur_sigma=DEMO_BLUR_SIGMA)
+    scorer: ScorerConfig = ScorerConfig(counterfactual="drop", blur_sigma=DEMO_BLUR_SIGMA)  # gate: docs/demo_benchmark.md
     spark: SparkConfig = SparkConfig(conf={"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4"})
 
 

@@ -24,13 +24,14 @@ Conventions, fixed here so that the report states them:
 
 from __future__ import annotations
 
-import html
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
+
+from vig_udf.report.views import plot_distributions, pyplot, token_view_html
 
 POLICY_ORDER = ("all", "vig", "sample", "token", "random")
 POLICY_LABELS = {"all": "all (vanilla)"}
@@ -258,17 +259,8 @@ def outcome_lines(summary: dict, a: str, b: str) -> list[str]:
 # ----------------------------------------------------------------------------------------------------
 # figures
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_accuracy(summary: dict, path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     policies = list(summary)
     bars = (("acc_conflicting", "conflicting"), ("acc_consistent", "consistent"), ("blind_acc", "blind"))
     x = np.arange(len(policies))
@@ -290,105 +282,14 @@ def _plot_accuracy(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_distributions(named: list[tuple[str, np.ndarray]], path: Path, title: str, xlabel: str) -> None:
-    plt = _plt()
-    named = [(name, np.asarray(v, dtype=float)[np.isfinite(np.asarray(v, dtype=float))]) for name, v in named]
-    shown = [(name, v) for name, v in named if v.size]
-    fig, (ax_h, ax_b) = plt.subplots(1, 2, figsize=(10, 3.8))
-    if shown:
-        lo = min(float(v.min()) for _, v in shown)
-        hi = max(float(v.max()) for _, v in shown)
-        if hi <= lo:
-            lo, hi = lo - 0.5, hi + 0.5
-        bins = np.linspace(lo, hi, 31)
-        for name, v in shown:
-            ax_h.hist(v, bins=bins, density=True, histtype="step", lw=1.5, label=f"{name} (n={v.size})")
-        ax_h.legend(fontsize=7)
-        ax_b.boxplot([v for _, v in shown], vert=False, showmeans=True)
-        ax_b.set_yticks(range(1, len(shown) + 1), [name for name, _ in shown], fontsize=8)
-    else:
-        ax_h.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax_h.transAxes)
-    for ax in (ax_h, ax_b):
-        ax.axvline(0.0, color="grey", lw=0.8, ls=":")
-        ax.set_xlabel(xlabel)
-    ax_h.set_ylabel("density")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-# ----------------------------------------------------------------------------------------------------
-# HTML token view
-
-def _token_style(value: float, scale: float) -> str:
-    if value is None or not math.isfinite(value) or scale <= 0:
-        return ""
-    alpha = min(1.0, abs(value) / scale) * 0.85
-    rgb = "0,160,60" if value > 0 else "210,40,40" if value < 0 else "0,0,0"
-    return f"background-color: rgba({rgb},{alpha:.3f})"
-
-
-def render_answer(answer: str, spans: list[tuple[int, int, float]], scale: float) -> str:
-    """HTML of one answer: each (start, end, vig) span coloured, the text between spans left plain."""
-    text = answer.strip()
-    parts, cursor = [], 0
-    for start, end, value in sorted(spans, key=lambda s: (s[0], s[1])):
-        start = max(int(start), cursor)
-        end = max(int(end), start)
-        if start > cursor:
-            parts.append(html.escape(text[cursor:start]))
-        title = f"VIG {value:+.3f}" if value is not None and math.isfinite(value) else "VIG n/a"
-        parts.append(f'<span class="tok" style="{_token_style(value, scale)}" title="{title}">'
-                     f"{html.escape(text[start:end])}</span>")
-        cursor = max(cursor, end)
-    if cursor < len(text):
-        parts.append(html.escape(text[cursor:]))
-    return "".join(parts)
-
-
-def render_html(examples: list[dict]) -> str:
-    values = np.asarray([v for ex in examples for v in ex.get("token_vig", [])], dtype=float)
-    values = np.abs(values[np.isfinite(values)])
-    scale = float(np.percentile(values, 95)) if values.size else 1.0
-    if not scale > 0:
-        scale = float(values.max()) if values.size and values.max() > 0 else 1.0
-    body = []
-    for ex in examples:
-        questions, answers = list(ex.get("questions", [])), list(ex.get("answers", []))
-        spans_by_turn: dict[int, list] = {}
-        for turn, start, end, value in zip(ex.get("token_turn", []), ex.get("token_char_start", []),
-                                           ex.get("token_char_end", []), ex.get("token_vig", [])):
-            spans_by_turn.setdefault(int(turn), []).append((start, end, float(value)))
-        body.append(f'<div class="conv"><h2>{html.escape(str(ex.get("sample_id", "")))}</h2>')
-        for i in range(max(len(questions), len(answers))):
-            if i < len(questions):
-                body.append(f'<p class="q"><b>Q:</b> {html.escape(str(questions[i]))}</p>')
-            if i < len(answers):
-                body.append(f'<p class="a"><b>A:</b> {render_answer(str(answers[i]), spans_by_turn.get(i, []), scale)}</p>')
-        body.append("</div>")
-    return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>Answer tokens coloured by VIG</title>
-<style>
-body {{ font-family: sans-serif; max-width: 60em; margin: 2em auto; }}
-.conv {{ border-top: 1px solid #ccc; padding: 0.5em 0; }}
-.q {{ color: #333; }} .a {{ font-family: monospace; font-size: 1.05em; white-space: pre-wrap; }}
-.tok {{ border-radius: 2px; }}
-</style></head><body>
-<h1>Answer tokens coloured by VIG</h1>
-<p>Green: positive VIG (the image made the token more likely); red: negative. Opacity grows with |VIG|,
-full at {scale:.3f} (95th percentile of |VIG| over the tokens shown). Hover a token for its value.</p>
-{chr(10).join(body)}
-</body></html>
-"""
-
-
 # ----------------------------------------------------------------------------------------------------
 # the report
 
 def write_report(out_dir, *, runs: list[dict], turns: pd.DataFrame, tokens: pd.DataFrame,
-                 examples: list[dict], context: dict) -> dict:
-    """Write report.md, the three figures and tokens.html into ``out_dir``; return paths and summary numbers."""
+                 examples: list[dict], context: dict, gate: list[str] | None = None) -> dict:
+    """Write report.md, the three figures and tokens.html into ``out_dir``; return paths and summary numbers.
+
+    ``gate``: the scorer gate's section (markdown lines, :func:`vig_udf.demo.gate.gate_lines`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: str(out / name) for name in
@@ -404,14 +305,16 @@ def write_report(out_dir, *, runs: list[dict], turns: pd.DataFrame, tokens: pd.D
     comparisons = {"vig_vs_all": compare(summary, "vig", "all"), "vig_vs_random": compare(summary, "vig", "random")}
 
     _plot_accuracy(summary, Path(paths["accuracy.png"]))
-    _plot_distributions([(name, groups[key]) for key, name in GROUPS], Path(paths["vig_distribution.png"]),
+    plot_distributions([(name, groups[key]) for key, name in GROUPS], Path(paths["vig_distribution.png"]),
                         "Turn VIG by group", "turn VIG (mean token VIG of the answer)")
-    _plot_distributions([("attribute tokens", attr), ("other tokens", other)], Path(paths["token_vig_by_class.png"]),
+    plot_distributions([("attribute tokens", attr), ("other tokens", other)], Path(paths["token_vig_by_class.png"]),
                         f"Token VIG by class (rank AUC attribute > other = {_fmt(auc)})", "token VIG")
-    Path(paths["tokens.html"]).write_text(render_html(examples), encoding="utf-8")
+    Path(paths["tokens.html"]).write_text(token_view_html(examples), encoding="utf-8")
 
     md = ["# Demo benchmark report", "", "## Context", ""]
     md += [f"- **{_md_cell(k)}**: {_md_cell(_context_value(v))}" for k, v in context.items()]
+    if gate is not None:
+        md += ["", "## Scorer gate", ""] + gate
 
     md += ["", "## Main table", "",
            "Mean ± standard deviation over seeds (ddof=1; n/a with a single seed). Accuracies are on the test "

@@ -52,6 +52,13 @@ def run_demo(cfg: DemoConfig, *, model_config: DemoModelConfig = DemoModelConfig
     workdir = Path(cfg.workdir).absolute()
     model_path = cfg.scorer.model_path or build_demo_model(workdir / "model", model_config)
     out(f"aligned model: {model_path} (ready after {time.perf_counter() - started:.0f}s)")
+    gate = scorer_gate(cfg, model_path, model_config, workdir / "report", out)
+    if not gate.passed and cfg.gate == "enforce":
+        report = write_refusal(workdir / "report", gate, cfg, model_path)
+        out("policy comparison refused: the scorer fails the gate (docs/demo_benchmark.md, \"The scorer gate\"): "
+            + "; ".join(gate.failures))
+        out(f"report: {report}")
+        return {"gate": gate, "runs": [], "report": {"report": report}}
     corpus_dir = workdir / "corpus"
     records_path = write_demo_corpus(corpus_dir, cfg.samples, cfg.seed, model_config)
     test_items = generate_test(cfg.test_samples, seed=cfg.seed + 2000, config=model_config.world)
@@ -70,14 +77,47 @@ def run_demo(cfg: DemoConfig, *, model_config: DemoModelConfig = DemoModelConfig
             runs.append(_train_and_evaluate(spark, cfg, lake, model_path, image_root, selections, policy, seed,
                                             test_items, test_inputs, tracking, workdir, out))
     report = _report(spark, cfg, lake, scored, selections, runs, corpus_dir, tracking, workdir,
-                     started, ingest, model_path)
+                     started, ingest, model_path, gate)
     _print_table(report, out)
     out(f"\nreport: {report['report']}  (MLflow: {tracking['tracking_uri']}, experiment {tracking['experiment']})")
     out(f"tables: {lake}/corpus, scores, selection  (query them: vig sql \"SELECT ...\" --lake {lake})")
     out(f"demo finished in {time.perf_counter() - started:.0f}s")
     return {"lake": lake, "scorer_id": scored["scorer_id"], "rows_by_status": scored["rows_by_status"],
             "rows_for_scorer": scored["rows_for_scorer"], "corpus_version": ingest["corpus_version"],
-            "selections": selections, "runs": runs, "report": report, "tracking": tracking}
+            "selections": selections, "runs": runs, "report": report, "tracking": tracking, "gate": gate}
+
+
+def scorer_gate(cfg: DemoConfig, model_path: str, model_config: DemoModelConfig, report_dir: Path, out):
+    """Measure the scorer gate on the check split; its ``vig check`` report goes to ``report_dir/check``."""
+    from vig_udf.demo.gate import check_split, measure_gate
+    from vig_udf.report.check_report import write_check_report
+    from vig_udf.scorer import VIGScorer
+
+    started = time.perf_counter()
+    scorer = VIGScorer.from_pretrained(model_path, cfg.scorer.options(), device="cpu")
+    gate = measure_gate(scorer, check_split(cfg.gate_items, seed=cfg.seed, config=model_config.world))
+    write_check_report(gate.check, report_dir / "check", context={"model": model_path, "input": "the demo's "
+                       f"check split ({cfg.gate_items} colour items, seed {cfg.seed} + 3000)"})
+    out(gate.verdict() + f" ({time.perf_counter() - started:.0f}s)")
+    return gate
+
+
+def write_refusal(report_dir: Path, gate, cfg: DemoConfig, model_path: str) -> str:
+    """report.md when the scorer fails the gate: the gate's numbers and why no policy comparison is reported."""
+    from vig_udf.demo.gate import gate_lines
+    from vig_udf.report.scores_report import ReportConfig, write_scores_report
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    md = ["# Demo benchmark report", "", f"- **aligned model**: {model_path}",
+          f"- **counterfactual**: {cfg.scorer.counterfactual} (blur sigma {cfg.scorer.blur_sigma})", "",
+          "## Scorer gate", ""] + gate_lines(gate) + [
+          "", "## Policy comparison: refused", "",
+          "The scorer fails the gate of docs/demo_benchmark.md, so VIG scores from it would not measure what the "
+          "images contribute, and a comparison of selection policies built on them would test nothing. No policy "
+          "was trained. Failed criteria:", ""] + [f"- {f}" for f in gate.failures]
+    path = report_dir / "report.md"
+    path.write_text("\n".join(md) + "\n", encoding="utf-8")
+    return str(path)
 
 
 def _select(spark, cfg: DemoConfig, lake: str, out) -> dict:
@@ -173,9 +213,11 @@ def scored_turns_and_tokens(scores, conversations: dict, meta: dict):
 
 
 def _report(spark, cfg: DemoConfig, lake: str, scored: dict, selections: dict, runs: list[dict], corpus_dir: Path,
-            tracking: dict, workdir: Path, started: float, ingest: dict, model_path: str) -> dict:
+            tracking: dict, workdir: Path, started: float, ingest: dict, model_path: str, gate) -> dict:
     import mlflow
 
+    from vig_udf.demo.gate import gate_lines
+    from vig_udf.report.scores_report import ReportConfig, write_scores_report
     from vig_udf.demo.report import write_report
     from vig_udf.lake import read_table
 
@@ -196,8 +238,17 @@ def _report(spark, cfg: DemoConfig, lake: str, scored: dict, selections: dict, r
                "scores version": vig_selection.get("scores_version"),
                "seconds until the report": round(time.perf_counter() - started),
                **kept_rates}
+    gate_md = gate_lines(gate) + ([] if gate.passed else [
+        "", "**This scorer FAILS the gate; the policy comparison below was made anyway (gate=report) and does not "
+            "test the method.**"])
     result = write_report(workdir / "report", runs=runs, turns=turns, tokens=tokens, examples=examples,
-                          context=context)
+                          context=context, gate=gate_md)
+    lake_report = write_scores_report(spark, ReportConfig(lake=lake, out=str(workdir / "report" / "lake"),
+                                                          scorer_id=scored["scorer_id"]), out=lambda *_: None)
+    with open(result["paths"]["report.md"], "a", encoding="utf-8") as md:
+        md.write("\n\n## The lake\n\n[lake/report.html](lake/report.html): `vig report` of the demo's lake (rows by "
+                 "status, VIG per source, top and bottom samples, what each selection keeps).\n")
+    result["paths"]["lake/report.html"] = lake_report["paths"]["report.html"]
     mlflow.set_tracking_uri(tracking["tracking_uri"])
     with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name(tracking["experiment"]).experiment_id,
                           run_name="report"):

@@ -14,7 +14,8 @@ Records are LLaVA conversations (``meta`` holds the ground truth for analysis, n
 - ``size``: "Is the triangle big or small?" -> "The triangle is small." (the image)
 - ``define``: "What is a triangle?" -> a fixed sentence (text alone, although an image is attached)
 - ``text``: text-only records (arithmetic and general questions), as in real instruction corpora
-- ``caption``: "Describe the image briefly." -> "The circle is red, large, on the left." (alignment only)
+- ``caption``: "Describe the image briefly." -> "The circle is red. The circle is large. The circle is on the
+  left. ..." (alignment only; objects in random order)
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def generate_captions(n: int, *, seed: int, config: WorldConfig = WorldConfig())
             continue
         objects = random_scene(rng, config)
         records.append({"id": f"c{seed}-{i}", "image": draw_scene(objects, config.image_size),
-                        "conversations": _turns([("Describe the image briefly.", caption(objects))], image=True),
+                        "conversations": _turns([("Describe the image briefly.", caption(objects, rng))], image=True),
                         "meta": {"kinds": ["caption"], "objects": objects}})
     return records
 
@@ -146,7 +147,7 @@ def generate_text_pretraining(n: int, *, seed: int, config: WorldConfig = WorldC
         if roll < 0.15:
             qa = _general_question(rng)
         elif roll < 0.35:
-            qa = ("Describe a scene with shapes.", caption(random_scene(rng, config)))
+            qa = ("Describe a scene with shapes.", caption(random_scene(rng, config), rng))
         else:
             objects = random_scene(rng, config)
             kind = _random_kind(rng, config)
@@ -197,11 +198,16 @@ def question(kind: str, obj: Obj, objects: list[Obj]) -> tuple[str, str]:
     return f"What is a {shape}?", DEFINITIONS[shape]
 
 
-def caption(objects: list[Obj]) -> str:
-    """One sentence per object, left to right, in the answers' "The <shape> is <attribute>" form:
-    "The circle is red, large, on the left. The square is blue, small, in the middle."."""
-    return " ".join(f"The {shape} is {colour}, {extent}, {'in the middle' if slot == 'middle' else 'on the ' + slot}."
-                    for shape, colour, slot, extent in objects)
+def caption(objects: list[Obj], rng=None) -> str:
+    """Every object in the instruction answers' own sentences, objects in random order (with ``rng``):
+    "The square is blue. The square is small. The square is in the middle. The circle is red. ...".
+
+    The order is random because captions that always go left to right taught the model to answer a colour
+    question with the leftmost object's colour; the sentences are the answers' because a caption form that
+    differs from the answers' (a comma after the colour) gave the "." after a colour answer a large
+    negative VIG (both measured: issue 10, docs/demo_benchmark.md)."""
+    order = list(objects) if rng is None else [objects[i] for i in rng.permutation(len(objects))]
+    return " ".join(question(kind, obj, objects)[1] for obj in order for kind in ("colour", "size", "where"))
 
 
 def _random_kind(rng, config: WorldConfig) -> str:

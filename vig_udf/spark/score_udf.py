@@ -162,7 +162,7 @@ def _pending(batch: pa.RecordBatch, spec: ScorerSpec) -> _Pending:
     for i, row in enumerate(rows):
         if row.get("status") in SCORABLE:
             try:
-                entry.samples.append(_sample(row, spec.image_root))
+                entry.samples.append(corpus_record(row, spec.image_root))
             except SampleError as err:  # a path that leaves the image root (a corpus table not written by ingest)
                 entry.results[i] = ScoreResult.unscored(row["sample_id"], counterfactual, err.status, err.message)
                 continue
@@ -178,7 +178,7 @@ def _finished_batch(entry: _Pending, spec: ScorerSpec) -> pa.RecordBatch:
     return results_to_arrow(entry.results, scorer_id=spec.scorer_id, seconds_per_row=seconds)
 
 
-def _sample(row: dict, image_root: str | None) -> dict:
+def corpus_record(row: dict, image_root: str | None) -> dict:
     """A corpus row as a scorer record (image bytes win over the path when both are stored).
 
     A path is resolved under ``image_root`` by the rule ingest applies (:func:`vig_udf.images.resolve_image`):

@@ -1,0 +1,123 @@
+"""``vig check``: a sample of a corpus (the lake's corpus Delta table, or a LLaVA JSON, JSONL or Parquet input)
+-> the scorer sanity check of :mod:`vig_udf.check` and its report (:mod:`vig_udf.report.check_report`).
+
+The sample is drawn with a seed, in memory bounded by ``samples``: from the corpus table, or from a Parquet
+input read by Spark (the ingest job's reader), by ``ORDER BY rand(seed) LIMIT samples`` over the rows with an
+image (Spark keeps only ``samples`` rows per partition, so the driver receives ``samples`` rows whatever the
+corpus size); from a JSONL or one-array JSON file by streaming it (:func:`vig_udf.check.sample_records`).
+The check runs in the driver process with one scorer: it is meant for tens to hundreds of samples.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vig_udf.config import ScorerConfig, SparkConfig
+from vig_udf.status import SampleError
+
+log = logging.getLogger(__name__)
+
+
+
+class CheckJobConfig(BaseModel):
+    """``vig check``: what to sample, which scorer, where the report goes, and when the scorer passes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str | None = Field(None, description="LLaVA JSON, JSONL or Parquet input to sample; None = the lake's "
+                                                "corpus table")
+    lake: str = Field("lake", description="lake root whose corpus table is sampled when input is not set")
+    corpus_version: int | None = Field(None, description="corpus table version; None = latest")
+    samples: int = Field(64, gt=1, description="records checked (each is scored under five image conditions)")
+    seed: int = Field(0, description="seed of the sample")
+    out: str = Field("check", description="folder of check.md, check.html, check.png, check.json")
+    min_matching_vig: float = Field(0.0, description="the mean VIG with the real image must exceed this")
+    min_mismatch_drop_share: float = Field(0.6, ge=0, le=1, description="share of answers that must be less "
+                                                                         "likely with another sample's image")
+    max_retained: float = Field(0.5, description="largest share of the image's gain over no image that the "
+                                                 "counterfactual may keep")
+    max_identical_share: float = Field(0.1, ge=0, le=1, description="largest share of samples whose "
+                                                                    "counterfactual changes no token's likelihood")
+    scorer: ScorerConfig = ScorerConfig()
+    spark: SparkConfig = SparkConfig(conf={"spark.ui.enabled": "false"})
+
+    def thresholds(self):
+        from vig_udf.check import CheckThresholds
+
+        return CheckThresholds(min_matching_vig=self.min_matching_vig,
+                               min_mismatch_drop_share=self.min_mismatch_drop_share,
+                               max_retained=self.max_retained, max_identical_share=self.max_identical_share)
+
+
+def uses_spark(cfg: CheckJobConfig) -> bool:
+    """JSON and JSONL inputs are streamed without Spark."""
+    return cfg.input is None or not cfg.input.endswith((".json", ".jsonl"))
+
+
+def sample_input(spark, path: str, *, n: int, seed: int) -> list[dict]:
+    """``n`` records with an image drawn with ``seed`` from a LLaVA Parquet input (Spark)."""
+    from pyspark.sql import functions as F
+
+    from vig_udf.spark.ingest_job import read_records
+
+    rows = (read_records(spark, path).where(F.col("image").isNotNull() & (F.col("image") != ""))
+            .select("id", "image", "conversations").orderBy(F.rand(seed)).limit(n).collect())
+    return [row.asDict(recursive=True) for row in rows]
+
+
+def sample_corpus(spark, lake: str, *, n: int, seed: int, version: int | None = None,
+                  image_root: str | None = None) -> list[dict]:
+    """``n`` scorer records drawn with ``seed`` from the corpus table's ok rows that have an image."""
+    from pyspark.sql import functions as F
+
+    from vig_udf.lake import lake_table, read_table, table_exists
+    from vig_udf.spark.score_udf import corpus_record
+
+    path = lake_table(lake, "corpus")
+    if not table_exists(spark, path):
+        raise FileNotFoundError(f"no corpus table at {path}: run `vig ingest` first, or give input=<file.jsonl>")
+    rows = (read_table(spark, path, version=version)
+            .where((F.col("status") == "ok") & (F.col("image_path").isNotNull() | F.col("image_bytes").isNotNull()))
+            .select("sample_id", "image_path", "image_bytes", "conversations")
+            .orderBy(F.rand(seed)).limit(n).collect())
+    records = []
+    for row in rows:
+        try:
+            records.append(corpus_record(row.asDict(recursive=True), image_root))
+        except SampleError as err:  # a path that leaves the image root (a corpus table not written by ingest)
+            log.warning("vig check skips %s: %s", row["sample_id"], err.message)
+    return records
+
+
+def run_check_job(cfg: CheckJobConfig, *, spark=None, out=print) -> dict:
+    """Sample, check, write the report; returns ``{"passed", "verdict", "paths", "summary"}``."""
+    from vig_udf.check import check_scorer, sample_records
+    from vig_udf.report.check_report import write_check_report
+    from vig_udf.scorer import VIGScorer
+
+    if not cfg.scorer.model_path:
+        raise ValueError("scorer.model_path is not set: give a HF model id or a local checkpoint folder")
+    if cfg.input is None:
+        records = sample_corpus(spark, cfg.lake, n=cfg.samples, seed=cfg.seed, version=cfg.corpus_version,
+                                image_root=cfg.scorer.image_root)
+        source = f"{cfg.lake} corpus table" + (f" v{cfg.corpus_version}" if cfg.corpus_version is not None else "")
+    elif uses_spark(cfg):
+        records = sample_input(spark, cfg.input, n=cfg.samples, seed=cfg.seed)
+        source = cfg.input
+    else:
+        if not Path(cfg.input).is_file():
+            raise FileNotFoundError(f"input file not found: {cfg.input}")
+        records = sample_records(cfg.input, n=cfg.samples, seed=cfg.seed)
+        source = cfg.input
+    if len(records) < 2:
+        raise ValueError(f"{source} has {len(records)} record(s) with an image; the check needs at least two")
+    scorer = VIGScorer.from_pretrained(cfg.scorer.model_path, cfg.scorer.options())
+    result = check_scorer(scorer, records, thresholds=cfg.thresholds())
+    paths = write_check_report(result, cfg.out, context={"model": cfg.scorer.model_path, "input": source,
+                                                         "seed": cfg.seed})
+    out(result.verdict())
+    out(f"report: {paths['check.html']} (and check.md, check.png, check.json)")
+    return {"passed": result.passed, "verdict": result.verdict(), "paths": paths, "summary": result.summary}
