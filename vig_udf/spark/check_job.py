@@ -21,7 +21,6 @@ from vig_udf.status import SampleError
 log = logging.getLogger(__name__)
 
 
-
 class CheckJobConfig(BaseModel):
     """``vig check``: what to sample, which scorer, where the report goes, and when the scorer passes."""
 
