@@ -58,17 +58,17 @@ class IngestJobConfig(BaseModel):
     spark: SparkConfig = SparkConfig()
 
 
-def read_records(spark, path: str):
+def read_records(spark, path: str, *, jsonl_folder: bool = False):
     """The input as a DataFrame (id, image, conversations, _corrupt_record and the :data:`POSITION` columns);
-    malformed records kept. A one-array ``.json`` is read through its JSONL shards (``<folder>/*.jsonl``, see
-    :func:`vig_udf.spark.json_shards.stage_json_array`)."""
+    malformed records kept. A one-array ``.json`` is read through its JSONL shards: ``path`` is then their
+    folder and ``jsonl_folder`` is true (see :func:`vig_udf.spark.json_shards.stage_json_array`)."""
     from pyspark.sql import functions as F
 
     from vig_udf.lake.storage import is_folder
 
     if path.endswith(".json"):
         raise ValueError(f"{path}: a one-array .json is read through its JSONL shards (stage_json_array)")
-    if path.endswith(".parquet") or is_folder(spark, path):
+    if not jsonl_folder and (path.endswith(".parquet") or is_folder(spark, path)):
         df = spark.read.parquet(path)
         position = _position(df)
         cols = [F.col(c).cast("string") if c in ("id", "image") else F.col(c) for c in ("id", "image", "conversations")
@@ -185,7 +185,7 @@ def run_ingest(spark, cfg: IngestJobConfig, *, out=print) -> dict:
         if staged:
             n = stage_json_array(spark, cfg.input, staged, records_per_shard=cfg.json_shard_records)
             out(f"{cfg.input}: {n} records streamed into {-(-n // cfg.json_shard_records)} JSONL shards")
-        raw = read_records(spark, f"{staged}/*.jsonl" if staged else cfg.input)
+        raw = read_records(spark, staged, jsonl_folder=True) if staged else read_records(spark, cfg.input)
         if cfg.partitions:
             raw = raw.repartition(cfg.partitions)
         validated = raw.mapInArrow(validate_batches(cfg.image_root, cfg.image_storage, cfg.check_files),
