@@ -62,6 +62,7 @@ def sample_input(spark, path: str, *, n: int, seed: int) -> list[dict]:
 
     from vig_udf.spark.ingest_job import read_records
 
+    # limit(n): the driver holds the check's sample only (n records), never the input
     rows = (read_records(spark, path).where(F.col("image").isNotNull() & (F.col("image") != ""))
             .select("id", "image", "conversations").orderBy(F.rand(seed)).limit(n).collect())
     return [row.asDict(recursive=True) for row in rows]
@@ -78,6 +79,7 @@ def sample_corpus(spark, lake: str, *, n: int, seed: int, version: int | None = 
     path = lake_table(lake, "corpus")
     if not table_exists(spark, path):
         raise FileNotFoundError(f"no corpus table at {path}: run `vig ingest` first, or give input=<file.jsonl>")
+    # limit(n): the driver holds the check's sample only (n records), never the table
     rows = (read_table(spark, path, version=version)
             .where((F.col("status") == "ok") & (F.col("image_path").isNotNull() | F.col("image_bytes").isNotNull()))
             .select("sample_id", "image_path", "image_bytes", "conversations")

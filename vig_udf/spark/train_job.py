@@ -294,6 +294,7 @@ def selection_summary(spark, resolved: dict) -> dict:
 
     rows = (read_table(spark, resolved["paths"]["selection"], version=resolved["versions"]["selection"])
             .where(F.col("selection_id") == resolved["selection_id"]))
+    # one row per selection reason (a handful), not per sample
     by_reason = {r["reason"]: {"rows": r["rows"], "kept": r["kept"], "tokens": r["tokens"], "tokens_kept": r["tokens_kept"]}
                  for r in rows.groupBy("reason").agg(
                      F.count(F.lit(1)).alias("rows"), F.sum(F.col("kept").cast("int")).alias("kept"),
