@@ -33,7 +33,6 @@ from vig_udf.images import load_image
 from vig_udf.inputs import InputBuilder
 from vig_udf.masking import AnswerTokens, labels_for
 from vig_udf.spans import keep_from_spans, kept_char_spans
-from vig_udf.status import SampleError
 
 IGNORE_INDEX = -100
 
@@ -109,18 +108,3 @@ def build_example(builder: InputBuilder, row: dict, *, image_root: str | None = 
         n_eot = len(eot)
     return TrainExample(row["sample_id"], seq, labels, realigned, n_eot)
 
-
-def build_examples(builder: InputBuilder, rows: list[dict], **kwargs) -> tuple[list[TrainExample], dict[str, str]]:
-    """Examples for ``rows``; samples that cannot be built are returned as sample_id -> "status: message"."""
-    examples, failed = [], {}
-    for row in rows:
-        try:
-            example = build_example(builder, row, **kwargs)
-        except SampleError as err:
-            failed[row["sample_id"]] = f"{err.status}: {err.message}"
-            continue
-        if example.n_supervised == 0:
-            failed[row["sample_id"]] = "no_selected_tokens: no selected token maps onto this tokenizer's tokens"
-            continue
-        examples.append(example)
-    return examples, failed
