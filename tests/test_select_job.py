@@ -9,6 +9,7 @@ import pytest
 from deltalake import write_deltalake
 from pyspark.sql import functions as F_
 
+from vig_udf import selection as sel
 from vig_udf.lake import read_table, table_history, table_version, write_table
 from vig_udf.spark.select_job import SELECTION_SCHEMA, SelectJobConfig, run_select
 
@@ -92,7 +93,8 @@ def decisions(rows: dict) -> dict[str, tuple]:
 
 
 def test_every_policy_keeps_the_hand_computed_samples_and_tokens_in_one_idempotent_commit(spark, lake):
-    cfg = SelectJobConfig(lake=str(lake), scorer_id="s1", policies=["vig", "sample", "token", "random"], seed=11)
+    cfg = SelectJobConfig(lake=str(lake), scorer_id="s1", policies=["vig", "sample", "token", "random", "random_tokens"],
+                          seed=11)
     lines: list[str] = []
     summary = run_select(spark, cfg, out=lines.append)
     assert summary["tau"] == pytest.approx(TAU, abs=1e-12) and summary["tau_method"] == "percentile"
@@ -111,6 +113,15 @@ def test_every_policy_keeps_the_hand_computed_samples_and_tokens_in_one_idempote
     assert all(random[s] == (T, "random_kept", [T] * OK_TOKENS[s]) for s in kept)
     assert all(random[s] == (F, "random_not_chosen", []) for s in OK_TOKENS if s not in kept)
     assert {s: random[s] for s in ALWAYS} == ALWAYS
+    # random_tokens: the same draw, and in it each token with probability vig's multimodal tokens / drawn tokens
+    share = (2 + 3 + 2 + 3) / sum(OK_TOKENS[s] for s in kept)
+    random_tokens = decisions(tables["random_tokens"])
+    for s in OK_TOKENS:
+        mask = (sel.random_token_draw(11, s, OK_TOKENS[s]) < share).tolist()
+        want = (T, "random_tokens_kept", mask) if s in kept and any(mask) else (
+            (F, "no_token_drawn", []) if s in kept else (F, "random_not_chosen", []))
+        assert random_tokens[s] == want, s
+    assert {s: random_tokens[s] for s in ALWAYS} == ALWAYS
     vig = summary["policies"]["vig"]
     assert {k: vig[k] for k in ("kept_multimodal", "multimodal_rows", "kept_text_only", "failed_rows",
                                 "tokens_kept", "answer_tokens", "rows", "written")} == {

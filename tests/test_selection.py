@@ -100,6 +100,25 @@ def test_random_policy_keeps_the_chosen_whole():
     assert (decide("a", "random").kept, decide("a", "random").reason) == (False, "random_not_chosen")
 
 
+def test_random_tokens_policy_keeps_the_drawn_tokens_of_the_chosen():
+    draw = np.array([0.1, 0.7, 0.4])
+    row = decide("a", "random_tokens", chosen=True, token_draw=draw, token_share=0.5)
+    assert (row.kept, row.reason, row.token_keep.tolist()) == (True, "random_tokens_kept", [True, False, True])
+    none = decide("a", "random_tokens", chosen=True, token_draw=draw, token_share=0.05)
+    assert (none.kept, none.reason) == (False, "no_token_drawn")
+    assert decide("a", "random_tokens", token_draw=draw, token_share=0.5).reason == "random_not_chosen"
+    with pytest.raises(ValueError, match="one token_draw value per answer token"):
+        decide("a", "random_tokens", chosen=True, token_draw=draw[:2], token_share=0.5)
+
+
+def test_random_token_draw_is_reproducible_per_sample_and_keeps_the_share_in_expectation():
+    assert np.array_equal(sel.random_token_draw(3, "s1", 5), sel.random_token_draw(3, "s1", 5))
+    assert not np.array_equal(sel.random_token_draw(3, "s1", 5), sel.random_token_draw(4, "s1", 5))
+    assert not np.array_equal(sel.random_token_draw(3, "s1", 5), sel.random_token_draw(3, "s2", 5))
+    kept = np.concatenate([sel.random_token_draw(0, f"s{i}", 10) < 0.6 for i in range(2000)])
+    assert abs(kept.mean() - 0.6) < 0.015  # binomial sd 0.0035 over 20,000 tokens
+
+
 def test_all_policy_keeps_every_scorable_sample_whole():
     assert table("all") == {
         "a": (True, "all_kept", [True, True, True]), "b": (True, "all_kept", [True, True, True, True]),
@@ -110,9 +129,10 @@ def test_all_policy_keeps_every_scorable_sample_whole():
 
 @pytest.mark.parametrize("policy", sel.POLICIES)
 def test_drop_negative_filters_negative_vig_under_every_policy(policy):
-    row = decide("d", policy, drop_negative=True, chosen=True)
+    draws = dict(token_draw=np.zeros(2), token_share=0.5)  # d and f have two tokens each
+    row = decide("d", policy, drop_negative=True, chosen=True, **draws)
     assert (row.kept, row.reason, row.token_keep.tolist()) == (False, "negative_vig_filtered", [])
-    assert decide("f", policy, drop_negative=True, chosen=True).reason != "negative_vig_filtered"  # 0.125 >= 0
+    assert decide("f", policy, drop_negative=True, chosen=True, **draws).reason != "negative_vig_filtered"  # 0.125 >= 0
 
 
 @pytest.mark.parametrize("policy", sel.POLICIES)

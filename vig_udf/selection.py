@@ -23,6 +23,10 @@ vig      keep a sample when VIG >= tau; inside it, keep the tokens with token VI
 sample   keep a sample when VIG >= tau, with all its answer tokens
 token    keep every multimodal sample, with the tokens whose token VIG >= tau
 random   keep as many multimodal samples as ``vig`` keeps, drawn uniformly (fixed seed), all tokens
+random_tokens
+         the samples of ``random``'s draw, and inside them each answer token with probability
+         ``token_share``: ``vig``'s kept multimodal tokens over the draw's tokens, so that it matches
+         ``vig`` in samples and, in expectation, in supervised tokens (the control for token selection)
 all      keep every multimodal sample with all its tokens (vanilla training, as a selection to compare)
 ======== ============================================================================================
 
@@ -54,8 +58,9 @@ import numpy as np
 
 from vig_udf.status import OK, TEXT_ONLY
 
-VIG, SAMPLE, TOKEN, RANDOM, ALL = "vig", "sample", "token", "random", "all"
-POLICIES = (VIG, SAMPLE, TOKEN, RANDOM, ALL)
+VIG, SAMPLE, TOKEN, RANDOM, RANDOM_TOKENS, ALL = "vig", "sample", "token", "random", "random_tokens", "all"
+POLICIES = (VIG, SAMPLE, TOKEN, RANDOM, RANDOM_TOKENS, ALL)
+RANDOM_DRAWS = (RANDOM, RANDOM_TOKENS)  # the policies that keep the seeded uniform draw of samples
 
 # Reasons: why a row is kept or not. Every row of a selection carries exactly one.
 VIG_AT_LEAST_TAU = "vig>=tau"  # vig, sample: sample VIG reached tau
@@ -64,6 +69,8 @@ TOKEN_VIG_AT_LEAST_TAU = "token_vig>=tau"  # token: kept, with its tokens at or 
 NO_TOKEN_AT_LEAST_TAU = "no_token_vig>=tau"  # vig, token: not one token reached tau
 RANDOM_KEPT = "random_kept"
 RANDOM_NOT_CHOSEN = "random_not_chosen"
+RANDOM_TOKENS_KEPT = "random_tokens_kept"  # random_tokens: drawn, with its randomly drawn tokens
+NO_TOKEN_DRAWN = "no_token_drawn"  # random_tokens: drawn, but not one of its tokens was
 ALL_KEPT = "all_kept"  # all: every scorable sample
 TEXT_ONLY_KEPT = "text_only_kept_whole"
 NEGATIVE_FILTERED = "negative_vig_filtered"  # drop_negative: VIG < 0 (image contradicts the answer)
@@ -123,6 +130,8 @@ def select_row(
     tau: float | None,
     drop_negative: bool = False,
     chosen: bool = False,
+    token_draw: np.ndarray | None = None,
+    token_share: float | None = None,
 ) -> RowSelection:
     """Decide one scores row under ``policy`` with threshold ``tau`` (before per-source budgets).
 
@@ -132,7 +141,10 @@ def select_row(
         tau: the threshold over the table's multimodal VIGs (:func:`tau_for`); may be None only when the
             table has no multimodal sample, in which case no ok row reaches this function.
         drop_negative: never keep a multimodal sample with VIG < 0.
-        chosen: ``random`` only: whether the seeded uniform draw picked this sample.
+        chosen: ``random`` and ``random_tokens``: whether the seeded uniform draw picked this sample.
+        token_draw, token_share: ``random_tokens`` only: one uniform [0, 1) value per answer token
+            (:func:`random_token_draw`) and the probability of keeping a token; a token is kept when its
+            value is below the share.
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown selection policy {policy!r}; choose from {POLICIES}")
@@ -150,6 +162,8 @@ def select_row(
         return _dropped(NEGATIVE_FILTERED)
     if policy == RANDOM:
         return RowSelection(True, RANDOM_KEPT, np.ones(n, dtype=bool)) if chosen else _dropped(RANDOM_NOT_CHOSEN)
+    if policy == RANDOM_TOKENS:
+        return _random_tokens(n, chosen, token_draw, token_share)
     if policy == ALL:
         return RowSelection(True, ALL_KEPT, np.ones(n, dtype=bool))
     if tau is None:
@@ -162,6 +176,24 @@ def select_row(
     if not mask.any():
         return _dropped(NO_TOKEN_AT_LEAST_TAU)
     return RowSelection(True, VIG_AT_LEAST_TAU if policy == VIG else TOKEN_VIG_AT_LEAST_TAU, mask)
+
+
+def _random_tokens(n: int, chosen: bool, token_draw, token_share: float | None) -> RowSelection:
+    if not chosen:
+        return _dropped(RANDOM_NOT_CHOSEN)
+    if token_draw is None or token_share is None or len(token_draw) != n:
+        raise ValueError("random_tokens needs one token_draw value per answer token and a token_share")
+    mask = np.asarray(token_draw) < token_share
+    if not mask.any():
+        return _dropped(NO_TOKEN_DRAWN)
+    return RowSelection(True, RANDOM_TOKENS_KEPT, mask)
+
+
+def random_token_draw(seed: int, sample_id: str, n: int) -> np.ndarray:
+    """``n`` uniform [0, 1) values for the answer tokens of one sample: the same for a (seed, sample) on every
+    run and partitioning, independent across samples."""
+    digest = hashlib.sha256(f"{seed}\0{sample_id}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little")).random(n)
 
 
 def _dropped(reason: str) -> RowSelection:
@@ -185,7 +217,7 @@ def policy_params(
 ) -> dict:
     """Everything that decides a policy's rows besides the scores themselves (stored as JSON per row).
 
-    ``seed`` only matters to ``random`` and ``corpus_version`` (where the sources come from) only with
+    ``seed`` only matters to the random draws and ``corpus_version`` (where the sources come from) only with
     budgets, so each is recorded only where it changes the result.
     """
     if policy not in POLICIES:
@@ -194,7 +226,7 @@ def policy_params(
                     "budgets": dict(sorted(budgets.items())) if budgets else None}
     if budgets:
         params["corpus_version"] = corpus_version
-    if policy == RANDOM:
+    if policy in RANDOM_DRAWS:
         params["seed"] = seed
     return params
 

@@ -27,12 +27,14 @@ import io
 import json
 import logging
 import shutil
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vig_udf.demo import world
 from vig_udf.demo.world import WorldConfig, generate_captions, generate_text_pretraining, vocabulary_text
 from vig_udf.spark.ingest_job import CONVERSATIONS
 from vig_udf.tiny import TinySize, build_tiny_checkpoint, build_tokenizer
@@ -58,7 +60,9 @@ class DemoModelConfig:
     world: WorldConfig = WorldConfig()
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """The config and the source of the world and of this recipe: a change to either rebuilds the model."""
+        sources = [Path(module.__file__).read_text(encoding="utf-8") for module in (world, sys.modules[__name__])]
+        return hashlib.sha256(json.dumps([asdict(self), sources], sort_keys=True).encode()).hexdigest()[:12]
 
 
 def build_demo_model(out_dir: str | Path, config: DemoModelConfig = DemoModelConfig()) -> str:

@@ -6,8 +6,9 @@ Cheap and CPU-only: trying another p or policy never touches a GPU. The job
 1. reads ``<lake>/scores`` at a pinned version (default: the latest) and keeps one scorer's rows;
 2. computes tau over the multimodal (``ok``) sample VIGs with Spark's ``percentile`` (exact) or, above
    ``exact_percentile_max_rows``, ``percentile_approx`` (see ``vig_udf.selection`` for what "top p%" means);
-3. for ``random``, draws as many samples as ``vig`` keeps: the ones with the smallest
-   ``xxhash64(seed, sample_id)`` (uniform, and the same on every run and partitioning);
+3. for ``random`` and ``random_tokens``, draws as many samples as ``vig`` keeps: the ones with the smallest
+   ``xxhash64(seed, sample_id)`` (uniform, and the same on every run and partitioning); for
+   ``random_tokens`` also the token share: ``vig``'s kept multimodal tokens over the drawn samples' tokens;
 4. decides every row with the pure ``vig_udf.selection.select_row`` inside ``mapInArrow``;
 5. applies per-source budgets (a window over the kept multimodal rows of each source, highest VIG first);
 6. writes every new policy in one Delta commit (job ``select``).
@@ -62,16 +63,17 @@ class SelectJobConfig(BaseModel):
     lake: str = Field("lake", description="lake root with the scores (and corpus) tables; writes <lake>/selection")
     scores_version: int | None = Field(None, description="scores table version to select from; None = latest")
     scorer_id: str | None = Field(None, description="the scorer whose rows to select; required when there are several")
-    policies: list[Literal["vig", "sample", "token", "random", "all"]] = Field(
+    policies: list[Literal["vig", "sample", "token", "random", "random_tokens", "all"]] = Field(
         default_factory=lambda: ["vig"],
-        description="policies written in one commit: vig | sample | token | random | all (vanilla baseline)")
+        description="policies written in one commit: vig | sample | token | random | random_tokens | all "
+                    "(vanilla baseline)")
     p: float = Field(70.0, gt=0, le=100, description="percent of multimodal samples kept: tau = (100-p)th percentile")
     drop_negative: bool = Field(False, description="never keep multimodal samples with VIG < 0 (tau still counts them)")
     budgets: dict[str, int] | None = Field(
         None, description="source -> max kept multimodal samples (highest VIG first; random: draw order); "
                           "unnamed sources unlimited; text-only samples not counted")
     corpus_version: int | None = Field(None, description="corpus version giving each sample's source (budgets only)")
-    seed: int = Field(0, description="seed of the random policy's draw")
+    seed: int = Field(0, description="seed of the random policies' draws")
     exact_percentile_max_rows: int = Field(1_000_000, ge=0, description="exact percentile up to this many ok rows")
     percentile_accuracy: int = Field(100_000, gt=0, description="percentile_approx accuracy (rank error <= n/accuracy)")
     partitions: int | None = Field(None, description="repartition the scores rows first; None = as read")
@@ -113,6 +115,8 @@ class SelectSpec:
     p: float
     drop_negative: bool
     runs: tuple[PolicyRun, ...]
+    seed: int = 0
+    token_share: float | None = None  # random_tokens: the probability of keeping a drawn sample's token
 
 
 def select_batches(spec: SelectSpec):
@@ -128,6 +132,7 @@ def select_batches(spec: SelectSpec):
 
 def select_batch(batch: pa.RecordBatch, spec: SelectSpec) -> pa.RecordBatch:
     """Decide every row of one Arrow batch under every policy of ``spec``."""
+    sample_ids = batch.column("sample_id").to_pylist()
     statuses = batch.column("status").to_pylist()
     vigs = batch.column("vig").to_pylist()
     n_tokens = [int(n or 0) for n in batch.column("n_tokens").to_pylist()]
@@ -142,9 +147,12 @@ def select_batch(batch: pa.RecordBatch, spec: SelectSpec) -> pa.RecordBatch:
                             "reason": [], "n_tokens_kept": []}
     masks: list[np.ndarray] = []
     for run in spec.runs:
+        draws = run.policy == sel.RANDOM_TOKENS
         for i in rows:
+            token_draw = sel.random_token_draw(spec.seed, sample_ids[i], n_tokens[i]) if draws and chosen[i] else None
             decision = sel.select_row(statuses[i], vigs[i], arrays[i], n_tokens[i], policy=run.policy, tau=spec.tau,
-                                      drop_negative=spec.drop_negative, chosen=bool(chosen[i]))
+                                      drop_negative=spec.drop_negative, chosen=bool(chosen[i]),
+                                      token_draw=token_draw, token_share=spec.token_share)
             out["kept"].append(decision.kept)
             out["reason"].append(decision.reason)
             out["n_tokens_kept"].append(decision.n_tokens_kept)
@@ -217,7 +225,8 @@ def run_select(spark, cfg: SelectJobConfig, *, out=print) -> dict:
     else:
         tau = _tau(ok, n_ok, cfg)
         base = _with_random_draw(base, ok, tau, cfg)
-        spec = SelectSpec(scorer_id, scores_version, tau, cfg.p, cfg.drop_negative, new)
+        token_share = _token_share(base, ok, tau, cfg) if sel.RANDOM_TOKENS in cfg.policies else None
+        spec = SelectSpec(scorer_id, scores_version, tau, cfg.p, cfg.drop_negative, new, cfg.seed, token_share)
         rows = base.mapInArrow(select_batches(spec), from_arrow_schema(_UDF_SCHEMA))
         rows = _apply_budgets(rows, cfg.budgets) if cfg.budgets else rows
         config = {**cfg.model_dump(mode="json"), "scorer_id": scorer_id, "scores_version": scores_version,
@@ -297,7 +306,7 @@ def _with_random_draw(base, ok, tau: float | None, cfg: SelectJobConfig):
     K being the number that ``vig`` keeps before budgets."""
     from pyspark.sql import functions as F
 
-    if sel.RANDOM not in cfg.policies:
+    if not set(sel.RANDOM_DRAWS) & set(cfg.policies):
         return base.withColumn("_rand_key", F.lit(None).cast("long")).withColumn("_chosen", F.lit(False))
     base = base.withColumn("_rand_key", F.xxhash64(F.lit(cfg.seed), "sample_id"))
     eligible = ok.where(F.col("vig") >= 0) if cfg.drop_negative else ok
@@ -307,13 +316,29 @@ def _with_random_draw(base, ok, tau: float | None, cfg: SelectJobConfig):
     return base.join(chosen, "sample_id", "left").withColumn("_chosen", F.coalesce("_chosen", F.lit(False)))
 
 
+def _token_share(base, ok, tau: float | None, cfg: SelectJobConfig) -> float | None:
+    """``random_tokens``' probability of keeping a token: the multimodal tokens ``vig`` keeps (tokens with VIG >=
+    tau inside samples with VIG >= tau) over the tokens of the drawn samples, at most 1 (before budgets)."""
+    from pyspark.sql import functions as F
+
+    if tau is None:
+        return None
+    eligible = ok.where(F.col("vig") >= 0) if cfg.drop_negative else ok
+    vig_tokens = eligible.where(F.col("vig") >= tau).select(
+        F.sum(F.size(F.filter("token_vig", lambda t: t.cast("double") >= F.lit(tau)))).alias("n")).first()["n"]
+    drawn_tokens = base.where("_chosen").select(F.sum("n_tokens").alias("n")).first()["n"]
+    if not drawn_tokens:
+        return None
+    return min(1.0, float(vig_tokens or 0) / float(drawn_tokens))
+
+
 def _apply_budgets(rows, budgets: dict[str, int]):
     """Cap the kept multimodal samples of each budgeted source: beyond the cap, reason ``budget``."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     cap = F.create_map(*[F.lit(x) for source, n in sorted(budgets.items()) for x in (source, n)])
-    random = F.col("policy") == sel.RANDOM
+    random = F.col("policy").isin(*sel.RANDOM_DRAWS)
     order = Window.partitionBy("selection_id", "_source", "_candidate").orderBy(
         F.when(random, F.col("_rand_key")).asc_nulls_last(), F.when(~random, F.col("_vig")).desc_nulls_last(),
         "sample_id")
