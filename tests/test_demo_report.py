@@ -4,31 +4,38 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from vig_udf.demo.report import rank_auc, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-POLICIES = ("all", "vig", "sample", "token", "random")
+POLICIES = ("all", "vig", "sample", "token", "random", "random_tokens")
+ITEMS = [{"conflict": i % 2 == 1} for i in range(40)]  # 20 prior-conflicting test items
 
 
-def make_runs(vig_conflicting: tuple[float, ...], all_conflicting: tuple[float, ...]) -> list[dict]:
-    runs = []
-    for seed in range(len(vig_conflicting)):
-        for policy in POLICIES:
-            conflicting = {"vig": vig_conflicting[seed], "all": all_conflicting[seed]}.get(policy, 0.5 + 0.01 * seed)
-            consistent = 0.9
-            runs.append({
-                "policy": policy, "seed": seed,
-                "samples_kept": 800 if policy == "all" else 560,
-                "supervised_tokens": (10000 if policy == "all" else 6000) + 10 * seed,
-                "acc_consistent": consistent, "acc_conflicting": conflicting,
-                "bias_gap": consistent - conflicting,
-                "blind_acc": 0.6 if policy == "all" else 0.4 + 0.01 * seed,
-                "blind_prior_rate": 0.7, "run_id": f"{policy}-{seed}",
-            })
-    return runs
+def make_runs(vig_correct: tuple[int, ...], all_correct: tuple[int, ...], schedules=("equal_epochs",)):
+    """Runs and per-item outcomes: per seed, vig answers the first vig_correct[seed] of the 20 conflicting
+    items right, all the first all_correct[seed]; the other policies half; every consistent item right."""
+    runs, outcomes = [], {}
+    n_conflicting = sum(item["conflict"] for item in ITEMS)
+    for schedule in schedules:
+        for seed in range(len(vig_correct)):
+            for policy in POLICIES:
+                k = {"vig": vig_correct[seed], "all": all_correct[seed]}.get(policy, n_conflicting // 2)
+                rank = np.cumsum([item["conflict"] for item in ITEMS]) - 1
+                correct = np.array([1.0 if not item["conflict"] or rank[i] < k else 0.0
+                                    for i, item in enumerate(ITEMS)])
+                prior = np.array([0.0 if not item["conflict"] or c else 1.0 for item, c in zip(ITEMS, correct)])
+                outcomes[(schedule, policy, seed)] = {"correct": correct, "prior_answer": prior,
+                                                      "p_true": 0.2 + 0.6 * correct}
+                runs.append({"schedule": schedule, "policy": policy, "seed": seed,
+                             "samples_kept": 800 if policy == "all" else 560,
+                             "supervised_tokens": (10000 if policy == "all" else 6000) + 10 * seed,
+                             "steps": 150 if policy == "all" or schedule == "equal_steps" else 105,
+                             "run_id": f"{policy}-{seed}"})
+    return runs, outcomes
 
 
 def make_turns() -> pd.DataFrame:
@@ -64,16 +71,17 @@ EXAMPLE = {
 }
 
 
-def build(tmp_path, runs, name="rep"):
-    return write_report(tmp_path / name, runs=runs, turns=make_turns(), tokens=make_tokens(),
-                        examples=[EXAMPLE], context={"scorer": "demo-aligned", "blur_sigma": 3.2, "p": 70,
-                                                     "seeds": [0, 1, 2]})
+def build(tmp_path, runs_and_outcomes, name="rep"):
+    runs, outcomes = runs_and_outcomes
+    return write_report(tmp_path / name, runs=runs, outcomes=outcomes, test_items=ITEMS, turns=make_turns(),
+                        tokens=make_tokens(), examples=[EXAMPLE], context={"scorer": "demo-aligned", "p": 70,
+                                                                          "seeds": [0, 1, 2]}, resamples=500)
 
 
-def table_rows(md: str) -> dict[str, list[str]]:
-    section = md.split("## Main table", 1)[1].split("##", 1)[0]
+def table_rows(md: str, schedule: str = "equal epochs") -> dict[str, list[str]]:
+    section = md.split("## Main table", 1)[1].split("## Differences", 1)[0].split(f"### {schedule}", 1)[1]
     rows = {}
-    for line in section.splitlines():
+    for line in section.split("###", 1)[0].splitlines():
         if line.startswith("| ") and not line.startswith("| policy"):
             cells = [c.strip() for c in line.strip("|").split("|")]
             rows[cells[0]] = cells
@@ -89,19 +97,24 @@ def test_rank_auc_hand_computed():
 
 
 def test_report_table_figures_and_html(tmp_path):
-    result = build(tmp_path, make_runs((0.8, 0.7, 0.9), (0.3, 0.4, 0.2)))
+    result = build(tmp_path, make_runs((16, 14, 18), (6, 8, 4)))
     md = open(result["paths"]["report.md"], encoding="utf-8").read()
 
     rows = table_rows(md)
-    assert list(rows) == ["all (vanilla)", "vig", "sample", "token", "random"]
-    # vig conflicting: mean of 0.8, 0.7, 0.9 = 0.800, std (ddof=1) = 0.100; columns: policy, seeds, samples,
-    # tokens, consistent, conflicting, ...
+    assert list(rows) == ["all (vanilla)", "vig", "sample", "token", "random", "random_tokens"]
+    # columns: policy, seeds, samples, tokens, steps, conflicting acc, prior answers, p(true), consistent acc
     assert rows["vig"][1] == "3"
-    assert rows["vig"][5] == "0.800 ± 0.100"
-    assert rows["all (vanilla)"][3] == "10,010.0 ± 10.0"  # 10000, 10010, 10020
-    assert rows["vig"][6] == "0.100 ± 0.100"  # bias gap 0.9 - conflicting
-    assert result["policies"]["vig"]["acc_conflicting"]["mean"] == pytest.approx(0.8)
-    assert "- **blur_sigma**: 3.2" in md and "[tokens.html](tokens.html)" in md
+    assert rows["vig"][5].startswith("0.800 [")  # (16 + 14 + 18) / 60
+    assert rows["all (vanilla)"][3] == "10,010.0"  # 10000, 10010, 10020
+    assert rows["vig"][6].startswith("0.200 [")  # every wrong conflicting answer is the prior colour
+    assert rows["vig"][8] == "1.000 [1.000, 1.000]"
+    stat = result["schedules"]["equal_epochs"]["vig"]["acc_conflicting"]
+    assert stat["low"] < 0.8 < stat["high"] and stat["items"] == 20 and stat["seeds"] == 3
+    assert "[tokens.html](tokens.html)" in md
+
+    items = pd.read_parquet(result["paths"]["items.parquet"])
+    assert len(items) == 3 * len(POLICIES) * len(ITEMS)
+    assert items[(items.policy == "vig") & items.conflict].correct.mean() == pytest.approx(0.8)
 
     # VIG groups: conflicting colour turns are i = 0, 2, 4, 6 -> vig 1, 3, 5, 7
     assert result["groups"]["colour_conflicting"] == pytest.approx(
@@ -128,33 +141,41 @@ def test_report_table_figures_and_html(tmp_path):
     assert " &amp; more</span>.</p>" in page
 
 
-def test_outcome_clearly_better(tmp_path):
-    result = build(tmp_path, make_runs((0.8, 0.7, 0.9), (0.3, 0.4, 0.2)))
+def test_a_clear_difference_is_resolved(tmp_path):
+    result = build(tmp_path, make_runs((16, 14, 18), (6, 8, 4)))
     md = open(result["paths"]["report.md"], encoding="utf-8").read()
-    outcome = md.split("## Outcome", 1)[1].split("## VIG distribution", 1)[0]
-    vs_all = outcome.split("### vig vs random", 1)[0]
-    assert "Conflicting accuracy: vig 0.800 vs all (vanilla) 0.300, higher by 0.500 (larger than the seed spread" in vs_all
-    assert "Bias gap: vig 0.100 vs all (vanilla) 0.600, lower by 0.500 (larger than the seed spread" in vs_all
-    assert "Blind accuracy: vig 0.410 vs all (vanilla) 0.600, lower by 0.190 (larger than the seed spread" in vs_all
-    assert "ratio 0.600" in vs_all
-    assert result["comparisons"]["vig_vs_all"]["acc_conflicting"]["exceeds"] is True
-    assert result["comparisons"]["vig_vs_all"]["supervised_tokens"]["ratio"] == pytest.approx(6010 / 10010)
+    cmp = result["comparisons"][("equal_epochs", "vig", "all")]
+    assert cmp["acc_conflicting"]["mean"] == pytest.approx(0.5)  # 0.8 - 0.3
+    assert cmp["acc_conflicting"]["excludes_zero"] and cmp["acc_conflicting"]["low"] > 0.2
+    assert cmp["prior_rate_conflicting"]["mean"] == pytest.approx(-0.5)
+    assert cmp["token_ratio"] == pytest.approx(6010 / 10010)
+    line = next(l for l in md.split("## Outcome", 1)[1].splitlines() if l.startswith("- vig - all (vanilla)"))
+    assert "conflicting accuracy +0.500 [" in line and "vig higher, resolved" in line
 
 
-def test_outcome_within_spread(tmp_path):
-    result = build(tmp_path, make_runs((0.6, 0.3, 0.5), (0.4, 0.5, 0.3)))
+def test_a_difference_inside_the_noise_is_not_resolved(tmp_path):
+    result = build(tmp_path, make_runs((12, 6, 10), (8, 10, 6)))
+    cmp = result["comparisons"][("equal_epochs", "vig", "all")]
+    assert cmp["acc_conflicting"]["mean"] == pytest.approx((28 - 24) / 60)
+    assert not cmp["acc_conflicting"]["excludes_zero"]
     md = open(result["paths"]["report.md"], encoding="utf-8").read()
-    vs_all = md.split("### vig vs all (vanilla)", 1)[1].split("###", 1)[0]
-    assert "Conflicting accuracy: vig 0.467 vs all (vanilla) 0.400, higher by 0.067 (within the seed spread" in vs_all
-    assert "larger than the seed spread" not in vs_all.split("Blind accuracy")[0]
-    assert result["comparisons"]["vig_vs_all"]["acc_conflicting"]["exceeds"] is False
+    assert "not resolved: the interval includes 0" in md.split("### equal epochs", 2)[2]
+
+
+def test_both_schedules_get_tables_and_differences(tmp_path):
+    result = build(tmp_path, make_runs((16, 14), (6, 8), schedules=("equal_epochs", "equal_steps")))
+    md = open(result["paths"]["report.md"], encoding="utf-8").read()
+    assert table_rows(md, "equal steps")["vig"][4] == "150.0"
+    assert table_rows(md, "equal epochs")["vig"][4] == "105.0"
+    assert result["comparisons"][("equal_steps", "vig", "random_tokens")] is not None
+    assert md.count("| equal steps | vig - random_tokens |") == 1
 
 
 def test_single_seed_and_missing_policy(tmp_path):
-    runs = [r for r in make_runs((0.8,), (0.3,)) if r["policy"] != "random"]
-    result = build(tmp_path, runs)
+    runs, outcomes = make_runs((16,), (6,))
+    runs = [r for r in runs if r["policy"] != "random"]
+    result = build(tmp_path, (runs, outcomes))
     md = open(result["paths"]["report.md"], encoding="utf-8").read()
-    assert table_rows(md)["vig"][5] == "0.800 ± n/a"
-    assert "seed spread not measured" in md
-    assert "vig vs random: not available (no runs for random)" in md
-    assert result["comparisons"]["vig_vs_random"] is None
+    assert table_rows(md)["vig"][5].startswith("0.800 [")  # items resampled, one seed
+    assert "vig - random (equal epochs): not available" in md
+    assert result["comparisons"][("equal_epochs", "vig", "random")] is None

@@ -21,8 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from vig_udf.options import ScorerOptions
 
 T = TypeVar("T", bound=BaseModel)
-# The demo's blur: measured so that colours are gone (benchmarks/demo_blur_sigma.py, BENCHMARKS.md)
-DEMO_BLUR_SIGMA = 0.3
 
 
 class ScorerConfig(ScorerOptions):
@@ -80,16 +78,22 @@ class DemoConfig(BaseModel):
 
     workdir: str = Field(".demo", description="where the model, corpus, lake, MLflow store and report go")
     samples: int = Field(800, gt=0, description="generated instruction samples (ingested, scored, selected)")
-    test_samples: int = Field(240, gt=1, description="balanced test items (half prior-conflicting)")
+    test_samples: int = Field(1000, gt=1, description="balanced test items (half prior-conflicting)")
     seed: int = Field(7, description="seed of the generated corpus and test split")
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="training seeds (data order, random draw)")
-    policies: list[Literal["all", "vig", "sample", "token", "random"]] = Field(
-        default_factory=lambda: ["all", "vig", "sample", "token", "random"],
-        description="policies trained and compared (all = vanilla)")
+    seeds: list[int] = Field(default_factory=lambda: list(range(10)),
+                             description="training seeds (data order, random draws)")
+    policies: list[Literal["all", "vig", "sample", "token", "random", "random_tokens"]] = Field(
+        default_factory=lambda: ["all", "vig", "random", "random_tokens"],
+        description="policies trained and compared (all = vanilla; sample and token are the paper's ablations)")
+    schedules: list[Literal["equal_epochs", "equal_steps"]] = Field(
+        default_factory=lambda: ["equal_epochs", "equal_steps"],
+        description="equal_epochs: `epochs` passes over each policy's kept samples (fewer steps when it keeps "
+                    "fewer); equal_steps: every policy trains as many steps as `all` does in `epochs` passes")
     p: float = Field(70.0, gt=0, le=100, description="percent of multimodal samples kept by vig/sample/random")
-    epochs: float = Field(3.0, gt=0, description="passes over each policy's kept samples")
+    epochs: float = Field(3.0, gt=0, description="passes over each policy's kept samples (equal_epochs)")
     batch_size: int = Field(16, gt=0, description="samples per training step")
     learning_rate: float = Field(1e-3, gt=0, description="peak learning rate of instruction tuning")
+    bootstrap_resamples: int = Field(4000, gt=99, description="replicates of the paired bootstrap over seeds and items")
     examples: int = Field(8, ge=0, description="conversations shown in the report's token view")
     gate_items: int = Field(240, gt=1, description="check-split items of the scorer gate (docs/demo_benchmark.md)")
     gate: Literal["enforce", "report"] = Field("enforce", description="enforce: no policy comparison when the "
@@ -99,7 +103,7 @@ class DemoConfig(BaseModel):
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; None = sqlite:///<workdir>/mlflow.db")
     experiment: str = Field("vig-demo", description="MLflow experiment of the demo's runs")
     system_metrics: bool = Field(True, description="log CPU/memory usage in every training run")
-    scorer: ScorerConfig = ScorerConfig(counterfactual="drop", blur_sigma=DEMO_BLUR_SIGMA)  # gate: docs/demo_benchmark.md
+    scorer: ScorerConfig = ScorerConfig(counterfactual="drop")  # the scorer gate's choice: docs/demo_benchmark.md
     spark: SparkConfig = SparkConfig(conf={"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4"})
 
 

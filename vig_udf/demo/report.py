@@ -3,8 +3,11 @@
 :func:`write_report` takes the per-run metrics, the per-turn and per-token VIG scores and a few example
 conversations as plain Python / pandas objects and writes into one folder:
 
-- ``report.md``: the context, the main table (one row per policy, mean ± std over seeds), an outcome
-  section generated from the numbers, the VIG distribution summary and token VIG by word class;
+- ``report.md``: the context, the main table per training schedule (one row per policy, each outcome with
+  its 95% interval from the paired bootstrap over seeds and items, :mod:`vig_udf.demo.stats`), the
+  pre-registered differences with their intervals and the outcome sentences generated from them, the VIG
+  distribution summary and token VIG by word class;
+- ``items.parquet``: every run's per-item outcomes (schedule, policy, seed, item), for re-analysis;
 - ``accuracy.png``, ``vig_distribution.png``, ``token_vig_by_class.png``: the figures;
 - ``tokens.html``: example conversations with every answer token coloured by its VIG.
 
@@ -12,11 +15,9 @@ No Spark, torch or MLflow here: the caller collects the inputs and logs the fold
 
 Conventions, fixed here so that the report states them:
 
-- the standard deviation over seeds uses ``ddof=1``; with a single seed it is undefined (NaN, shown as
-  "n/a") and no comparison against the seed spread is made;
-- "the seed spread" of a difference between two policies is the combined standard deviation
-  ``sqrt(std_a**2 + std_b**2)`` (the spread of the difference of two independent runs); a difference
-  "exceeds the seed spread" when ``|diff| > combined std``;
+- an interval is the 95% percentile interval of the two-level bootstrap (seeds and items resampled); a
+  difference between two policies is paired (the same seeds and items for both) and is called resolved when
+  its interval excludes 0; with a single seed only the items are resampled;
 - the rank AUC of attribute over other tokens is the probability that a random attribute token has a
   higher VIG than a random other token, ties counting one half (the Mann-Whitney U statistic of the
   attribute tokens divided by ``n_attribute * n_other``).
@@ -31,21 +32,30 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from vig_udf.demo.stats import RESAMPLES, format_interval, interval, paired_difference
 from vig_udf.report.views import plot_distributions, pyplot, token_view_html
 
-POLICY_ORDER = ("all", "vig", "sample", "token", "random")
+POLICY_ORDER = ("all", "vig", "sample", "token", "random", "random_tokens")
 POLICY_LABELS = {"all": "all (vanilla)"}
+SCHEDULE_LABELS = {"equal_epochs": "equal epochs", "equal_steps": "equal steps"}
 
-# (key in a run dict, column title, is a count)
-METRICS = (
-    ("samples_kept", "samples kept", True),
-    ("supervised_tokens", "supervised tokens", True),
-    ("acc_consistent", "consistent acc", False),
-    ("acc_conflicting", "conflicting acc", False),
-    ("bias_gap", "bias gap", False),
-    ("blind_acc", "blind acc", False),
-    ("blind_prior_rate", "blind prior rate", False),
+# (metric, per-item outcome, on prior-conflicting items?, column title)
+OUTCOME_METRICS = (
+    ("acc_conflicting", "correct", True, "conflicting acc"),
+    ("prior_rate_conflicting", "prior_answer", True, "prior answers on conflicting"),
+    ("p_true_conflicting", "p_true", True, "p(true colour) on conflicting"),
+    ("acc_consistent", "correct", False, "consistent acc"),
 )
+# (a, b, what b controls for): the differences a - b the report gives, the first three pre-registered as
+# primary in docs/demo_benchmark.md
+COMPARISONS = (
+    ("vig", "all", "vanilla: every sample, every token"),
+    ("vig", "random", "as many samples, drawn at random"),
+    ("vig", "random_tokens", "as many samples and supervised tokens, drawn at random"),
+    ("sample", "all", "ablation: sample selection alone"),
+    ("token", "all", "ablation: token selection alone"),
+)
+POWER_TARGET = 0.03  # the difference the design must resolve (issue 10): MDE at 80% power <= 0.03
 
 GROUPS = (
     ("colour_consistent", "colour, prior-consistent"),
@@ -63,39 +73,62 @@ TOP_TOKENS_MIN_COUNT = 5
 # ----------------------------------------------------------------------------------------------------
 # numbers
 
-def _mean_std(values) -> tuple[float, float, int]:
-    """Mean, standard deviation (ddof=1; NaN for fewer than two values) and count of the finite values."""
-    arr = np.asarray([float(v) for v in values if v is not None], dtype=float)
-    arr = arr[np.isfinite(arr)]
-    n = int(arr.size)
-    if n == 0:
-        return math.nan, math.nan, 0
-    mean = float(arr.mean())
-    std = float(arr.std(ddof=1)) if n > 1 else math.nan
-    return mean, std, n
-
-
 def policy_order(policies) -> list[str]:
-    """The paper's row order (all, vig, sample, token, random), then any other policy alphabetically."""
+    """The paper's row order (all, vig, sample, token, random, random_tokens), then any other alphabetically."""
     present = set(policies)
     return [p for p in POLICY_ORDER if p in present] + sorted(present - set(POLICY_ORDER))
 
 
-def summarise_runs(runs: list[dict]) -> dict[str, dict]:
-    """policy -> {"seeds": [...], "n": int, metric: {"mean", "std", "n"}} over that policy's runs."""
-    by_policy: dict[str, list[dict]] = {}
+def outcome_matrix(outcomes: dict, schedule: str, policy: str, seeds: list[int], outcome: str,
+                   items: np.ndarray) -> np.ndarray:
+    """[seeds, items]: one per-item outcome of a policy's runs under a schedule, on the selected items."""
+    return np.stack([np.asarray(outcomes[(schedule, policy, seed)][outcome], dtype=float)[items] for seed in seeds])
+
+
+def summarise_runs(runs: list[dict], outcomes: dict, conflict: np.ndarray, *, resamples: int = RESAMPLES) -> dict:
+    """schedule -> policy -> {"seeds", "n", "run_ids", count means, and per outcome metric its interval}."""
+    by_key: dict[tuple, list[dict]] = {}
     for run in runs:
-        by_policy.setdefault(str(run["policy"]), []).append(run)
-    summary = {}
-    for policy in policy_order(by_policy):
-        rows = by_policy[policy]
-        entry = {"seeds": sorted(r.get("seed") for r in rows if r.get("seed") is not None),
-                 "n": len(rows), "run_ids": [r.get("run_id") for r in rows]}
-        for key, _, _ in METRICS:
-            mean, std, n = _mean_std(r.get(key) for r in rows)
-            entry[key] = {"mean": mean, "std": std, "n": n}
-        summary[policy] = entry
+        by_key.setdefault((run["schedule"], run["policy"]), []).append(run)
+    summary: dict[str, dict] = {}
+    for schedule in sorted({s for s, _ in by_key}, key=lambda s: list(SCHEDULE_LABELS).index(s)
+                           if s in SCHEDULE_LABELS else len(SCHEDULE_LABELS)):
+        policies = policy_order(p for s, p in by_key if s == schedule)
+        summary[schedule] = {}
+        for policy in policies:
+            rows = by_key[(schedule, policy)]
+            seeds = sorted(r["seed"] for r in rows)
+            entry = {"seeds": seeds, "n": len(rows), "run_ids": [r.get("run_id") for r in rows],
+                     **{key: float(np.mean([r[key] for r in rows])) for key in ("samples_kept", "supervised_tokens",
+                                                                                 "steps")}}
+            for metric, outcome, on_conflict, _ in OUTCOME_METRICS:
+                items = conflict if on_conflict else ~conflict
+                entry[metric] = interval(outcome_matrix(outcomes, schedule, policy, seeds, outcome, items),
+                                         resamples=resamples)
+            summary[schedule][policy] = entry
     return summary
+
+
+def compare(summary: dict, outcomes: dict, conflict: np.ndarray, schedule: str, a: str, b: str, *,
+            resamples: int = RESAMPLES) -> dict | None:
+    """Paired differences ``a - b`` under ``schedule`` of every outcome metric on their common seeds, with
+    the token ratio (None when either policy has no runs there)."""
+    policies = summary.get(schedule, {})
+    if a not in policies or b not in policies:
+        return None
+    seeds = sorted(set(policies[a]["seeds"]) & set(policies[b]["seeds"]))
+    if not seeds:
+        return None
+    out = {}
+    for metric, outcome, on_conflict, _ in OUTCOME_METRICS:
+        items = conflict if on_conflict else ~conflict
+        out[metric] = paired_difference(outcome_matrix(outcomes, schedule, a, seeds, outcome, items),
+                                        outcome_matrix(outcomes, schedule, b, seeds, outcome, items),
+                                        resamples=resamples)
+    tokens_b = policies[b]["supervised_tokens"]
+    out["token_ratio"] = policies[a]["supervised_tokens"] / tokens_b if tokens_b else math.nan
+    out["seeds"] = seeds
+    return out
 
 
 def rank_auc(positive, negative) -> float:
@@ -173,22 +206,6 @@ def top_tokens(tokens: pd.DataFrame, k: int = TOP_TOKENS, min_count: int = TOP_T
              "attribute_share": float(row["attribute"])} for tok, row in agg.iterrows()]
 
 
-def compare(summary: dict, a: str, b: str) -> dict | None:
-    """Differences ``a - b`` of the outcome metrics, each with the combined seed spread (None if a policy is missing)."""
-    if a not in summary or b not in summary:
-        return None
-    out = {}
-    for key in ("acc_conflicting", "bias_gap", "blind_acc", "supervised_tokens"):
-        ma, mb = summary[a][key], summary[b][key]
-        diff = ma["mean"] - mb["mean"]
-        spread = math.sqrt(ma["std"] ** 2 + mb["std"] ** 2)  # NaN when either policy has one seed
-        exceeds = None if not math.isfinite(spread) else bool(abs(diff) > spread)
-        out[key] = {"a": ma["mean"], "b": mb["mean"], "diff": diff, "spread": spread, "exceeds": exceeds}
-    ta, tb = summary[a]["supervised_tokens"]["mean"], summary[b]["supervised_tokens"]["mean"]
-    out["supervised_tokens"]["ratio"] = ta / tb if tb else math.nan
-    return out
-
-
 # ----------------------------------------------------------------------------------------------------
 # text
 
@@ -196,10 +213,6 @@ def _fmt(value: float, count: bool = False) -> str:
     if value is None or not math.isfinite(value):
         return "n/a"
     return f"{value:,.1f}" if count else f"{value:.3f}"
-
-
-def _pm(stat: dict, count: bool) -> str:
-    return f"{_fmt(stat['mean'], count)} ± {_fmt(stat['std'], count)}"
 
 
 def _label(policy: str) -> str:
@@ -220,63 +233,45 @@ def _md_cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _spread_words(cmp: dict, count: bool) -> str:
-    if cmp["exceeds"] is None:
-        return "seed spread not measured (a policy has a single seed)"
-    word = "larger than" if cmp["exceeds"] else "within"
-    return f"{word} the seed spread, combined std {_fmt(cmp['spread'], count)}"
-
-
-def _diff_words(diff: float, count: bool) -> str:
-    if not math.isfinite(diff):
-        return "not comparable"
-    if diff > 0:
-        return f"higher by {_fmt(diff, count)}"
-    if diff < 0:
-        return f"lower by {_fmt(-diff, count)}"
-    return "equal"
-
-
-def outcome_lines(summary: dict, a: str, b: str) -> list[str]:
-    """Factual sentences on ``a`` vs ``b`` (conflicting acc, bias gap, blind acc, supervised tokens)."""
-    cmp = compare(summary, a, b)
-    la, lb = _label(a), _label(b)
+def outcome_line(cmp: dict | None, a: str, b: str, schedule: str) -> str:
+    """One factual sentence on the paired difference ``a - b`` in conflicting accuracy under ``schedule``."""
+    la, lb, when = _label(a), _label(b), SCHEDULE_LABELS.get(schedule, schedule)
     if cmp is None:
-        missing = [p for p in (a, b) if p not in summary]
-        return [f"- {la} vs {lb}: not available (no runs for {', '.join(missing)})."]
-    lines = []
-    for key, name in (("acc_conflicting", "Conflicting accuracy"), ("bias_gap", "Bias gap"),
-                      ("blind_acc", "Blind accuracy")):
-        c = cmp[key]
-        lines.append(f"- {name}: {la} {_fmt(c['a'])} vs {lb} {_fmt(c['b'])}, "
-                     f"{_diff_words(c['diff'], False)} ({_spread_words(c, False)}).")
-    c = cmp["supervised_tokens"]
-    lines.append(f"- Supervised tokens: {la} {_fmt(c['a'], True)} vs {lb} {_fmt(c['b'], True)}, "
-                 f"ratio {_fmt(c['ratio'])}; {_diff_words(c['diff'], True)} ({_spread_words(c, True)}).")
-    return lines
+        return f"- {la} - {lb} ({when}): not available (a policy has no runs under this schedule)."
+    acc, prior = cmp["acc_conflicting"], cmp["prior_rate_conflicting"]
+    if not acc["excludes_zero"]:
+        verdict = (f"not resolved: the interval includes 0, and at this power a true difference of "
+                   f"{_fmt(acc['mde'])} would be found 80% of the time")
+    else:
+        verdict = f"{la} {'higher' if acc['mean'] > 0 else 'lower'}, resolved (the interval excludes 0)"
+    return (f"- {la} - {lb} ({when}, {len(cmp['seeds'])} seeds): conflicting accuracy "
+            f"{format_interval(acc, signed=True)}, {verdict}; prior answers on conflicting items "
+            f"{format_interval(prior, signed=True)}; supervised tokens ratio {_fmt(cmp['token_ratio'])}.")
 
 
 # ----------------------------------------------------------------------------------------------------
 # figures
 
 def _plot_accuracy(summary: dict, path: Path) -> None:
+    """Conflicting accuracy with its 95% interval, per policy, one group of bars per schedule."""
     plt = pyplot()
-    policies = list(summary)
-    bars = (("acc_conflicting", "conflicting"), ("acc_consistent", "consistent"), ("blind_acc", "blind"))
+    schedules = list(summary)
+    policies = policy_order({p for policies in summary.values() for p in policies})
     x = np.arange(len(policies))
-    width = 0.26
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(policies) + 2), 3.8))
-    for i, (key, name) in enumerate(bars):
-        means = [summary[p][key]["mean"] for p in policies]
-        stds = [summary[p][key]["std"] for p in policies]
-        stds = [s if math.isfinite(s) else 0.0 for s in stds]
-        ax.bar(x + (i - 1) * width, means, width, yerr=stds, capsize=3, label=name)
-    ax.set_xticks(x, [_label(p) for p in policies])
-    ax.set_ylim(0, 1.2)
-    ax.set_ylabel("accuracy (mean ± std over seeds)")
+    width = 0.8 / max(1, len(schedules))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(policies) + 2), 3.8))
+    for i, schedule in enumerate(schedules):
+        stats = [summary[schedule].get(p, {}).get("acc_conflicting") for p in policies]
+        means = [s["mean"] if s else np.nan for s in stats]
+        errors = np.array([[s["mean"] - s["low"], s["high"] - s["mean"]] if s else [0, 0] for s in stats]).T
+        ax.bar(x + (i - (len(schedules) - 1) / 2) * width, means, width, yerr=errors, capsize=3,
+               label=SCHEDULE_LABELS.get(schedule, schedule))
+    ax.set_xticks(x, [_label(p) for p in policies], fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("conflicting accuracy (95% interval)")
     ax.axhline(0.25, color="grey", lw=0.8, ls=":", label="chance (1/4)")
-    ax.legend(fontsize=8, loc="upper center", ncol=4)
-    ax.set_title("Test accuracy by policy")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Prior-conflicting test items: accuracy by policy")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -285,24 +280,31 @@ def _plot_accuracy(summary: dict, path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------
 # the report
 
-def write_report(out_dir, *, runs: list[dict], turns: pd.DataFrame, tokens: pd.DataFrame,
-                 examples: list[dict], context: dict, gate: list[str] | None = None) -> dict:
-    """Write report.md, the three figures and tokens.html into ``out_dir``; return paths and summary numbers.
+def write_report(out_dir, *, runs: list[dict], outcomes: dict, test_items: list[dict], turns: pd.DataFrame,
+                 tokens: pd.DataFrame, examples: list[dict], context: dict, gate: list[str] | None = None,
+                 resamples: int = RESAMPLES) -> dict:
+    """Write report.md, the three figures, tokens.html and items.parquet into ``out_dir``; return paths and
+    summary numbers.
 
-    ``gate``: the scorer gate's section (markdown lines, :func:`vig_udf.demo.gate.gate_lines`)."""
+    ``runs``: one dict per (schedule, policy, seed) with its counts; ``outcomes``: (schedule, policy, seed) ->
+    the per-item outcomes of :func:`vig_udf.demo.evaluate.item_outcomes` on ``test_items``; ``gate``: the
+    scorer gate's section (markdown lines, :func:`vig_udf.demo.gate.gate_lines`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {name: str(out / name) for name in
-             ("report.md", "accuracy.png", "vig_distribution.png", "token_vig_by_class.png", "tokens.html")}
+    paths = {name: str(out / name) for name in ("report.md", "accuracy.png", "vig_distribution.png",
+                                                "token_vig_by_class.png", "tokens.html", "items.parquet")}
 
-    summary = summarise_runs(runs)
+    conflict = np.asarray([item["conflict"] for item in test_items], dtype=bool)
+    summary = summarise_runs(runs, outcomes, conflict, resamples=resamples)
+    comparisons = {(schedule, a, b): compare(summary, outcomes, conflict, schedule, a, b, resamples=resamples)
+                   for schedule in summary for a, b, _ in COMPARISONS}
+    _items_table(outcomes, conflict).to_parquet(paths["items.parquet"], index=False)
     groups = turn_groups(turns)
     group_stats = {key: _describe(groups[key]) for key, _ in GROUPS}
     attr, other = token_classes(tokens)
     class_stats = {"attribute": _describe(attr), "other": _describe(other)}
     auc = rank_auc(attr, other)
     top = top_tokens(tokens)
-    comparisons = {"vig_vs_all": compare(summary, "vig", "all"), "vig_vs_random": compare(summary, "vig", "random")}
 
     _plot_accuracy(summary, Path(paths["accuracy.png"]))
     plot_distributions([(name, groups[key]) for key, name in GROUPS], Path(paths["vig_distribution.png"]),
@@ -315,27 +317,9 @@ def write_report(out_dir, *, runs: list[dict], turns: pd.DataFrame, tokens: pd.D
     md += [f"- **{_md_cell(k)}**: {_md_cell(_context_value(v))}" for k, v in context.items()]
     if gate is not None:
         md += ["", "## Scorer gate", ""] + gate
-
-    md += ["", "## Main table", "",
-           "Mean ± standard deviation over seeds (ddof=1; n/a with a single seed). Accuracies are on the test "
-           "split's colour questions; blind = blurred test image; blind prior rate = share of blurred "
-           "prior-conflicting items answered with the shape's typical colour.", ""]
-    header = ["policy", "seeds"] + [title for _, title, _ in METRICS]
-    md.append("| " + " | ".join(header) + " |")
-    md.append("|" + "|".join(["---"] * len(header)) + "|")
-    for policy, entry in summary.items():
-        cells = [_label(policy), str(entry["n"])] + [_pm(entry[key], count) for key, _, count in METRICS]
-        md.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
-    seeds = sorted({s for entry in summary.values() for s in entry["seeds"]})
-    md += ["", f"Seeds: {', '.join(str(s) for s in seeds) or 'none'}.", "", "![accuracy](accuracy.png)"]
-
-    md += ["", "## Outcome", "",
-           "Generated from the table above. The seed spread of a difference is the combined standard "
-           "deviation sqrt(std_a² + std_b²); a difference is called larger than the seed spread when its "
-           "absolute value exceeds it.", "",
-           "### vig vs all (vanilla)", ""] + outcome_lines(summary, "vig", "all") + [
-           "", "### vig vs random (same sample budget)", ""] + outcome_lines(summary, "vig", "random")
-
+    md += _main_tables(summary, conflict) + ["", "![accuracy](accuracy.png)"]
+    md += _difference_lines(comparisons)
+    md += _outcome_section(comparisons)
     md += ["", "## VIG distribution", "",
            "Turn VIG (mean token VIG of one answer turn), by group.", "",
            "| group | count | mean | median |", "|---|---|---|---|"]
@@ -366,5 +350,61 @@ def write_report(out_dir, *, runs: list[dict], turns: pd.DataFrame, tokens: pd.D
            "its VIG (green positive, red negative, opacity by magnitude).", ""]
     Path(paths["report.md"]).write_text("\n".join(md), encoding="utf-8")
 
-    return {"paths": paths, "policies": summary, "groups": group_stats, "token_classes": class_stats,
+    return {"paths": paths, "schedules": summary, "groups": group_stats, "token_classes": class_stats,
             "auc": auc, "top_tokens": top, "comparisons": comparisons}
+
+
+def _items_table(outcomes: dict, conflict: np.ndarray) -> pd.DataFrame:
+    frames = []
+    for (schedule, policy, seed), values in sorted(outcomes.items()):
+        frames.append(pd.DataFrame({"schedule": schedule, "policy": policy, "seed": seed,
+                                    "item": np.arange(conflict.size), "conflict": conflict,
+                                    **{k: np.asarray(v) for k, v in values.items()}}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _main_tables(summary: dict, conflict: np.ndarray) -> list[str]:
+    md = ["", "## Main table", "",
+          f"Per training schedule and policy: the mean over seeds of the counts, and each outcome with its 95% "
+          f"interval (paired bootstrap over seeds and items, docs/demo_benchmark.md). Test items: {conflict.size} "
+          f"({int(conflict.sum())} prior-conflicting). Prior answers = share of prior-conflicting items answered "
+          "with the shape's typical colour (with the real image); p(true colour) = the mean probability of the "
+          "true colour over the four candidate answers. Consistent accuracy is near its ceiling and carries "
+          "little information."]
+    header = ["policy", "seeds", "samples kept", "supervised tokens", "steps"] + [t for *_, t in OUTCOME_METRICS]
+    for schedule, policies in summary.items():
+        md += ["", f"### {SCHEDULE_LABELS.get(schedule, schedule)}", "",
+               "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+        for policy, entry in policies.items():
+            cells = [_label(policy), str(entry["n"]), _fmt(entry["samples_kept"], True),
+                     _fmt(entry["supervised_tokens"], True), _fmt(entry["steps"], True)]
+            cells += [format_interval(entry[metric]) for metric, *_ in OUTCOME_METRICS]
+            md.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+    return md
+
+
+def _difference_lines(comparisons: dict) -> list[str]:
+    md = ["", "## Differences", "",
+          "a - b on the same seeds and test items, 95% interval of the paired bootstrap, and the minimum detectable "
+          f"difference (MDE: 80% power, two-sided 5%) of conflicting accuracy; the design asks for MDE <= "
+          f"{POWER_TARGET} on the first three comparisons.", "",
+          "| schedule | a - b | b controls for | conflicting acc | MDE | prior answers | p(true colour) | tokens a / b |",
+          "|---|---|---|---|---|---|---|---|"]
+    controls = {(a, b): why for a, b, why in COMPARISONS}
+    for (schedule, a, b), cmp in comparisons.items():
+        if cmp is None:
+            continue
+        md.append("| " + " | ".join(_md_cell(c) for c in (
+            SCHEDULE_LABELS.get(schedule, schedule), f"{_label(a)} - {_label(b)}", controls[(a, b)],
+            format_interval(cmp["acc_conflicting"], signed=True), _fmt(cmp["acc_conflicting"]["mde"]),
+            format_interval(cmp["prior_rate_conflicting"], signed=True),
+            format_interval(cmp["p_true_conflicting"], signed=True), _fmt(cmp["token_ratio"]))) + " |")
+    return md
+
+
+def _outcome_section(comparisons: dict) -> list[str]:
+    md = ["", "## Outcome", "", "Generated from the differences above, the primary comparisons first."]
+    for schedule in dict.fromkeys(s for s, _, _ in comparisons):
+        md += ["", f"### {SCHEDULE_LABELS.get(schedule, schedule)}", ""]
+        md += [outcome_line(comparisons[(schedule, a, b)], a, b, schedule) for a, b, _ in COMPARISONS]
+    return md

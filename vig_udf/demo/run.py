@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,14 +71,19 @@ def run_demo(cfg: DemoConfig, *, model_config: DemoModelConfig = DemoModelConfig
     scored = run_score(spark, ScoreJobConfig(lake=lake, scorer=scorer, spark=cfg.spark), out=out)
     selections = _select(spark, cfg, lake, out)
     tracking = _mlflow_settings(cfg, workdir)
-    test_inputs = _test_sequences(model_path, test_items, cfg.scorer.blur_sigma)
-    runs = []
-    for seed in cfg.seeds:
-        for policy in cfg.policies:
-            runs.append(_train_and_evaluate(spark, cfg, lake, model_path, image_root, selections, policy, seed,
-                                            test_items, test_inputs, tracking, workdir, out))
-    report = _report(spark, cfg, lake, scored, selections, runs, corpus_dir, tracking, workdir,
-                     started, ingest, model_path, gate)
+    test_inputs = _test_sequences(model_path, test_items)
+    plan = training_plan(cfg, selections)
+    out(f"training plan: {len(plan)} runs ({len(cfg.seeds)} seeds; schedules {', '.join(cfg.schedules)}; a policy "
+        "that keeps every sample trains the same steps under both and runs once)")
+    runs, outcomes = [], {}
+    for planned in plan:
+        row, items = _train_and_evaluate(spark, cfg, lake, model_path, image_root, selections, planned,
+                                         test_items, test_inputs, tracking, workdir, out)
+        for schedule in planned.schedules:
+            runs.append({**row, "schedule": schedule})
+            outcomes[(schedule, planned.policy, planned.seed)] = items
+    report = _report(spark, cfg, lake, scored, selections, runs, outcomes, test_items, corpus_dir, tracking,
+                     workdir, started, ingest, model_path, gate)
     _print_table(report, out)
     out(f"\nreport: {report['report']}  (MLflow: {tracking['tracking_uri']}, experiment {tracking['experiment']})")
     out(f"tables: {lake}/corpus, scores, selection  (query them: vig sql \"SELECT ...\" --lake {lake})")
@@ -109,7 +115,7 @@ def write_refusal(report_dir: Path, gate, cfg: DemoConfig, model_path: str) -> s
 
     report_dir.mkdir(parents=True, exist_ok=True)
     md = ["# Demo benchmark report", "", f"- **aligned model**: {model_path}",
-          f"- **counterfactual**: {cfg.scorer.counterfactual} (blur sigma {cfg.scorer.blur_sigma})", "",
+          f"- **counterfactual**: {cfg.scorer.counterfactual}", "",
           "## Scorer gate", ""] + gate_lines(gate) + [
           "", "## Policy comparison: refused", "",
           "The scorer fails the gate of docs/demo_benchmark.md, so VIG scores from it would not measure what the "
@@ -121,22 +127,56 @@ def write_refusal(report_dir: Path, gate, cfg: DemoConfig, model_path: str) -> s
 
 
 def _select(spark, cfg: DemoConfig, lake: str, out) -> dict:
-    """One select run for the deterministic policies and one per seed for ``random``."""
+    """One select run for the deterministic policies and one per seed for the random draws."""
+    from vig_udf.selection import RANDOM_DRAWS
     from vig_udf.spark.select_job import SelectJobConfig, run_select
 
-    fixed = [p for p in cfg.policies if p != "random"]
+    fixed = [p for p in cfg.policies if p not in RANDOM_DRAWS]
+    drawn = [p for p in cfg.policies if p in RANDOM_DRAWS]
     selections: dict = {}
-    if fixed:
-        summary = run_select(spark, SelectJobConfig(lake=lake, policies=fixed, p=cfg.p), out=out)
-        for policy in fixed:
-            selections[(policy, None)] = {**summary["policies"][policy], "tau": summary["tau"],
+    runs = ([(fixed, None)] if fixed else []) + ([(drawn, seed) for seed in cfg.seeds] if drawn else [])
+    for policies, seed in runs:
+        summary = run_select(spark, SelectJobConfig(lake=lake, policies=policies, p=cfg.p, seed=seed or 0), out=out)
+        for policy in policies:
+            selections[(policy, seed)] = {**summary["policies"][policy], "tau": summary["tau"],
                                           "scores_version": summary["scores_version"]}
-    if "random" in cfg.policies:
-        for seed in cfg.seeds:
-            summary = run_select(spark, SelectJobConfig(lake=lake, policies=["random"], p=cfg.p, seed=seed), out=out)
-            selections[("random", seed)] = {**summary["policies"]["random"], "tau": summary["tau"],
-                                            "scores_version": summary["scores_version"]}
     return selections
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One instruction-tuning run: a policy's selection (per seed for the random draws), its steps, and the
+    schedules it stands for (both, when a policy keeps every sample and so trains the same steps in each)."""
+
+    policy: str
+    seed: int
+    selection_key: tuple
+    steps: int
+    schedules: tuple[str, ...]
+
+
+def training_plan(cfg: DemoConfig, selections: dict) -> list[PlannedRun]:
+    """The runs of the benchmark, seed by seed. ``equal_epochs``: ``epochs`` passes over the policy's kept
+    samples; ``equal_steps``: the steps that ``epochs`` passes over every scorable sample take (vanilla's)."""
+    from vig_udf.selection import RANDOM_DRAWS
+
+    plan = []
+    for seed in cfg.seeds:
+        for policy in cfg.policies:
+            key = (policy, seed if policy in RANDOM_DRAWS else None)
+            selection = selections[key]
+            kept = selection["kept_multimodal"] + selection["kept_text_only"]
+            every = selection["multimodal_rows"] + selection["text_only_rows"]
+            steps = {"equal_epochs": _steps(cfg, kept), "equal_steps": _steps(cfg, every)}
+            by_steps: dict[int, list[str]] = {}
+            for schedule in cfg.schedules:
+                by_steps.setdefault(steps[schedule], []).append(schedule)
+            plan += [PlannedRun(policy, seed, key, n, tuple(names)) for n, names in by_steps.items()]
+    return plan
+
+
+def _steps(cfg: DemoConfig, samples: int) -> int:
+    return max(1, math.ceil(cfg.epochs * samples / cfg.batch_size))
 
 
 def _mlflow_settings(cfg: DemoConfig, workdir: Path) -> dict:
@@ -144,49 +184,51 @@ def _mlflow_settings(cfg: DemoConfig, workdir: Path) -> dict:
             "experiment": cfg.experiment, "artifact_location": str(workdir / "mlartifacts")}
 
 
-def _test_sequences(model_path: str, items: list[dict], blur_sigma: float) -> tuple:
-    """The test split's candidate inputs, seen and blurred, built once: fine-tuning keeps the processor."""
+def _test_sequences(model_path: str, items: list[dict]) -> list:
+    """The test split's candidate inputs, built once: fine-tuning keeps the processor."""
     from transformers import AutoProcessor
 
     from vig_udf.demo.evaluate import candidate_sequences
 
-    processor = AutoProcessor.from_pretrained(model_path)
-    return candidate_sequences(processor, items), candidate_sequences(processor, items, blur_sigma=blur_sigma)
+    return candidate_sequences(AutoProcessor.from_pretrained(model_path), items)
 
 
 def _train_and_evaluate(spark, cfg: DemoConfig, lake: str, model_path: str, image_root: str, selections: dict,
-                        policy: str, seed: int, test_items: list[dict], test_inputs: tuple, tracking: dict,
-                        workdir: Path, out) -> dict:
+                        planned: PlannedRun, test_items: list[dict], test_inputs: list, tracking: dict,
+                        workdir: Path, out) -> tuple[dict, dict]:
+    """Train one planned run (an MLflow run) and evaluate it: (the run's row, its per-item outcomes)."""
     from mlflow.tracking import MlflowClient
 
     from vig_udf.demo.evaluate import evaluate
     from vig_udf.spark.train_job import TrainJobConfig, run_train
 
-    selection = selections[(policy, seed if policy == "random" else None)]
+    policy, seed, steps = planned.policy, planned.seed, planned.steps
+    selection = selections[planned.selection_key]
     kept = selection["kept_multimodal"] + selection["kept_text_only"]
-    steps = max(1, math.ceil(cfg.epochs * kept / cfg.batch_size))
+    name = f"{policy}-seed{seed}-{steps}steps"
     job = TrainJobConfig(
-        lake=lake, selection_id=selection["selection_id"], output_dir=str(workdir / "runs" / f"{policy}-seed{seed}"),
+        lake=lake, selection_id=selection["selection_id"], output_dir=str(workdir / "runs" / name),
         training={"base_model": model_path, "steps": steps, "batch_size": cfg.batch_size,
                   "learning_rate": cfg.learning_rate, "warmup_ratio": 0.05, "seed": seed, "image_root": image_root,
                   "checkpoint_every": 0, "resume": False, "cache_examples": True, "device": "cpu",
                   "log_every": 5},
-        mlflow={**tracking, "run_name": f"{policy}-seed{seed}", "system_metrics": cfg.system_metrics},
+        mlflow={**tracking, "run_name": name, "system_metrics": cfg.system_metrics},
         spark=cfg.spark)
     trained = run_train(spark, job, out=lambda *_: None)
-    metrics = evaluate(trained["model_dir"], test_items, blur_sigma=cfg.scorer.blur_sigma, sequences=test_inputs)
+    metrics, items = evaluate(trained["model_dir"], test_items, sequences=test_inputs)
     client = MlflowClient(tracking["tracking_uri"])
+    client.set_tag(trained["run_id"], "vig.demo.schedules", ",".join(planned.schedules))
     for key, value in metrics.items():
         client.log_metric(trained["run_id"], f"eval_{key}", float(value))
     # supervised tokens as the paper counts them: the answer tokens the selection keeps (once, not per epoch)
     row = {"policy": policy, "seed": seed, "samples_kept": kept, "supervised_tokens": selection["tokens_kept"],
-           "trained_token_steps": trained["supervised_tokens"],
-           "steps": steps, "run_id": trained["run_id"], "selection_id": selection["selection_id"],
-           "final_loss": trained["losses"][-1], **metrics}
-    out(f"{policy:<7} seed {seed}: {kept} samples, {selection['tokens_kept']} supervised tokens, {steps} steps; "
-        f"accuracy consistent {metrics['acc_consistent']:.3f} conflicting {metrics['acc_conflicting']:.3f} "
-        f"blind {metrics['blind_acc']:.3f} ({trained['seconds']:.0f}s)")
-    return row
+           "trained_token_steps": trained["supervised_tokens"], "steps": steps, "run_id": trained["run_id"],
+           "selection_id": selection["selection_id"], "final_loss": trained["losses"][-1], **metrics}
+    out(f"{policy:<13} seed {seed} ({'/'.join(planned.schedules)}): {kept} samples, {selection['tokens_kept']} "
+        f"supervised tokens, {steps} steps; accuracy consistent {metrics['acc_consistent']:.3f} conflicting "
+        f"{metrics['acc_conflicting']:.3f}, prior answers on conflicting {metrics['prior_rate_conflicting']:.3f} "
+        f"({trained['seconds']:.0f}s)")
+    return row, items
 
 
 def scored_turns_and_tokens(scores, conversations: dict, meta: dict):
@@ -212,8 +254,9 @@ def scored_turns_and_tokens(scores, conversations: dict, meta: dict):
     return pd.DataFrame(turns), pd.DataFrame(tokens)
 
 
-def _report(spark, cfg: DemoConfig, lake: str, scored: dict, selections: dict, runs: list[dict], corpus_dir: Path,
-            tracking: dict, workdir: Path, started: float, ingest: dict, model_path: str, gate) -> dict:
+def _report(spark, cfg: DemoConfig, lake: str, scored: dict, selections: dict, runs: list[dict], outcomes: dict,
+            test_items: list[dict], corpus_dir: Path, tracking: dict, workdir: Path, started: float, ingest: dict,
+            model_path: str, gate) -> dict:
     import mlflow
 
     from vig_udf.demo.gate import gate_lines
@@ -231,18 +274,20 @@ def _report(spark, cfg: DemoConfig, lake: str, scored: dict, selections: dict, r
     kept_rates = (_kept_rates(spark, lake, vig_selection["selection_id"], meta, scores, conversations)
                   if ("vig", None) in selections else {})
     context = {"aligned model": model_path, "scorer_id": scored["scorer_id"], "counterfactual": cfg.scorer.counterfactual,
-               "blur sigma (fraction of the shorter side)": cfg.scorer.blur_sigma, "p": cfg.p,
-               "tau": vig_selection.get("tau"), "instruction samples": cfg.samples, "test items": cfg.test_samples,
-               "rows by status": scored["rows_by_status"], "epochs": cfg.epochs, "batch size": cfg.batch_size,
-               "learning rate": cfg.learning_rate, "seeds": list(cfg.seeds), "corpus version": ingest["corpus_version"],
+               "p": cfg.p, "tau": vig_selection.get("tau"), "instruction samples": cfg.samples,
+               "test items": cfg.test_samples, "rows by status": scored["rows_by_status"],
+               "schedules": list(cfg.schedules), "epochs (equal_epochs)": cfg.epochs, "batch size": cfg.batch_size,
+               "learning rate": cfg.learning_rate, "seeds": list(cfg.seeds),
+               "bootstrap resamples": cfg.bootstrap_resamples, "corpus version": ingest["corpus_version"],
                "scores version": vig_selection.get("scores_version"),
                "seconds until the report": round(time.perf_counter() - started),
                **kept_rates}
     gate_md = gate_lines(gate) + ([] if gate.passed else [
         "", "**This scorer FAILS the gate; the policy comparison below was made anyway (gate=report) and does not "
             "test the method.**"])
-    result = write_report(workdir / "report", runs=runs, turns=turns, tokens=tokens, examples=examples,
-                          context=context, gate=gate_md)
+    result = write_report(workdir / "report", runs=runs, outcomes=outcomes, test_items=test_items, turns=turns,
+                          tokens=tokens, examples=examples, context=context, gate=gate_md,
+                          resamples=cfg.bootstrap_resamples)
     lake_report = write_scores_report(spark, ReportConfig(lake=lake, out=str(workdir / "report" / "lake"),
                                                           scorer_id=scored["scorer_id"]), out=lambda *_: None)
     with open(result["paths"]["report.md"], "a", encoding="utf-8") as md:
@@ -254,17 +299,25 @@ def _report(spark, cfg: DemoConfig, lake: str, scored: dict, selections: dict, r
                           run_name="report"):
         mlflow.set_tags({"vig.kind": "report", "vig.scorer_id": scored["scorer_id"]})
         mlflow.log_params({"p": cfg.p, "seeds": json.dumps(list(cfg.seeds)), "samples": cfg.samples,
-                           "blur_sigma": cfg.scorer.blur_sigma})
+                           "test_samples": cfg.test_samples, "schedules": ",".join(cfg.schedules)})
         mlflow.log_artifacts(str(workdir / "report"), artifact_path="report")
     return {**result, "report": result["paths"]["report.md"]}
 
 
 def _print_table(report: dict, out) -> None:
-    out("\npolicy   samples  sup. tokens  consistent  conflicting  bias gap  blind acc   (mean over seeds)")
-    for policy, stats in report["policies"].items():
-        mean = {k: v["mean"] if isinstance(v, dict) else v for k, v in stats.items()}
-        out(f"{policy:<8} {mean['samples_kept']:>7.0f} {mean['supervised_tokens']:>12.0f} {mean['acc_consistent']:>11.3f} "
-            f"{mean['acc_conflicting']:>12.3f} {mean['bias_gap']:>9.3f} {mean['blind_acc']:>10.3f}")
+    from vig_udf.demo.stats import format_interval
+
+    for schedule, policies in report["schedules"].items():
+        out(f"\n{schedule}: policy, samples, supervised tokens, steps, conflicting accuracy [95% interval], "
+            "prior answers on conflicting")
+        for policy, s in policies.items():
+            out(f"  {policy:<13} {s['samples_kept']:>6.0f} {s['supervised_tokens']:>8.0f} {s['steps']:>5.0f}  "
+                f"{format_interval(s['acc_conflicting'])}  {format_interval(s['prior_rate_conflicting'])}")
+    out("\ndifferences in conflicting accuracy (paired bootstrap over seeds and items):")
+    for (schedule, a, b), cmp in report["comparisons"].items():
+        if cmp is not None:
+            out(f"  {schedule:<12} {a} - {b}: {format_interval(cmp['acc_conflicting'], signed=True)} "
+                f"(MDE {cmp['acc_conflicting']['mde']:.3f})")
 
 
 def _kept_rates(spark, lake: str, selection_id: str, meta: dict, scores, conversations: dict) -> dict[str, str]:
