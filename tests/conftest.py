@@ -10,6 +10,9 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The tests' models are tiny: a second intra-op thread buys nothing and, while Spark's JVM and workers share the
+# two cores, its spin-waits made a training step of the demo model 7-9 times slower (BENCHMARKS.md, 2026-12-01).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # weight digests of the scorer identity are cached per run, not in the user's ~/.cache
 os.environ.setdefault("VIG_DIGEST_CACHE", os.path.join(tempfile.mkdtemp(prefix="vig-digests-"), "digests.json"))

@@ -24,7 +24,7 @@ def test_demo_produces_every_table_run_and_report(spark, tmp_path):
     lines = []
     model = DemoModelConfig(align_samples=40, align_steps=3, batch_size=8)
     # gate=report: this few-step model fails the scorer gate (tests/test_demo_gate.py tests the refusal)
-    cfg = DemoConfig(workdir=str(tmp_path), samples=24, test_samples=6, seeds=[0], epochs=1, batch_size=8,
+    cfg = DemoConfig(workdir=str(tmp_path), samples=24, test_samples=6, seeds=[0], epochs=1, batch_size=8, policies=POLICIES,
                      examples=2, system_metrics=False, gate="report", gate_items=6)
     summary = run_demo(cfg, model_config=model, spark=spark, out=lines.append)
     lake = summary["lake"]

@@ -93,6 +93,9 @@ class DemoConfig(BaseModel):
     epochs: float = Field(3.0, gt=0, description="passes over each policy's kept samples (equal_epochs)")
     batch_size: int = Field(16, gt=0, description="samples per training step")
     learning_rate: float = Field(1e-3, gt=0, description="peak learning rate of instruction tuning")
+    torch_threads: int = Field(1, ge=1, description="intra-op threads of the demo's own process (model build, gate, "
+                                                    "training, evaluation): the model is tiny, and a second thread "
+                                                    "only spins against Spark's processes")
     bootstrap_resamples: int = Field(4000, gt=99, description="replicates of the paired bootstrap over seeds and items")
     examples: int = Field(8, ge=0, description="conversations shown in the report's token view")
     gate_items: int = Field(240, gt=1, description="check-split items of the scorer gate (docs/demo_benchmark.md)")

@@ -49,7 +49,10 @@ def run_demo(cfg: DemoConfig, *, model_config: DemoModelConfig = DemoModelConfig
     from vig_udf.spark.score_job import ScoreJobConfig, run_score
     from vig_udf.spark.session import spark_session
 
+    import torch
+
     started = time.perf_counter()
+    torch.set_num_threads(cfg.torch_threads)
     workdir = Path(cfg.workdir).absolute()
     model_path = cfg.scorer.model_path or build_demo_model(workdir / "model", model_config)
     out(f"aligned model: {model_path} (ready after {time.perf_counter() - started:.0f}s)")
