@@ -4,17 +4,23 @@
 #   naive batch-1 baseline, and bf16 vs float32 agreement of VIG. Every output lands in $OUT.
 #
 # The device image has torch, transformers, pillow, numpy, pyarrow, pytest, scipy and typer; the scorer path
-# needs nothing else (no pydantic, Spark or MLflow), so the working tree runs as is with PYTHONPATH=. .
+# also needs pydantic (ScorerOptions), which the image lacks and cannot download: `scripts/device_wheels.sh`
+# puts its wheels under build/device_wheels here, and the run carries them (carry=["build/device_wheels"]).
 # The Spark/bare ratio on the GPU (benchmarks/score_spark.py --size gpu) also needs Java 17 and pyspark there,
 # which the device image lacks and which are too large to carry (64 MiB per call).
 #
-#   device run:  bash benchmarks/gpu_check.sh        (timeout_s 590)
+#   device run:  scripts/device_wheels.sh here, then on the device: bash benchmarks/gpu_check.sh
+#                (carry build/device_wheels, timeout_s 590)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/vig_gpu_out}
 mkdir -p "$OUT"
 PY=${PY:-python3}
+if ! $PY -c "import pydantic" 2>/dev/null; then
+  $PY -m pip install -q --no-index --find-links build/device_wheels pydantic 2>&1 | tail -2 \
+    || echo "pydantic is missing and build/device_wheels has no wheel for this Python: run scripts/device_wheels.sh"
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
   | tee -a "$OUT/gpu.txt"
