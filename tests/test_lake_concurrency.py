@@ -1,11 +1,13 @@
 """Concurrent jobs and killed drivers against one lake, each job in its own process with its own Spark,
 as users run them: every key exactly once, every row present, the history says what happened, and after a
-crash a rerun gives the table a clean run gives (VACUUM then leaves no file that no version references)."""
+crash a rerun (in the test session) gives the table a clean run gives (VACUUM then leaves no file that no
+version references)."""
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -41,34 +43,93 @@ def write_conf(folder: Path, lake: Path, **sections) -> Path:
 
 def start(args: list[str], log: Path, *, script: str | None = None) -> subprocess.Popen:
     """Start ``vig <args>`` (or ``script <args>``) in a new process group; output goes to ``log``."""
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, script, *args] if script else [sys.executable, "-m", "vig_udf.cli", *args]
     with open(log, "w") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+        return subprocess.Popen(_command(args, script), stdout=out, stderr=subprocess.STDOUT, env=_env(), cwd=ROOT,
                                 start_new_session=True)
 
 
-def finish(processes: list[subprocess.Popen], logs: list[Path], timeout: float = 300) -> list[int]:
-    """Wait for every process; each exits 0 or fails with the clear concurrent-write message."""
-    codes = [p.wait(timeout=timeout) for p in processes]
+def _env() -> dict[str, str]:
+    return {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYTHONPATH": str(ROOT)}
+
+
+def _command(args: list[str], script: str | None) -> list[str]:
+    return [sys.executable, script, *args] if script else [sys.executable, "-m", "vig_udf.cli", *args]
+
+
+def finish(codes: list[int], logs: list[Path]) -> list[int]:
+    """Each job exited 0 or failed with the clear concurrent-write message."""
     for code, log in zip(codes, logs):
         if code != 0:
             assert CLEAR_MESSAGE in log.read_text(), log.read_text()[-3000:]
     return codes
 
 
-def test_concurrent_ingests_of_the_same_and_of_overlapping_inputs(spark, tmp_path):
+class JobProcesses:
+    """Processes of their own (each its own Python and Spark JVM, tests/vig_jobs.py) that run ``vig``
+    commands when told: :meth:`run_concurrently` starts one command in each of them at once and waits for
+    all. Several phases of concurrent jobs so cost one process start each, not one per phase."""
+
+    def __init__(self, n: int, log: Path):
+        with open(log, "w") as out:  # what a process prints before its first command
+            self.processes = [subprocess.Popen(_command([], str(ROOT / "tests" / "vig_jobs.py")), stdin=subprocess.PIPE,
+                                               stdout=subprocess.PIPE, stderr=out, env=_env(), cwd=ROOT, text=True,
+                                               start_new_session=True) for _ in range(n)]
+
+    def run_concurrently(self, commands: list[list[str]], logs: list[Path], timeout: float = 300) -> list[int]:
+        """Give every process its command (all start at once), then wait; returns the exit statuses."""
+        for process, command, log in zip(self.processes, commands, logs, strict=True):
+            process.stdin.write(json.dumps([str(log), *command]) + "\n")
+            process.stdin.flush()
+        deadline = time.monotonic() + timeout
+        codes = []
+        for process, log in zip(self.processes, logs):
+            ready, _, _ = select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"no job finished in {timeout} s: {log.read_text()[-3000:]}"
+            line = process.stdout.readline()
+            assert line, f"the job process died: {log.read_text()[-3000:]}"
+            codes.append(int(line))
+        return codes
+
+    def close(self) -> None:
+        for process in self.processes:
+            process.stdin.close()
+        for process in self.processes:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture(scope="module")
+def concurrent_jobs(spark, tmp_path_factory, tiny_checkpoints) -> dict:
+    """Three job processes against one new lake: first three concurrent ingests (two of a.json, one of
+    b.json, which shares 4 records with it), then, on the corpus they made, three concurrent score jobs
+    (two of one scorer, one of another). Returns the lake, the records and each phase's logs and statuses."""
+    tmp_path = tmp_path_factory.mktemp("concurrent")
     records = write_corpus(tmp_path, n=12, seed=31)
     (tmp_path / "a.json").write_text(json.dumps(records[:8]))
     (tmp_path / "b.json").write_text(json.dumps(records[4:]))  # shares 4 records with a.json
     lake = tmp_path / "lake"
-    logs, processes = [], []
-    for i, name in enumerate(["a.json", "a.json", "b.json"]):
-        conf = write_conf(tmp_path, lake, ingest={"input": str(tmp_path / name), "image_root": str(tmp_path / "images")})
-        logs.append(tmp_path / f"ingest-{i}.log")
-        processes.append(start(["ingest", "--config", str(conf)], logs[-1]))
+    scorers = [scorer_config(tiny_checkpoints["llava"], tmp_path)] * 2 + [
+        scorer_config(tiny_checkpoints["llava"], tmp_path, counterfactual="drop")]
+    confs = [write_conf(tmp_path, lake, ingest={"input": str(tmp_path / name), "image_root": str(tmp_path / "images")},
+                        score={"scorer": scorer.model_dump(exclude_none=True), "partitions": 2})
+             for name, scorer in zip(["a.json", "a.json", "b.json"], scorers)]
+    jobs = JobProcesses(3, tmp_path / "processes.log")
+    try:
+        phases = {}
+        for phase in ("ingest", "score"):
+            logs = [tmp_path / f"{phase}-{i}.log" for i in range(3)]
+            codes = jobs.run_concurrently([[phase, "--config", str(conf)] for conf in confs], logs)
+            phases[phase] = finish(codes, logs)
+    finally:
+        jobs.close()
+    return {"lake": lake, "records": records, **phases}
 
-    codes = finish(processes, logs)
+
+def test_concurrent_ingests_of_the_same_and_of_overlapping_inputs(spark, concurrent_jobs):
+    lake, records, codes = concurrent_jobs["lake"], concurrent_jobs["records"], concurrent_jobs["ingest"]
 
     ids = [r.sample_id for r in read_table(spark, lake / "corpus").select("sample_id").collect()]
     assert sorted(ids) == sorted(r["id"] for r in records)  # every record once, from whichever run
@@ -81,20 +142,8 @@ def test_concurrent_ingests_of_the_same_and_of_overlapping_inputs(spark, tmp_pat
     assert codes.count(0) >= 2  # the run that created the table, and at least one that merged
 
 
-def test_concurrent_scores_of_one_scorer_and_of_two(spark, tmp_path, tiny_checkpoints):
-    records = write_corpus(tmp_path, n=6, seed=33)
-    lake = tmp_path / "lake"
-    run_ingest(spark, IngestJobConfig(input=str(tmp_path / "records.json"), image_root=str(tmp_path / "images"),
-                                      lake=str(lake)), out=QUIET)
-    scorers = [scorer_config(tiny_checkpoints["llava"], tmp_path)] * 2 + [
-        scorer_config(tiny_checkpoints["llava"], tmp_path, counterfactual="drop")]
-    logs, processes = [], []
-    for i, scorer in enumerate(scorers):
-        conf = write_conf(tmp_path, lake, score={"scorer": scorer.model_dump(exclude_none=True), "partitions": 2})
-        logs.append(tmp_path / f"score-{i}.log")
-        processes.append(start(["score", "--config", str(conf)], logs[-1]))
-
-    finish(processes, logs)
+def test_concurrent_scores_of_one_scorer_and_of_two(spark, concurrent_jobs):
+    lake, records = concurrent_jobs["lake"], concurrent_jobs["records"]
 
     keys = [tuple(r) for r in read_table(spark, lake / "scores").select("sample_id", "scorer_id").collect()]
     assert len(keys) == len(set(keys)) == 2 * len(records)  # every sample once per scorer
@@ -106,9 +155,11 @@ def test_concurrent_scores_of_one_scorer_and_of_two(spark, tmp_path, tiny_checkp
 
 
 def _kill_when_staging_has_files(process: subprocess.Popen, staging: Path, timeout: float = 300) -> None:
-    """SIGKILL the job's process group once its tasks have written staged files (a crash mid-write)."""
+    """SIGKILL the job's process group once its tasks have written staged files (a crash mid-write): files
+    in a staged folder that was not there when it started."""
+    before = {folder.name for folder in staging.iterdir()} if staging.exists() else set()
     deadline = time.monotonic() + timeout
-    while not list(staging.glob("*/*.parquet")):
+    while not [f for f in staging.glob("*/*.parquet") if f.parent.name not in before]:
         assert process.poll() is None, "the job ended before it wrote anything"
         assert time.monotonic() < deadline, "no staged file appeared"
         time.sleep(0.05)
@@ -125,18 +176,20 @@ def test_killed_score_jobs_rerun_to_the_clean_result_and_vacuum_leaves_no_stray_
     scorer = scorer_config(tiny_checkpoints["llava"], tmp_path)
     run_score(spark, ScoreJobConfig(lake=str(tmp_path / "clean"), scorer=scorer), out=QUIET)
     lake = tmp_path / "crashed"
-    conf = write_conf(tmp_path, lake, score={"scorer": scorer.model_dump(exclude_none=True), "rows_per_commit": 4,
-                                             "partitions": 2})
-    args = ["score", "--config", str(conf)]
+    job = {"scorer": scorer.model_dump(exclude_none=True), "rows_per_commit": 4, "partitions": 2}
+    args = ["score", "--config", str(write_conf(tmp_path, lake, score=job))]
     staging = lake / "_staging" / "scores"
 
-    _kill_when_staging_has_files(start(args, tmp_path / "run1.log"), staging)  # killed while writing
-    for i, where in enumerate(["before_merge", "after_commit"], start=2):
-        run = start([where, *args], tmp_path / f"run{i}.log", script=str(ROOT / "tests" / "lake_fault_job.py"))
-        assert run.wait(timeout=300) == -signal.SIGKILL, (tmp_path / f"run{i}.log").read_text()[-3000:]
+    # two jobs at once, each killed at a point of the write path: one with its rows staged and nothing
+    # committed, one right after its first commit, before it deleted what it staged
+    runs = [start([where, *args], tmp_path / f"{where}.log", script=str(ROOT / "tests" / "lake_fault_job.py"))
+            for where in ("before_merge", "after_commit")]
+    for run, where in zip(runs, ("before_merge", "after_commit")):
+        assert run.wait(timeout=300) == -signal.SIGKILL, (tmp_path / f"{where}.log").read_text()[-3000:]
+    _kill_when_staging_has_files(start(args, tmp_path / "killed.log"), staging)  # then one killed while writing
     crashed_versions = len(table_history(spark, lake / "scores"))
     assert crashed_versions == 1  # only the commit of the run killed after it
-    assert start(args, tmp_path / "run4.log").wait(timeout=300) == 0, (tmp_path / "run4.log").read_text()[-3000:]
+    run_score(spark, ScoreJobConfig(lake=str(lake), scorer=scorer, rows_per_commit=4, partitions=2), out=QUIET)  # rerun
 
     clean = {r.sample_id: r for r in read_table(spark, tmp_path / "clean" / "scores").collect()}
     final = read_table(spark, lake / "scores").collect()
