@@ -16,9 +16,12 @@ from vig_udf.spark.session import spark_session
 
 
 def main(model: str, image_root: str, counting_lake: str, fault_lake: str, fault_marker: str) -> None:
+    # short jobs: the driver and executor JVMs compile with C1 only and collect with the serial GC
+    jvm = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
     spark = spark_session(SparkConfig(master="local-cluster[2,1,1024]", conf={
         "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false", "spark.task.maxFailures": "4",
-        "spark.executor.memory": "1g", "spark.sql.shuffle.partitions": "4"}))
+        "spark.executor.memory": "1g", "spark.sql.shuffle.partitions": "4",
+        "spark.driver.extraJavaOptions": jvm, "spark.executor.extraJavaOptions": jvm}))
     spark.sparkContext.setLogLevel("ERROR")
     scorer = ScorerConfig(model_path=model, image_root=image_root, dtype="float32")
     quiet = lambda *_: None  # noqa: E731
