@@ -105,7 +105,7 @@ class JobProcesses:
 def concurrent_jobs(spark, tmp_path_factory, tiny_checkpoints) -> dict:
     """Three job processes against one new lake: first three concurrent ingests (two of a.json, one of
     b.json, which shares 4 records with it), then, on the corpus they made, three concurrent score jobs
-    (two of one scorer, one of another). Returns the lake, the records and each phase's logs and statuses."""
+    (two of one scorer, one of another). Returns the lake, the records and each phase's exit statuses."""
     tmp_path = tmp_path_factory.mktemp("concurrent")
     records = write_corpus(tmp_path, n=12, seed=31)
     (tmp_path / "a.json").write_text(json.dumps(records[:8]))
