@@ -177,5 +177,13 @@ def test_single_seed_and_missing_policy(tmp_path):
     result = build(tmp_path, (runs, outcomes))
     md = open(result["paths"]["report.md"], encoding="utf-8").read()
     assert table_rows(md)["vig"][5].startswith("0.800 [")  # items resampled, one seed
-    assert "vig - random (equal epochs): not available" in md
+    assert "- vig - random (" not in md  # random was not trained: no sentence about it
     assert result["comparisons"][("equal_epochs", "vig", "random")] is None
+
+
+def test_a_policy_missing_under_one_schedule_is_said_to_be_missing(tmp_path):
+    runs, outcomes = make_runs((16, 14), (6, 8), schedules=("equal_epochs", "equal_steps"))
+    runs = [r for r in runs if not (r["policy"] == "random" and r["schedule"] == "equal_steps")]
+    md = open(build(tmp_path, (runs, outcomes))["paths"]["report.md"], encoding="utf-8").read()
+    assert "- vig - random (equal steps): not available" in md
+    assert "- vig - random (equal epochs, 2 seeds): conflicting accuracy" in md

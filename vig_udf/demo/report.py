@@ -319,7 +319,7 @@ def write_report(out_dir, *, runs: list[dict], outcomes: dict, test_items: list[
         md += ["", "## Scorer gate", ""] + gate
     md += _main_tables(summary, conflict) + ["", "![accuracy](accuracy.png)"]
     md += _difference_lines(comparisons)
-    md += _outcome_section(comparisons)
+    md += _outcome_section(comparisons, {p for policies in summary.values() for p in policies})
     md += ["", "## VIG distribution", "",
            "Turn VIG (mean token VIG of one answer turn), by group.", "",
            "| group | count | mean | median |", "|---|---|---|---|"]
@@ -402,9 +402,11 @@ def _difference_lines(comparisons: dict) -> list[str]:
     return md
 
 
-def _outcome_section(comparisons: dict) -> list[str]:
+def _outcome_section(comparisons: dict, trained: set[str]) -> list[str]:
+    """Outcome sentences for the comparisons between trained policies (under any schedule)."""
     md = ["", "## Outcome", "", "Generated from the differences above, the primary comparisons first."]
     for schedule in dict.fromkeys(s for s, _, _ in comparisons):
         md += ["", f"### {SCHEDULE_LABELS.get(schedule, schedule)}", ""]
-        md += [outcome_line(comparisons[(schedule, a, b)], a, b, schedule) for a, b, _ in COMPARISONS]
+        md += [outcome_line(comparisons[(schedule, a, b)], a, b, schedule) for a, b, _ in COMPARISONS
+               if {a, b} <= trained]
     return md
