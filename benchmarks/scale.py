@@ -56,6 +56,7 @@ TRAIN_WORLD = 2  # train_read: ranks, one process each, reading at once
 TRAIN_BATCH_SIZE = 8
 TRAIN_BUILT_BATCHES = 25  # train_read: batches per rank also built for the model (tokenizer, image processor)
 POLICIES = ["vig", "sample", "token", "random", "all"]
+LINKS_PER_BASE = 50_000
 
 
 def _words(rng: random.Random, n: int) -> str:
@@ -110,7 +111,7 @@ def generate(root: Path, n: int, seed: int = 0) -> dict:
         base.write_bytes(buf.getvalue())
         bases[source] = base
     ids: list[str] = []
-    text_only = 0
+    text_only, links = 0, dict.fromkeys(SOURCES, 0)
     with open(root / "llava.json", "w") as f:
         f.write("[")
         for i in range(n):
@@ -118,8 +119,14 @@ def generate(root: Path, n: int, seed: int = 0) -> dict:
             ids.append(record["id"])
             if "image" in record:
                 target = images / record["image"]
+                source = record["image"].rsplit("/", 1)[0]
                 if not target.exists():
-                    os.link(bases[record["image"].rsplit("/", 1)[0]], target)
+                    if links[source] and links[source] % LINKS_PER_BASE == 0:  # a file takes 65,000 links on ext4
+                        copy = bases[source].with_name(f"{bases[source].stem}-{links[source]}.jpg")
+                        copy.write_bytes(bases[source].read_bytes())
+                        bases[source] = copy
+                    os.link(bases[source], target)
+                    links[source] += 1
             else:
                 text_only += 1
             f.write(("," if i else "") + "\n" + json.dumps(record))
@@ -207,10 +214,12 @@ def train_read(workdir: Path) -> dict:
     train_set = str(workdir / "train" / "train_set")
     started = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(TRAIN_WORLD) as pool:
-        ranks = pool.starmap(read_rank, [(train_set, str(tiny), str(workdir / "images"), r) for r in range(TRAIN_WORLD)])
+        ranks = pool.starmap(read_rank, [(train_set, str(tiny), str(workdir / "images"), rank)
+                                         for rank in range(TRAIN_WORLD)])
     units = list_units(train_set)
-    return {"rows_in": sum(u.rows for u in units), "row_groups": len(units), "rows_out": sum(r["rows_read"] for r in ranks),
-            "ranks": ranks, "job_seconds": round(time.perf_counter() - started, 1)}
+    return {"rows_in": sum(u.rows for u in units), "row_groups": len(units),
+            "rows_out": sum(r["rows_read"] for r in ranks), "ranks": ranks,
+            "job_seconds": round(time.perf_counter() - started, 1)}
 
 
 def run_stage(stage: str, workdir: Path) -> dict:

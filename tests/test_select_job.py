@@ -223,7 +223,8 @@ def test_a_rerun_reads_only_histories_and_new_scores_or_another_p_are_computed(s
     assert again["selection_version"] is None and again["tau"] == first["tau"]
     assert again["policies"] == {p: {**s, "written": False} for p, s in first["policies"].items()}
 
-    new_scores = spark.createDataFrame([score_row("g", "ok", 3.0, [3.0])], read_table(spark, str(root / "scores")).schema)
+    schema = read_table(spark, str(root / "scores")).schema
+    new_scores = spark.createDataFrame([score_row("g", "ok", 3.0, [3.0])], schema)
     write_table(new_scores, str(root / "scores"), job="score", config={})  # scores v2: one more s1 row
     grown = run_select(spark, cfg, out=lambda *_: None)
     assert grown["scores_version"] == 2 and grown["selection_version"] == 1
