@@ -1,5 +1,6 @@
 """The pipeline at corpus scale: a seeded LLaVA-665K-shaped corpus of N records through ingest, score (stub
-scorer), select and export, with the wall time and peak memory of each stage's whole process tree.
+scorer), select, export and the training set (written by the train job's Spark part, then read as training's
+ranks read it), with the wall time and peak memory of each stage's whole process tree.
 
     PYTHONPATH=$PWD SPARK_LOCAL_IP=127.0.0.1 .venv/bin/python benchmarks/scale.py --n 10000 --workdir /tmp/scale
     ... --n 100000 (each stage prints one JSON line; --stages ingest,score to run some only)
@@ -16,6 +17,13 @@ that tokenizes each answer on whitespace and gives every token a VIG drawn from 
 index). So the score stage measures the dataflow and the write path, not a model; its rows have the shape
 of real ones (per-token arrays with character spans into the stripped answer) so select and export do
 their real work.
+
+The training set: ``train_set`` writes the vig selection's training set as ``vig train`` does
+(``write_train_set``: Parquet, row groups of ``TRAIN_SET_ROW_GROUP_BYTES``); ``train_read`` (no Spark) starts
+``TRAIN_WORLD`` rank processes that read it with ``TrainSetStream`` at once: each reads every row of its own
+row groups once, then builds ``TRAIN_BUILT_BATCHES`` batches for the model with a tiny LLaVA checkpoint's
+processor (``vig_udf.tiny``: images decoded, tokenized, collated, labelled), without a forward. It reports
+rows read per rank and the most rows a rank held at once.
 
 Each stage is its own process (a fresh Spark session, as ``vig <job>`` is): ``local[2]``, Spark's default 1g
 driver memory. ``seconds`` is the stage process's wall time (session start included), ``job_seconds`` the
@@ -42,8 +50,13 @@ WORDS = ("the a of and to in is it on with that this for are there what how many
          "person table car tree sky water building street dog cat man woman sign red blue green white black").split()
 VQA_SUFFIX = "\nAnswer the question using a single word or phrase."
 STUB_SCORER_ID = "stub-whitespace-hash"
-STAGES = ("ingest", "ingest_rerun", "score", "score_rerun", "select", "select_rerun", "export", "export_rerun")
+STAGES = ("ingest", "ingest_rerun", "score", "score_rerun", "select", "select_rerun", "export", "export_rerun",
+          "train_set", "train_read")
+TRAIN_WORLD = 2  # train_read: ranks, one process each, reading at once
+TRAIN_BATCH_SIZE = 8
+TRAIN_BUILT_BATCHES = 25  # train_read: batches per rank also built for the model (tokenizer, image processor)
 POLICIES = ["vig", "sample", "token", "random", "all"]
+LINKS_PER_BASE = 50_000
 
 
 def _words(rng: random.Random, n: int) -> str:
@@ -98,7 +111,7 @@ def generate(root: Path, n: int, seed: int = 0) -> dict:
         base.write_bytes(buf.getvalue())
         bases[source] = base
     ids: list[str] = []
-    text_only = 0
+    text_only, links = 0, dict.fromkeys(SOURCES, 0)
     with open(root / "llava.json", "w") as f:
         f.write("[")
         for i in range(n):
@@ -106,8 +119,14 @@ def generate(root: Path, n: int, seed: int = 0) -> dict:
             ids.append(record["id"])
             if "image" in record:
                 target = images / record["image"]
+                source = record["image"].rsplit("/", 1)[0]
                 if not target.exists():
-                    os.link(bases[record["image"].rsplit("/", 1)[0]], target)
+                    if links[source] and links[source] % LINKS_PER_BASE == 0:  # a file takes 65,000 links on ext4
+                        copy = bases[source].with_name(f"{bases[source].stem}-{links[source]}.jpg")
+                        copy.write_bytes(bases[source].read_bytes())
+                        bases[source] = copy
+                    os.link(bases[source], target)
+                    links[source] += 1
             else:
                 text_only += 1
             f.write(("," if i else "") + "\n" + json.dumps(record))
@@ -116,8 +135,9 @@ def generate(root: Path, n: int, seed: int = 0) -> dict:
             "json_bytes": (root / "llava.json").stat().st_size}
 
 
-def stub_score_batches(spec):
-    """``mapInArrow`` stand-in for the scorer (module docstring): whitespace tokens, hashed VIGs."""
+def stub_score_batches(spec, progress=None):
+    """``mapInArrow`` stand-in for the scorer (module docstring): whitespace tokens, hashed VIGs; counts the rows
+    done in ``progress`` (the job's accumulator) as the scorer does."""
     import hashlib
 
     import numpy as np
@@ -152,9 +172,54 @@ def stub_score_batches(spec):
                                    token_vig=token_vig.tolist(), logp_with=[-1.0] * len(turn),
                                    logp_without=[-1.0] * len(turn))
                 rows.append(row)
+            if progress is not None:
+                progress.add(len(rows))
             yield pa.RecordBatch.from_pylist(rows, schema=SCORES_SCHEMA)
 
     return score
+
+
+def read_rank(train_set: str, processor_path: str, image_root: str, rank: int) -> dict:
+    """One training rank's pass over the training set as training reads it (``TrainSetStream``): every row of
+    its own row groups once (an epoch), then ``TRAIN_BUILT_BATCHES`` batches built for the model (examples
+    through the tiny checkpoint's processor, collated, labelled); no forward."""
+    from transformers import AutoProcessor
+
+    from vig_udf.train.data import TrainSetStream
+
+    processor = AutoProcessor.from_pretrained(processor_path)
+    stream = TrainSetStream(train_set, processor, batch_size=TRAIN_BATCH_SIZE, seed=0, rank=rank, world=TRAIN_WORLD,
+                            image_root=image_root)
+    own = sum(stream._own_rows(u) for u in stream.own_units)
+    rows = sum(1 for _ in zip(range(own), stream.samples(0)))
+    built = samples = skipped = 0
+    for batch in stream:
+        built, samples, skipped = built + 1, samples + int(batch["n_samples"]), skipped + len(batch["skipped"])
+        if built == TRAIN_BUILT_BATCHES:
+            break
+    return {"rank": rank, "units": len(stream.own_units), "rows_read": rows, "max_rows_held": stream.max_rows_held,
+            "batches_built": built, "samples_built": samples, "samples_skipped": skipped}
+
+
+def train_read(workdir: Path) -> dict:
+    """``TRAIN_WORLD`` ranks reading the training set at once, each in its own process (as training's ranks)."""
+    import multiprocessing
+
+    from vig_udf.tiny import build_tiny_checkpoint
+    from vig_udf.train.data import list_units
+
+    tiny = workdir / "tiny-llava"
+    if not tiny.exists():
+        build_tiny_checkpoint("llava", tiny, seed=0)
+    train_set = str(workdir / "train" / "train_set")
+    started = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(TRAIN_WORLD) as pool:
+        ranks = pool.starmap(read_rank, [(train_set, str(tiny), str(workdir / "images"), rank)
+                                         for rank in range(TRAIN_WORLD)])
+    units = list_units(train_set)
+    return {"rows_in": sum(u.rows for u in units), "row_groups": len(units),
+            "rows_out": sum(r["rows_read"] for r in ranks), "ranks": ranks,
+            "job_seconds": round(time.perf_counter() - started, 1)}
 
 
 def run_stage(stage: str, workdir: Path) -> dict:
@@ -162,6 +227,8 @@ def run_stage(stage: str, workdir: Path) -> dict:
     from vig_udf.config import ScorerConfig, SparkConfig
     from vig_udf.spark.session import spark_session
 
+    if stage == "train_read":  # no Spark: training's ranks read the Parquet training set themselves
+        return train_read(workdir)
     conf = {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
             "spark.local.dir": str(workdir / "spark-local"), "spark.sql.warehouse.dir": str(workdir / "warehouse")}
     spark = spark_session(SparkConfig(master="local[2]", app_name=f"scale-{stage}", conf=conf))
@@ -202,6 +269,12 @@ def run_stage(stage: str, workdir: Path) -> dict:
                        out=quiet)
         result = {"rows_out": s["records"], "largest_batch_rows": s["largest_batch_rows"],
                   "skipped": s.get("unchanged", False)}
+    elif name == "train_set":
+        from vig_udf.spark.train_job import TrainJobConfig, resolve_inputs, write_train_set
+
+        resolved = resolve_inputs(spark, TrainJobConfig(lake=lake, policy="vig"))
+        n = write_train_set(spark, resolved, str(workdir / "train" / "train_set"))
+        result = {"rows_in": resolved["kept"], "rows_out": n}
     else:
         raise ValueError(f"unknown stage {stage!r}; stages: {STAGES}")
     result["job_seconds"] = round(time.perf_counter() - started, 1)  # the job alone, without the session start

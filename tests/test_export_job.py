@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +234,32 @@ def test_a_failed_write_leaves_no_file_behind_and_an_earlier_export_untouched(tm
         _write_export(output, sidecar, lines(), {"format": "x"}, {})
     assert output.read_text() == "earlier export" and not sidecar.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_a_rerun_reads_no_rows_and_no_output_unless_an_input_or_the_output_changed(spark, chain, tmp_path, monkeypatch):
+    from tests.test_select_job import data_files_hidden
+
+    import vig_udf.spark.export_job as export_job
+
+    lake = tmp_path / "lake"
+    shutil.copytree(chain["lake"], lake)
+    output = tmp_path / "out" / "vig.json"
+    cfg = ExportJobConfig(lake=str(lake), policy="vig", output=str(output))
+    first = run_export(spark, cfg, **QUIET)
+    assert not first["unchanged"]
+    hashed = []
+    monkeypatch.setattr(export_job, "file_sha256", lambda path: hashed.append(path) or "")
+    with data_files_hidden(*(lake / t for t in ("corpus", "scores", "selection"))):
+        again = run_export(spark, cfg, **QUIET)  # the selection from the history, the output by its size and time
+    assert again["unchanged"] and not hashed and again["records"] == first["records"]
+    monkeypatch.undo()
+
+    data = output.read_bytes()
+    os.utime(output, ns=(1, 1))  # touched, same bytes: hashed, found unchanged
+    assert run_export(spark, cfg, **QUIET)["unchanged"] and output.stat().st_mtime_ns == 1
+    output.write_bytes(data.replace(b'"id"', b'"ID"', 1))  # edited, same size: written again
+    assert not run_export(spark, cfg, **QUIET)["unchanged"] and output.read_bytes() == data
+    output.unlink()  # deleted: written again
+    assert not run_export(spark, cfg, **QUIET)["unchanged"] and output.read_bytes() == data
+    other = run_export(spark, cfg.model_copy(update={"policy": "token"}), **QUIET)  # another selection
+    assert not other["unchanged"] and other["selection_id"] == chain["selected"]["policies"]["token"]["selection_id"]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import shutil
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -132,7 +135,8 @@ def test_every_policy_keeps_the_hand_computed_samples_and_tokens_in_one_idempote
     assert any(line.startswith("vig [") and "15/22" in line for line in lines)
     commit = table_history(spark, str(lake / "selection"))[0]
     assert commit["job"] == "select" and commit["config"]["scorer_id"] == "s1"
-    assert commit["config"]["selection_ids"]["vig"] == vig["selection_id"] and commit["config"]["tau"] == summary["tau"]
+    assert commit["config"]["selections"][vig["selection_id"]]["policy"] == "vig"
+    assert commit["config"]["tau"] == summary["tau"]
 
     again = run_select(spark, cfg, out=lambda *_: None)
     assert again["selection_version"] is None and table_version(spark, str(lake / "selection")) == 0
@@ -191,3 +195,42 @@ def test_per_source_budgets_keep_the_highest_vig_samples_of_each_source(spark, l
 
 def test_selection_table_has_the_documented_columns(spark, lake):
     assert read_table(spark, str(lake / "selection")).columns == SELECTION_SCHEMA.names
+
+
+@contextlib.contextmanager
+def data_files_hidden(*tables: Path):
+    """The tables' Parquet files renamed away (their Delta logs stay): any read of their rows fails."""
+    files = [f for table in tables for f in table.rglob("*.parquet") if "_delta_log" not in f.parts]
+    for f in files:
+        f.rename(f.with_name(f.name + ".hidden"))
+    try:
+        yield
+    finally:
+        for f in files:
+            f.with_name(f.name + ".hidden").rename(f)
+
+
+def test_a_rerun_reads_only_histories_and_new_scores_or_another_p_are_computed(spark, lake, tmp_path):
+    root = tmp_path / "lake"
+    shutil.copytree(lake / "scores", root / "scores")
+    cfg = SelectJobConfig(lake=str(root), scorer_id="s1", policies=["vig", "random"], seed=3)
+    first = run_select(spark, cfg, out=lambda *_: None)
+    with pytest.raises(Exception):  # the hiding works: reading rows fails
+        with data_files_hidden(root / "scores"):
+            read_table(spark, str(root / "scores")).select("sample_id").collect()
+    with data_files_hidden(root / "scores", root / "selection"):
+        again = run_select(spark, cfg, out=lambda *_: None)
+    assert again["selection_version"] is None and again["tau"] == first["tau"]
+    assert again["policies"] == {p: {**s, "written": False} for p, s in first["policies"].items()}
+
+    schema = read_table(spark, str(root / "scores")).schema
+    new_scores = spark.createDataFrame([score_row("g", "ok", 3.0, [3.0])], schema)
+    write_table(new_scores, str(root / "scores"), job="score", config={})  # scores v2: one more s1 row
+    grown = run_select(spark, cfg, out=lambda *_: None)
+    assert grown["scores_version"] == 2 and grown["selection_version"] == 1
+    assert all(s["written"] and s["rows"] == 11 for s in grown["policies"].values())
+    other_p = run_select(spark, cfg.model_copy(update={"p": 50.0}), out=lambda *_: None)
+    assert other_p["selection_version"] == 2 and other_p["policies"]["vig"]["kept_multimodal"] == 5  # tau 0.25
+    with data_files_hidden(root / "scores", root / "selection"):  # the first selections, from the history
+        pinned = run_select(spark, cfg.model_copy(update={"scores_version": 1}), out=lambda *_: None)
+    assert pinned["policies"] == again["policies"]

@@ -19,7 +19,7 @@ Example::
 
 from vig_udf.lake.maintenance import optimize_lake, vacuum_lake
 from vig_udf.lake.paths import lake_table, staging_folder, table_uri
-from vig_udf.lake.read import read_table, table_exists, table_history, table_version
+from vig_udf.lake.read import read_table, table_commit, table_exists, table_history, table_version
 from vig_udf.lake.readonly import ReadOnlyError, check_read_only
 from vig_udf.lake.views import lake_tables, register_views
 from vig_udf.lake.write import Commit, ConcurrentWriteError, insert_new_rows, write_table
@@ -36,6 +36,7 @@ __all__ = [
     "read_table",
     "register_views",
     "staging_folder",
+    "table_commit",
     "table_exists",
     "table_history",
     "table_uri",

@@ -50,6 +50,22 @@ def table_history(spark: SparkSession, path, *, limit: int | None = None) -> lis
     return [history_entry(row.asDict()) for row in rows]
 
 
+def table_commit(spark: SparkSession, path, version: int | None = None) -> dict | None:
+    """The :func:`table_history` entry of ``version`` (default: the latest), or ``None`` if there is no table or
+    its history no longer has that version. Its ``write_id`` (or, for a commit without one, its ``timestamp``)
+    tells this version from a version of the same number of a table recreated at the same path."""
+    from delta.tables import DeltaTable
+
+    uri = table_uri(path)
+    if not table_exists(spark, uri):
+        return None
+    history = DeltaTable.forPath(spark, uri).history(None if version is not None else 1)
+    if version is not None:
+        history = history.where(f"version = {int(version)}")
+    row = history.select(*HISTORY_COLUMNS).first()
+    return history_entry(row.asDict()) if row else None
+
+
 def table_version(spark: SparkSession, path) -> int | None:
     """The latest version of the table at ``path``, or ``None`` if there is no table."""
     from delta.tables import DeltaTable

@@ -24,6 +24,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Callable
 
 from pyspark.sql import DataFrame
 
@@ -115,6 +116,7 @@ def insert_new_rows(
     app_version: int | None = None,
     staging: str | None = None,
     replace_when: str | None = None,
+    staged_config: Callable[[DataFrame], dict] | None = None,
 ) -> Commit | None:
     """Insert the rows of ``df`` whose ``keys`` the table at ``path`` does not hold; create it if missing.
 
@@ -130,6 +132,8 @@ def insert_new_rows(
             of ``df`` whose key the table holds replaces it (``WHEN MATCHED AND <condition> THEN UPDATE SET
             *``); rows with a key the table holds that do not meet it are left as they are. The table still
             holds one row per key. The commit's ``rows_updated`` counts the replaced rows.
+        staged_config: with ``staging``: a function of the staged rows whose dict is added to ``config`` before
+            the commit (a summary of the rows that a rerun can read from the history instead of the table).
 
     Example::
 
@@ -142,20 +146,23 @@ def insert_new_rows(
     if missing:
         raise ValueError(f"key columns {missing} are not columns of the rows: {df.columns}")
     _check_app(app_id, app_version)
-    spark, uri = df.sparkSession, table_uri(path)
-    metadata = commit_metadata(job=job, config=config, write_id=uuid.uuid4().hex, app_id=app_id,
-                               app_version=app_version)
-    staged = f"{table_uri(staging)}/{metadata['write_id']}" if staging else None
+    if staged_config is not None and not staging:
+        raise ValueError("staged_config summarises the staged rows: give staging as well")
+    spark, uri, write_id = df.sparkSession, table_uri(path), uuid.uuid4().hex
+    staged = f"{table_uri(staging)}/{write_id}" if staging else None
     source, before = df, table_version(spark, uri)
     try:
         if staged:
             df.write.format("delta").mode("errorifexists").save(staged)
             source = spark.read.format("delta").load(staged)
+            if staged_config is not None:
+                config = {**config, **staged_config(source)}
+        metadata = commit_metadata(job=job, config=config, write_id=write_id, app_id=app_id, app_version=app_version)
         _retry_conflicts(lambda: _create_or_merge(source, uri, keys, metadata, app_id, app_version, replace_when), uri)
     finally:
         if staged:
             delete_folder(spark, staged)
-    return _find_commit(spark, uri, metadata["write_id"], after=before)
+    return _find_commit(spark, uri, write_id, after=before)
 
 
 def _create_or_merge(source: DataFrame, uri: str, keys: list[str], metadata: dict, app_id, app_version,

@@ -8,7 +8,8 @@ sidecar ``<name>.mask.json`` says which answer characters to train on:
     {"format": "vig-spark/token-mask", "format_version": 1, "selection_id": ..., "policy": ..., "params": {...},
      "tau": ..., "scorer_id": ..., "tables": {...versions...}, "offsets": "...", "records_file": ...,
      "images_dir": ..., "masks": {"<id>": [[assistant_turn_index, start, end], ...], ...},
-     "records_sha256": ..., "totals": {"records": ..., "tokens_kept": ..., ...}}
+     "records_sha256": ..., "totals": {"records": ..., "tokens_kept": ..., ...},
+     "records_stat": {"size": ..., "mtime_ns": ...}}
 
 A span ``[k, start, end]`` is ``value[start:end]`` of the k-th assistant message (``from`` gpt/assistant)
 of that record's ``conversations``, exactly as exported. The spans are the kept tokens' character spans
@@ -24,7 +25,10 @@ other, the next prefetched), into both files at once, through temporary files re
 last): its memory is bounded by the batch, not by the selection. Images stored as bytes in the corpus are
 streamed to the driver a partition at a time and written under an images folder next to the output, so the
 exported ``image`` paths resolve against it (LLaVA's ``--image_folder``). Files get the process's umask
-permissions. Example::
+permissions. A rerun with the same selection, versions and options whose files are still there writes nothing:
+it reads the selection from the selection table's history, then the sidecar's head and tail, and compares
+the records file's size and time (or, when they differ, its hash) with those recorded (:func:`earlier_export`).
+Example::
 
     summary = run_export(spark, ExportJobConfig(lake="lake", policy="vig", output="export/vig70.json"))
     # export/vig70.json, export/vig70.mask.json (and export/images/... for bytes-stored images)
@@ -333,8 +337,11 @@ def _write_images(rows, root: Path) -> int:
 
 def earlier_export(output: Path, sidecar: Path, header: dict) -> dict | None:
     """The totals of an export already at ``output`` with this ``header`` (same selection, table versions and
-    options) whose records still hash to the sidecar's ``records_sha256``; None when it must be written. Reads
-    the sidecar's head and tail only: the masks in between can be gigabytes."""
+    options) whose records are the ones the sidecar describes; None when it must be written. Reads the sidecar's
+    head and tail only: the masks in between can be gigabytes. The records are the described ones when their
+    size and modification time are those the sidecar recorded when they were written (as make and rsync
+    decide), or else when they hash to its ``records_sha256``; only an edit that restores both size and time
+    goes unseen."""
     if not (output.exists() and sidecar.exists()):
         return None
     with open(sidecar, "rb") as f:
@@ -351,11 +358,24 @@ def earlier_export(output: Path, sidecar: Path, header: dict) -> dict | None:
         return None
     if earlier_header != json.loads(json.dumps(header)) or "totals" not in ending:
         return None
+    if ending.get("records_stat") == _file_stat(output):
+        return ending["totals"]
+    return ending["totals"] if file_sha256(output) == ending.get("records_sha256") else None
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read a megabyte at a time."""
     digest = hashlib.sha256()
-    with open(output, "rb") as f:
+    with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    return ending["totals"] if digest.hexdigest() == ending.get("records_sha256") else None
+    return digest.hexdigest()
+
+
+def _file_stat(path_or_fd) -> dict:
+    """Size and modification time (ns) of a file, as the sidecar records them for its records file."""
+    st = os.stat(path_or_fd)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _write_export(output: Path, sidecar: Path, lines: Iterable[tuple[str, str]], header: dict,
@@ -380,7 +400,9 @@ def _write_export(output: Path, sidecar: Path, lines: Iterable[tuple[str, str]],
             tail = ("[]\n" if first else "\n]\n").encode()
             digest.update(tail)
             records.write(tail)
-            ending = json.dumps({"records_sha256": digest.hexdigest(), "totals": totals})
+            records.flush()  # its size and time are final now: renaming keeps them
+            ending = json.dumps({"records_sha256": digest.hexdigest(), "totals": totals,
+                                 "records_stat": _file_stat(records.fileno())})
             masks.write(b"}, " + ending[1:].encode())
         os.replace(temps[1], sidecar)
         os.replace(temps[0], output)

@@ -16,7 +16,12 @@ Cheap and CPU-only: trying another p or policy never touches a GPU. The job
 Idempotency: each policy's rows carry a ``selection_id``, a hash of the scorer, the scores version and the
 policy params. Policies whose ``selection_id`` is already in the table are not computed again, and rows are
 added with ``MERGE ... WHEN NOT MATCHED THEN INSERT`` on ``(selection_id, sample_id)`` in a Delta app
-transaction keyed by the ids it writes, so concurrent identical runs never write a row twice.
+transaction keyed by the ids it writes, so concurrent identical runs never write a row twice. The rows are
+staged first (``<lake>/_staging/selection``) and summarised there; the commit records, besides the config, the
+scores version's commit (``scores_commit``), every scorer's ok-row count in it (``scorer_ok_rows``) and, per
+selection written, its policy, params and counts (``selections``). A rerun with the same inputs finds all of
+that in the table's history and reads no scores or selection rows; a new scores version, another p, seed or
+policy is not in the history and is computed.
 
 Example (the trainer pins one ``selection_id``)::
 
@@ -181,30 +186,43 @@ def _bool_lists(masks: list[np.ndarray]) -> pa.Array:
 
 
 def run_select(spark, cfg: SelectJobConfig, *, out=print) -> dict:
-    """Write the selections of ``cfg.policies`` to ``<lake>/selection``; returns the job summary."""
+    """Write the selections of ``cfg.policies`` to ``<lake>/selection``; returns the job summary.
+
+    A rerun with nothing new to write reads only table histories: the scorers' ok-row counts of this scores
+    version and every selection's tau and counts are recorded in the select commits
+    (:func:`vig_udf.spark.selection_inputs.select_commits`); where they are not, they are read from the rows."""
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    from vig_udf.lake import insert_new_rows, lake_table, read_table, table_exists, table_version
+    from vig_udf.lake import (insert_new_rows, lake_table, read_table, staging_folder, table_commit, table_exists,
+                              table_version)
+    from vig_udf.spark.selection_inputs import recorded_selections, select_commits
 
     scores_path, selection_path = lake_table(cfg.lake, "scores"), lake_table(cfg.lake, "selection")
-    scores_version = cfg.scores_version if cfg.scores_version is not None else table_version(spark, scores_path)
+    scores_commit = table_commit(spark, scores_path, cfg.scores_version)
+    scores_version = cfg.scores_version if cfg.scores_version is not None else (
+        scores_commit["version"] if scores_commit else None)
     if scores_version is None:
         raise FileNotFoundError(f"no scores table at {scores_path}: run `vig score` first")
+    scores_mark = _commit_mark(scores_commit)
+    commits = select_commits(spark, selection_path) if table_exists(spark, selection_path) else []
+    recorded = recorded_selections(commits) if commits is not None else None
     scores = read_table(spark, scores_path, version=scores_version)
     valid_ok = (F.col("status") == OK) & F.col("vig").isNotNull() & ~F.isnan("vig")
-    ok_rows = {r["scorer_id"]: r["ok"] for r in scores.groupBy("scorer_id").agg(
-        F.sum(F.when(valid_ok, 1).otherwise(0)).alias("ok")).collect()}
+    ok_rows = next((c["scorer_ok_rows"] for c in commits or [] if scores_mark is not None and
+                    c.get("scores_version") == scores_version and c.get("scores_commit") == scores_mark), None)
+    if ok_rows is None:
+        ok_rows = {r["scorer_id"]: r["ok"] for r in scores.groupBy("scorer_id").agg(
+            F.sum(F.when(valid_ok, 1).otherwise(0)).alias("ok")).collect()}
     scorer_id = _resolve_scorer(sorted(ok_rows), cfg.scorer_id, scores_path, scores_version)
-    base = scores.where(F.col("scorer_id") == scorer_id).select("sample_id", "status", "vig", "n_tokens", "token_vig")
-    if cfg.partitions:
-        base = base.repartition(cfg.partitions)
-    ok, n_ok = base.where(valid_ok), ok_rows[scorer_id]
+    n_ok = ok_rows[scorer_id]
     corpus_version = None
     if cfg.budgets:
-        base, corpus_version = _with_sources(spark, base, cfg)
-    else:
-        base = base.withColumn("_source", F.lit(None).cast("string"))
+        corpus_path = lake_table(cfg.lake, "corpus")
+        corpus_version = cfg.corpus_version if cfg.corpus_version is not None else table_version(spark, corpus_path)
+        if corpus_version is None:
+            raise FileNotFoundError(f"budgets need each sample's source from {corpus_path}, but there is no table "
+                                    "there")
     tau_method = _tau_method(n_ok, cfg)
     runs = []
     for policy in cfg.policies:
@@ -214,15 +232,25 @@ def run_select(spark, cfg: SelectJobConfig, *, out=print) -> dict:
         runs.append(PolicyRun(policy, sel.params_json(params), digest, sel.selection_id(
             scorer_id=scorer_id, scores_version=scores_version, params_hash=digest)))
     ids = [run.selection_id for run in runs]
-    present = set()
-    if table_exists(spark, selection_path):
+    if recorded is not None:
+        present = {i for i in ids if i in recorded}
+    else:
         present = {r[0] for r in read_table(spark, selection_path).where(F.col("selection_id").isin(ids))
                    .select("selection_id").distinct().collect()}
     new = tuple(run for run in runs if run.selection_id not in present)
-    version = None
-    if not new:  # a rerun: tau is recorded in the selections' rows; nothing else is computed
-        tau = _recorded_tau(read_table(spark, selection_path), ids)
+    version, stats = None, {}
+    if not new:  # a rerun: tau is recorded with the selections; nothing else is computed
+        tau = recorded[ids[0]]["tau"] if recorded is not None else _recorded_tau(read_table(spark, selection_path), ids)
     else:
+        base = scores.where(F.col("scorer_id") == scorer_id).select("sample_id", "status", "vig", "n_tokens",
+                                                                    "token_vig")
+        if cfg.partitions:
+            base = base.repartition(cfg.partitions)
+        ok = base.where(valid_ok)
+        if cfg.budgets:
+            base = _with_sources(spark, base, cfg, corpus_version)
+        else:
+            base = base.withColumn("_source", F.lit(None).cast("string"))
         tau = _tau(ok, n_ok, cfg)
         base = _with_random_draw(base, ok, tau, cfg)
         token_share = _token_share(base, ok, tau, cfg) if sel.RANDOM_TOKENS in cfg.policies else None
@@ -230,17 +258,37 @@ def run_select(spark, cfg: SelectJobConfig, *, out=print) -> dict:
         rows = base.mapInArrow(select_batches(spec), from_arrow_schema(_UDF_SCHEMA))
         rows = _apply_budgets(rows, cfg.budgets) if cfg.budgets else rows
         config = {**cfg.model_dump(mode="json"), "scorer_id": scorer_id, "scores_version": scores_version,
-                  "corpus_version": corpus_version, "tau": tau, "tau_method": tau_method,
-                  "selection_ids": {run.policy: run.selection_id for run in new}}
+                  "scores_commit": scores_mark, "scorer_ok_rows": ok_rows, "corpus_version": corpus_version,
+                  "tau": tau, "tau_method": tau_method}
+
+        def record_selections(staged) -> dict:  # what a rerun, export and train read instead of the rows
+            stats.update(_selection_stats(staged, [run.selection_id for run in new]))
+            return {"selections": {run.selection_id: {"policy": run.policy, "params": run.params,
+                                                      "params_hash": run.params_hash, **stats[run.selection_id]}
+                                   for run in new}}
+
         app_id = "select/" + hashlib.sha256(",".join(sorted(r.selection_id for r in new)).encode()).hexdigest()[:16]
         commit = insert_new_rows(rows.select(*SELECTION_SCHEMA.names), selection_path, keys=list(SELECTION_KEY),
-                                 job="select", config=config, app_id=app_id, app_version=0)
+                                 job="select", config=config, app_id=app_id, app_version=0,
+                                 staging=staging_folder(cfg.lake, "selection"), staged_config=record_selections)
         version = commit.version if commit else None
+    if recorded is not None:
+        stats.update({i: recorded[i] for i in present})
+    else:
+        stats.update(_selection_stats(read_table(spark, selection_path), sorted(present)) if present else {})
     summary = {"scorer_id": scorer_id, "scores_version": scores_version, "selection_version": version,
                "tau": tau, "tau_method": tau_method, "p": cfg.p, "ok_rows": n_ok,
-               "policies": _policy_summaries(read_table(spark, selection_path), runs, present)}
+               "policies": {run.policy: _policy_summary(run, stats[run.selection_id], run.selection_id not in present)
+                            for run in runs}}
     _print_summary(summary, out)
     return summary
+
+
+def _commit_mark(commit: dict | None) -> str | None:
+    """What tells a scores version from a version of the same number of a table recreated at the same path."""
+    if commit is None:
+        return None
+    return commit["write_id"] or str(commit["timestamp"])
 
 
 def _resolve_scorer(present: list[str], scorer_id: str | None, path: str, version: int) -> str:
@@ -282,23 +330,20 @@ def _recorded_tau(table, selection_ids: list[str]) -> float | None:
     return row["tau"] if row else None
 
 
-def _with_sources(spark, base, cfg: SelectJobConfig):
+def _with_sources(spark, base, cfg: SelectJobConfig, corpus_version: int):
     """``base`` with each sample's corpus ``source`` as ``_source``; checks that every budget names a source."""
     from pyspark.sql import functions as F
 
-    from vig_udf.lake import lake_table, read_table, table_version
+    from vig_udf.lake import lake_table, read_table
 
-    corpus_path = lake_table(cfg.lake, "corpus")
-    version = cfg.corpus_version if cfg.corpus_version is not None else table_version(spark, corpus_path)
-    if version is None:
-        raise FileNotFoundError(f"budgets need each sample's source from {corpus_path}, but there is no table there")
-    sources = read_table(spark, corpus_path, version=version).select("sample_id", F.col("source").alias("_source"))
+    sources = (read_table(spark, lake_table(cfg.lake, "corpus"), version=corpus_version)
+               .select("sample_id", F.col("source").alias("_source")))
     known = {r[0] for r in sources.select("_source").distinct().collect()}
     unknown = sorted(set(cfg.budgets) - known)
     if unknown:
-        raise ValueError(f"budgets name sources {unknown} that corpus v{version} does not have; its sources: "
+        raise ValueError(f"budgets name sources {unknown} that corpus v{corpus_version} does not have; its sources: "
                          f"{sorted(s for s in known if s is not None)}")
-    return base.join(sources, "sample_id", "left"), version
+    return base.join(sources, "sample_id", "left")
 
 
 def _with_random_draw(base, ok, tau: float | None, cfg: SelectJobConfig):
@@ -353,18 +398,17 @@ def _apply_budgets(rows, budgets: dict[str, int]):
             .withColumn("n_tokens_kept", F.when(F.col("_over"), F.lit(0)).otherwise(F.col("n_tokens_kept"))))
 
 
-def _policy_summaries(table, runs: list[PolicyRun], present: set[str]) -> dict:
+def _selection_stats(table, selection_ids: list[str]) -> dict[str, dict]:
+    """selection_id -> row, failure, kept and token counts and the rows per reason: one aggregation over the
+    selections' rows (one result row per selection, reason and kept)."""
     from pyspark.sql import functions as F
 
-    ids = [run.selection_id for run in runs]
-    rows = table.where(F.col("selection_id").isin(ids))
-    counts = rows.groupBy("selection_id", "reason", "kept").agg(
+    counts = table.where(F.col("selection_id").isin(selection_ids)).groupBy("selection_id", "reason", "kept").agg(
         F.count(F.lit(1)).alias("rows"), F.sum("n_tokens").alias("n_tokens"),
         F.sum("n_tokens_kept").alias("n_tokens_kept")).collect()
     keys = ("rows", "failed_rows", "text_only_rows", "kept_multimodal", "kept_text_only", "tokens_kept",
             "answer_tokens")
-    stats = {run.selection_id: dict.fromkeys(keys, 0) for run in runs}
-    reasons: dict[str, dict] = {run.selection_id: {} for run in runs}
+    stats = {i: {**dict.fromkeys(keys, 0), "reasons": {}} for i in selection_ids}
     for r in counts:
         s, n = stats[r["selection_id"]], r["rows"]
         failed, text_only = sel.is_failure(r["reason"]), r["reason"] == sel.TEXT_ONLY_KEPT
@@ -375,18 +419,19 @@ def _policy_summaries(table, runs: list[PolicyRun], present: set[str]) -> dict:
         s["kept_text_only"] += n if r["kept"] and text_only else 0
         s["tokens_kept"] += r["n_tokens_kept"] or 0
         s["answer_tokens"] += 0 if failed else (r["n_tokens"] or 0)
-        reasons[r["selection_id"]][r["reason"]] = reasons[r["selection_id"]].get(r["reason"], 0) + n
-    summaries = {}
-    for run in runs:
-        s = stats[run.selection_id]
-        summaries[run.policy] = {
-            "selection_id": run.selection_id, "params_hash": run.params_hash,
-            "written": run.selection_id not in present, **s,
-            "multimodal_rows": s["rows"] - s["failed_rows"] - s["text_only_rows"],
-            "supervision_kept": s["tokens_kept"] / s["answer_tokens"] if s["answer_tokens"] else None,
-            "reasons": dict(sorted(reasons[run.selection_id].items())),
-        }
-    return summaries
+        s["reasons"][r["reason"]] = s["reasons"].get(r["reason"], 0) + n
+    for s in stats.values():
+        s["reasons"] = dict(sorted(s["reasons"].items()))
+    return stats
+
+
+def _policy_summary(run: PolicyRun, stats: dict, written: bool) -> dict:
+    counts = {k: stats[k] for k in ("rows", "failed_rows", "text_only_rows", "kept_multimodal", "kept_text_only",
+                                    "tokens_kept", "answer_tokens")}
+    return {"selection_id": run.selection_id, "params_hash": run.params_hash, "written": written, **counts,
+            "multimodal_rows": counts["rows"] - counts["failed_rows"] - counts["text_only_rows"],
+            "supervision_kept": counts["tokens_kept"] / counts["answer_tokens"] if counts["answer_tokens"] else None,
+            "reasons": dict(stats["reasons"])}
 
 
 def _print_summary(summary: dict, out) -> None:

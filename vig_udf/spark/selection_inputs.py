@@ -1,5 +1,10 @@
 """Which selection a downstream job (train, export) reads, and at which table versions.
 
+The selections a table holds are read from its history when every commit there is a select commit that
+recorded them (:func:`select_commits`): a rerun then finds them without reading a row. Otherwise (a table
+written by an older version, a commit of another kind, a history Delta has cleaned up) they are read from the
+rows.
+
 Both jobs name one selection (``selection_id``, or ``policy`` when the selection table version holds exactly
 one selection of it) and pin three versions: the selection table's (pinned or latest), the scores version the
 selection's rows came from, and the corpus version (pinned or latest).
@@ -8,6 +13,45 @@ selection's rows came from, and the corpus version (pinned or latest).
 from __future__ import annotations
 
 TABLES = ("corpus", "scores", "selection")
+SELECT_JOB = "select"
+# operations that rewrite files without changing the rows (Delta's names in DESCRIBE HISTORY)
+ROW_PRESERVING_OPERATIONS = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END"})
+# what a select commit records of each selection it writes, besides its id
+SELECTION_KEYS = ("policy", "params", "params_hash", "rows", "failed_rows", "text_only_rows", "kept_multimodal",
+                  "kept_text_only", "tokens_kept", "answer_tokens", "reasons")
+
+
+def select_commits(spark, path: str, *, up_to: int | None = None) -> list[dict] | None:
+    """The configs of the select commits of the selection table at ``path`` (up to version ``up_to``), newest
+    first, each with ``version`` and the ``selections`` it wrote; ``None`` when the history does not account for
+    every row: it no longer reaches version 0, or a commit is neither a select commit that recorded its
+    selections nor an operation that keeps the rows (OPTIMIZE, VACUUM). Reads the history only."""
+    from vig_udf.lake import table_history
+
+    history = [c for c in table_history(spark, path) if up_to is None or c["version"] <= up_to]
+    if not history or history[-1]["version"] != 0:
+        return None
+    commits = []
+    for commit in history:
+        if commit["operation"] in ROW_PRESERVING_OPERATIONS:
+            continue
+        config = commit["config"]
+        if commit["job"] != SELECT_JOB or not isinstance(config, dict) or "selections" not in config:
+            return None
+        commits.append({**config, "version": commit["version"]})
+    return commits
+
+
+def recorded_selections(commits: list[dict]) -> dict[str, dict]:
+    """selection_id -> the selection as its select commit recorded it (:data:`SELECTION_KEYS` plus ``p``,
+    ``tau``, ``scorer_id``, ``scores_version``), from :func:`select_commits`."""
+    selections: dict[str, dict] = {}
+    for commit in reversed(commits):  # oldest first: the commit that wrote a selection describes it
+        for selection_id, recorded in commit["selections"].items():
+            selections.setdefault(selection_id, {
+                "selection_id": selection_id, **recorded, "p": commit["p"], "tau": commit["tau"],
+                "scorer_id": commit["scorer_id"], "scores_version": commit["scores_version"]})
+    return selections
 
 
 def pinned_or_latest(path: str, pinned: int | None, producer: str, spark) -> int:
@@ -30,11 +74,15 @@ def resolve_selection(spark, *, lake: str, selection_id: str | None, policy: str
 
     paths = {name: lake_table(lake, name) for name in TABLES}
     versions = {"selection": pinned_or_latest(paths["selection"], selection_version, "vig select", spark)}
-    selection = read_table(spark, paths["selection"], version=versions["selection"])
     keys = ["selection_id", "policy", "params", "p", "tau", "scorer_id", "scores_version"]
-    # one row per selection in the table (a handful), not per sample
-    available = [r.asDict() for r in selection.groupBy(*keys).agg(F.sum(F.col("kept").cast("int")).alias("kept"))
-                 .orderBy("selection_id").collect()]
+    commits = select_commits(spark, paths["selection"], up_to=versions["selection"])
+    if commits is not None:
+        available = [{**{k: s[k] for k in keys}, "kept": s["kept_multimodal"] + s["kept_text_only"]}
+                     for _, s in sorted(recorded_selections(commits).items())]
+    else:  # one row per selection in the table (a handful), not per sample
+        selection = read_table(spark, paths["selection"], version=versions["selection"])
+        available = [r.asDict() for r in selection.groupBy(*keys).agg(F.sum(F.col("kept").cast("int")).alias("kept"))
+                     .orderBy("selection_id").collect()]
     if selection_id is not None:
         matches = [s for s in available if s["selection_id"] == selection_id]
         wanted = f"selection_id {selection_id!r}"
