@@ -3,7 +3,8 @@ scorer), select, export and the training set (written by the train job's Spark p
 ranks read it), with the wall time and peak memory of each stage's whole process tree.
 
     PYTHONPATH=$PWD SPARK_LOCAL_IP=127.0.0.1 .venv/bin/python benchmarks/scale.py --n 10000 --workdir /tmp/scale
-    ... --n 100000 (each stage prints one JSON line; --stages ingest,score to run some only)
+    ... --n 100000 (each stage prints one JSON line; --stages ingest,score to run some only;
+    VIG_SCALE_EXPORT_BATCH_ROWS=2000 sets the export's batch_rows)
 
 The corpus (``generate``) follows the layout of ``llava_v1_5_mix665k.json`` (../shared/data/README.md): ONE JSON
 array, images under an image root in the six source folders, 6% text-only records (no ``image`` key), 1 to
@@ -265,8 +266,9 @@ def run_stage(stage: str, workdir: Path) -> dict:
     elif name == "export":
         from vig_udf.spark.export_job import ExportJobConfig, run_export
 
-        s = run_export(spark, ExportJobConfig(lake=lake, policy="vig", output=str(workdir / "export" / "vig.json")),
-                       out=quiet)
+        batch_rows = int(os.environ.get("VIG_SCALE_EXPORT_BATCH_ROWS", ExportJobConfig().batch_rows))
+        s = run_export(spark, ExportJobConfig(lake=lake, policy="vig", output=str(workdir / "export" / "vig.json"),
+                                              batch_rows=batch_rows), out=quiet)
         result = {"rows_out": s["records"], "largest_batch_rows": s["largest_batch_rows"],
                   "skipped": s.get("unchanged", False)}
     elif name == "train_set":
