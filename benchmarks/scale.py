@@ -266,7 +266,8 @@ def run_stage(stage: str, workdir: Path) -> dict:
     elif name == "export":
         from vig_udf.spark.export_job import ExportJobConfig, run_export
 
-        batch_rows = int(os.environ.get("VIG_SCALE_EXPORT_BATCH_ROWS", ExportJobConfig.model_fields["batch_rows"].default))
+        default_batch = ExportJobConfig.model_fields["batch_rows"].default
+        batch_rows = int(os.environ.get("VIG_SCALE_EXPORT_BATCH_ROWS", default_batch))
         s = run_export(spark, ExportJobConfig(lake=lake, policy="vig", output=str(workdir / "export" / "vig.json"),
                                               batch_rows=batch_rows), out=quiet)
         result = {"rows_out": s["records"], "largest_batch_rows": s["largest_batch_rows"],
