@@ -11,7 +11,8 @@ def selection(kept: int, every: int = 100) -> dict:
 
 
 def test_equal_steps_trains_every_policy_as_long_as_vanilla_and_shares_runs_that_coincide():
-    cfg = DemoConfig(seeds=[0, 1], policies=["all", "vig", "random"], epochs=3, batch_size=16)
+    cfg = DemoConfig(seeds=[0, 1], policies=["all", "vig", "random"], schedules=["equal_epochs", "equal_steps"],
+                     epochs=3, batch_size=16)
     selections = {("all", None): selection(100), ("vig", None): selection(70),
                   ("random", 0): selection(70), ("random", 1): selection(70)}
     plan = training_plan(cfg, selections)
