@@ -27,6 +27,8 @@ def test_other_counterfactuals_score(tiny_checkpoints, counterfactual):
 def test_bad_options_fail_early_with_a_clear_message(tiny_checkpoints):
     with pytest.raises(ValueError, match="choose one of"):
         VIGScorer.from_pretrained(tiny_checkpoints["llava"], counterfactual="mask")
+    with pytest.raises(ValueError, match=r"image_placement='last'; choose one of \('first', 'inline'\)"):
+        VIGScorer.from_pretrained(tiny_checkpoints["llava"], image_placement="last")
     with pytest.raises(TypeError, match="unknown scorer options"):
         VIGScorer.from_pretrained(tiny_checkpoints["llava"], blur=3)
 

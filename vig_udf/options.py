@@ -11,7 +11,7 @@ others change only speed, placement or where files are found, never a score beyo
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from vig_udf.conversation import DEFAULT_IMAGE_PLACEMENT, IMAGE_PLACEMENTS
 from vig_udf.images import COUNTERFACTUALS, DEFAULT_BLUR_SIGMA
@@ -56,18 +56,12 @@ class ScorerOptions(BaseModel):
     stack_passes: bool = Field(True, description="run a sample's two passes in one batch when their token "
                                "layout is identical")
 
-    @field_validator("counterfactual")
+    @field_validator("counterfactual", "image_placement")
     @classmethod
-    def _known_counterfactual(cls, value: str) -> str:
-        if value not in COUNTERFACTUALS:
-            raise ValueError(f"counterfactual={value!r}; choose one of {COUNTERFACTUALS}")
-        return value
-
-    @field_validator("image_placement")
-    @classmethod
-    def _known_placement(cls, value: str) -> str:
-        if value not in IMAGE_PLACEMENTS:
-            raise ValueError(f"image_placement={value!r}; choose one of {IMAGE_PLACEMENTS}")
+    def _known_choice(cls, value: str, info: ValidationInfo) -> str:
+        choices = {"counterfactual": COUNTERFACTUALS, "image_placement": IMAGE_PLACEMENTS}[info.field_name]
+        if value not in choices:
+            raise ValueError(f"{info.field_name}={value!r}; choose one of {choices}")
         return value
 
     @field_validator("device", mode="before")
