@@ -45,11 +45,11 @@ def write_demo_corpus(folder: Path, n: int, seed: int, model_config: DemoModelCo
 
 def run_demo(cfg: DemoConfig, *, model_config: DemoModelConfig = DemoModelConfig(), spark=None, out=print) -> dict:
     """Run the benchmark; returns a summary (tables, selections, per-run metrics, MLflow run ids, report)."""
+    import torch
+
     from vig_udf.spark.ingest_job import IngestJobConfig, run_ingest
     from vig_udf.spark.score_job import ScoreJobConfig, run_score
     from vig_udf.spark.session import spark_session
-
-    import torch
 
     started = time.perf_counter()
     torch.set_num_threads(cfg.torch_threads)
@@ -76,8 +76,9 @@ def run_demo(cfg: DemoConfig, *, model_config: DemoModelConfig = DemoModelConfig
     tracking = _mlflow_settings(cfg, workdir)
     test_inputs = _test_sequences(model_path, test_items)
     plan = training_plan(cfg, selections)
-    out(f"training plan: {len(plan)} runs ({len(cfg.seeds)} seeds; schedules {', '.join(cfg.schedules)}; a policy "
-        "that keeps every sample trains the same steps under both and runs once)")
+    shared = " (a policy that keeps every sample trains the same steps under both and runs once)" \
+        if len(cfg.schedules) > 1 else ""
+    out(f"training plan: {len(plan)} runs ({len(cfg.seeds)} seeds; schedules {', '.join(cfg.schedules)}){shared}")
     runs, outcomes = [], {}
     for planned in plan:
         row, items = _train_and_evaluate(spark, cfg, lake, model_path, image_root, selections, planned,
