@@ -4,7 +4,7 @@ ranks read it), with the wall time and peak memory of each stage's whole process
 
     PYTHONPATH=$PWD SPARK_LOCAL_IP=127.0.0.1 .venv/bin/python benchmarks/scale.py --n 10000 --workdir /tmp/scale
     ... --n 100000 (each stage prints one JSON line; --stages ingest,score to run some only;
-    VIG_SCALE_EXPORT_BATCH_ROWS=2000 sets the export's batch_rows)
+    VIG_SCALE_EXPORT_PART_ROWS=2000 sets the export's part_rows)
 
 The corpus (``generate``) follows the layout of ``llava_v1_5_mix665k.json`` (../shared/data/README.md): ONE JSON
 array, images under an image root in the six source folders, 6% text-only records (no ``image`` key), 1 to
@@ -266,11 +266,10 @@ def run_stage(stage: str, workdir: Path) -> dict:
     elif name == "export":
         from vig_udf.spark.export_job import ExportJobConfig, run_export
 
-        default_batch = ExportJobConfig.model_fields["batch_rows"].default
-        batch_rows = int(os.environ.get("VIG_SCALE_EXPORT_BATCH_ROWS", default_batch))
+        part_rows = int(os.environ.get("VIG_SCALE_EXPORT_PART_ROWS", ExportJobConfig.model_fields["part_rows"].default))
         s = run_export(spark, ExportJobConfig(lake=lake, policy="vig", output=str(workdir / "export" / "vig.json"),
-                                              batch_rows=batch_rows), out=quiet)
-        result = {"rows_out": s["records"], "largest_batch_rows": s["largest_batch_rows"],
+                                              part_rows=part_rows), out=quiet)
+        result = {"rows_out": s["records"], "parts": s["parts"], "largest_part_rows": s["largest_part_rows"],
                   "skipped": s.get("unchanged", False)}
     elif name == "train_set":
         from vig_udf.spark.train_job import TrainJobConfig, resolve_inputs, write_train_set

@@ -1,5 +1,5 @@
 """The dataflow at scale, small: a one-array JSON read in parallel through its shards, ingest order global
-across inputs, and an export that streams more rows than its batch in that order."""
+across inputs, and an export written by several tasks as ordered parts in that order."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def test_ingest_order_is_global_across_inputs_and_the_staging_is_removed(spark, 
     assert not any((Path(lake) / "_staging" / "ingest").iterdir())
 
 
-def test_export_streams_batches_in_ingest_order_with_umask_permissions(spark, two_inputs, tmp_path):
+def test_export_writes_ordered_parts_in_ingest_order_with_umask_permissions(spark, two_inputs, tmp_path):
     lake, records = two_inputs
     ids = [r["id"] for r in records]
     now = dt.datetime.now(dt.timezone.utc)
@@ -76,10 +76,11 @@ def test_export_streams_batches_in_ingest_order_with_umask_permissions(spark, tw
     write_deltalake(f"{lake}/selection", pa.Table.from_pylist(selection, schema=SELECTION_SCHEMA))
 
     output = tmp_path / "out" / "all.json"
-    summary = run_export(spark, ExportJobConfig(lake=lake, policy="all", output=str(output), batch_rows=5),
+    summary = run_export(spark, ExportJobConfig(lake=lake, policy="all", output=str(output), part_rows=5),
                          out=lambda *_: None)
     assert summary["records"] == len(kept) == 36 > 5
-    assert 0 < summary["largest_batch_rows"] <= 5  # the driver never held more than a batch (plus the prefetch)
+    assert summary["parts"] >= 6 and 0 < summary["largest_part_rows"] <= 10  # written by several tasks
+    assert sorted(p.name for p in output.parent.iterdir()) == ["all.json", "all.mask.json"]  # no staging left
     exported = json.loads(output.read_text())
     assert [r["id"] for r in exported] == kept  # in ingest order across both inputs
     assert exported == [r for r in records if r["id"] in kept]  # the records unchanged
@@ -90,7 +91,7 @@ def test_export_streams_batches_in_ingest_order_with_umask_permissions(spark, tw
     for path in (output, Path(mask_path(str(output)))):
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
-    cfg = ExportJobConfig(lake=lake, policy="all", output=str(output), batch_rows=5)
+    cfg = ExportJobConfig(lake=lake, policy="all", output=str(output), part_rows=5)
     written = output.stat().st_mtime_ns
     again = run_export(spark, cfg, out=lambda *_: None)  # nothing changed: found, not written again
     assert again["unchanged"] and again["records"] == 36 and output.stat().st_mtime_ns == written

@@ -19,7 +19,7 @@ from tests.conftest import random_image
 from vig_udf.config import ScorerConfig
 from vig_udf.lake import read_table
 from vig_udf.spans import keep_from_spans
-from vig_udf.spark.export_job import ExportJobConfig, _write_export, mask_path, run_export
+from vig_udf.spark.export_job import ExportJobConfig, Part, _write_export, mask_path, part_writer, run_export
 from vig_udf.spark.ingest_job import IngestJobConfig, run_ingest
 from vig_udf.spark.score_job import ScoreJobConfig, run_score
 from vig_udf.spark.select_job import SELECTION_SCHEMA, SelectJobConfig, run_select
@@ -225,15 +225,38 @@ def test_unknown_or_ambiguous_selection_and_missing_tables_are_clear_errors(spar
 def test_a_failed_write_leaves_no_file_behind_and_an_earlier_export_untouched(tmp_path):
     output, sidecar = tmp_path / "out.json", tmp_path / "out.mask.json"
     output.write_text("earlier export")
+    (tmp_path / "p0.records").write_text('{"id": "a", "conversations": []}')
+    (tmp_path / "p0.masks").write_text('"a": []')
+    parts = [Part(0, str(tmp_path / "p0.records"), str(tmp_path / "p0.masks"), 0, 0, 1),
+             Part(1, str(tmp_path / "gone.records"), str(tmp_path / "gone.masks"), 0, 0, 1)]
 
-    def lines():
-        yield '{"id": "a", "conversations": []}', '"a": []'
-        raise TypeError("the second record cannot be written")
-
-    with pytest.raises(TypeError):
-        _write_export(output, sidecar, lines(), {"format": "x"}, {})
+    with pytest.raises(FileNotFoundError):
+        _write_export(output, sidecar, parts, {"format": "x"}, {})
     assert output.read_text() == "earlier export" and not sidecar.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "p0.masks", "p0.records"]
+
+
+def test_parts_are_concatenated_into_one_json_array_and_one_masks_object(tmp_path):
+    parts = []
+    for i, ids in enumerate((["a", "b"], ["c"])):
+        records, masks = tmp_path / f"p{i}.records", tmp_path / f"p{i}.masks"
+        records.write_text(",\n".join(json.dumps({"id": r, "conversations": []}) for r in ids))
+        masks.write_text(",\n".join(f'"{r}": [[0, 0, 1]]' for r in ids))
+        parts.append(Part(i, str(records), str(masks), records.stat().st_size, masks.stat().st_size, len(ids)))
+    output, sidecar = tmp_path / "out.json", tmp_path / "out.mask.json"
+    _write_export(output, sidecar, parts, {"format": "x"}, {"records": 3})
+    assert [r["id"] for r in json.loads(output.read_text())] == ["a", "b", "c"]
+    written = json.loads(sidecar.read_text())
+    assert written["masks"] == {r: [[0, 0, 1]] for r in "abc"} and written["totals"] == {"records": 3}
+    assert written["records_sha256"] == hashlib.sha256(output.read_bytes()).hexdigest()
+    _write_export(output, sidecar, [], {"format": "x"}, {"records": 0})  # no parts: empty, still valid JSON
+    assert json.loads(output.read_text()) == [] and json.loads(sidecar.read_text())["masks"] == {}
+
+
+def test_a_staging_folder_an_executor_cannot_see_is_a_clear_error(tmp_path):
+    write = part_writer(str(tmp_path / "not-shared"))
+    with pytest.raises(FileNotFoundError, match="storage that the driver and the executors share"):
+        list(write(iter([])))
 
 
 def test_a_rerun_reads_no_rows_and_no_output_unless_an_input_or_the_output_changed(spark, chain, tmp_path, monkeypatch):

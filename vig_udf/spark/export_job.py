@@ -19,12 +19,18 @@ answer tokens.
 
 The job reads the selection (pinned or latest version), the scores version the selection was made from
 (recorded in its rows) and the corpus (pinned or latest) and joins the kept rows in Spark; the executors
-turn each row into its JSON record and its mask entry. The driver checks the rows with one aggregation,
-then streams them in ingest order, ``batch_rows`` rows at a time (range partitions fetched one after the
-other, the next prefetched), into both files at once, through temporary files renamed at the end (the JSON
-last): its memory is bounded by the batch, not by the selection. Images stored as bytes in the corpus are
-streamed to the driver a partition at a time and written under an images folder next to the output, so the
-exported ``image`` paths resolve against it (LLaVA's ``--image_folder``). Files get the process's umask
+turn each row into its JSON record and its mask entry. The driver checks the rows with one aggregation. Then
+the executors write them in ingest order: the lines are range-partitioned on the ingest ordinal into parts of
+about ``part_rows`` rows, each sorted, and each task writes its part's records and mask entries to two part
+files in a staging folder (``staging_dir``, by default a hidden folder next to the output) and returns one
+small row naming them. The driver concatenates the committed attempts' part files byte-wise in partition
+order into both outputs (hashing the records as it copies), through temporary files renamed at the end (the
+JSON last), and removes the staging folder whatever happens. No row reaches the driver: its memory holds one
+row per part. Images stored as bytes in the corpus are written by the executors too, under an images folder
+next to the output, so the exported ``image`` paths resolve against it (LLaVA's ``--image_folder``). On a
+cluster, the output (or ``staging_dir``) and the images folder must be on storage that the driver and the
+executors share (a mounted volume such as ``/dbfs`` or ``/Volumes``), as training's ``output_dir`` must; a
+staging folder an executor cannot see fails the job with that message. Files get the process's umask
 permissions. A rerun with the same selection, versions and options whose files are still there writes nothing:
 it reads the selection from the selection table's history, then the sidecar's head and tail, and compares
 the records file's size and time (or, when they differ, its hash) with those recorded (:func:`earlier_export`).
@@ -41,9 +47,11 @@ import hashlib
 import json
 import os
 import posixpath
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -82,8 +90,11 @@ class ExportJobConfig(BaseModel):
         "images", description="folder, relative to the output's folder, that images stored as bytes in the corpus "
                               "are written to (at their recorded relative path); None = export the recorded "
                               "paths and write no image files")
-    batch_rows: int = Field(20_000, gt=0, description="kept rows the driver fetches and writes as one batch "
-                                                      "(bounds its memory)")
+    part_rows: int = Field(20_000, gt=0, description="kept rows per ordered part, written by one task (the driver "
+                                                     "concatenates the parts)")
+    staging_dir: str | None = Field(
+        None, description="folder for the executors' part files, on storage the driver and the executors share; "
+                          "None = a hidden folder next to the output")
     spark: SparkConfig = SparkConfig()
 
     @model_validator(mode="after")
@@ -128,24 +139,28 @@ def run_export(spark, cfg: ExportJobConfig, *, out=print) -> dict:
               "tau": chosen["tau"], "scorer_id": chosen["scorer_id"], "tables": tables, "offsets": OFFSETS,
               "records_file": output.name, "images_dir": cfg.images_dir}
     sidecar = mask_path(str(output))
-    totals, unchanged, batches = earlier_export(output, Path(sidecar), header), True, BatchMeter()
+    totals, unchanged, parts = earlier_export(output, Path(sidecar), header), True, []
     if totals is None:
         unchanged = False
         lines = kept.drop("image_bytes").mapInArrow(export_lines(images_root is not None), LINE_DDL).persist()
+        staging = Path(cfg.staging_dir or output.parent).resolve() / f".{output.name}.parts-{uuid.uuid4().hex}"
         try:
             totals = _check_lines(lines, corpus_version, scores_version)
             totals["images_written"] = 0
             if images_root is not None:
-                totals["images_written"] = _write_images(
-                    kept.where(F.col("_has_bytes")).select("image_path", "image_bytes"), images_root)
-            _write_export(output, Path(sidecar),
-                          batches.rows(in_ingest_order(lines, totals["records"], cfg.batch_rows)), header, totals)
+                totals["images_written"] = write_images(
+                    kept.where(F.col("_has_bytes")).select("image_path", "image_bytes"), images_root.resolve())
+            staging.mkdir(parents=True)
+            parts = write_parts(lines, staging, totals["records"], cfg.part_rows)
+            _write_export(output, Path(sidecar), parts, header, totals)
         finally:
             lines.unpersist()
+            shutil.rmtree(staging, ignore_errors=True)
     summary = {"selection_id": chosen["selection_id"], "policy": chosen["policy"], **totals, "output": str(output),
                "mask": sidecar, "images_dir": str(images_root) if totals["images_written"] else None,
                "selection_version": selection_version, "scores_version": scores_version,
-               "corpus_version": corpus_version, "largest_batch_rows": batches.largest, "unchanged": unchanged}
+               "corpus_version": corpus_version, "parts": len(parts),
+               "largest_part_rows": max((part.rows for part in parts), default=0), "unchanged": unchanged}
     _print_summary(summary, out)
     return summary
 
@@ -153,7 +168,8 @@ def run_export(spark, cfg: ExportJobConfig, *, out=print) -> dict:
 def export_lines(bytes_images_renamed: bool):
     """``mapInArrow`` function: joined kept rows -> one :data:`LINE_DDL` row each: the record's JSON, its mask
     entry (``"<id>": [[k, start, end], ...]``), and a readable ``problem`` instead when the row cannot be
-    exported (not in the corpus, no scores row, a token mask that does not fit)."""
+    exported (not in the corpus, no scores row, a token mask that does not fit, a bytes-stored image whose
+    recorded path leaves the images folder)."""
     import pyarrow as pa
 
     from pyspark.sql.pandas.types import to_arrow_schema
@@ -176,12 +192,12 @@ def export_lines(bytes_images_renamed: bool):
                 else:
                     try:
                         spans = record_spans(row)
-                    except ValueError as error:
-                        line["problem"] = str(error)
-                    else:
                         image = row["image_path"]
                         if image and row["_has_bytes"] and bytes_images_renamed:
                             image = _image_name(image)
+                    except ValueError as error:
+                        line["problem"] = str(error)
+                    else:
                         record_id = _record_id(row)
                         line.update(record_id=record_id, record=json.dumps(
                             _record(record_id, image, _turns(row["conversations"])), ensure_ascii=False),
@@ -193,32 +209,81 @@ def export_lines(bytes_images_renamed: bool):
     return lines
 
 
-def in_ingest_order(lines, n_rows: int, batch_rows: int):
-    """The lines sorted by ingest ordinal (then sample id), as an iterator over about ``batch_rows``-row range
-    partitions fetched one after the other (the next one prefetched while this one is written)."""
+PART_DDL = "part INT, records_path STRING, masks_path STRING, records_bytes LONG, masks_bytes LONG, rows LONG"
+
+
+class Part(NamedTuple):
+    """One ordered part as its task wrote it: the records joined by ``,\\n`` and the mask entries likewise."""
+
+    part: int
+    records_path: str
+    masks_path: str
+    records_bytes: int
+    masks_bytes: int
+    rows: int
+
+
+def write_parts(lines, staging: Path, n_rows: int, part_rows: int) -> list[Part]:
+    """Have the executors write the lines, sorted by ingest ordinal (then sample id), as about ``part_rows``-row
+    range partitions, each to two part files in ``staging``; returns the committed parts in order, checked to
+    hold all ``n_rows`` rows and to be visible here, as written."""
     from pyspark.sql import functions as F
 
     order = [F.col("_ordinal").asc_nulls_last(), F.col("sample_id")]
-    batches = max(1, -(-n_rows // batch_rows))
-    ordered = (lines.select("record", "mask", F.col("_ordinal"), "sample_id")
-               .repartitionByRange(batches, *order).sortWithinPartitions(*order)
-               .select("record", "mask", F.spark_partition_id().alias("_batch")))
-    return ordered.toLocalIterator(prefetchPartitions=True)
+    ordered = (lines.select("record", "mask", "_ordinal", "sample_id")
+               .repartitionByRange(max(1, -(-n_rows // part_rows)), *order).sortWithinPartitions(*order)
+               .select("record", "mask"))
+    # one small row per part (n_rows / part_rows of them), from the attempt that Spark committed
+    parts = sorted(Part(**row.asDict()) for row in ordered.mapInArrow(part_writer(str(staging)), PART_DDL).collect())
+    if sum(part.rows for part in parts) != n_rows:
+        raise RuntimeError(f"the export's parts hold {sum(part.rows for part in parts)} rows, not the {n_rows} "
+                           "checked; nothing was written")
+    for part in parts:
+        for path, size in ((part.records_path, part.records_bytes), (part.masks_path, part.masks_bytes)):
+            if not os.path.exists(path) or os.path.getsize(path) != size:
+                raise RuntimeError(f"the part file {path} an executor wrote ({size} bytes) is not here as written: "
+                                   "the output's folder (or staging_dir) must be on storage that the driver and "
+                                   "the executors share")
+    return parts
 
 
-class BatchMeter:
-    """Counts the rows of each batch that passes through :meth:`rows`; ``largest`` is the largest batch."""
+def part_writer(staging: str):
+    """``mapInArrow`` function: one sorted partition of ``(record, mask)`` lines -> its two part files in
+    ``staging`` (named by partition and a fresh id, so that no two attempts share a file) and one
+    :data:`PART_DDL` row; an empty partition writes nothing and yields no row."""
+    import pyarrow as pa
 
-    def __init__(self):
-        self.largest, self._batch, self._rows = 0, None, 0
+    from pyspark.sql.pandas.types import to_arrow_schema
+    from pyspark.sql.types import _parse_datatype_string
 
-    def rows(self, rows):
-        for row in rows:
-            if row["_batch"] != self._batch:
-                self._batch, self._rows = row["_batch"], 0
-            self._rows += 1
-            self.largest = max(self.largest, self._rows)
-            yield row["record"], row["mask"]
+    schema = to_arrow_schema(_parse_datatype_string(PART_DDL))
+
+    def parts(batches):
+        from pyspark import TaskContext
+
+        if not os.path.isdir(staging):
+            raise FileNotFoundError(f"the export's staging folder {staging} is not visible on this executor: the "
+                                    "output's folder (or staging_dir) must be on storage that the driver and the "
+                                    "executors share")
+        part = TaskContext.get().partitionId()
+        stem = os.path.join(staging, f"part-{part:05d}-{uuid.uuid4().hex}")
+        paths, rows = (stem + ".records", stem + ".masks"), 0
+        with open(paths[0], "wb") as records, open(paths[1], "wb") as masks:
+            for batch in batches:
+                if batch.num_rows:
+                    separator = b",\n" if rows else b""
+                    records.write(separator + ",\n".join(batch.column("record").to_pylist()).encode())
+                    masks.write(separator + ",\n".join(batch.column("mask").to_pylist()).encode())
+                    rows += batch.num_rows
+        if not rows:
+            for path in paths:
+                os.unlink(path)
+            return
+        yield pa.RecordBatch.from_pylist([{
+            "part": part, "records_path": paths[0], "masks_path": paths[1], "records_bytes": os.path.getsize(paths[0]),
+            "masks_bytes": os.path.getsize(paths[1]), "rows": rows}], schema=schema)
+
+    return parts
 
 
 def record_spans(row) -> list[tuple[int, int, int]]:
@@ -324,15 +389,20 @@ def _image_name(image_path: str) -> str:
     return name
 
 
-def _write_images(rows, root: Path) -> int:
-    """Write each row's image bytes to ``root/<recorded path>`` (atomically per file); rows stream a partition at
-    a time."""
-    written = 0
-    for row in rows.toLocalIterator():
-        target = root / _image_name(row["image_path"])
-        _atomic_write(target, lambda f, data=row["image_bytes"]: f.write(data))
-        written += 1
-    return written
+def write_images(rows, root: Path) -> int:
+    """Have the executors write each row's image bytes to ``root/<recorded path>`` (atomically per file);
+    returns how many were written. No image reaches the driver."""
+    from pyspark.sql import functions as F
+
+    def write(batches):
+        import pyarrow as pa
+
+        for batch in batches:
+            for path, data in zip(batch.column("image_path").to_pylist(), batch.column("image_bytes").to_pylist()):
+                _atomic_write(root / _image_name(path), lambda f, data=data: f.write(data))
+            yield pa.RecordBatch.from_pydict({"written": pa.array([batch.num_rows], pa.int64())})
+
+    return rows.mapInArrow(write, "written LONG").agg(F.coalesce(F.sum("written"), F.lit(0))).first()[0]
 
 
 def earlier_export(output: Path, sidecar: Path, header: dict) -> dict | None:
@@ -378,28 +448,29 @@ def _file_stat(path_or_fd) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _write_export(output: Path, sidecar: Path, lines: Iterable[tuple[str, str]], header: dict,
-                  totals: dict) -> None:
-    """Both files from one pass over ``(record JSON, mask entry)`` lines, through temporary files; the JSON is
-    renamed last, so its presence marks a complete export. The sidecar ends with the records' hash and the
-    export's ``totals`` (what a rerun reports)."""
+def _write_export(output: Path, sidecar: Path, parts: Iterable[Part], header: dict, totals: dict) -> None:
+    """Both files from the ordered parts, copied byte-wise through temporary files; the JSON is renamed last, so
+    its presence marks a complete export. The sidecar ends with the records' hash and the export's ``totals``
+    (what a rerun reports)."""
     output.parent.mkdir(parents=True, exist_ok=True)
     sidecar.parent.mkdir(parents=True, exist_ok=True)
     temps = []
     try:
         with _temp(output, temps) as records, _temp(sidecar, temps) as masks:
             digest, first = hashlib.sha256(), True
-            masks.write(json.dumps(header, ensure_ascii=False)[:-1].encode() + MASKS_OPEN)
-            for record, mask in lines:
-                chunk = ("[\n" if first else ",\n") + record
-                data = chunk.encode()
+
+            def hashed(data: bytes) -> None:
                 digest.update(data)
                 records.write(data)
-                masks.write((("\n" if first else ",\n") + mask).encode())
+
+            masks.write(json.dumps(header, ensure_ascii=False)[:-1].encode() + MASKS_OPEN)
+            for part in parts:
+                hashed(b"[\n" if first else b",\n")
+                masks.write(b"\n" if first else b",\n")
+                _copy(part.records_path, hashed)
+                _copy(part.masks_path, masks.write)
                 first = False
-            tail = ("[]\n" if first else "\n]\n").encode()
-            digest.update(tail)
-            records.write(tail)
+            hashed(b"[]\n" if first else b"\n]\n")
             records.flush()  # its size and time are final now: renaming keeps them
             ending = json.dumps({"records_sha256": digest.hexdigest(), "totals": totals,
                                  "records_stat": _file_stat(records.fileno())})
@@ -411,6 +482,13 @@ def _write_export(output: Path, sidecar: Path, lines: Iterable[tuple[str, str]],
             if os.path.exists(tmp):
                 os.unlink(tmp)
         raise
+
+
+def _copy(path: str, write) -> None:
+    """Pass a file's bytes to ``write`` a megabyte at a time."""
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            write(chunk)
 
 
 @contextlib.contextmanager
