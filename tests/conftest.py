@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -14,9 +16,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # two cores, its spin-waits made a training step of the demo model 7-9 times slower (BENCHMARKS.md, 2026-12-01).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-# weight digests of the scorer identity are cached per run, not in the user's ~/.cache
-os.environ.setdefault("VIG_DIGEST_CACHE", os.path.join(tempfile.mkdtemp(prefix="vig-digests-"), "digests.json"))
-
+# weight digests of the scorer identity are cached per run, not in the user's ~/.cache; the run removes them
+if "VIG_DIGEST_CACHE" not in os.environ:
+    _digests = tempfile.mkdtemp(prefix="vig-digests-")
+    atexit.register(shutil.rmtree, _digests, ignore_errors=True)
+    os.environ["VIG_DIGEST_CACHE"] = os.path.join(_digests, "digests.json")
 
 
 def pytest_collection_modifyitems(config, items):
