@@ -96,8 +96,9 @@ def test_export_writes_ordered_parts_in_ingest_order_with_umask_permissions(spar
     again = run_export(spark, cfg, out=lambda *_: None)  # nothing changed: found, not written again
     assert again["unchanged"] and again["records"] == 36 and output.stat().st_mtime_ns == written
     output.write_text(output.read_text().replace("answer 0", "answer 9"))  # edited: the hash no longer matches
-    assert not run_export(spark, cfg, out=lambda *_: None)["unchanged"]
-    assert json.loads(output.read_text()) == exported
+    shared = tmp_path / "shared"  # the part files in a folder of the user's choosing, removed afterwards
+    assert not run_export(spark, cfg.model_copy(update={"staging_dir": str(shared)}), out=lambda *_: None)["unchanged"]
+    assert json.loads(output.read_text()) == exported and not any(shared.iterdir())
 
 
 def test_score_tasks_and_files_are_sized_from_the_data(spark, tmp_path, tiny_checkpoints):
