@@ -19,7 +19,8 @@ from tests.conftest import random_image
 from vig_udf.config import ScorerConfig
 from vig_udf.lake import read_table
 from vig_udf.spans import keep_from_spans
-from vig_udf.spark.export_job import ExportJobConfig, Part, _write_export, mask_path, part_writer, run_export
+from vig_udf.spark.export_job import (ExportJobConfig, Part, _write_export, image_writer, mask_path, part_writer,
+                                     run_export)
 from vig_udf.spark.ingest_job import IngestJobConfig, run_ingest
 from vig_udf.spark.score_job import ScoreJobConfig, run_score
 from vig_udf.spark.select_job import SELECTION_SCHEMA, SelectJobConfig, run_select
@@ -253,9 +254,12 @@ def test_parts_are_concatenated_into_one_json_array_and_one_masks_object(tmp_pat
     assert json.loads(output.read_text()) == [] and json.loads(sidecar.read_text())["masks"] == {}
 
 
-def test_a_staging_folder_an_executor_cannot_see_is_a_clear_error(tmp_path):
+def test_folders_an_executor_cannot_see_are_a_clear_error(tmp_path):
     write = part_writer(str(tmp_path / "not-shared"))
-    with pytest.raises(FileNotFoundError, match="storage that the driver and the executors share"):
+    with pytest.raises(FileNotFoundError, match="staging folder .* storage that the driver and the executors share"):
+        list(write(iter([])))
+    write = image_writer(tmp_path, tmp_path / ".vig-export-marker")  # the driver's marker is not there
+    with pytest.raises(FileNotFoundError, match="images folder .* storage that the driver and the executors share"):
         list(write(iter([])))
 
 

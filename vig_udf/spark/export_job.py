@@ -30,8 +30,9 @@ row per part. Images stored as bytes in the corpus are written by the executors 
 next to the output, so the exported ``image`` paths resolve against it (LLaVA's ``--image_folder``). On a
 cluster, the output (or ``staging_dir``) and the images folder must be on storage that the driver and the
 executors share (a mounted volume such as ``/dbfs`` or ``/Volumes``), as training's ``output_dir`` must; a
-staging folder an executor cannot see fails the job with that message. Files get the process's umask
-permissions. A rerun with the same selection, versions and options whose files are still there writes nothing:
+staging folder an executor cannot see fails the job with that message. While it runs the export takes about
+twice its size on disk (the parts, then the files); a driver killed mid-export leaves its hidden
+``.<name>.parts-<id>`` folder behind, which may be deleted. Files get the process's umask permissions. A rerun with the same selection, versions and options whose files are still there writes nothing:
 it reads the selection from the selection table's history, then the sidecar's head and tail, and compares
 the records file's size and time (or, when they differ, its hash) with those recorded (:func:`earlier_export`).
 Example::
@@ -67,7 +68,10 @@ MASKS_OPEN, MASKS_CLOSE = b', "masks": {', b'}, "records_sha256": '
 TAIL_BYTES = 64 << 10  # the ending (records hash and totals) is a few hundred bytes
 # one line of the export per kept row, made on the executors
 LINE_DDL = ("_ordinal LONG, sample_id STRING, record_id STRING, record STRING, mask STRING, problem STRING, "
-            "text_only BOOLEAN, n_tokens LONG, n_tokens_kept LONG")
+            "text_only BOOLEAN, image_bytes BOOLEAN, n_tokens LONG, n_tokens_kept LONG")
+SHARED_STORAGE = ("the output's folder (or staging_dir) and the images folder must be on storage that the driver and "
+                  "the executors share")
+IMAGE_BATCH_ROWS = 256  # images per Arrow batch when the executors write them: tens of MB, not gigabytes
 OFFSETS = ("each mask span [k, start, end] is value[start:end] of the k-th assistant message (from gpt/assistant, "
            "k = 0 first) of the record's conversations as exported; train on the answer tokens that overlap a span")
 
@@ -146,10 +150,11 @@ def run_export(spark, cfg: ExportJobConfig, *, out=print) -> dict:
         staging = Path(cfg.staging_dir or output.parent).resolve() / f".{output.name}.parts-{uuid.uuid4().hex}"
         try:
             totals = _check_lines(lines, corpus_version, scores_version)
+            images = totals.pop("records_with_image_bytes")
             totals["images_written"] = 0
-            if images_root is not None:
+            if images_root is not None and images:
                 totals["images_written"] = write_images(
-                    kept.where(F.col("_has_bytes")).select("image_path", "image_bytes"), images_root.resolve())
+                    spark, kept.where(F.col("_has_bytes")).select("image_path", "image_bytes"), images_root.resolve())
             staging.mkdir(parents=True)
             parts = write_parts(lines, staging, totals["records"], cfg.part_rows)
             _write_export(output, Path(sidecar), parts, header, totals)
@@ -183,8 +188,8 @@ def export_lines(bytes_images_renamed: bool):
             for row in batch.to_pylist():
                 line = {"_ordinal": row["_ordinal"], "sample_id": row["sample_id"], "record_id": None,
                         "record": None, "mask": None, "problem": None,
-                        "text_only": row["reason"] == sel.TEXT_ONLY_KEPT, "n_tokens": row["n_tokens"] or 0,
-                        "n_tokens_kept": row["n_tokens_kept"] or 0}
+                        "text_only": row["reason"] == sel.TEXT_ONLY_KEPT, "image_bytes": bool(row["_has_bytes"]),
+                        "n_tokens": row["n_tokens"] or 0, "n_tokens_kept": row["n_tokens_kept"] or 0}
                 if not row["_in_corpus"]:
                     line["problem"] = "not_in_corpus"
                 elif not row["_scored"]:
@@ -242,8 +247,7 @@ def write_parts(lines, staging: Path, n_rows: int, part_rows: int) -> list[Part]
         for path, size in ((part.records_path, part.records_bytes), (part.masks_path, part.masks_bytes)):
             if not os.path.exists(path) or os.path.getsize(path) != size:
                 raise RuntimeError(f"the part file {path} an executor wrote ({size} bytes) is not here as written: "
-                                   "the output's folder (or staging_dir) must be on storage that the driver and "
-                                   "the executors share")
+                                   + SHARED_STORAGE)
     return parts
 
 
@@ -262,9 +266,8 @@ def part_writer(staging: str):
         from pyspark import TaskContext
 
         if not os.path.isdir(staging):
-            raise FileNotFoundError(f"the export's staging folder {staging} is not visible on this executor: the "
-                                    "output's folder (or staging_dir) must be on storage that the driver and the "
-                                    "executors share")
+            raise FileNotFoundError(f"the export's staging folder {staging} is not visible on this executor: "
+                                    + SHARED_STORAGE)
         part = TaskContext.get().partitionId()
         stem = os.path.join(staging, f"part-{part:05d}-{uuid.uuid4().hex}")
         paths, rows = (stem + ".records", stem + ".masks"), 0
@@ -337,6 +340,7 @@ def _check_lines(lines, corpus_version: int, scores_version: int) -> dict:
 
     totals = lines.agg(
         F.count(F.lit(1)).alias("records"), F.count_if("text_only").alias("text_only_records"),
+        F.count_if("image_bytes").alias("records_with_image_bytes"),
         F.coalesce(F.sum("n_tokens_kept"), F.lit(0)).alias("tokens_kept"),
         F.coalesce(F.sum("n_tokens"), F.lit(0)).alias("answer_tokens"),
         F.count_if(F.col("problem") == "not_in_corpus").alias("not_in_corpus"),
@@ -389,20 +393,41 @@ def _image_name(image_path: str) -> str:
     return name
 
 
-def write_images(rows, root: Path) -> int:
-    """Have the executors write each row's image bytes to ``root/<recorded path>`` (atomically per file);
-    returns how many were written. No image reaches the driver."""
+def write_images(spark, rows, root: Path) -> int:
+    """Have the executors write each row's image bytes to ``root/<recorded path>`` (atomically per file, a few
+    hundred images per Arrow batch); returns how many were written. No image reaches the driver. A marker file
+    that the driver leaves in ``root`` for the job proves that the executors write where the driver sees."""
     from pyspark.sql import functions as F
+
+    from vig_udf.spark.session import session_settings
+
+    root.mkdir(parents=True, exist_ok=True)
+    marker = root / f".vig-export-{uuid.uuid4().hex}"
+    marker.touch()
+    try:
+        with session_settings(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(IMAGE_BATCH_ROWS)}):
+            written = rows.mapInArrow(image_writer(root, marker), "written LONG")
+            return written.agg(F.coalesce(F.sum("written"), F.lit(0))).first()[0]
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def image_writer(root: Path, marker: Path):
+    """``mapInArrow`` function: ``(image_path, image_bytes)`` rows -> the files under ``root``, one count per
+    batch; fails with a readable message where ``marker`` is not visible (``root`` is not shared storage)."""
 
     def write(batches):
         import pyarrow as pa
 
+        if not marker.exists():
+            raise FileNotFoundError(f"the images folder {root} the driver prepared is not visible on this executor: "
+                                    + SHARED_STORAGE)
         for batch in batches:
             for path, data in zip(batch.column("image_path").to_pylist(), batch.column("image_bytes").to_pylist()):
                 _atomic_write(root / _image_name(path), lambda f, data=data: f.write(data))
             yield pa.RecordBatch.from_pydict({"written": pa.array([batch.num_rows], pa.int64())})
 
-    return rows.mapInArrow(write, "written LONG").agg(F.coalesce(F.sum("written"), F.lit(0))).first()[0]
+    return write
 
 
 def earlier_export(output: Path, sidecar: Path, header: dict) -> dict | None:

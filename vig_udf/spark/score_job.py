@@ -147,6 +147,7 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     from vig_udf.spark.arrow import SCORES_SCHEMA
     from vig_udf.spark.progress import Progress
     from vig_udf.spark.score_udf import score_batches
+    from vig_udf.spark.session import session_settings
 
     corpus_path, scores_path = lake_table(cfg.lake, "corpus"), lake_table(cfg.lake, "scores")
     task_gpus = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0)
@@ -180,9 +181,6 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     out(f"scorer {spec.scorer_id}: {n_pending} of corpus v{corpus_version} rows to score")
     job_confs = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.arrow_batch_rows),
                  "spark.sql.files.maxRecordsPerFile": str(cfg.rows_per_file)}
-    previous_confs = {key: spark.conf.get(key, None) for key in job_confs}
-    for key, value in job_confs.items():
-        spark.conf.set(key, value)
     chunks = max(1, math.ceil(n_pending / cfg.rows_per_commit)) if cfg.rows_per_commit else 1
     partitions = cfg.partitions or task_partitions(math.ceil(n_pending / chunks), cfg.rows_per_task,
                                                    spark.sparkContext.defaultParallelism)
@@ -191,24 +189,19 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     # rescore: a row of this scorer with one of those statuses is replaced; any other existing row is kept
     replace_when = (f"t.status IN ({', '.join(repr(s) for s in cfg.rescore)})" if cfg.rescore else None)
     started = time.perf_counter()
-    try:
-        with Progress(spark, n_pending, out=out, every_s=cfg.progress_every_s) as rows_done:
-            for chunk in range(chunks if n_pending else 0):
-                part = pending if chunks == 1 else pending.where(F.pmod(F.xxhash64("sample_id"), F.lit(chunks)) == chunk)
-                scored = part.repartition(partitions).mapInArrow(score_batches(spec, rows_done),
-                                                                 from_arrow_schema(SCORES_SCHEMA))
-                # the last chunk's commit completes this corpus version for this scorer (a rerun's fast path)
-                commit = insert_new_rows(scored, scores_path, keys=["sample_id", "scorer_id"], job="score",
-                                         config={**config, "completes_corpus_version": chunk == chunks - 1},
-                                         staging=staging_folder(cfg.lake, "scores"), replace_when=replace_when)
-                out(f"chunk {chunk + 1}/{chunks}: " + (_committed(commit) if commit
-                                                       else "every row was scored meanwhile by another run"))
-    finally:  # the batch and file sizes are session settings: leave the session as it was
-        for key, previous in previous_confs.items():
-            if previous is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, previous)
+    # the batch and file sizes are session settings: set for this job, then the session is left as it was
+    with (session_settings(spark, job_confs),
+          Progress(spark, n_pending, out=out, every_s=cfg.progress_every_s) as rows_done):
+        for chunk in range(chunks if n_pending else 0):
+            part = pending if chunks == 1 else pending.where(F.pmod(F.xxhash64("sample_id"), F.lit(chunks)) == chunk)
+            scored = part.repartition(partitions).mapInArrow(score_batches(spec, rows_done),
+                                                             from_arrow_schema(SCORES_SCHEMA))
+            # the last chunk's commit completes this corpus version for this scorer (a rerun's fast path)
+            commit = insert_new_rows(scored, scores_path, keys=["sample_id", "scorer_id"], job="score",
+                                     config={**config, "completes_corpus_version": chunk == chunks - 1},
+                                     staging=staging_folder(cfg.lake, "scores"), replace_when=replace_when)
+            out(f"chunk {chunk + 1}/{chunks}: " + (_committed(commit) if commit
+                                                   else "every row was scored meanwhile by another run"))
     elapsed = time.perf_counter() - started
     summary = _summary(read_table(spark, scores_path), spec.scorer_id, corpus_rows, n_pending, elapsed) if n_pending \
         else {"scorer_id": spec.scorer_id, "scored": 0}
