@@ -30,11 +30,12 @@ row per part. Images stored as bytes in the corpus are written by the executors 
 next to the output, so the exported ``image`` paths resolve against it (LLaVA's ``--image_folder``). On a
 cluster, the output (or ``staging_dir``) and the images folder must be on storage that the driver and the
 executors share (a mounted volume such as ``/dbfs`` or ``/Volumes``), as training's ``output_dir`` must; a
-staging folder an executor cannot see fails the job with that message. While it runs the export takes about
-twice its size on disk (the parts, then the files); a driver killed mid-export leaves its hidden
-``.<name>.parts-<id>`` folder behind, which may be deleted. Files get the process's umask permissions. A rerun with the same selection, versions and options whose files are still there writes nothing:
-it reads the selection from the selection table's history, then the sidecar's head and tail, and compares
-the records file's size and time (or, when they differ, its hash) with those recorded (:func:`earlier_export`).
+folder an executor cannot see fails the job with that message. While it runs the export takes about twice
+its size on disk (the parts, then the files); a driver killed mid-export leaves its hidden
+``.<name>.parts-<id>`` folder behind, which may be deleted. Files get the process's umask permissions. A
+rerun with the same selection, versions and options whose files are still there writes nothing: it reads
+the selection from the selection table's history, then the sidecar's head and tail, and compares the records
+file's size and time (or, when they differ, its hash) with those recorded (:func:`earlier_export`).
 Example::
 
     summary = run_export(spark, ExportJobConfig(lake="lake", policy="vig", output="export/vig70.json"))
