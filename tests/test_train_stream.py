@@ -57,6 +57,19 @@ def test_ranks_read_disjoint_row_groups_that_cover_the_set_one_group_at_a_time(t
     assert sorted(first) == sorted(second) and first != second
 
 
+def test_ranks_get_shares_of_rows_within_one_row_group_whatever_the_pattern_of_the_files():
+    from vig_udf.train.data import Unit, rank_units
+
+    # Spark's files of a full row group and a short last one: round robin gave rank 0 every full one
+    units = [Unit(f"part-{i // 2}", i % 2, 18_000 if i % 2 == 0 else 11_000) for i in range(100)]
+    for world in (2, 3, 8):
+        shares = rank_units(units, world)
+        assert sorted(i for share in shares for i in share) == list(range(100))  # each unit exactly once
+        rows = [sum(units[i].rows for i in share) for share in shares]
+        assert max(rows) - min(rows) <= 18_000, (world, rows)
+    assert rank_units(units[:3], 3) == [[0], [2], [1]]  # every rank owns a unit when there are enough
+
+
 def test_fewer_row_groups_than_ranks_strides_rows(processor, tmp_path):
     rows = [{**scored_row(processor, r), "sample_id": f"{r['id']}{k}"} for k in range(3) for r in records()]
     path = tmp_path / "one.parquet"

@@ -1,9 +1,9 @@
 """The training set as a stream: each rank reads only its share of the Parquet row groups, one at a time.
 
 The training set (a Parquet folder or file written by the train job) is cut into *units*, its row groups,
-listed from the files' footers only. Rank ``r`` of ``n`` owns the units ``r, r + n, r + 2n, ...`` of the
-sorted list and never opens the others; when there are fewer units than ranks, every rank reads every unit
-and keeps the rows ``i`` with ``i mod n == r``. Memory per rank is one row group plus the batches in
+listed from the files' footers only. The units are dealt to the ranks by rows (:func:`rank_units`), so that
+the ranks' shares differ by at most one row group, and a rank never opens the others' units; when there are
+fewer units than ranks, every rank reads every unit and keeps the rows ``i`` with ``i mod n == r``. Memory per rank is one row group plus the batches in
 flight, whatever the size of the training set (Spark's writer bounds the row group size).
 
 Order. Epoch ``e`` visits the rank's units in a permutation seeded by (seed, e, rank) and the rows of each
@@ -68,6 +68,18 @@ def list_units(train_set: str) -> list[Unit]:
     return units
 
 
+def rank_units(units: list[Unit], world: int) -> list[list[int]]:
+    """The unit indices each of ``world`` ranks owns, balanced by rows: the largest unit first, each to the rank
+    with the fewest rows so far (the lower rank on a tie). Dealing them round robin would let a pattern in the
+    files (a full row group, then a file's short last one) give one rank all the full ones."""
+    shares, rows = [[] for _ in range(world)], [0] * world
+    for i in sorted(range(len(units)), key=lambda i: (-units[i].rows, i)):
+        rank = min(range(world), key=lambda r: (rows[r], r))
+        shares[rank].append(i)
+        rows[rank] += units[i].rows
+    return [sorted(share) for share in shares]
+
+
 def train_set_identity(train_set: str) -> dict:
     """What identifies a training set for resume: its files (names relative to it), sizes and row counts."""
     root = Path(train_set)
@@ -104,7 +116,7 @@ class TrainSetStream(torch.utils.data.IterableDataset):
         self.start_batch = 0  # set by a resume: the first batch this stream yields
         self.max_rows_held = 0  # the most rows this process held at once (for the memory test)
         if len(self.units) >= world:
-            self.own_units = list(range(rank, len(self.units), world))
+            self.own_units = rank_units(self.units, world)[rank]
             self.row_stride = 1
         else:  # fewer row groups than ranks: every rank reads them all and keeps every world-th row
             self.own_units = list(range(len(self.units)))
