@@ -358,6 +358,30 @@ def test_lora_adapter_alone_reproduces_the_trained_model(llava, tmp_path):
     assert rebuilt.keys() == merged.keys() and all(torch.equal(rebuilt[k], merged[k]) for k in merged)
 
 
+def test_an_interrupted_lora_run_resumes_to_the_same_weights(llava, tmp_path):
+    from vig_udf.train.trainer import train_selected
+
+    path, processor, _ = llava
+    data = write_train_set(processor, tmp_path / "train.parquet", n_copies=2)
+    lora = settings(path, steps=6, checkpoint_every=2, method="lora", lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    full = train_selected(lora, data, str(tmp_path / "full"))
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_3(step, metrics):
+        if step == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_selected(lora, data, str(tmp_path / "resumed"), on_step=stop_at_3)
+    resumed = train_selected(lora, data, str(tmp_path / "resumed"))
+    assert resumed["resumed_from_step"] == 2 and resumed["losses"] == full["losses"]
+    a, b = trained_weights(full["model_dir"]), trained_weights(resumed["model_dir"])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], v) for k, v in trained_weights(path).items())  # it did train
+
+
 def test_samples_that_fail_are_skipped_and_reported(llava, tmp_path):
     """batch_size 1 over one good and one unreadable sample: the bad sample's steps supervise nothing."""
     from vig_udf.train.trainer import _checkpoints, train_selected

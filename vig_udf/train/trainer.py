@@ -92,6 +92,9 @@ def train_selected(settings: TrainSettings | dict, train_set: str, output_dir: s
     model = AutoModelForImageTextToText.from_pretrained(settings.base_model, dtype=torch.float32)
     counts = model_parts.set_trainable(model, **settings.train.model_dump())
     if settings.method == "lora":
+        from transformers import set_seed
+
+        set_seed(settings.seed)  # the adapters' random init: the same in every run of these settings
         model = with_lora(model, settings)
     stream = TrainSetStream(train_set, processor, batch_size=settings.batch_size, seed=settings.seed, rank=rank,
                             world=world, image_root=settings.image_root, max_length=settings.max_length,
