@@ -9,6 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.test_spark_jobs import scorer_config, write_corpus
+from tests.test_train_loss import Interrupt, interrupt_at
 from vig_udf.lake import table_version
 from vig_udf.spark.ingest_job import IngestJobConfig, run_ingest
 from vig_udf.spark.score_job import ScoreJobConfig, run_score
@@ -86,15 +87,8 @@ def test_train_job_logs_a_complete_mlflow_run(spark, scored_lake):
 def test_interrupted_train_job_resumes_the_same_run(spark, scored_lake):
     root, lake, _ = scored_lake
 
-    class Interrupt(Exception):
-        pass
-
-    def stop(step, metrics):
-        if step == 5:
-            raise Interrupt
-
     with pytest.raises(Interrupt):
-        run_train(spark, job(root, lake, "run2"), out=QUIET, on_step=stop)
+        run_train(spark, job(root, lake, "run2"), out=QUIET, on_step=interrupt_at(5))
     # another selection, other pinned versions or other settings in the same output_dir: refused, named
     with pytest.raises(ValueError, match=r"request\.policy"):
         run_train(spark, job(root, lake, "run2").model_copy(update={"policy": "random"}), out=QUIET)

@@ -267,6 +267,20 @@ def settings(base_model: str, **kw):
     return TrainSettings(base_model=base_model, **{**defaults, **kw})
 
 
+class Interrupt(Exception):
+    """What :func:`interrupt_at` raises: a training run killed mid-way."""
+
+
+def interrupt_at(stop: int):
+    """An ``on_step`` callback that interrupts the run when step ``stop`` is done."""
+
+    def on_step(step, metrics):
+        if step == stop:
+            raise Interrupt
+
+    return on_step
+
+
 def trained_weights(model_dir: str) -> dict[str, torch.Tensor]:
     from transformers import AutoModelForImageTextToText
 
@@ -287,16 +301,9 @@ def test_training_lowers_the_loss_and_resume_gives_the_same_weights(llava, tmp_p
     assert full["loss_steps"] == list(range(1, 13)) and not full["skipped"]
     assert full["supervised_tokens"] > full["end_of_turn_tokens"] > 0 and full["samples"] == 12 * 4
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_at_6(step, metrics):
-        if step == 6:
-            raise Interrupt
-
     with pytest.raises(Interrupt):
         train_selected(settings(path, steps=12, checkpoint_every=4), data, str(tmp_path / "resumed"),
-                       on_step=stop_at_6)
+                       on_step=interrupt_at(6))
     # a checkpoint folder is shared storage: a pickle planted in it must not run at resume
     shutil.copytree(tmp_path / "resumed", tmp_path / "planted")
     marker = tmp_path / "ran"
@@ -366,15 +373,8 @@ def test_an_interrupted_lora_run_resumes_to_the_same_weights(llava, tmp_path):
     lora = settings(path, steps=6, checkpoint_every=2, method="lora", lora={"r": 4, "alpha": 8, "dropout": 0.0})
     full = train_selected(lora, data, str(tmp_path / "full"))
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_at_3(step, metrics):
-        if step == 3:
-            raise Interrupt
-
     with pytest.raises(Interrupt):
-        train_selected(lora, data, str(tmp_path / "resumed"), on_step=stop_at_3)
+        train_selected(lora, data, str(tmp_path / "resumed"), on_step=interrupt_at(3))
     resumed = train_selected(lora, data, str(tmp_path / "resumed"))
     assert resumed["resumed_from_step"] == 2 and resumed["losses"] == full["losses"]
     a, b = trained_weights(full["model_dir"]), trained_weights(resumed["model_dir"])

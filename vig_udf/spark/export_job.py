@@ -400,13 +400,13 @@ def write_images(spark, rows, root: Path) -> int:
     that the driver leaves in ``root`` for the job proves that the executors write where the driver sees."""
     from pyspark.sql import functions as F
 
-    from vig_udf.spark.session import session_settings
+    from vig_udf.lake.session_conf import session_confs
 
     root.mkdir(parents=True, exist_ok=True)
     marker = root / f".vig-export-{uuid.uuid4().hex}"
     marker.touch()
     try:
-        with session_settings(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(IMAGE_BATCH_ROWS)}):
+        with session_confs(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(IMAGE_BATCH_ROWS)}):
             written = rows.mapInArrow(image_writer(root, marker), "written LONG")
             return written.agg(F.coalesce(F.sum("written"), F.lit(0))).first()[0]
     finally:

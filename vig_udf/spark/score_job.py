@@ -144,10 +144,10 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     from pyspark.sql.pandas.types import from_arrow_schema
 
     from vig_udf.lake import insert_new_rows, lake_table, read_table, staging_folder, table_exists, table_version
+    from vig_udf.lake.session_conf import session_confs
     from vig_udf.spark.arrow import SCORES_SCHEMA
     from vig_udf.spark.progress import Progress
     from vig_udf.spark.score_udf import score_batches
-    from vig_udf.spark.session import session_settings
 
     corpus_path, scores_path = lake_table(cfg.lake, "corpus"), lake_table(cfg.lake, "scores")
     task_gpus = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0)
@@ -190,7 +190,7 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     replace_when = (f"t.status IN ({', '.join(repr(s) for s in cfg.rescore)})" if cfg.rescore else None)
     started = time.perf_counter()
     # the batch and file sizes are session settings: set for this job, then the session is left as it was
-    with (session_settings(spark, job_confs),
+    with (session_confs(spark, job_confs),
           Progress(spark, n_pending, out=out, every_s=cfg.progress_every_s) as rows_done):
         for chunk in range(chunks if n_pending else 0):
             part = pending if chunks == 1 else pending.where(F.pmod(F.xxhash64("sample_id"), F.lit(chunks)) == chunk)

@@ -12,7 +12,6 @@ spark-submit itself: ``spark-submit --packages "$(python -m vig_udf.spark.sessio
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from pathlib import Path
@@ -32,22 +31,6 @@ LOCAL_DEFAULTS = {
     "spark.driver.host": "127.0.0.1",
     "spark.driver.bindAddress": "127.0.0.1",
 }
-
-
-@contextlib.contextmanager
-def session_settings(spark, settings: dict[str, str]):
-    """Set SQL settings (``spark.conf``) for the queries run inside the block, then restore what was there."""
-    previous = {key: spark.conf.get(key, None) for key in settings}
-    for key, value in settings.items():
-        spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, value)
 
 
 def on_databricks() -> bool:
