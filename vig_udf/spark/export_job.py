@@ -241,9 +241,9 @@ def write_parts(lines, staging: Path, n_rows: int, part_rows: int) -> list[Part]
                .select("record", "mask"))
     # one small row per part (n_rows / part_rows of them), from the attempt that Spark committed
     parts = sorted(Part(**row.asDict()) for row in ordered.mapInArrow(part_writer(str(staging)), PART_DDL).collect())
-    if sum(part.rows for part in parts) != n_rows:
-        raise RuntimeError(f"the export's parts hold {sum(part.rows for part in parts)} rows, not the {n_rows} "
-                           "checked; nothing was written")
+    written = sum(part.rows for part in parts)
+    if written != n_rows:
+        raise RuntimeError(f"the export's parts hold {written} rows, not the {n_rows} checked; nothing was written")
     for part in parts:
         for path, size in ((part.records_path, part.records_bytes), (part.masks_path, part.masks_bytes)):
             if not os.path.exists(path) or os.path.getsize(path) != size:
@@ -478,36 +478,25 @@ def _write_export(output: Path, sidecar: Path, parts: Iterable[Part], header: di
     """Both files from the ordered parts, copied byte-wise through temporary files; the JSON is renamed last, so
     its presence marks a complete export. The sidecar ends with the records' hash and the export's ``totals``
     (what a rerun reports)."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    sidecar.parent.mkdir(parents=True, exist_ok=True)
-    temps = []
-    try:
-        with _temp(output, temps) as records, _temp(sidecar, temps) as masks:
-            digest, first = hashlib.sha256(), True
+    with _atomic_files(sidecar, output) as (masks, records):
+        digest, first = hashlib.sha256(), True
 
-            def hashed(data: bytes) -> None:
-                digest.update(data)
-                records.write(data)
+        def hashed(data: bytes) -> None:
+            digest.update(data)
+            records.write(data)
 
-            masks.write(json.dumps(header, ensure_ascii=False)[:-1].encode() + MASKS_OPEN)
-            for part in parts:
-                hashed(b"[\n" if first else b",\n")
-                masks.write(b"\n" if first else b",\n")
-                _copy(part.records_path, hashed)
-                _copy(part.masks_path, masks.write)
-                first = False
-            hashed(b"[]\n" if first else b"\n]\n")
-            records.flush()  # its size and time are final now: renaming keeps them
-            ending = json.dumps({"records_sha256": digest.hexdigest(), "totals": totals,
-                                 "records_stat": _file_stat(records.fileno())})
-            masks.write(b"}, " + ending[1:].encode())
-        os.replace(temps[1], sidecar)
-        os.replace(temps[0], output)
-    except BaseException:
-        for tmp in temps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        raise
+        masks.write(json.dumps(header, ensure_ascii=False)[:-1].encode() + MASKS_OPEN)
+        for part in parts:
+            hashed(b"[\n" if first else b",\n")
+            masks.write(b"\n" if first else b",\n")
+            _copy(part.records_path, hashed)
+            _copy(part.masks_path, masks.write)
+            first = False
+        hashed(b"[]\n" if first else b"\n]\n")
+        records.flush()  # its size and time are final now: renaming keeps them
+        ending = json.dumps({"records_sha256": digest.hexdigest(), "totals": totals,
+                             "records_stat": _file_stat(records.fileno())})
+        masks.write(b"}, " + ending[1:].encode())
 
 
 def _copy(path: str, write) -> None:
@@ -518,13 +507,30 @@ def _copy(path: str, write) -> None:
 
 
 @contextlib.contextmanager
-def _temp(target: Path, temps: list[str]):
-    """A temporary file next to ``target`` with the umask's permissions (``mkstemp`` makes them 0600)."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    temps.append(tmp)
-    os.chmod(tmp, 0o666 & ~_umask())
-    with os.fdopen(fd, "wb") as f:
-        yield f
+def _atomic_files(*targets: Path):
+    """Temporary files next to ``targets``, open for writing, with the umask's permissions (``mkstemp`` makes
+    them 0600). When the block ends they are renamed onto their targets in the order given; when it fails they
+    are removed and the targets are left as they were."""
+    temps, files = [], []
+    try:
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+            temps.append(tmp)
+            os.chmod(tmp, 0o666 & ~_umask())
+            files.append(os.fdopen(fd, "wb"))
+        yield files
+        for f in files:
+            f.close()
+        for tmp, target in zip(temps, targets):
+            os.replace(tmp, target)
+    except BaseException:
+        for f in files:
+            f.close()
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        raise
 
 
 def _umask() -> int:
@@ -533,22 +539,10 @@ def _umask() -> int:
     return mask
 
 
-def _temp_file(target: Path, write) -> str:
-    """Write through ``write(binary_file)`` to a temporary file next to ``target``; returns its path."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return tmp
-
-
 def _atomic_write(target: Path, write) -> None:
-    os.replace(_temp_file(target, write), target)
+    """Write ``target`` through ``write(binary_file)``, atomically (a temporary file renamed)."""
+    with _atomic_files(target) as (f,):
+        write(f)
 
 
 def _print_summary(summary: dict, out) -> None:
