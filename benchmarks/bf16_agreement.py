@@ -6,7 +6,7 @@ and once in bfloat16, on the same device, and the script reports over the sample
 
 - the largest absolute token-VIG difference (and the largest sample-VIG difference);
 - the Spearman rank correlation of sample VIG between the two precisions (scipy.stats.spearmanr);
-- tau_p at p (default 70, vig_udf.selection.tau_for) in each precision, and the fraction of samples whose
+- tau_p at p (default 70, vig_udf.selection.policies.tau_for) in each precision, and the fraction of samples whose
   keep decision (sample VIG >= tau_p, each precision against its own tau) flips; the same for tokens.
 
 Models: the tiny random-weight checkpoint of each family (vig_udf.tiny.FAMILIES, default sizes) and the
@@ -39,8 +39,8 @@ from scipy.stats import spearmanr  # noqa: E402
 from benchmarks.corpus import make_corpus  # noqa: E402
 from benchmarks.score_cpu import (CPU_SIZE, append_benchmarks, benchmark_tokenizer, command_line,  # noqa: E402
                                   machine_lines, markdown_table)
-from vig_udf.scorer import VIGScorer  # noqa: E402
-from vig_udf.selection import tau_for  # noqa: E402
+from vig_udf.scoring.scorer import VIGScorer  # noqa: E402
+from vig_udf.selection.policies import tau_for  # noqa: E402
 from vig_udf.tiny import FAMILIES, build_tiny_checkpoint  # noqa: E402
 
 CAVEAT = ("random weights give tiny VIGs, so bf16 rounding is large relative to them; read the rank "

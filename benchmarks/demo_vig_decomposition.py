@@ -33,7 +33,7 @@ def main() -> None:
 
     from vig_udf.check import score_conditions
     from vig_udf.config import DemoConfig
-    from vig_udf.scorer import VIGScorer
+    from vig_udf.scoring.scorer import VIGScorer
 
     torch.set_num_threads(1)
     workdir = Path(args.workdir)

@@ -3,7 +3,7 @@
 For each sample on its own (batch size 1): two full forward passes (the real image, then its
 counterfactual), the full ``[length, vocab]`` logits (``model(**inputs).logits``), a log-softmax over
 the whole vocabulary at every position, and a gather of the answer tokens. The answer tokens are chosen
-with the project's own masking (vig_udf.masking), so both procedures score exactly the same tokens and
+with the project's own masking (vig_udf.scoring.masking), so both procedures score exactly the same tokens and
 their sample VIGs can be compared.
 """
 
@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vig_udf.conversation import parse_conversation
-from vig_udf.images import DEFAULT_BLUR_SIGMA, load_image, make_counterfactual
-from vig_udf.masking import answer_tokens, render_with_answer_spans
+from vig_udf.scoring.conversation import parse_conversation
+from vig_udf.scoring.images import DEFAULT_BLUR_SIGMA, load_image, make_counterfactual
+from vig_udf.scoring.masking import answer_tokens, render_with_answer_spans
 
 
 def naive_vig(model, processor, sample: dict, *, counterfactual: str = "blur", blur_sigma: float = DEFAULT_BLUR_SIGMA,

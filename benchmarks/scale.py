@@ -144,7 +144,7 @@ def stub_score_batches(spec, progress=None):
     import numpy as np
     import pyarrow as pa
 
-    from vig_udf.conversation import parse_conversation
+    from vig_udf.scoring.conversation import parse_conversation
     from vig_udf.spark.arrow import SCORES_SCHEMA
 
     def score(batches):

@@ -36,8 +36,8 @@ import torch  # noqa: E402
 
 from benchmarks.corpus import describe, make_corpus, tokenizer_training_text  # noqa: E402
 from benchmarks.naive import naive_scores  # noqa: E402
-from vig_udf.batching import plan_batches  # noqa: E402
-from vig_udf.scorer import VIGScorer  # noqa: E402
+from vig_udf.scoring.batching import plan_batches  # noqa: E402
+from vig_udf.scoring.scorer import VIGScorer  # noqa: E402
 from vig_udf.tiny import TinySize, build_tiny_checkpoint, build_tokenizer  # noqa: E402
 
 CPU_SIZE = TinySize(hidden_size=512, num_layers=4, num_heads=8, intermediate_size=1376, vision_hidden_size=256,
@@ -118,7 +118,7 @@ def padded_tokens(lengths: list[int], batch_tokens: int) -> int:
 
 
 def with_options(scorer: VIGScorer, **options) -> VIGScorer:
-    """The same model and processor with other :class:`~vig_udf.options.ScorerOptions` (e.g. batch_tokens)."""
+    """The same model and processor with other :class:`~vig_udf.scoring.options.ScorerOptions` (e.g. batch_tokens)."""
     return VIGScorer(scorer.model, scorer.processor, options=scorer.options.model_copy(update=options),
                      model_ref=dict(scorer._model_ref), device=scorer.device, dtype=scorer.dtype)
 
@@ -129,14 +129,14 @@ def with_batch_tokens(scorer: VIGScorer, batch_tokens: int) -> VIGScorer:
 
 
 class ForwardClock:
-    """Seconds spent inside the scorer's forward passes (vig_udf.scorer.answer_logprobs), per procedure.
+    """Seconds spent inside the scorer's forward passes (vig_udf.scoring.scorer.answer_logprobs), per procedure.
 
     Separates the two ways prefetch can change a time: overlap (the forwards take as long, the total
     shrinks) and interference (the forwards themselves get slower or faster).
     """
 
     def __init__(self):
-        import vig_udf.scorer as scorer_module
+        import vig_udf.scoring.scorer as scorer_module
 
         self._module = scorer_module
         self._real = scorer_module.answer_logprobs

@@ -17,7 +17,7 @@ same rows (``--levers``, default on):
   in separate batches (``stack_passes=False``);
 - answer-position logits vs full logits: the naive procedure (benchmarks/naive.py: batch size 1, full
   logits) on a subset, as a ratio.
-Pinned host memory with asynchronous copies is always on for CUDA (vig_udf.forward), not a lever here.
+Pinned host memory with asynchronous copies is always on for CUDA (vig_udf.scoring.forward), not a lever here.
 
 Model FLOPs (the standard 2 x parameters x tokens forward estimate, attention's quadratic term left out):
     2 * (language-model parameters without the input embeddings) * (tokens of both passes)
@@ -56,8 +56,8 @@ from benchmarks.naive import naive_scores  # noqa: E402
 from benchmarks.score_cpu import (append_benchmarks, benchmark_tokenizer, command_line,  # noqa: E402
                                   machine_lines, markdown_table, padded_tokens, param_counts, scorer_vigs, timed,
                                   token_stats, vig_diff)
-from vig_udf.options import ScorerOptions  # noqa: E402
-from vig_udf.scorer import VIGScorer  # noqa: E402
+from vig_udf.scoring.options import ScorerOptions  # noqa: E402
+from vig_udf.scoring.scorer import VIGScorer  # noqa: E402
 from vig_udf.tiny import LLAVA_TEMPLATE  # noqa: E402
 
 VOCAB = 32000

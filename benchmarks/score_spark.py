@@ -69,7 +69,7 @@ def write_corpus(root: Path, n: int, seed: int) -> list[dict]:
 def bare_loop(model: str, records: list[dict], image_root: Path, batch_rows: int, batch_tokens: int, *,
               device: str, dtype: str) -> float:
     """Seconds to load the scorer and score ``records`` in chunks of ``batch_rows`` in this process."""
-    from vig_udf.scorer import VIGScorer
+    from vig_udf.scoring.scorer import VIGScorer
 
     started = time.perf_counter()
     scorer = VIGScorer.from_pretrained(model, image_root=str(image_root), batch_tokens=batch_tokens, device=device,

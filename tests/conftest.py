@@ -71,7 +71,7 @@ def sample(sample_id: str, turns: list[tuple[str, str]], image=None, *, image_la
 @pytest.fixture
 def forward_batches(monkeypatch) -> list[int]:
     """The number of sequences in every forward batch the scorer runs (recorded, then run as usual)."""
-    import vig_udf.scorer as scorer_module
+    import vig_udf.scoring.scorer as scorer_module
 
     calls: list[int] = []
     real = scorer_module.answer_logprobs

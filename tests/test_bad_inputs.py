@@ -17,10 +17,10 @@ from PIL import Image
 
 from tests.conftest import random_image, sample
 from vig_udf import VIGScorer
-from vig_udf.images import load_image
+from vig_udf.scoring.images import load_image
 from vig_udf.spark import score_udf
 from vig_udf.spark.score_udf import ScorerSpec, score_batches
-from vig_udf.status import SampleError
+from vig_udf.scoring.status import SampleError
 
 QA = [{"from": "human", "value": "<image>\nWhat colour is it?"}, {"from": "gpt", "value": "Red"}]
 
@@ -231,7 +231,7 @@ def _records(n: int) -> list[dict]:
 
 
 def test_out_of_memory_halves_the_batch_down_to_one_sequence(llava, monkeypatch):
-    import vig_udf.scorer as scorer_module
+    import vig_udf.scoring.scorer as scorer_module
 
     real = scorer_module.answer_logprobs
     sizes: list[int] = []
@@ -265,7 +265,7 @@ def test_out_of_memory_halves_the_batch_down_to_one_sequence(llava, monkeypatch)
 
 
 def test_a_fatal_cuda_error_fails_the_call_instead_of_every_later_sample(llava, monkeypatch):
-    import vig_udf.scorer as scorer_module
+    import vig_udf.scoring.scorer as scorer_module
 
     def broken_device(model, seqs, **kwargs):
         raise RuntimeError("CUDA error: device-side assert triggered (simulated)")

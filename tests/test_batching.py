@@ -2,7 +2,7 @@
 
 import pytest
 
-from vig_udf.batching import plan_batches
+from vig_udf.scoring.batching import plan_batches
 
 
 def test_sorted_longest_first_and_within_budget():
@@ -26,7 +26,7 @@ def test_budget_must_be_positive():
 
 
 def test_chunk_ranges_cover_every_index_once():
-    from vig_udf.batching import chunk_ranges
+    from vig_udf.scoring.batching import chunk_ranges
 
     assert [list(r) for r in chunk_ranges(7, 3)] == [[0, 1, 2], [3, 4, 5], [6]]
     assert chunk_ranges(0, 3) == [range(0, 0)]  # an empty call still has one (empty, last) chunk
@@ -38,7 +38,7 @@ def test_chunk_ranges_cover_every_index_once():
 def test_prefetched_keeps_order_and_uses_background_threads(workers):
     import threading
 
-    from vig_udf.batching import prefetched
+    from vig_udf.scoring.batching import prefetched
 
     def work(x):
         return x * 10, threading.current_thread().name
@@ -54,7 +54,7 @@ def test_prefetched_keeps_order_and_uses_background_threads(workers):
 def test_prefetched_reraises_in_order_and_stops_on_close():
     import threading
 
-    from vig_udf.batching import prefetched
+    from vig_udf.scoring.batching import prefetched
 
     def work(x):
         if x == 2:

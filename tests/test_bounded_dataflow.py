@@ -13,7 +13,7 @@ import pytest
 from deltalake import write_deltalake
 
 from vig_udf.lake import read_table
-from vig_udf.selection import TEXT_ONLY_KEPT
+from vig_udf.selection.policies import TEXT_ONLY_KEPT
 from vig_udf.spark.arrow import SCORES_SCHEMA
 from vig_udf.spark.export_job import ExportJobConfig, mask_path, run_export
 from vig_udf.spark.ingest_job import IngestJobConfig, read_records, run_ingest

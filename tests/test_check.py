@@ -16,7 +16,7 @@ from tests.conftest import random_image, sample
 from vig_udf.check import (CheckThresholds, SampleConditions, check_scorer, decide, mismatch_partners,
                            partly_matching, sample_records, summarise)
 from vig_udf.report.check_report import SECTIONS
-from vig_udf.scorer import VIGScorer
+from vig_udf.scoring.scorer import VIGScorer
 from vig_udf.tiny import FAMILIES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

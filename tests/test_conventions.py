@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from vig_udf.conversation import parse_conversation
-from vig_udf.inputs import InputBuilder
-from vig_udf.masking import labels_for
+from vig_udf.scoring.conversation import parse_conversation
+from vig_udf.scoring.inputs import InputBuilder
+from vig_udf.scoring.masking import labels_for
 
 TEMPLATES = Path(__file__).parent / "data" / "chat_templates"
 IMAGE_LAST = [{"from": "human", "value": "What color is the shape?\n<image>"}, {"from": "gpt", "value": "Red."},
@@ -130,7 +130,7 @@ def test_output_head_runs_in_float32_for_a_bf16_model(tiny_checkpoints, device):
     """bf16 logits are rounded (steps of 0.125 at 20); the answer-position head must be float32."""
     from transformers import AutoModelForImageTextToText
 
-    from vig_udf.forward import Sequence, answer_logprobs
+    from vig_udf.scoring.forward import Sequence, answer_logprobs
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints["llava"], dtype=torch.bfloat16)
     model = model.to(device).eval()

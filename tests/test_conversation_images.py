@@ -5,9 +5,9 @@ import pytest
 from PIL import Image
 
 from tests.conftest import random_image
-from vig_udf.conversation import parse_conversation
-from vig_udf.images import load_image, make_counterfactual
-from vig_udf.status import SampleError
+from vig_udf.scoring.conversation import parse_conversation
+from vig_udf.scoring.images import load_image, make_counterfactual
+from vig_udf.scoring.status import SampleError
 
 
 def test_placeholder_at_start_and_end_become_image_items_in_place_when_inline():

@@ -8,7 +8,7 @@ import torch
 from vig_udf.config import DemoConfig
 from vig_udf.demo.gate import GateThresholds, candidate_records, check_split, measure_gate
 from vig_udf.demo.world import COLOURS
-from vig_udf.scorer import VIGScorer
+from vig_udf.scoring.scorer import VIGScorer
 
 
 @pytest.fixture(scope="module")

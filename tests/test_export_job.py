@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from tests.conftest import random_image
 from vig_udf.config import ScorerConfig
 from vig_udf.lake import read_table
-from vig_udf.spans import keep_from_spans
+from vig_udf.selection.spans import keep_from_spans
 from vig_udf.spark.export_job import (ExportJobConfig, Part, _write_export, image_writer, mask_path, part_writer,
                                      run_export)
 from vig_udf.spark.ingest_job import IngestJobConfig, run_ingest

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from vig_udf import VIGScorer
-from vig_udf.conversation import parse_conversation
-from vig_udf.images import make_counterfactual
-from vig_udf.masking import answer_tokens, labels_for, render_with_answer_spans
+from vig_udf.scoring.conversation import parse_conversation
+from vig_udf.scoring.images import make_counterfactual
+from vig_udf.scoring.masking import answer_tokens, labels_for, render_with_answer_spans
 from vig_udf.tiny import FAMILIES
 
 

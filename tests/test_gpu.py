@@ -22,7 +22,7 @@ def test_bf16_on_gpu_agrees_with_float32(tiny_checkpoints, mixed_samples, family
 def test_pinned_collate_matches_and_prefetch_agrees_on_gpu(tiny_checkpoints, mixed_samples):
     import torch
 
-    from vig_udf.forward import collate
+    from vig_udf.scoring.forward import collate
 
     scorer = VIGScorer.from_pretrained(tiny_checkpoints["llava"], device="cuda", prep_workers=0)
     prepared = [item for item in scorer._prepare_chunk((mixed_samples, range(len(mixed_samples)), True)).prepared]

@@ -9,8 +9,8 @@ import os
 import pytest
 
 from vig_udf.config import ScorerConfig, load_config
-from vig_udf.identity import model_fingerprint, scorer_identity
-from vig_udf.options import ScorerOptions
+from vig_udf.scoring.identity import model_fingerprint, scorer_identity
+from vig_udf.scoring.options import ScorerOptions
 
 SHA_A, SHA_B = "a" * 40, "b" * 40
 
@@ -118,8 +118,8 @@ def test_one_declaration_of_the_scorer_options():
 
 def test_the_driver_and_the_scorer_compute_the_same_id(tiny_checkpoints, tmp_path):
     """resolve_spec (driver, no weights loaded) and VIGScorer.scorer_id (after loading) agree, overrides included."""
-    from vig_udf.identity import library_versions
-    from vig_udf.scorer import VIGScorer
+    from vig_udf.scoring.identity import library_versions
+    from vig_udf.scoring.scorer import VIGScorer
     from vig_udf.spark.score_job import ScoreJobConfig, resolve_spec
 
     template = "{% for m in messages %}{{ m['role'] }}: {% for c in m['content'] %}{{ c.get('text', '<image>') }}" \

@@ -7,9 +7,9 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from vig_udf.conversation import parse_conversation
-from vig_udf.masking import answer_tokens, labels_for, render_with_answer_spans
-from vig_udf.status import SampleError
+from vig_udf.scoring.conversation import parse_conversation
+from vig_udf.scoring.masking import answer_tokens, labels_for, render_with_answer_spans
+from vig_udf.scoring.status import SampleError
 from vig_udf.tiny import LLAVA_TEMPLATE
 
 WORDS = ["<pad>", "</s>", "<image>", "USER", "ASSISTANT", ":", "?", ".", "What", "colour", "Red", "And",

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from vig_udf.metric import mean_nll, perplexity_ratio, sample_vig, token_vig
+from vig_udf.scoring.metric import mean_nll, perplexity_ratio, sample_vig, token_vig
 
 
 def test_token_and_sample_vig_by_hand():

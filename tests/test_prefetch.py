@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import random_image, sample
 from vig_udf import VIGScorer
-from vig_udf.status import SampleError
+from vig_udf.scoring.status import SampleError
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_an_unexpected_preparation_error_reaches_the_caller_and_stops_the_thread
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_the_next_chunk_is_prepared_while_the_model_runs(base, mixed_samples, monkeypatch, workers):
-    import vig_udf.scorer as scorer_module
+    import vig_udf.scoring.scorer as scorer_module
 
     events = []
     real_forward = scorer_module.answer_logprobs

@@ -42,7 +42,7 @@ def test_image_paths_resolve_against_image_root(tiny_checkpoints, tmp_path):
 
 
 def test_retrained_weights_at_the_same_path_change_the_scorer_id(tmp_path):
-    from vig_udf.identity import model_fingerprint
+    from vig_udf.scoring.identity import model_fingerprint
     from vig_udf.tiny import build_tiny_checkpoint
 
     build_tiny_checkpoint("llava", tmp_path / "m", seed=1)

@@ -12,7 +12,7 @@ import pytest
 from deltalake import write_deltalake
 from pyspark.sql import functions as F_
 
-from vig_udf import selection as sel
+from vig_udf.selection import policies as sel
 from vig_udf.lake import read_table, table_history, table_version, write_table
 from vig_udf.spark.select_job import SELECTION_SCHEMA, SelectJobConfig, run_select
 

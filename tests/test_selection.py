@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vig_udf import selection as sel
+from vig_udf.selection import policies as sel
 
 # Sample VIG = mean of token VIG; every value is exact in float32. Sorted VIGs: d -0.5, f 0.125, b 0.25,
 # e 0.25, c 0.5, a 1.0.

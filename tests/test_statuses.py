@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import random_image, sample
 from vig_udf import VIGScorer
-from vig_udf.status import ALL
+from vig_udf.scoring.status import ALL
 
 GOOD = sample("good", [("What colour is it?", "Red")], random_image(64, 48, 7))
 

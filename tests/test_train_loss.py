@@ -25,8 +25,8 @@ def scored_row(processor, record: dict, keep=None, image_bytes=None) -> dict:
     """A training-set row as the train job builds it: the scorer's tokens for ``record`` plus a mask."""
     import io
 
-    from vig_udf.conversation import parse_conversation
-    from vig_udf.inputs import InputBuilder
+    from vig_udf.scoring.conversation import parse_conversation
+    from vig_udf.scoring.inputs import InputBuilder
 
     conv = parse_conversation(record["conversations"], has_image="image" in record)
     _, tokens = InputBuilder(processor).build(conv, record.get("image"))
@@ -56,7 +56,7 @@ def alternate(n):
 
 
 def test_labels_are_the_selected_answer_tokens_only(llava):
-    from vig_udf.inputs import InputBuilder
+    from vig_udf.scoring.inputs import InputBuilder
     from vig_udf.train.examples import IGNORE_INDEX, build_example
 
     _, processor, _ = llava
@@ -72,8 +72,8 @@ def test_labels_are_the_selected_answer_tokens_only(llava):
 
 def test_mask_moves_to_another_tokenizer_through_character_spans(llava):
     """Stored tokens from a different tokenizer: the kept character spans decide the labels."""
-    from vig_udf.inputs import InputBuilder
-    from vig_udf.spans import kept_char_spans
+    from vig_udf.scoring.inputs import InputBuilder
+    from vig_udf.selection.spans import kept_char_spans
     from vig_udf.train.examples import IGNORE_INDEX, build_example
 
     _, processor, _ = llava
@@ -117,7 +117,7 @@ def manual_loss_sum(model, batch, examples) -> tuple[float, int]:
 
 
 def test_end_of_turn_is_supervised_after_each_turn_that_keeps_a_token(llava):
-    from vig_udf.inputs import InputBuilder
+    from vig_udf.scoring.inputs import InputBuilder
     from vig_udf.train.examples import IGNORE_INDEX, build_example
 
     _, processor, _ = llava
@@ -138,8 +138,8 @@ def test_end_of_turn_is_supervised_after_each_turn_that_keeps_a_token(llava):
 
 
 def test_loss_is_cross_entropy_over_exactly_the_selected_tokens(llava):
-    from vig_udf.forward import collate
-    from vig_udf.inputs import InputBuilder
+    from vig_udf.scoring.forward import collate
+    from vig_udf.scoring.inputs import InputBuilder
     from vig_udf.train.examples import IGNORE_INDEX, build_example
     from vig_udf.train.loss import LabelledPositionsHead, selected_token_loss
 
@@ -176,8 +176,8 @@ def test_gradient_accumulation_normalises_by_the_supervised_tokens_of_the_whole_
 
     from transformers import AutoModelForImageTextToText
 
-    from vig_udf.forward import collate
-    from vig_udf.inputs import InputBuilder
+    from vig_udf.scoring.forward import collate
+    from vig_udf.scoring.inputs import InputBuilder
     from vig_udf.train.examples import build_example
     from vig_udf.train.trainer import SelectiveTrainer, training_arguments
 
@@ -219,8 +219,8 @@ def test_gradient_accumulation_normalises_by_the_supervised_tokens_of_the_whole_
 
 def test_unselected_positions_get_no_gradient(llava):
     """The gradient reaching the final hidden states is zero everywhere except just before a selected token."""
-    from vig_udf.forward import collate
-    from vig_udf.inputs import InputBuilder
+    from vig_udf.scoring.forward import collate
+    from vig_udf.scoring.inputs import InputBuilder
     from vig_udf.train.examples import IGNORE_INDEX, build_example
     from vig_udf.train.loss import LabelledPositionsHead, selected_token_loss
 

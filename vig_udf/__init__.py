@@ -10,15 +10,15 @@ __all__ = ["ScoreResult", "ScorerOptions", "VIGScorer", "__version__"]
 
 def __getattr__(name: str):
     if name == "ScoreResult":
-        from vig_udf.results import ScoreResult
+        from vig_udf.scoring.results import ScoreResult
 
         return ScoreResult
     if name == "ScorerOptions":
-        from vig_udf.options import ScorerOptions
+        from vig_udf.scoring.options import ScorerOptions
 
         return ScorerOptions
     if name == "VIGScorer":
-        from vig_udf import scorer
+        from vig_udf.scoring import scorer
 
         return scorer.VIGScorer
     raise AttributeError(f"module 'vig_udf' has no attribute {name!r}")

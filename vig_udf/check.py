@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vig_udf.images import load_image
-from vig_udf.status import OK, SampleError
+from vig_udf.scoring.images import load_image
+from vig_udf.scoring.status import OK, SampleError
 
 CONDITIONS = ("real", "counterfactual", "partial", "mismatched", "none")
 PAPER_TABLE1 = {"matching": 0.923, "partly matching": 0.409, "conflicting": -0.520}

@@ -218,7 +218,7 @@ def score_file(
 ):
     """Score a LLaVA JSON/JSONL file in this process (no Spark) and write one JSON line per record."""
     _logging(False)
-    from vig_udf.scorer import VIGScorer
+    from vig_udf.scoring.scorer import VIGScorer
 
     cfg = load_config(ScorerConfig, None, [f"model_path={model}"] + list(overrides or []))
     with _input_errors("score-file"):

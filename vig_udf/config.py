@@ -18,13 +18,13 @@ import re
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from vig_udf.options import ScorerOptions
+from vig_udf.scoring.options import ScorerOptions
 
 T = TypeVar("T", bound=BaseModel)
 
 
 class ScorerConfig(ScorerOptions):
-    """How samples are scored (``scorer.*``): the model and every :class:`~vig_udf.options.ScorerOptions`
+    """How samples are scored (``scorer.*``): the model and every :class:`~vig_udf.scoring.options.ScorerOptions`
     field; the fields marked ``identity`` there, the model's files and the chat template make the scorer id."""
 
     model_path: str | None = Field(None, description="HF model id or local checkpoint folder; None = the demo model")

@@ -2,7 +2,7 @@
 
 Every record becomes a corpus row; an invalid one keeps its status and a readable message. The checks
 are the scorer's own (the same conversation parser and the same image-path rule,
-:func:`vig_udf.images.resolve_image`): a path that stays inside the image root and names an existing file.
+:func:`vig_udf.scoring.images.resolve_image`): a path that stays inside the image root and names an existing file.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 
-from vig_udf.conversation import parse_conversation
-from vig_udf.images import check_image_file, resolve_image
-from vig_udf.status import INVALID_CONVERSATION, OK, TEXT_ONLY, SampleError
+from vig_udf.scoring.conversation import parse_conversation
+from vig_udf.scoring.images import check_image_file, resolve_image
+from vig_udf.scoring.status import INVALID_CONVERSATION, OK, TEXT_ONLY, SampleError
 
 INVALID_RECORD = "invalid_record"  # not a JSON object of the LLaVA layout at all
 

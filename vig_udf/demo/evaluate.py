@@ -1,7 +1,7 @@
 """Evaluation of a demo model on the test split: colour questions answered by ranking candidate answers.
 
 For each test item, the four answers "The <shape> is <colour>." are scored by their teacher-forced
-log-likelihood (the scorer's forward, :func:`vig_udf.forward.answer_logprobs`) and the most likely one is
+log-likelihood (the scorer's forward, :func:`vig_udf.scoring.forward.answer_logprobs`) and the most likely one is
 the prediction. Ranking fixed candidates measures what the model believes without depending on free
 generation. The candidates' softmax over the four summed log-likelihoods is the model's answer distribution.
 
@@ -16,10 +16,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vig_udf.conversation import parse_conversation
+from vig_udf.scoring.conversation import parse_conversation
 from vig_udf.demo.world import COLOURS, TYPICAL_COLOUR, colour_answer
-from vig_udf.forward import answer_logprobs
-from vig_udf.inputs import InputBuilder
+from vig_udf.scoring.forward import answer_logprobs
+from vig_udf.scoring.inputs import InputBuilder
 
 # per-item outcomes, one value per test item in the split's order
 ITEM_OUTCOMES = ("correct", "prior_answer", "p_true")

@@ -17,7 +17,7 @@ import numpy as np
 
 from vig_udf.check import CheckResult, check_scorer, drop_variant
 from vig_udf.demo.world import COLOURS, TYPICAL_COLOUR, WorldConfig, colour_answer, generate_test
-from vig_udf.status import OK
+from vig_udf.scoring.status import OK
 
 GATE_SEED_OFFSET = 3000  # the check split's seed is the demo's seed + this (the test split uses + 2000)
 

@@ -101,7 +101,7 @@ def scorer_gate(cfg: DemoConfig, model_path: str, model_config: DemoModelConfig,
     """Measure the scorer gate on the check split; its ``vig check`` report goes to ``report_dir/check``."""
     from vig_udf.demo.gate import check_split, measure_gate
     from vig_udf.report.check_report import write_check_report
-    from vig_udf.scorer import VIGScorer
+    from vig_udf.scoring.scorer import VIGScorer
 
     started = time.perf_counter()
     scorer = VIGScorer.from_pretrained(model_path, cfg.scorer.options(), device="cpu")
@@ -132,7 +132,7 @@ def write_refusal(report_dir: Path, gate, cfg: DemoConfig, model_path: str) -> s
 
 def _select(spark, cfg: DemoConfig, lake: str, out) -> dict:
     """One select run for the deterministic policies and one per seed for the random draws."""
-    from vig_udf.selection import RANDOM_DRAWS
+    from vig_udf.selection.policies import RANDOM_DRAWS
     from vig_udf.spark.select_job import SelectJobConfig, run_select
 
     fixed = [p for p in cfg.policies if p not in RANDOM_DRAWS]
@@ -162,7 +162,7 @@ class PlannedRun:
 def training_plan(cfg: DemoConfig, selections: dict) -> list[PlannedRun]:
     """The runs of the benchmark, seed by seed. ``equal_epochs``: ``epochs`` passes over the policy's kept
     samples; ``equal_steps``: the steps that ``epochs`` passes over every scorable sample take (vanilla's)."""
-    from vig_udf.selection import RANDOM_DRAWS
+    from vig_udf.selection.policies import RANDOM_DRAWS
 
     plan = []
     for seed in cfg.seeds:

@@ -7,7 +7,7 @@ import datetime as dt
 import numpy as np
 import pyarrow as pa
 
-from vig_udf.results import ScoreResult
+from vig_udf.scoring.results import ScoreResult
 
 SCORES_SCHEMA = pa.schema([
     pa.field("sample_id", pa.string(), nullable=False),

@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from vig_udf.config import ScorerConfig, SparkConfig
-from vig_udf.status import SampleError
+from vig_udf.scoring.status import SampleError
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def run_check_job(cfg: CheckJobConfig, *, spark=None, out=print) -> dict:
     """Sample, check, write the report; returns ``{"passed", "verdict", "paths", "summary"}``."""
     from vig_udf.check import check_scorer, sample_records
     from vig_udf.report.check_report import write_check_report
-    from vig_udf.scorer import VIGScorer
+    from vig_udf.scoring.scorer import VIGScorer
 
     if not cfg.scorer.model_path:
         raise ValueError("scorer.model_path is not set: give a HF model id or a local checkpoint folder")

@@ -13,8 +13,8 @@ sidecar ``<name>.mask.json`` says which answer characters to train on:
 
 A span ``[k, start, end]`` is ``value[start:end]`` of the k-th assistant message (``from`` gpt/assistant)
 of that record's ``conversations``, exactly as exported. The spans are the kept tokens' character spans
-merged with :func:`vig_udf.spans.kept_char_spans`; another tokenizer keeps a token when it overlaps a span
-(:func:`vig_udf.spans.keep_from_spans`). Text-only records are kept whole: their spans cover all their
+merged with :func:`vig_udf.selection.spans.kept_char_spans`; another tokenizer keeps a token when it overlaps a span
+(:func:`vig_udf.selection.spans.keep_from_spans`). Text-only records are kept whole: their spans cover all their
 answer tokens.
 
 The job reads the selection (pinned or latest version), the scores version the selection was made from
@@ -58,10 +58,10 @@ from typing import Iterable, NamedTuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from vig_udf import selection as sel
+from vig_udf.selection import policies as sel
 from vig_udf.config import SparkConfig
-from vig_udf.conversation import parse_conversation
-from vig_udf.spans import kept_char_spans
+from vig_udf.scoring.conversation import parse_conversation
+from vig_udf.selection.spans import kept_char_spans
 
 FORMAT, FORMAT_VERSION = "vig-spark/token-mask", 1
 # the sidecar is written as <header>, "masks": {<entries>}, <ending>: these bytes delimit the masks
@@ -295,7 +295,7 @@ def record_spans(row) -> list[tuple[int, int, int]]:
     assistant messages' ``value`` strings.
 
     The scores table's token spans are offsets into the answer text that the chat template locates, which is
-    the message's ``value`` stripped of surrounding whitespace (:func:`vig_udf.masking.render_with_answer_spans`);
+    the message's ``value`` stripped of surrounding whitespace (:func:`vig_udf.scoring.masking.render_with_answer_spans`);
     they are shifted by the ``value``'s leading whitespace. A text-only row scored without token arrays is kept
     whole: one span per answer.
     """

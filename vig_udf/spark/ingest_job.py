@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from vig_udf.config import SparkConfig
 from vig_udf.corpus import INVALID_RECORD, content_id, resolve_image, source_of, validate_record
 from vig_udf.preflight import check_image_root, check_input, is_local
-from vig_udf.status import IMAGE_UNREADABLE, OK
+from vig_udf.scoring.status import IMAGE_UNREADABLE, OK
 
 # conversations is read as its JSON text and parsed in Python: a schema with ``value: STRING`` would make
 # Spark turn a number (``"value": 42``) into the string "42", and such a record must be invalid_conversation

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from vig_udf import status as st
+from vig_udf.scoring import status as st
 from vig_udf.config import ScorerConfig, SparkConfig
 from vig_udf.preflight import check_image_root, check_model_path, is_local
 
@@ -73,7 +73,7 @@ def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool):
     """
     from transformers import AutoProcessor
 
-    from vig_udf.identity import identity_record, library_versions, model_fingerprint, scorer_identity
+    from vig_udf.scoring.identity import identity_record, library_versions, model_fingerprint, scorer_identity
     from vig_udf.spark.score_udf import ScorerSpec
 
     scorer = cfg.scorer

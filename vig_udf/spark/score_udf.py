@@ -18,12 +18,12 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from vig_udf import status as st
-from vig_udf.images import resolve_image
-from vig_udf.results import ScoreResult
+from vig_udf.scoring import status as st
+from vig_udf.scoring.images import resolve_image
+from vig_udf.scoring.results import ScoreResult
 from vig_udf.spark.arrow import results_to_arrow
 from vig_udf.spark.local_gpus import worker_gpu
-from vig_udf.status import SampleError
+from vig_udf.scoring.status import SampleError
 
 log = logging.getLogger(__name__)
 _SCORERS: dict[tuple[str, str], object] = {}
@@ -71,7 +71,7 @@ def worker_scorer(spec: ScorerSpec, device: str | None):
     """The worker's scorer for ``spec`` on ``device``, loaded on first use."""
     key = (spec.scorer_id, device or "default")
     if key not in _SCORERS:
-        from vig_udf.scorer import VIGScorer
+        from vig_udf.scoring.scorer import VIGScorer
 
         kwargs = dict(spec.kwargs)
         if device is not None:
@@ -94,7 +94,7 @@ def worker_scorer(spec: ScorerSpec, device: str | None):
 
 
 def _check_versions(spec: ScorerSpec) -> None:
-    from vig_udf.identity import library_versions
+    from vig_udf.scoring.identity import library_versions
 
     expected = spec.record.get("library_versions")
     if expected and library_versions() != expected:
@@ -181,7 +181,7 @@ def _finished_batch(entry: _Pending, spec: ScorerSpec) -> pa.RecordBatch:
 def corpus_record(row: dict, image_root: str | None) -> dict:
     """A corpus row as a scorer record (image bytes win over the path when both are stored).
 
-    A path is resolved under ``image_root`` by the rule ingest applies (:func:`vig_udf.images.resolve_image`):
+    A path is resolved under ``image_root`` by the rule ingest applies (:func:`vig_udf.scoring.images.resolve_image`):
     one that leaves the root raises :class:`SampleError`.
     """
     image = row.get("image_bytes") or row.get("image_path")

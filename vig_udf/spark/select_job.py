@@ -5,11 +5,11 @@ Cheap and CPU-only: trying another p or policy never touches a GPU. The job
 
 1. reads ``<lake>/scores`` at a pinned version (default: the latest) and keeps one scorer's rows;
 2. computes tau over the multimodal (``ok``) sample VIGs with Spark's ``percentile`` (exact) or, above
-   ``exact_percentile_max_rows``, ``percentile_approx`` (see ``vig_udf.selection`` for what "top p%" means);
+   ``exact_percentile_max_rows``, ``percentile_approx`` (see ``vig_udf.selection.policies`` for what "top p%" means);
 3. for ``random`` and ``random_tokens``, draws as many samples as ``vig`` keeps: the ones with the smallest
    ``xxhash64(seed, sample_id)`` (uniform, and the same on every run and partitioning); for
    ``random_tokens`` also the token share: ``vig``'s kept multimodal tokens over the drawn samples' tokens;
-4. decides every row with the pure ``vig_udf.selection.select_row`` inside ``mapInArrow``;
+4. decides every row with the pure ``vig_udf.selection.policies.select_row`` inside ``mapInArrow``;
 5. applies per-source budgets (a window over the kept multimodal rows of each source, highest VIG first);
 6. writes every new policy in one Delta commit (job ``select``).
 
@@ -40,9 +40,9 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from vig_udf import selection as sel
+from vig_udf.selection import policies as sel
 from vig_udf.config import SparkConfig
-from vig_udf.status import OK
+from vig_udf.scoring.status import OK
 
 # One row per scores row (of one scorer) and policy. token_keep is aligned with the scores row's token arrays
 # (empty when not kept); tau and p are the run's; params is the policy params' canonical JSON, params_hash its

@@ -27,7 +27,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vig_udf.config import SparkConfig
-from vig_udf.conversation import DEFAULT_IMAGE_PLACEMENT
+from vig_udf.scoring.conversation import DEFAULT_IMAGE_PLACEMENT
 from vig_udf.train.settings import TrainSettings
 
 TRAIN_SET_ROW_GROUP_BYTES = 16 * 1024 * 1024  # Parquet row-group size of the training set

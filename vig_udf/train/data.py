@@ -15,7 +15,7 @@ builds the batches ``b = w mod W`` that the DataLoader's round robin then yields
 are the same with any number of workers.
 
 Each batch is built where it is read (in a worker, beside the training step): examples through
-:func:`~vig_udf.train.examples.build_example`, padded by :func:`~vig_udf.forward.collate`, with labels.
+:func:`~vig_udf.train.examples.build_example`, padded by :func:`~vig_udf.scoring.forward.collate`, with labels.
 A sample that cannot be built is reported in the batch (``skipped``), not trained on; a batch whose samples
 all fail carries one buildable example with no label, so that every rank still runs a forward and backward
 (FSDP and DDP need every rank in every collective).
@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vig_udf.forward import collate
-from vig_udf.conversation import DEFAULT_IMAGE_PLACEMENT
-from vig_udf.inputs import InputBuilder
-from vig_udf.status import SampleError
+from vig_udf.scoring.forward import collate
+from vig_udf.scoring.conversation import DEFAULT_IMAGE_PLACEMENT
+from vig_udf.scoring.inputs import InputBuilder
+from vig_udf.scoring.status import SampleError
 from vig_udf.train.examples import IGNORE_INDEX, TrainExample, build_example
 
 

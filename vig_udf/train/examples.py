@@ -2,11 +2,11 @@
 
 A row of the training set (see :mod:`vig_udf.spark.train_job`) holds the corpus record (conversation and
 image) and the selection's token mask over the *scorer's* answer tokens, with the scorer's token ids and
-character spans. The example is built with the same :class:`~vig_udf.inputs.InputBuilder` and masking the
+character spans. The example is built with the same :class:`~vig_udf.scoring.inputs.InputBuilder` and masking the
 scorer used, so with the scorer's own processor the answer tokens are the same ones, in the same order,
 and the stored mask applies as is. With another tokenizer (training a different model on a selection), the
 answer tokens differ; the mask is then carried over through the stored character spans
-(:mod:`vig_udf.spans`) and the example is counted as ``realigned``.
+(:mod:`vig_udf.selection.spans`) and the example is counted as ``realigned``.
 
 The prompt is rendered with the chat template and image placement the scores were made with (the train
 job reads them from the scores table's commit into the settings, the trainer applies them to the processor
@@ -27,12 +27,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vig_udf.conversation import parse_conversation
-from vig_udf.forward import Sequence
-from vig_udf.images import load_image
-from vig_udf.inputs import InputBuilder
-from vig_udf.masking import AnswerTokens, labels_for
-from vig_udf.spans import keep_from_spans, kept_char_spans
+from vig_udf.scoring.conversation import parse_conversation
+from vig_udf.scoring.forward import Sequence
+from vig_udf.scoring.images import load_image
+from vig_udf.scoring.inputs import InputBuilder
+from vig_udf.scoring.masking import AnswerTokens, labels_for
+from vig_udf.selection.spans import keep_from_spans, kept_char_spans
 
 IGNORE_INDEX = -100
 

@@ -1,6 +1,6 @@
 """The selective training loss: cross-entropy on the labelled (selected) tokens only, head at those only.
 
-Like the scorer's forward (:mod:`vig_udf.forward`), the output head runs only where there is a target: a
+Like the scorer's forward (:mod:`vig_udf.scoring.forward`), the output head runs only where there is a target: a
 forward pre-hook on the model's output head (:class:`LabelledPositionsHead`) replaces its input, the hidden
 states ``[batch, length, hidden]``, by the states one position before each labelled token ``[n, hidden]``.
 The model is still called through its own ``forward`` (so DDP's and FSDP's hooks run as they must), but no

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from vig_udf.conversation import IMAGE_PLACEMENTS
+from vig_udf.scoring.conversation import IMAGE_PLACEMENTS
 
 
 class TrainParts(BaseModel):

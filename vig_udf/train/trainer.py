@@ -41,7 +41,7 @@ from typing import Callable
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from vig_udf.conversation import DEFAULT_IMAGE_PLACEMENT
+from vig_udf.scoring.conversation import DEFAULT_IMAGE_PLACEMENT
 from vig_udf.train import parts as model_parts
 from vig_udf.train.data import TrainSetStream, train_set_identity
 from vig_udf.train.loss import LabelledPositionsHead, core_model, selected_token_loss

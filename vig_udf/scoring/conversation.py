@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vig_udf.status import INVALID_CONVERSATION, NO_ANSWER_TOKENS, SampleError
+from vig_udf.scoring.status import INVALID_CONVERSATION, NO_ANSWER_TOKENS, SampleError
 
 IMAGE_PLACEHOLDER = "<image>"
 IMAGE_PLACEMENTS = ("first", "inline")

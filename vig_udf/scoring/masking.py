@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vig_udf.status import NO_ANSWER_TOKENS, TEMPLATE_MISMATCH, SampleError
+from vig_udf.scoring.status import NO_ANSWER_TOKENS, TEMPLATE_MISMATCH, SampleError
 
 
 @dataclass(frozen=True)

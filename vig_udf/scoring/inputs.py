@@ -1,7 +1,7 @@
 """Model inputs for one conversation: chat template, processor, and the answer-token mask.
 
 Shared by the scorer and by training, so that both see the same tokens and the same mask: the same chat
-template, the same image placement (:mod:`vig_udf.conversation`) and the same special tokens. A template
+template, the same image placement (:mod:`vig_udf.scoring.conversation`) and the same special tokens. A template
 that writes the tokenizer's BOS itself (Idefics3/Llama 3, Gemma 3) is tokenised without the tokenizer's
 special tokens, so a sequence never starts with two BOS.
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from vig_udf import status as st
-from vig_udf.conversation import DEFAULT_IMAGE_PLACEMENT, IMAGE_PLACEMENTS, Conversation
-from vig_udf.forward import Sequence
-from vig_udf.masking import AnswerTokens, answer_tokens, render_with_answer_spans
-from vig_udf.status import SampleError
+from vig_udf.scoring import status as st
+from vig_udf.scoring.conversation import DEFAULT_IMAGE_PLACEMENT, IMAGE_PLACEMENTS, Conversation
+from vig_udf.scoring.forward import Sequence
+from vig_udf.scoring.masking import AnswerTokens, answer_tokens, render_with_answer_spans
+from vig_udf.scoring.status import SampleError
 
 
 class InputBuilder:
@@ -42,7 +42,7 @@ class InputBuilder:
     def build(self, conv: Conversation, image=None, *, rendered=None) -> tuple[Sequence, AnswerTokens]:
         """Encode ``conv`` with ``image`` (None: no image item in the prompt).
 
-        Raises ``truncated`` past ``max_length`` and the masking errors of :mod:`vig_udf.masking`.
+        Raises ``truncated`` past ``max_length`` and the masking errors of :mod:`vig_udf.scoring.masking`.
         """
         text, spans = rendered or self.render(conv, with_image=image is not None)
         kwargs = {"images": [[image]]} if image is not None else {}

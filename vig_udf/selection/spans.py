@@ -1,7 +1,7 @@
 """Token masks as character spans of the answer text, and back: how a selection moves between tokenizers.
 
 The scores table stores, for every answer token, its answer turn and its ``[char_start, char_end)`` span
-inside that turn's answer text (see :mod:`vig_udf.masking`). A token mask over one tokenizer's tokens is
+inside that turn's answer text (see :mod:`vig_udf.scoring.masking`). A token mask over one tokenizer's tokens is
 therefore also a set of character spans, which any other tokenizer can be mapped onto:
 
 * :func:`kept_char_spans` turns a mask into merged ``(turn, start, end)`` spans (the export sidecar);

@@ -4,7 +4,7 @@ scorer identity all read this class.
 >>> ScorerOptions(counterfactual="drop").identity_options()["counterfactual"]
 'drop'
 
-An option marked ``identity`` changes scores and is part of the scorer id (:mod:`vig_udf.identity`); the
+An option marked ``identity`` changes scores and is part of the scorer id (:mod:`vig_udf.scoring.identity`); the
 others change only speed, placement or where files are found, never a score beyond float tolerance.
 ``dtype``, ``device`` and ``batch_tokens`` default by device (:meth:`ScorerOptions.for_device`).
 """
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from vig_udf.conversation import DEFAULT_IMAGE_PLACEMENT, IMAGE_PLACEMENTS
-from vig_udf.images import COUNTERFACTUALS, DEFAULT_BLUR_SIGMA
+from vig_udf.scoring.conversation import DEFAULT_IMAGE_PLACEMENT, IMAGE_PLACEMENTS
+from vig_udf.scoring.images import COUNTERFACTUALS, DEFAULT_BLUR_SIGMA
 
 _IDENTITY = {"identity": True}
 DTYPES = ("float32", "bfloat16", "float16")
@@ -25,7 +25,7 @@ class ScorerOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    counterfactual: str = Field("blur", description="blur | drop | blank | noise (see vig_udf.images)",
+    counterfactual: str = Field("blur", description="blur | drop | blank | noise (see vig_udf.scoring.images)",
                                 json_schema_extra=_IDENTITY)
     blur_sigma: float = Field(DEFAULT_BLUR_SIGMA, gt=0, description="Gaussian blur sigma as a fraction of the "
                               "image's shorter side (blur only)", json_schema_extra=_IDENTITY)

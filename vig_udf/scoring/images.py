@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter, ImageStat
 
-from vig_udf.status import IMAGE_UNREADABLE, SampleError
+from vig_udf.scoring.status import IMAGE_UNREADABLE, SampleError
 
 COUNTERFACTUALS = ("blur", "drop", "blank", "noise")
 SAME_LAYOUT_COUNTERFACTUALS = ("blur", "blank", "noise")

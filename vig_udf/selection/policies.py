@@ -56,7 +56,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vig_udf.status import OK, TEXT_ONLY
+from vig_udf.scoring.status import OK, TEXT_ONLY
 
 VIG, SAMPLE, TOKEN, RANDOM, RANDOM_TOKENS, ALL = "vig", "sample", "token", "random", "random_tokens", "all"
 POLICIES = (VIG, SAMPLE, TOKEN, RANDOM, RANDOM_TOKENS, ALL)

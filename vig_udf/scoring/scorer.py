@@ -7,7 +7,7 @@
 [0.83]
 
 Per sample: validate the conversation, render it with the processor's chat template, mark the answer
-tokens (vig_udf.masking), load the image and make its counterfactual, run the processor for both.
+tokens (vig_udf.scoring.masking), load the image and make its counterfactual, run the processor for both.
 Samples are prepared in chunks of ``prep_chunk``; a chunk's sequences are packed into length-sorted
 batches under a token budget (a sample's two passes side by side when their token layout is identical)
 and scored with logits at answer positions only. With ``prep_workers`` > 0 the next chunks are prepared
@@ -25,17 +25,17 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from vig_udf import status as st
-from vig_udf.batching import chunk_ranges, plan_batches, prefetched
-from vig_udf.conversation import parse_conversation
-from vig_udf.forward import Sequence, answer_logprobs
-from vig_udf.identity import model_fingerprint, scorer_identity
-from vig_udf.images import load_image, make_counterfactual
-from vig_udf.inputs import InputBuilder
-from vig_udf.masking import AnswerTokens
-from vig_udf.options import ScorerOptions
-from vig_udf.results import ScoreResult
-from vig_udf.status import SampleError
+from vig_udf.scoring import status as st
+from vig_udf.scoring.batching import chunk_ranges, plan_batches, prefetched
+from vig_udf.scoring.conversation import parse_conversation
+from vig_udf.scoring.forward import Sequence, answer_logprobs
+from vig_udf.scoring.identity import model_fingerprint, scorer_identity
+from vig_udf.scoring.images import load_image, make_counterfactual
+from vig_udf.scoring.inputs import InputBuilder
+from vig_udf.scoring.masking import AnswerTokens
+from vig_udf.scoring.options import ScorerOptions
+from vig_udf.scoring.results import ScoreResult
+from vig_udf.scoring.status import SampleError
 
 log = logging.getLogger(__name__)
 WITH, WITHOUT = 0, 1
@@ -65,7 +65,7 @@ class VIGScorer:
 
     def __init__(self, model, processor, *, options: ScorerOptions, model_ref: dict, device, dtype=None):
         """A scorer around a loaded model and processor; ``model_ref`` is the model's fingerprint
-        (:func:`vig_udf.identity.model_fingerprint`). ``dtype`` defaults to ``options.dtype``."""
+        (:func:`vig_udf.scoring.identity.model_fingerprint`). ``dtype`` defaults to ``options.dtype``."""
         self.device = torch.device(device)
         self.options = options.for_device(self.device.type)
         if dtype is not None:
@@ -85,7 +85,7 @@ class VIGScorer:
     def from_pretrained(cls, model_path: str, options: ScorerOptions | None = None, **kwargs) -> "VIGScorer":
         """Load an image-text-to-text model and its processor (AutoModelForImageTextToText/AutoProcessor).
 
-        Options are a :class:`~vig_udf.options.ScorerOptions` or its fields as keywords (``counterfactual``,
+        Options are a :class:`~vig_udf.scoring.options.ScorerOptions` or its fields as keywords (``counterfactual``,
         ``blur_sigma``, ``image_placement``, ``chat_template``, ``max_length``, ``dtype``, ``device``,
         ``batch_tokens``, ``revision``, ``attn_implementation``, ``trust_remote_code``, ...); an unknown
         keyword raises TypeError. device: defaults to ``cuda`` when available, else ``cpu``. dtype: bfloat16
@@ -119,7 +119,7 @@ class VIGScorer:
 
     @property
     def scorer_id(self) -> str:
-        """Stable hash of everything that changes scores (see :mod:`vig_udf.identity`)."""
+        """Stable hash of everything that changes scores (see :mod:`vig_udf.scoring.identity`)."""
         return scorer_identity(self._model_ref, self.options, chat_template=self.processor.chat_template)
 
     def score(self, samples: list[dict]) -> list[ScoreResult]:

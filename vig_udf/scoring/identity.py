@@ -14,7 +14,7 @@ Computed without loading the model, so the Spark driver makes it once and ships 
   (content addressed), so the commit is the identity whether the files are downloaded yet or not. The
   commit comes from the revision when it is one, else from the local hub cache's ref, else from the hub.
   The scorer then loads exactly that commit.
-- The scorer options marked ``identity`` in :class:`~vig_udf.options.ScorerOptions` (counterfactual and
+- The scorer options marked ``identity`` in :class:`~vig_udf.scoring.options.ScorerOptions` (counterfactual and
   its parameters, image placement, max_length, dtype, max_image_pixels) and the chat template actually
   used (the processor's or the override).
 
@@ -111,7 +111,7 @@ def resolve_hub_commit(repo_id: str, revision: str | None) -> str:
 def identity_record(fingerprint: dict, options, *, chat_template: str | None) -> dict:
     """The unhashed identity: model fingerprint, identity options and the chat template used.
 
-    ``options``: a :class:`~vig_udf.options.ScorerOptions` with device defaults filled in (``for_device``).
+    ``options``: a :class:`~vig_udf.scoring.options.ScorerOptions` with device defaults filled in (``for_device``).
     """
     return {**fingerprint, **options.identity_options(),
             "chat_template": hashlib.sha256(str(chat_template).encode()).hexdigest()}

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from vig_udf.metric import mean_nll, sample_vig, token_vig
-from vig_udf.masking import AnswerTokens
+from vig_udf.scoring.metric import mean_nll, sample_vig, token_vig
+from vig_udf.scoring.masking import AnswerTokens
 
 
 def _empty(dtype) -> np.ndarray:
