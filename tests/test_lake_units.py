@@ -19,9 +19,12 @@ from vig_udf.lake.schema import as_nullable, check_append
 def test_table_paths_are_uris_and_only_bare_paths_are_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for uri in ("s3a://bucket/lake", "abfss://c@acct.dfs.core.windows.net/lake", "gs://b/lake", "dbfs:/mnt/lake",
-                "file:/tmp/lake", "/Volumes/main/vig/lake"):
+                "/Volumes/main/vig/lake"):
         assert table_uri(uri + "/") == uri
     assert table_uri("lake") == os.path.join(str(tmp_path), "lake")
+    # one spelling per place: file: URIs are local paths, the /dbfs mount is dbfs:/
+    assert table_uri("file:/tmp/lake/") == table_uri("file:///tmp/lake") == "/tmp/lake"
+    assert table_uri("/dbfs/mnt/lake") == "dbfs:/mnt/lake"
     assert lake_table("s3a://bucket/lake/", "scores") == "s3a://bucket/lake/scores"
     assert staging_folder("s3a://bucket/lake", "scores") == "s3a://bucket/lake/_staging/scores"
     assert staging_folder("s3a://bucket/lake/scores") == "s3a://bucket/lake/_staging/scores"

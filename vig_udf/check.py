@@ -32,7 +32,6 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -329,10 +328,12 @@ def _has_image(record: dict) -> bool:
     return image is not None and not (isinstance(image, str) and not image)
 
 
-def _stream_records(path: Path):
+def _stream_records(path: str, storage):
     """The records of a JSONL file or of a one-array JSON file, one at a time (ijson streams the array)."""
-    with path.open("rb") as f:
-        if path.suffix == ".jsonl":
+    import io
+
+    with io.BufferedReader(storage.open(path), 1 << 20) as f:
+        if path.endswith(".jsonl"):
             for line in f:
                 if line.strip():
                     yield json.loads(line)
@@ -342,19 +343,22 @@ def _stream_records(path: Path):
             yield from ijson.items(f, "item", use_float=True)
 
 
-def sample_records(path: str | Path, *, n: int, seed: int = 0) -> list[dict]:
-    """Up to ``n`` records with an image from a LLaVA JSONL or one-array JSON file, drawn uniformly with ``seed``.
+def sample_records(path: str, *, n: int, seed: int = 0, storage=None) -> list[dict]:
+    """Up to ``n`` records with an image from a LLaVA JSONL or one-array JSON file (a local path or a URI read
+    through ``storage``), drawn uniformly with ``seed``.
 
     The file is streamed (reservoir sampling), so memory is bounded by ``n`` whatever the file's size.
     """
-    path = Path(path)
-    if path.suffix not in (".json", ".jsonl"):
+    from vig_udf.storage import Storage, canonical
+
+    path = canonical(path)
+    if not path.endswith((".json", ".jsonl")):
         raise ValueError(f"{path}: sample_records reads .json (one array) or .jsonl; sample Parquet with "
                          "vig_udf.spark.check_job.sample_input (Spark)")
     rng = np.random.default_rng(seed)
     reservoir: list[dict] = []
     seen = 0
-    for record in _stream_records(path):
+    for record in _stream_records(path, storage or Storage()):
         if not isinstance(record, dict) or not _has_image(record):
             continue
         seen += 1

@@ -39,6 +39,9 @@ class SparkConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    remote: str | None = Field(None, description="Spark Connect URL (sc://host:port, or local[n] to start a local "
+                                                 "Connect server); the SPARK_REMOTE environment variable wins; either "
+                                                 "one makes master unused")
     master: str | None = Field("local[*]", description="Spark master; None = leave it to spark-submit")
     app_name: str = Field("vig-spark", description="application name")
     conf: dict[str, str] = Field(default_factory=dict, description="any spark.* setting")

@@ -26,8 +26,9 @@ def source_of(image_path: str | None) -> str:
 
 
 def validate_record(record_id, image_path, conversations, *, image_root: str | None,
-                    check_files: bool = True) -> tuple[str, str | None]:
-    """(status, error) of one record: ``ok``, ``text_only`` or the reason it cannot be scored."""
+                    check_files: bool = True, storage=None) -> tuple[str, str | None]:
+    """(status, error) of one record: ``ok``, ``text_only`` or the reason it cannot be scored. ``storage`` (a
+    :class:`vig_udf.storage.Storage`) reaches images on object storage."""
     if conversations is None:
         return INVALID_RECORD, "the record has no 'conversations' list (or it is not a list of {from, value})"
     try:
@@ -35,7 +36,7 @@ def validate_record(record_id, image_path, conversations, *, image_root: str | N
         if image_path:
             full = resolve_image(image_path, image_root)
             if check_files:
-                check_image_file(full)
+                check_image_file(full, storage)
     except SampleError as err:
         return err.status, err.message
     return (OK if image_path else TEXT_ONLY), None

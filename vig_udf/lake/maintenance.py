@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import time
 
-from vig_udf.lake.paths import STAGING, table_uri
-from vig_udf.lake.storage import delete_folder, list_folders, newest_modification_ms
-from vig_udf.lake.views import lake_tables
+from vig_udf.lake.paths import STAGING, delta_sql, table_uri
+from vig_udf.lake.read import lake_storage
 from vig_udf.lake.session_conf import session_confs
+from vig_udf.lake.views import lake_tables
+from vig_udf.lake.write import delete_staged
 
 DEFAULT_RETENTION_HOURS = 168.0
 RETENTION_CHECK_CONF = "spark.databricks.delta.retentionDurationCheck.enabled"
@@ -31,11 +32,9 @@ def _tables(spark, lake, tables: list[str] | None) -> list[str]:
 
 def optimize_lake(spark, lake, tables: list[str] | None = None) -> dict[str, dict]:
     """Compact the small files of each table (all tables of the lake by default); returns Delta's metrics."""
-    from delta.tables import DeltaTable
-
     results = {}
     for name in _tables(spark, lake, tables):
-        row = DeltaTable.forPath(spark, f"{table_uri(lake)}/{name}").optimize().executeCompaction().first()
+        row = spark.sql(f"OPTIMIZE {delta_sql(f'{table_uri(lake)}/{name}')}").first()
         metrics = row["metrics"].asDict() if row and row["metrics"] is not None else {}
         results[name] = {k: metrics.get(k) for k in ("numFilesAdded", "numFilesRemoved")}
     return results
@@ -48,8 +47,6 @@ def vacuum_lake(spark, lake, tables: list[str] | None = None, *, retain_hours: f
     ``retention_check=False`` allows ``retain_hours`` under 168 (Delta's safety check); only do that when no
     job is writing to the lake.
     """
-    from delta.tables import DeltaTable
-
     if retention_check and retain_hours < DEFAULT_RETENTION_HOURS:
         raise ValueError(f"retain_hours={retain_hours} is under Delta's {DEFAULT_RETENTION_HOURS:.0f}-hour safety "
                          "check: files that running jobs or time travel still need could be deleted. Set "
@@ -58,19 +55,20 @@ def vacuum_lake(spark, lake, tables: list[str] | None = None, *, retain_hours: f
     names = _tables(spark, lake, tables)
     with session_confs(spark, confs):
         for name in names:
-            DeltaTable.forPath(spark, f"{table_uri(lake)}/{name}").vacuum(retain_hours)
+            spark.sql(f"VACUUM {delta_sql(f'{table_uri(lake)}/{name}')} RETAIN {float(retain_hours)} HOURS").collect()
     return {"tables": names, "staging_removed": clear_staging(spark, lake, retain_hours=retain_hours)}
 
 
 def clear_staging(spark, lake, *, retain_hours: float) -> list[str]:
     """Delete the staging folders under ``<lake>/_staging`` whose newest file is older than the retention."""
+    storage = lake_storage(spark)
     root = f"{table_uri(lake)}/{STAGING}"
-    cutoff_ms = (time.time() - retain_hours * 3600) * 1000
+    cutoff_ns = (time.time() - retain_hours * 3600) * 1e9
     removed = []
-    for table in list_folders(spark, root):
-        for write in list_folders(spark, f"{root}/{table}"):
-            folder = f"{root}/{table}/{write}"
-            newest = newest_modification_ms(spark, folder)
-            if newest is not None and newest <= cutoff_ms and delete_folder(spark, folder):
-                removed.append(f"{table}/{write}")
+    for table in (e for e in storage.list(root) if e.is_dir):
+        for write in (e for e in storage.list(table.uri) if e.is_dir):
+            times = [e.mtime_ns for e in storage.files(write.uri) if e.mtime_ns is not None]
+            newest = max(times, default=write.mtime_ns)
+            if newest is not None and newest <= cutoff_ns and delete_staged(spark, write.uri):
+                removed.append(f"{table.name}/{write.name}")
     return removed

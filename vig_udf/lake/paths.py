@@ -1,29 +1,19 @@
-"""Table locations: every table path is a URI (``file:``, ``s3a:``, ``abfss:``, ``gs:``, ``dbfs:/``, a Unity
-Catalog volume); a path without a scheme is a local folder, made absolute against the working folder.
-
-No ``os.path`` call ever touches a URI: a lake on object storage stays exactly as written.
+"""Table locations: every table path is a URI (a local folder, ``s3a:``, ``abfss:``, ``gs:``, ``dbfs:/``, a Unity
+Catalog volume), spelled one way (:func:`vig_udf.storage.canonical`); a path without a scheme is a local folder,
+made absolute against the working folder. No ``os.path`` call ever touches a URI: a lake on object storage
+stays exactly as written.
 """
 
 from __future__ import annotations
 
-import os
-import re
+from vig_udf.storage import canonical, spark_path
 
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 STAGING = "_staging"  # <lake>/_staging/<table>/<write id>: rows a job has computed but not yet merged
 
 
-def has_scheme(path: str) -> bool:
-    """Whether ``path`` names a file system (``s3a://b/x``, ``file:/x``, ``dbfs:/x``), not a bare local path."""
-    return bool(_SCHEME.match(path)) and not re.match(r"^[A-Za-z]:[\\/]", path)  # not a Windows drive
-
-
 def table_uri(path) -> str:
-    """The location of a table or lake root as Spark and Delta take it (no trailing slash)."""
-    text = os.fspath(path)
-    if not has_scheme(text):
-        text = os.path.abspath(text)
-    return text.rstrip("/") or "/"
+    """The location of a table or lake root as the product stores and prints it (no trailing slash)."""
+    return canonical(path)
 
 
 def lake_table(lake, name: str) -> str:
@@ -39,3 +29,8 @@ def staging_folder(lake_or_table, table: str | None = None) -> str:
     else:
         root = uri
     return f"{root}/{STAGING}/{table}"
+
+
+def delta_sql(path) -> str:
+    """The table at ``path`` as Spark SQL names a path-based Delta table: ``delta.`<uri>```."""
+    return "delta.`" + spark_path(path).replace("`", "``") + "`"

@@ -1,29 +1,46 @@
 """Reading tables with Delta Lake's Spark engine: a DataFrame at a version (``versionAsOf``), and the
-table's latest version and history (``DESCRIBE HISTORY``)."""
+table's latest version and history (``DESCRIBE HISTORY``). Everything here is Spark SQL or the DataFrame
+reader, so it runs alike on a classic session and on Spark Connect (Databricks standard and serverless)."""
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, SparkSession
+import re
 
 from vig_udf.lake.metadata import history_entry
-from vig_udf.lake.paths import table_uri
+from vig_udf.lake.paths import delta_sql, table_uri
+from vig_udf.storage import join, spark_path
 
 HISTORY_COLUMNS = ("version", "timestamp", "operation", "userMetadata", "operationMetrics")
+_COMMIT_FILE = re.compile(r"^\d{20}\.(json|checkpoint(\.\d+\.\d+)?\.parquet)$|^\d{20}\.checkpoint\.[^/]+\.(json|parquet)$")
 
 
-def table_exists(spark: SparkSession, path) -> bool:
-    """Whether ``path`` holds a Delta table."""
-    from delta.tables import DeltaTable
+def lake_storage(spark):
+    """The :class:`~vig_udf.storage.Storage` of ``spark``'s settings, made once per session."""
+    from vig_udf.storage import session_storage
 
-    return DeltaTable.isDeltaTable(spark, table_uri(path))
+    cached = getattr(spark, "_vig_storage", None)
+    if cached is None:
+        cached = session_storage(spark)
+        try:
+            spark._vig_storage = cached
+        except AttributeError:  # a session class that takes no attributes: build it each time
+            pass
+    return cached
 
 
-def _require(spark: SparkSession, uri: str) -> None:
+def table_exists(spark, path) -> bool:
+    """Whether ``path`` holds a Delta table: its ``_delta_log`` has a commit or a checkpoint (a folder with
+    only staged or temporary files in its log is not a table). Read through the storage layer: no Spark job."""
+    log = join(table_uri(path), "_delta_log")
+    return any(not e.is_dir and _COMMIT_FILE.match(e.name) for e in lake_storage(spark).list(log))
+
+
+def _require(spark, uri: str) -> None:
     if not table_exists(spark, uri):
         raise FileNotFoundError(f"No Delta table at {uri} (no _delta_log there); check the path or write it first.")
 
 
-def read_table(spark: SparkSession, path, *, version: int | None = None) -> DataFrame:
+def read_table(spark, path, *, version: int | None = None):
     """The rows of the Delta table at ``path`` as a DataFrame, at ``version`` (default: the latest).
 
     Example::
@@ -35,42 +52,45 @@ def read_table(spark: SparkSession, path, *, version: int | None = None) -> Data
     reader = spark.read.format("delta")
     if version is not None:
         reader = reader.option("versionAsOf", int(version))
-    return reader.load(uri)
+    return reader.load(spark_path(uri))
 
 
-def table_history(spark: SparkSession, path, *, limit: int | None = None) -> list[dict]:
+def history_rows(spark, path, *, limit: int | None = None, version: int | None = None) -> list[dict]:
+    """Rows of ``DESCRIBE HISTORY`` (the :data:`HISTORY_COLUMNS`), newest first: the last ``limit`` commits, or
+    the commit of ``version``."""
+    statement = f"DESCRIBE HISTORY {delta_sql(path)}"
+    if limit is not None and version is None:
+        statement += f" LIMIT {int(limit)}"
+    history = spark.sql(statement)
+    if version is not None:
+        history = history.where(f"version = {int(version)}")
+    # bounded: ``limit`` commits, or one table's history (a row per commit)
+    return [row.asDict() for row in history.select(*HISTORY_COLUMNS).collect()]
+
+
+def table_history(spark, path, *, limit: int | None = None) -> list[dict]:
     """The table's commits, newest first: ``version``, ``timestamp``, ``operation``, ``metrics`` and the
     commit metadata (``job``, ``config`` as a dict, ``code_version``, ``write_id``, ``app_id``,
     ``app_version``; ``None`` where absent)."""
-    from delta.tables import DeltaTable
-
     uri = table_uri(path)
     _require(spark, uri)
-    rows = DeltaTable.forPath(spark, uri).history(limit).select(*HISTORY_COLUMNS).collect()
-    return [history_entry(row.asDict()) for row in rows]
+    return [history_entry(row) for row in history_rows(spark, uri, limit=limit)]
 
 
-def table_commit(spark: SparkSession, path, version: int | None = None) -> dict | None:
+def table_commit(spark, path, version: int | None = None) -> dict | None:
     """The :func:`table_history` entry of ``version`` (default: the latest), or ``None`` if there is no table or
     its history no longer has that version. Its ``write_id`` (or, for a commit without one, its ``timestamp``)
     tells this version from a version of the same number of a table recreated at the same path."""
-    from delta.tables import DeltaTable
-
     uri = table_uri(path)
     if not table_exists(spark, uri):
         return None
-    history = DeltaTable.forPath(spark, uri).history(None if version is not None else 1)
-    if version is not None:
-        history = history.where(f"version = {int(version)}")
-    row = history.select(*HISTORY_COLUMNS).first()
-    return history_entry(row.asDict()) if row else None
+    rows = history_rows(spark, uri, limit=1, version=version)
+    return history_entry(rows[0]) if rows else None
 
 
-def table_version(spark: SparkSession, path) -> int | None:
+def table_version(spark, path) -> int | None:
     """The latest version of the table at ``path``, or ``None`` if there is no table."""
-    from delta.tables import DeltaTable
-
     uri = table_uri(path)
     if not table_exists(spark, uri):
         return None
-    return DeltaTable.forPath(spark, uri).history(1).select("version").first()[0]
+    return history_rows(spark, uri, limit=1)[0]["version"]

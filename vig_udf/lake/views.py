@@ -6,24 +6,22 @@ from __future__ import annotations
 import logging
 import re
 
-from pyspark.sql import SparkSession
-
 from vig_udf.lake.paths import STAGING, table_uri
-from vig_udf.lake.read import read_table, table_exists, table_version
-from vig_udf.lake.storage import list_folders
+from vig_udf.lake.read import lake_storage, read_table, table_exists, table_version
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def lake_tables(spark: SparkSession, root) -> list[str]:
+def lake_tables(spark, root) -> list[str]:
     """Names of the folders directly under ``root`` that hold a Delta table, sorted (staging excluded)."""
     uri = table_uri(root)
-    return [name for name in list_folders(spark, uri) if name != STAGING and table_exists(spark, f"{uri}/{name}")]
+    folders = [e.name for e in lake_storage(spark).list(uri) if e.is_dir]
+    return [name for name in folders if name != STAGING and table_exists(spark, f"{uri}/{name}")]
 
 
 def register_views(
-    spark: SparkSession,
+    spark,
     root,
     names: list[str] | None = None,
     *,

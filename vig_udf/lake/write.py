@@ -26,14 +26,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable
 
-from pyspark.sql import DataFrame
-
 from vig_udf.lake.metadata import commit_metadata, history_entry
-from vig_udf.lake.paths import table_uri
-from vig_udf.lake.read import HISTORY_COLUMNS, table_exists, table_version
+from vig_udf.lake.paths import delta_sql, table_uri
+from vig_udf.lake.read import history_rows, lake_storage, table_exists, table_version
 from vig_udf.lake.schema import check_append
 from vig_udf.lake.session_conf import session_confs
-from vig_udf.lake.storage import delete_folder
+from vig_udf.storage import spark_path
 
 log = logging.getLogger(__name__)
 MODES = {"append": "append", "overwrite": "overwrite", "error": "errorifexists"}
@@ -61,7 +59,7 @@ class Commit:
 
 
 def write_table(
-    df: DataFrame,
+    df,
     path,
     *,
     mode: str = "append",
@@ -98,15 +96,16 @@ def write_table(
     def attempt() -> None:
         data = df
         if mode == "append" and table_exists(spark, uri):
-            data = df.select(*check_append(df.schema, spark.read.format("delta").load(uri).schema, path=uri))
-        _writer(data, MODES[mode], metadata, app_id, app_version).save(uri)
+            data = df.select(*check_append(df.schema, spark.read.format("delta").load(spark_path(uri)).schema,
+                                           path=uri))
+        _writer(data, MODES[mode], metadata, app_id, app_version).save(spark_path(uri))
 
     _retry_conflicts(attempt, uri)
     return _find_commit(spark, uri, metadata["write_id"], after=before)
 
 
 def insert_new_rows(
-    df: DataFrame,
+    df,
     path,
     *,
     keys: list[str],
@@ -116,7 +115,7 @@ def insert_new_rows(
     app_version: int | None = None,
     staging: str | None = None,
     replace_when: str | None = None,
-    staged_config: Callable[[DataFrame], dict] | None = None,
+    staged_config: Callable | None = None,
 ) -> Commit | None:
     """Insert the rows of ``df`` whose ``keys`` the table at ``path`` does not hold; create it if missing.
 
@@ -153,46 +152,59 @@ def insert_new_rows(
     source, before = df, table_version(spark, uri)
     try:
         if staged:
-            df.write.format("delta").mode("errorifexists").save(staged)
-            source = spark.read.format("delta").load(staged)
+            df.write.format("delta").mode("errorifexists").save(spark_path(staged))
+            source = spark.read.format("delta").load(spark_path(staged))
             if staged_config is not None:
                 config = {**config, **staged_config(source)}
         metadata = commit_metadata(job=job, config=config, write_id=write_id, app_id=app_id, app_version=app_version)
         _retry_conflicts(lambda: _create_or_merge(source, uri, keys, metadata, app_id, app_version, replace_when), uri)
     finally:
         if staged:
-            delete_folder(spark, staged)
+            delete_staged(spark, staged)
     return _find_commit(spark, uri, write_id, after=before)
 
 
-def _create_or_merge(source: DataFrame, uri: str, keys: list[str], metadata: dict, app_id, app_version,
+def _create_or_merge(source, uri: str, keys: list[str], metadata: dict, app_id, app_version,
                      replace_when: str | None = None) -> None:
-    from delta.tables import DeltaTable
     from pyspark.errors import AnalysisException
 
     spark = source.sparkSession
     if not table_exists(spark, uri):
         try:
-            _writer(source, "errorifexists", metadata, app_id, app_version).save(uri)
+            _writer(source, "errorifexists", metadata, app_id, app_version).save(spark_path(uri))
             return
         except AnalysisException:
             if not table_exists(spark, uri):
                 raise
             # another writer created the table between the check and this write: merge instead
-    table = DeltaTable.forPath(spark, uri)
-    columns = check_append(source.schema, table.toDF().schema, path=uri)
+    columns = check_append(source.schema, spark.read.format("delta").load(spark_path(uri)).schema, path=uri)
     condition = " AND ".join(f"t.`{key}` <=> s.`{key}`" for key in keys)
+    view = f"vig_merge_source_{uuid.uuid4().hex}"
+    matched = f"WHEN MATCHED AND ({replace_when}) THEN UPDATE SET * " if replace_when is not None else ""
+    statement = (f"MERGE INTO {delta_sql(uri)} AS t USING {view} AS s ON {condition} "
+                 f"{matched}WHEN NOT MATCHED THEN INSERT *")
     confs = {USER_METADATA_CONF: json.dumps(metadata)}
     if app_id is not None:
         confs.update({TXN_APP_ID_CONF: app_id, TXN_VERSION_CONF: str(app_version)})
-    merge = table.alias("t").merge(source.select(*columns).alias("s"), condition)
-    if replace_when is not None:
-        merge = merge.whenMatchedUpdateAll(condition=replace_when)
-    with session_confs(spark, confs):
-        merge.whenNotMatchedInsertAll().execute()
+    source.select(*columns).createOrReplaceTempView(view)
+    try:
+        with session_confs(spark, confs):
+            spark.sql(statement).collect()  # the MERGE's one row of metrics
+    finally:
+        spark.catalog.dropTempView(view)
 
 
-def _writer(df: DataFrame, save_mode: str, metadata: dict, app_id, app_version):
+def delete_staged(spark, uri: str) -> bool:
+    """Delete a staged folder; returns whether anything was deleted. Never raises: a folder left behind is
+    cleared by ``vig lake vacuum``."""
+    try:
+        return lake_storage(spark).delete(uri)
+    except Exception as error:  # noqa: BLE001 - clean-up must not mask the job's own outcome
+        log.warning("could not delete %s (%s); `vig lake vacuum` clears it", uri, error)
+        return False
+
+
+def _writer(df, save_mode: str, metadata: dict, app_id, app_version):
     writer = df.write.format("delta").mode(save_mode).option("userMetadata", json.dumps(metadata))
     if save_mode == "overwrite":
         writer = writer.option("overwriteSchema", "true")
@@ -208,12 +220,22 @@ def _check_app(app_id, app_version) -> None:
         raise ValueError(f"app_version must be a non-negative int, got {app_version!r}")
 
 
+def conflict_exceptions() -> tuple[type, ...]:
+    """Delta's commit-conflict exception classes, as a classic session and Spark Connect both raise them."""
+    import delta.exceptions
+    from delta.exceptions import base
+
+    try:
+        import delta.connect.exceptions  # noqa: F401 - maps Connect's server errors onto the same classes
+    except ImportError:  # no Spark Connect client installed: classic sessions only
+        pass
+    # delta-spark's conflict classes do not share a base class: name each of them
+    return tuple(getattr(base, name) for name in delta.exceptions.__all__)
+
+
 def _retry_conflicts(write, uri: str) -> None:
     """Run ``write``; when a concurrent commit conflicts with it, run it again (it re-reads the table)."""
-    import delta.exceptions
-
-    # delta-spark's conflict classes do not share a base class: name each of them
-    conflicts = tuple(getattr(delta.exceptions, name) for name in delta.exceptions.__all__)
+    conflicts = conflict_exceptions()
     for attempt in range(1, ATTEMPTS + 1):
         try:
             write()
@@ -234,16 +256,14 @@ def _retry_conflicts(write, uri: str) -> None:
 def _find_commit(spark, uri: str, write_id: str, *, after: int | None) -> Commit | None:
     """The commit carrying ``write_id`` among those after version ``after`` (None: the table is new), or None
     when this call committed nothing."""
-    from delta.tables import DeltaTable
-
     latest = table_version(spark, uri)
     if latest is None:
         return None
     newer = latest - (after if after is not None else -1)
     if newer <= 0:
         return None
-    for row in DeltaTable.forPath(spark, uri).history(newer).select(*HISTORY_COLUMNS).collect():
-        entry = history_entry(row.asDict())
+    for row in history_rows(spark, uri, limit=newer):
+        entry = history_entry(row)
         if entry["write_id"] == write_id:
             metrics = entry["metrics"]
             rows = metrics.get("numTargetRowsInserted", metrics.get("numOutputRows"))

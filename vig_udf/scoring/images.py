@@ -20,21 +20,26 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import posixpath
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageStat
 
 from vig_udf.scoring.status import IMAGE_UNREADABLE, SampleError
+from vig_udf.storage import canonical, local_path, scheme_of, split_uri
 
 COUNTERFACTUALS = ("blur", "drop", "blank", "noise")
 SAME_LAYOUT_COUNTERFACTUALS = ("blur", "blank", "noise")
 DEFAULT_BLUR_SIGMA = 0.05
 
 
-def load_image(image: Any, *, image_root: str | None = None, max_pixels: int | None = None) -> Image.Image:
-    """Open ``image`` (a path, raw bytes or a PIL image) as a fully decoded RGB image.
+def load_image(image: Any, *, image_root: str | None = None, max_pixels: int | None = None,
+               storage=None) -> Image.Image:
+    """Open ``image`` (a path or URI, raw bytes or a PIL image) as a fully decoded RGB image.
 
+    A path on object storage (``s3a://...``, or relative to an ``image_root`` there) is read through
+    ``storage`` (a :class:`vig_udf.storage.Storage`; default: the cloud SDKs' own credentials).
     Raises :class:`SampleError` with status ``image_unreadable`` and the cause when the file is missing,
     truncated, corrupt, not an image, or larger than ``max_pixels``.
     """
@@ -44,6 +49,8 @@ def load_image(image: Any, *, image_root: str | None = None, max_pixels: int | N
         return _decoded_rgb(_open(io.BytesIO(bytes(image)), "image bytes"), "image bytes", max_pixels)
     if isinstance(image, (str, os.PathLike)):
         path = resolve_image(os.fspath(image), image_root)
+        if local_path(path) is None:
+            return _decoded_rgb(_open(io.BytesIO(_read_remote(path, storage)), path), path, max_pixels)
         check_image_file(path)
         return _decoded_rgb(_open(path, path), path, max_pixels)
     raise SampleError(IMAGE_UNREADABLE, f"unsupported image value of type {type(image).__name__}")
@@ -55,11 +62,16 @@ def resolve_image(image_path: str, image_root: str | None) -> str:
     With an image root, the path (relative to it, or absolute) must stay inside it, also after following
     symlinks: a symlink inside the root that points inside it is fine; ``../``, an absolute path elsewhere
     or a symlink that leaves the root raise :class:`SampleError` (``image_unreadable``) saying which.
-    Ingest, the score job and the scorer all check paths here, so they refuse the same paths alike.
+    Ingest, the score job and the scorer all check paths here, so they refuse the same paths alike. A root
+    on object storage (``s3a://bucket/images``) confines keys the same way, by their normalised path (object
+    stores have no symlinks).
     """
     if image_root is None:
-        return os.path.abspath(image_path)
-    root, real_root = os.path.abspath(image_root), os.path.realpath(image_root)
+        return os.path.abspath(image_path) if scheme_of(image_path) is None else canonical(image_path)
+    root_path = local_path(image_root)
+    if root_path is None:
+        return _resolve_under_uri(image_path, image_root)
+    root, real_root = root_path, os.path.realpath(root_path)
     named = os.path.normpath(os.path.join(root, image_path))
     if not any(_inside(named, r) for r in (root, real_root)):
         raise SampleError(IMAGE_UNREADABLE, f"image path {image_path!r} points outside the image root {image_root}")
@@ -70,8 +82,46 @@ def resolve_image(image_path: str, image_root: str | None) -> str:
     return full
 
 
-def check_image_file(path: str) -> None:
-    """Raise ``image_unreadable`` unless ``path`` is an existing file (a folder is named as one)."""
+def _resolve_under_uri(image_path: str, image_root: str) -> str:
+    base, root = split_uri(image_root)
+    if scheme_of(image_path) is not None:
+        other_base, named = split_uri(image_path)
+        if other_base != base:
+            raise SampleError(IMAGE_UNREADABLE, f"image path {image_path!r} points outside the image root {image_root}")
+    else:
+        named = posixpath.join(root, image_path)
+    named = posixpath.normpath(named)
+    if not (named == root or named.startswith(root.rstrip("/") + "/")):
+        raise SampleError(IMAGE_UNREADABLE, f"image path {image_path!r} points outside the image root {image_root}")
+    return base + named
+
+
+def _read_remote(uri: str, storage) -> bytes:
+    from vig_udf.storage import Storage
+
+    try:
+        return (storage or Storage()).read_bytes(uri)
+    except FileNotFoundError:
+        raise SampleError(IMAGE_UNREADABLE, f"image file not found: {uri}") from None
+    except OSError as exc:
+        raise SampleError(IMAGE_UNREADABLE, f"cannot read {uri}: {exc}") from exc
+
+
+def check_image_file(path: str, storage=None) -> None:
+    """Raise ``image_unreadable`` unless ``path`` (a local path or a URI) is an existing file (a folder is named
+    as one)."""
+    if local_path(path) is None:
+        from vig_udf.storage import Storage
+
+        try:
+            found = (storage or Storage()).info(path)
+        except OSError as exc:
+            raise SampleError(IMAGE_UNREADABLE, f"cannot reach {path}: {exc}") from exc
+        if found is None:
+            raise SampleError(IMAGE_UNREADABLE, f"image file not found: {path}")
+        if found.is_dir:
+            raise SampleError(IMAGE_UNREADABLE, f"image path {path} is a folder, not an image file")
+        return
     if os.path.isdir(path):
         raise SampleError(IMAGE_UNREADABLE, f"image path {path} is a folder, not an image file")
     if not os.path.isfile(path):

@@ -36,6 +36,7 @@ from vig_udf.scoring.masking import AnswerTokens
 from vig_udf.scoring.options import ScorerOptions
 from vig_udf.scoring.results import ScoreResult
 from vig_udf.scoring.status import SampleError
+from vig_udf.storage import model_folder
 
 log = logging.getLogger(__name__)
 WITH, WITHOUT = 0, 1
@@ -63,9 +64,12 @@ class _Chunk:
 class VIGScorer:
     """Scores LLaVA-format samples with one model and processor in this process (no Spark)."""
 
-    def __init__(self, model, processor, *, options: ScorerOptions, model_ref: dict, device, dtype=None):
+    def __init__(self, model, processor, *, options: ScorerOptions, model_ref: dict, device, dtype=None,
+                 storage=None):
         """A scorer around a loaded model and processor; ``model_ref`` is the model's fingerprint
-        (:func:`vig_udf.scoring.identity.model_fingerprint`). ``dtype`` defaults to ``options.dtype``."""
+        (:func:`vig_udf.scoring.identity.model_fingerprint`). ``dtype`` defaults to ``options.dtype``.
+        ``storage`` (a :class:`vig_udf.storage.Storage`) reads images given as object-store URIs."""
+        self.storage = storage
         self.device = torch.device(device)
         self.options = options.for_device(self.device.type)
         if dtype is not None:
@@ -82,7 +86,8 @@ class VIGScorer:
         self.pad_token_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
 
     @classmethod
-    def from_pretrained(cls, model_path: str, options: ScorerOptions | None = None, **kwargs) -> "VIGScorer":
+    def from_pretrained(cls, model_path: str, options: ScorerOptions | None = None, *, storage=None,
+                        **kwargs) -> "VIGScorer":
         """Load an image-text-to-text model and its processor (AutoModelForImageTextToText/AutoProcessor).
 
         Options are a :class:`~vig_udf.scoring.options.ScorerOptions` or its fields as keywords (``counterfactual``,
@@ -90,7 +95,9 @@ class VIGScorer:
         ``batch_tokens``, ``revision``, ``attn_implementation``, ``trust_remote_code``, ...); an unknown
         keyword raises TypeError. device: defaults to ``cuda`` when available, else ``cpu``. dtype: bfloat16
         on CUDA, float32 on CPU. batch_tokens: 32768 on CUDA, 2048 on CPU (small batches measured faster on
-        CPU, see BENCHMARKS.md). A hub model is loaded at the commit its identity names.
+        CPU, see BENCHMARKS.md). A hub model is loaded at the commit its identity names. A model folder on
+        object storage (``s3a://...``) is copied once into this machine's cache (:func:`vig_udf.storage.cached_copy`)
+        and loaded from there; ``storage`` reaches it and the images given as URIs.
         """
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -100,6 +107,7 @@ class VIGScorer:
             options = ScorerOptions.from_kwargs(**{**options.model_dump(exclude_unset=True), **kwargs})
         device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         options = options.for_device(device.type)
+        model_path = model_folder(model_path, storage)
         model_ref = model_fingerprint(model_path, options.revision)
         revision = model_ref.get("commit", options.revision)
         processor = AutoProcessor.from_pretrained(model_path, revision=revision,
@@ -115,7 +123,7 @@ class VIGScorer:
             model_path, revision=revision, trust_remote_code=options.trust_remote_code, dtype=dtype,
             attn_implementation=options.attn_implementation,
         ).to(device).eval()
-        return cls(model, processor, options=options, model_ref=model_ref, device=device)
+        return cls(model, processor, options=options, model_ref=model_ref, device=device, storage=storage)
 
     @property
     def scorer_id(self) -> str:
@@ -192,7 +200,8 @@ class VIGScorer:
         if not has_image:
             _, tokens = self.inputs.build(conv, None, rendered=rendered)
             return ScoreResult.unscored(sample_id, self.options.counterfactual, st.TEXT_ONLY, None, tokens)
-        image = load_image(image_ref, image_root=self.options.image_root, max_pixels=self.options.max_image_pixels)
+        image = load_image(image_ref, image_root=self.options.image_root, max_pixels=self.options.max_image_pixels,
+                           storage=self.storage)
         real, tokens = self._build_with_image(conv, image, rendered)
         if self.options.counterfactual == "drop":
             cf, cf_tokens = self.inputs.build(conv, None)

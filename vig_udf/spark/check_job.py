@@ -11,7 +11,6 @@ The check runs in the driver process with one scorer: it is meant for tens to hu
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -97,7 +96,9 @@ def run_check_job(cfg: CheckJobConfig, *, spark=None, out=print) -> dict:
     """Sample, check, write the report; returns ``{"passed", "verdict", "paths", "summary"}``."""
     from vig_udf.check import check_scorer, sample_records
     from vig_udf.report.check_report import write_check_report
+    from vig_udf.lake.read import lake_storage
     from vig_udf.scoring.scorer import VIGScorer
+    from vig_udf.storage import Storage
 
     if not cfg.scorer.model_path:
         raise ValueError("scorer.model_path is not set: give a HF model id or a local checkpoint folder")
@@ -109,13 +110,15 @@ def run_check_job(cfg: CheckJobConfig, *, spark=None, out=print) -> dict:
         records = sample_input(spark, cfg.input, n=cfg.samples, seed=cfg.seed)
         source = cfg.input
     else:
-        if not Path(cfg.input).is_file():
+        storage = Storage.from_conf(cfg.spark.conf)
+        if not storage.is_file(cfg.input):
             raise FileNotFoundError(f"input file not found: {cfg.input}")
-        records = sample_records(cfg.input, n=cfg.samples, seed=cfg.seed)
+        records = sample_records(cfg.input, n=cfg.samples, seed=cfg.seed, storage=storage)
         source = cfg.input
     if len(records) < 2:
         raise ValueError(f"{source} has {len(records)} record(s) with an image; the check needs at least two")
-    scorer = VIGScorer.from_pretrained(cfg.scorer.model_path, cfg.scorer.options())
+    storage = lake_storage(spark) if spark is not None else Storage.from_conf(cfg.spark.conf)
+    scorer = VIGScorer.from_pretrained(cfg.scorer.model_path, cfg.scorer.options(), storage=storage)
     result = check_scorer(scorer, records, thresholds=cfg.thresholds())
     paths = write_check_report(result, cfg.out, context={"model": cfg.scorer.model_path, "input": source,
                                                          "seed": cfg.seed})

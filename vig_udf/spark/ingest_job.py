@@ -25,7 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vig_udf.config import SparkConfig
 from vig_udf.corpus import INVALID_RECORD, content_id, resolve_image, source_of, validate_record
+from vig_udf.lake.read import lake_storage
 from vig_udf.preflight import check_image_root, check_input, is_local
+from vig_udf.storage import Storage, local_path
 from vig_udf.scoring.status import IMAGE_UNREADABLE, OK
 
 # conversations is read as its JSON text and parsed in Python: a schema with ``value: STRING`` would make
@@ -64,12 +66,13 @@ def read_records(spark, path: str, *, jsonl_folder: bool = False):
     folder and ``jsonl_folder`` is true (see :func:`vig_udf.spark.json_shards.stage_json_array`)."""
     from pyspark.sql import functions as F
 
-    from vig_udf.lake.storage import is_folder
+    from vig_udf.lake.read import lake_storage
+    from vig_udf.storage import spark_path
 
     if path.endswith(".json"):
         raise ValueError(f"{path}: a one-array .json is read through its JSONL shards (stage_json_array)")
-    if not jsonl_folder and (path.endswith(".parquet") or is_folder(spark, path)):
-        df = spark.read.parquet(path)
+    if not jsonl_folder and (path.endswith(".parquet") or lake_storage(spark).is_dir(path)):
+        df = spark.read.parquet(spark_path(path))
         position = _position(df)
         cols = [F.col(c).cast("string") if c in ("id", "image") else F.col(c) for c in ("id", "image", "conversations")
                 if c in df.columns]
@@ -78,7 +81,7 @@ def read_records(spark, path: str, *, jsonl_folder: bool = False):
             df = df.withColumn(missing, F.lit(None).cast("string"))
         return df.withColumn("_corrupt_record", F.lit(None).cast("string"))
     df = (spark.read.schema(INPUT_DDL).option("mode", "PERMISSIVE")
-          .option("columnNameOfCorruptRecord", "_corrupt_record").json(path))
+          .option("columnNameOfCorruptRecord", "_corrupt_record").json(spark_path(path)))
     return df.select(*df.columns, *_position(df))
 
 
@@ -91,8 +94,9 @@ def _position(df) -> list:
             F.monotonically_increasing_id().alias("_row")]
 
 
-def validate_batches(image_root: str | None, image_storage: str, check_files: bool):
-    """``mapInArrow`` function: raw records -> validated rows in :data:`VALIDATED_SCHEMA`."""
+def validate_batches(image_root: str | None, image_storage: str, check_files: bool, storage=None):
+    """``mapInArrow`` function: raw records -> validated rows in :data:`VALIDATED_SCHEMA`; ``storage`` reaches
+    images on object storage."""
 
     def validate(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -105,13 +109,12 @@ def validate_batches(image_root: str | None, image_storage: str, check_files: bo
                     status, error = INVALID_RECORD, "'conversations' is not a list of {from, value} turns"
                 else:
                     status, error = validate_record(rec.get("id"), rec.get("image"), conversations,
-                                                    image_root=image_root, check_files=check_files)
+                                                    image_root=image_root, check_files=check_files, storage=storage)
                 conversations = _storable(conversations)
                 data = None
                 if image_storage == "bytes" and rec.get("image") and status == OK:
                     try:
-                        with open(resolve_image(rec["image"], image_root), "rb") as f:
-                            data = f.read()
+                        data = (storage or Storage()).read_bytes(resolve_image(rec["image"], image_root))
                     except OSError as exc:
                         status, error = IMAGE_UNREADABLE, f"cannot read {rec['image']}: {exc}"
                 rows.append({
@@ -154,10 +157,11 @@ def _storable(conversations) -> list[dict] | None:
 def check_config(cfg: IngestJobConfig, spark=None) -> None:
     """Fail fast, before any table is written, when the input or the image root is unusable (InputError).
 
-    Without a session (before Spark starts) the image root is checked only for a local master."""
-    check_input(cfg.input)
-    if spark is not None or is_local(cfg.spark.master):
-        check_image_root(cfg.image_root, spark)
+    Without a session (before Spark starts) a local image root is checked only for a local master."""
+    storage = lake_storage(spark) if spark is not None else Storage.from_conf(cfg.spark.conf)
+    check_input(cfg.input, storage)
+    if spark is not None or is_local(cfg.spark.master) or local_path(cfg.image_root or ".") is None:
+        check_image_root(cfg.image_root, spark, storage)
 
 
 def run_ingest(spark, cfg: IngestJobConfig, *, out=print) -> dict:
@@ -168,7 +172,7 @@ def run_ingest(spark, cfg: IngestJobConfig, *, out=print) -> dict:
     from pyspark.sql.pandas.types import from_arrow_schema
 
     from vig_udf.lake import insert_new_rows, lake_table, staging_folder, table_exists, table_history
-    from vig_udf.lake.storage import delete_folder
+    from vig_udf.lake.write import delete_staged
     from vig_udf.spark.json_shards import stage_json_array
 
     corpus_path = lake_table(cfg.lake, "corpus")
@@ -188,7 +192,8 @@ def run_ingest(spark, cfg: IngestJobConfig, *, out=print) -> dict:
         raw = read_records(spark, staged, jsonl_folder=True) if staged else read_records(spark, cfg.input)
         if cfg.partitions:
             raw = raw.repartition(cfg.partitions)
-        validated = raw.mapInArrow(validate_batches(cfg.image_root, cfg.image_storage, cfg.check_files),
+        validated = raw.mapInArrow(validate_batches(cfg.image_root, cfg.image_storage, cfg.check_files,
+                                                    lake_storage(spark)),
                                    from_arrow_schema(VALIDATED_SCHEMA))
         in_order = [F.col(c) for c in POSITION]
         per_id = Window.partitionBy("source_id")
@@ -214,7 +219,7 @@ def run_ingest(spark, cfg: IngestJobConfig, *, out=print) -> dict:
             rows.unpersist()
     finally:
         if staged:
-            delete_folder(spark, staged)
+            delete_staged(spark, staged)
     summary.update(corpus_version=commit.version if commit else None, new_rows=commit.rows_added if commit else 0)
     if commit is None:
         out(f"nothing new in {cfg.input}: every sample is in {corpus_path} already")
@@ -276,8 +281,7 @@ def _summary(rows) -> dict:
 
 def input_fingerprint(spark, cfg: IngestJobConfig) -> str:
     """Identity of an ingest: the input file(s) (path, size, modification time) and the options that change rows."""
-    from vig_udf.lake.storage import file_listing
-
-    key = {"files": file_listing(spark, cfg.input), "image_root": cfg.image_root, "image_storage": cfg.image_storage,
+    listing = [(e.uri, e.size, (e.mtime_ns or 0) // 1_000_000) for e in lake_storage(spark).files(cfg.input)]
+    key = {"files": listing, "image_root": cfg.image_root, "image_storage": cfg.image_storage,
            "check_files": cfg.check_files}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

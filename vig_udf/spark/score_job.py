@@ -64,7 +64,7 @@ class ScoreJobConfig(BaseModel):
         return statuses
 
 
-def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool):
+def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool, storage=None):
     """The :class:`ScorerSpec` for this job, with the scorer id computed on the driver (no weights loaded).
 
     The spec's ``record`` is what the score commits record beside the rows: the unhashed identity, the chat
@@ -75,14 +75,17 @@ def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool):
 
     from vig_udf.scoring.identity import identity_record, library_versions, model_fingerprint, scorer_identity
     from vig_udf.spark.score_udf import ScorerSpec
+    from vig_udf.storage import Storage, model_folder
 
     scorer = cfg.scorer
     if not scorer.model_path:
         raise ValueError("scorer.model_path is not set: give a HF model id or a local checkpoint folder")
+    storage = storage or Storage.from_conf(cfg.spark.conf)
     options = scorer.options().for_device("cuda" if gpu else "cpu")
-    fingerprint = model_fingerprint(scorer.model_path, options.revision)
+    local_model = model_folder(scorer.model_path, storage)
+    fingerprint = model_fingerprint(local_model, options.revision)
     revision = fingerprint.get("commit", options.revision)
-    processor = AutoProcessor.from_pretrained(scorer.model_path, revision=revision,
+    processor = AutoProcessor.from_pretrained(local_model, revision=revision,
                                               trust_remote_code=options.trust_remote_code)
     chat_template = options.chat_template or processor.chat_template
     if not chat_template:
@@ -97,7 +100,7 @@ def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool):
               "library_versions": library_versions()}
     return ScorerSpec(model_path=scorer.model_path, scorer_id=scorer_id, kwargs=kwargs, image_root=scorer.image_root,
                       record=record, load_log_dir=os.environ.get("VIG_LOAD_LOG_DIR"),
-                      kill_worker_once=os.environ.get("VIG_FAULT_KILL_WORKER_ONCE"))
+                      kill_worker_once=os.environ.get("VIG_FAULT_KILL_WORKER_ONCE"), storage=storage)
 
 
 def local_gpu_count(master: str | None, task_gpu_amount: float) -> int:
@@ -131,10 +134,15 @@ def spark_config(cfg: ScoreJobConfig) -> SparkConfig:
 def check_config(cfg: ScoreJobConfig, spark=None) -> None:
     """Fail fast, before any table is written, when the model or the image root is not there (InputError).
 
-    Without a session (before Spark starts) the image root is checked only for a local master."""
-    check_model_path(cfg.scorer.model_path)
-    if spark is not None or is_local(cfg.spark.master):
-        check_image_root(cfg.scorer.image_root, spark)
+    Without a session (before Spark starts) a local image root is checked only for a local master."""
+    from vig_udf.lake.read import lake_storage
+    from vig_udf.storage import Storage, local_path
+
+    storage = lake_storage(spark) if spark is not None else Storage.from_conf(cfg.spark.conf)
+    check_model_path(cfg.scorer.model_path, storage)
+    root = cfg.scorer.image_root
+    if spark is not None or is_local(cfg.spark.master) or (root is not None and local_path(root) is None):
+        check_image_root(root, spark, storage)
 
 
 def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
@@ -144,6 +152,8 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     from pyspark.sql.pandas.types import from_arrow_schema
 
     from vig_udf.lake import insert_new_rows, lake_table, read_table, staging_folder, table_exists, table_version
+    from vig_udf.lake.read import lake_storage
+    from vig_udf.spark.cluster import default_parallelism, executor_gpus, master_of
     from vig_udf.lake.session_conf import session_confs
     from vig_udf.spark.arrow import SCORES_SCHEMA
     from vig_udf.spark.progress import Progress
@@ -151,10 +161,11 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
 
     corpus_path, scores_path = lake_table(cfg.lake, "corpus"), lake_table(cfg.lake, "scores")
     task_gpus = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0)
-    local_gpus = local_gpu_count(spark.sparkContext.master, task_gpus)
+    local_gpus = local_gpu_count(master_of(spark), task_gpus)
     with ThreadPoolExecutor(1) as pool:  # Delta's first look at the lake (seconds) overlaps loading the processor
         latest_corpus = pool.submit(table_version, spark, corpus_path)
-        spec = resolve_spec(cfg, gpu=task_gpus > 0 or local_gpus > 0)
+        spec = resolve_spec(cfg, gpu=task_gpus > 0 or local_gpus > 0 or executor_gpus(spark) > 0,
+                            storage=lake_storage(spark))
     corpus_version = cfg.corpus_version if cfg.corpus_version is not None else latest_corpus.result()
     if corpus_version is None:
         raise FileNotFoundError(f"no corpus table at {corpus_path}: run `vig ingest` first")
@@ -183,7 +194,7 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
                  "spark.sql.files.maxRecordsPerFile": str(cfg.rows_per_file)}
     chunks = max(1, math.ceil(n_pending / cfg.rows_per_commit)) if cfg.rows_per_commit else 1
     partitions = cfg.partitions or task_partitions(math.ceil(n_pending / chunks), cfg.rows_per_task,
-                                                   spark.sparkContext.defaultParallelism)
+                                                   default_parallelism(spark))
     config = {**cfg.model_dump(mode="json"), "scorer_id": spec.scorer_id, "corpus_version": corpus_version,
               "scorer_record": spec.record}
     # rescore: a row of this scorer with one of those statuses is replaced; any other existing row is kept

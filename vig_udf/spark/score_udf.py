@@ -24,6 +24,7 @@ from vig_udf.scoring.results import ScoreResult
 from vig_udf.spark.arrow import results_to_arrow
 from vig_udf.spark.local_gpus import worker_gpu
 from vig_udf.scoring.status import SampleError
+from vig_udf.storage import Storage
 
 log = logging.getLogger(__name__)
 _SCORERS: dict[tuple[str, str], object] = {}
@@ -39,6 +40,8 @@ class ScorerSpec:
     ``load_log_dir``: when set, every model load writes a marker file there (tests count loads per worker).
     ``kill_worker_once``: fault injection; the first task that sees no file at this path creates it and
     kills its Python worker in the middle of scoring (tests check that Spark's retry recovers).
+    ``storage``: how the workers reach a model, an image root or images on object storage (the driver's
+    session settings, :func:`vig_udf.storage.session_storage`).
     """
 
     model_path: str
@@ -48,6 +51,7 @@ class ScorerSpec:
     record: dict = field(default_factory=dict)
     load_log_dir: str | None = None
     kill_worker_once: str | None = None
+    storage: Storage = field(default_factory=Storage)
 
 
 def task_device() -> str | None:
@@ -77,7 +81,7 @@ def worker_scorer(spec: ScorerSpec, device: str | None):
         if device is not None:
             kwargs["device"] = device
         started = time.perf_counter()
-        scorer = VIGScorer.from_pretrained(spec.model_path, **kwargs)
+        scorer = VIGScorer.from_pretrained(spec.model_path, storage=spec.storage, **kwargs)
         if scorer.scorer_id != spec.scorer_id:
             raise RuntimeError(
                 f"the scorer loaded on this executor has id {scorer.scorer_id}, the driver expected "

@@ -8,6 +8,11 @@ gets ``hadoop-aws`` at the version of the Hadoop client that pyspark ships. On D
 
 Under ``spark-submit`` the JVM is started before this code runs, so packages must be given to
 spark-submit itself: ``spark-submit --packages "$(python -m vig_udf.spark.session)" ...``.
+
+Spark Connect (Databricks standard and serverless, any ``sc://`` server): ``SPARK_REMOTE`` in the environment
+(as pyspark reads it) or ``spark.remote`` in the config selects a Connect session, and then wins over
+``spark.master``. The server brings its own Delta Lake; ``remote: local[n]`` starts a local Connect server
+with this module's Delta settings.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import sys
 from pathlib import Path
 
 from vig_udf.config import SparkConfig
+from vig_udf.storage import on_databricks
 
 DELTA_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -33,9 +39,14 @@ LOCAL_DEFAULTS = {
 }
 
 
-def on_databricks() -> bool:
-    """Whether this process runs on a Databricks runtime (whose Spark has Delta built in)."""
-    return bool(os.environ.get("DATABRICKS_RUNTIME_VERSION"))
+def connect_url(cfg: SparkConfig) -> str | None:
+    """The Spark Connect URL this job's session uses (``SPARK_REMOTE``, else ``cfg.remote``), or None (classic)."""
+    return os.environ.get("SPARK_REMOTE") or cfg.remote
+
+
+def is_connect(spark) -> bool:
+    """Whether ``spark`` is a Spark Connect session (no SparkContext, no py4j)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
 
 
 def hadoop_aws_package() -> str:
@@ -91,10 +102,18 @@ def spark_session(cfg: SparkConfig, *, uris=()):
     if on_databricks():
         return SparkSession.builder.getOrCreate()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = SparkSession.builder.appName(cfg.app_name)
-    if cfg.master:
-        builder = builder.master(cfg.master)
-    return with_delta(builder, cfg, uris=uris).getOrCreate()
+    remote = connect_url(cfg)
+    if remote is None:
+        builder = SparkSession.builder.appName(cfg.app_name)
+        if cfg.master:
+            builder = builder.master(cfg.master)
+        return with_delta(builder, cfg, uris=uris).getOrCreate()
+    builder = SparkSession.builder.remote(remote).appName(cfg.app_name)
+    if remote.startswith("local"):  # pyspark starts a local Connect server with these settings
+        return with_delta(builder, cfg.model_copy(update={"master": remote}), uris=uris).getOrCreate()
+    for key, value in cfg.conf.items():  # a running server takes session settings; static ones are ignored
+        builder = builder.config(key, str(value))
+    return builder.getOrCreate()
 
 
 def fetch_packages() -> None:
