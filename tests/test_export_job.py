@@ -24,6 +24,7 @@ from vig_udf.spark.export_job import (ExportJobConfig, Part, _write_export, imag
 from vig_udf.spark.ingest_job import IngestJobConfig, run_ingest
 from vig_udf.spark.score_job import ScoreJobConfig, run_score
 from vig_udf.spark.select_job import SELECTION_SCHEMA, SelectJobConfig, run_select
+from vig_udf.storage import Storage
 
 pytestmark = pytest.mark.spark
 QUIET = {"out": lambda *_: None}
@@ -232,7 +233,7 @@ def test_a_failed_write_leaves_no_file_behind_and_an_earlier_export_untouched(tm
              Part(1, str(tmp_path / "gone.records"), str(tmp_path / "gone.masks"), 0, 0, 1)]
 
     with pytest.raises(FileNotFoundError):
-        _write_export(output, sidecar, parts, {"format": "x"}, {})
+        _write_export(Storage(), str(output), str(sidecar), parts, {"format": "x"}, {})
     assert output.read_text() == "earlier export" and not sidecar.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "p0.masks", "p0.records"]
 
@@ -245,20 +246,20 @@ def test_parts_are_concatenated_into_one_json_array_and_one_masks_object(tmp_pat
         masks.write_text(",\n".join(f'"{r}": [[0, 0, 1]]' for r in ids))
         parts.append(Part(i, str(records), str(masks), records.stat().st_size, masks.stat().st_size, len(ids)))
     output, sidecar = tmp_path / "out.json", tmp_path / "out.mask.json"
-    _write_export(output, sidecar, parts, {"format": "x"}, {"records": 3})
+    _write_export(Storage(), str(output), str(sidecar), parts, {"format": "x"}, {"records": 3})
     assert [r["id"] for r in json.loads(output.read_text())] == ["a", "b", "c"]
     written = json.loads(sidecar.read_text())
     assert written["masks"] == {r: [[0, 0, 1]] for r in "abc"} and written["totals"] == {"records": 3}
     assert written["records_sha256"] == hashlib.sha256(output.read_bytes()).hexdigest()
-    _write_export(output, sidecar, [], {"format": "x"}, {"records": 0})  # no parts: empty, still valid JSON
+    _write_export(Storage(), str(output), str(sidecar), [], {"format": "x"}, {"records": 0})  # no parts: empty, still valid JSON
     assert json.loads(output.read_text()) == [] and json.loads(sidecar.read_text())["masks"] == {}
 
 
 def test_folders_an_executor_cannot_see_are_a_clear_error(tmp_path):
-    write = part_writer(str(tmp_path / "not-shared"))
+    write = part_writer(str(tmp_path / "not-shared"), Storage())
     with pytest.raises(FileNotFoundError, match="staging folder .* storage that the driver and the executors share"):
         list(write(iter([])))
-    write = image_writer(tmp_path, tmp_path / ".vig-export-marker")  # the driver's marker is not there
+    write = image_writer(str(tmp_path), str(tmp_path / ".vig-export-marker"), Storage())  # no driver's marker
     with pytest.raises(FileNotFoundError, match="images folder .* storage that the driver and the executors share"):
         list(write(iter([])))
 
@@ -275,7 +276,7 @@ def test_a_rerun_reads_no_rows_and_no_output_unless_an_input_or_the_output_chang
     first = run_export(spark, cfg, **QUIET)
     assert not first["unchanged"]
     hashed = []
-    monkeypatch.setattr(export_job, "file_sha256", lambda path: hashed.append(path) or "")
+    monkeypatch.setattr(export_job, "file_sha256", lambda storage, path: hashed.append(path) or "")
     with data_files_hidden(*(lake / t for t in ("corpus", "scores", "selection"))):
         again = run_export(spark, cfg, **QUIET)  # the selection from the history, the output by its size and time
     assert again["unchanged"] and not hashed and again["records"] == first["records"]

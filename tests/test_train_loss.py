@@ -384,7 +384,8 @@ def test_an_interrupted_lora_run_resumes_to_the_same_weights(llava, tmp_path):
 
 def test_samples_that_fail_are_skipped_and_reported(llava, tmp_path):
     """batch_size 1 over one good and one unreadable sample: the bad sample's steps supervise nothing."""
-    from vig_udf.train.trainer import _checkpoints, train_selected
+    from vig_udf.train.run_folder import RunFolder
+    from vig_udf.train.trainer import SKIPPED_FILE, train_selected
 
     path, processor, _ = llava
     good = scored_row(processor, records()[1])
@@ -401,4 +402,4 @@ def test_samples_that_fail_are_skipped_and_reported(llava, tmp_path):
     assert result["supervised_tokens"] == per_sample * sum(m["samples"] for m in seen)
     # a checkpoint folder that a killed run left half-written is not taken for a checkpoint
     (tmp_path / "run" / "checkpoints" / "checkpoint-6").mkdir(parents=True)
-    assert [p.name for p in _checkpoints(tmp_path / "run")] == ["checkpoint-2", "checkpoint-4"]
+    assert RunFolder(str(tmp_path / "run")).checkpoint_steps(required=(SKIPPED_FILE,)) == [2, 4]

@@ -4,17 +4,34 @@ Every commit carries ``job`` (the job's name), ``config`` (the job's resolved co
 ``code_version`` (the package version plus the git commit of the source tree, when there is one) and
 ``write_id`` (a random id that lets the writer find its own commit in the history). With an app
 transaction it also records ``app_id`` and ``app_version``. The dictionary is stored as JSON in the
-commit's ``userMetadata``, which ``DESCRIBE HISTORY`` shows.
+commit's ``userMetadata``, which ``DESCRIBE HISTORY`` shows. Settings that hold credentials (a key named like
+a secret, password, token or access key, e.g. ``spark.hadoop.fs.s3a.secret.key``) are recorded as
+``<redacted>``: everyone who can read the table can read its history.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from functools import lru_cache
 from pathlib import Path
 
 METADATA_KEYS = ("job", "config", "code_version", "write_id", "app_id", "app_version")
+# a last key segment naming a secret (fs.s3a.secret.key, session.token, password), or an Azure account key
+SECRET_KEY = re.compile(r"(^|[._-])(secret|password|passwd|token|credentials?|(secret|access|private|api)[._-]?key)$"
+                        r"|account[._-]key([._-]|$)", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def redacted(value):
+    """``value`` (a config as JSON types) with the values of credential-like keys replaced by ``<redacted>``."""
+    if isinstance(value, dict):
+        return {k: REDACTED if isinstance(k, str) and SECRET_KEY.search(k) and v is not None else redacted(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    return value
 
 
 @lru_cache(maxsize=1)
@@ -50,7 +67,7 @@ def commit_metadata(
         )
     metadata = {
         "job": job,
-        "config": json.dumps(config, sort_keys=True, default=str),
+        "config": json.dumps(redacted(config), sort_keys=True, default=str),
         "code_version": code_version(),
         "write_id": write_id,
     }

@@ -24,13 +24,14 @@ the executors write them in ingest order: the lines are range-partitioned on the
 about ``part_rows`` rows, each sorted, and each task writes its part's records and mask entries to two part
 files in a staging folder (``staging_dir``, by default a hidden folder next to the output) and returns one
 small row naming them. The driver concatenates the committed attempts' part files byte-wise in partition
-order into both outputs (hashing the records as it copies), through temporary files renamed at the end (the
-JSON last), and removes the staging folder whatever happens. No row reaches the driver: its memory holds one
-row per part. Images stored as bytes in the corpus are written by the executors too, under an images folder
-next to the output, so the exported ``image`` paths resolve against it (LLaVA's ``--image_folder``). On a
-cluster, the output (or ``staging_dir``) and the images folder must be on storage that the driver and the
-executors share (a mounted volume such as ``/dbfs`` or ``/Volumes``), as training's ``output_dir`` must; a
-folder an executor cannot see fails the job with that message. While it runs the export takes about twice
+order into both outputs (hashing the records as it copies; each file is written whole or not at all, the
+records first, then the sidecar that describes them), and removes the staging folder whatever happens. No row
+reaches the driver: its memory holds one row per part. Images stored as bytes in the corpus are written by the
+executors too, under an images folder next to the output, so the exported ``image`` paths resolve against it
+(LLaVA's ``--image_folder``). Every location is a URI of the storage layer (:mod:`vig_udf.storage`): the output,
+``staging_dir`` and the images folder may be on object storage (``s3a://...``), which driver and executors
+share by nature; a local folder on a cluster must be one they share (a mounted volume such as ``/dbfs`` or
+``/Volumes``), and a folder an executor cannot see fails the job with that message. While it runs the export takes about twice
 its size on disk (the parts, then the files); a driver killed mid-export leaves its hidden
 ``.<name>.parts-<id>`` folder behind, which may be deleted. Files get the process's umask permissions. A
 rerun with the same selection, versions and options whose files are still there writes nothing: it reads
@@ -44,15 +45,10 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import posixpath
-import shutil
-import tempfile
 import uuid
-from pathlib import Path
 from typing import Iterable, NamedTuple
 
 import numpy as np
@@ -61,7 +57,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from vig_udf.selection import policies as sel
 from vig_udf.config import SparkConfig
 from vig_udf.scoring.conversation import parse_conversation
+from vig_udf.lake.read import lake_storage
 from vig_udf.selection.spans import kept_char_spans
+from vig_udf.storage import Storage, canonical, join
 
 FORMAT, FORMAT_VERSION = "vig-spark/token-mask", 1
 # the sidecar is written as <header>, "masks": {<entries>}, <ending>: these bytes delimit the masks
@@ -72,6 +70,7 @@ LINE_DDL = ("_ordinal LONG, sample_id STRING, record_id STRING, record STRING, m
             "text_only BOOLEAN, image_bytes BOOLEAN, n_tokens LONG, n_tokens_kept LONG")
 SHARED_STORAGE = ("the output's folder (or staging_dir) and the images folder must be on storage that the driver and "
                   "the executors share")
+MARKER = ".vig-export-staging"  # the driver's file in the staging folder that each executor checks it sees
 IMAGE_BATCH_ROWS = 256  # images per Arrow batch when the executors write them: tens of MB, not gigabytes
 OFFSETS = ("each mask span [k, start, end] is value[start:end] of the k-th assistant message (from gpt/assistant, "
            "k = 0 first) of the record's conversations as exported; train on the answer tokens that overlap a span")
@@ -134,36 +133,37 @@ def run_export(spark, cfg: ExportJobConfig, *, out=print) -> dict:
     kept = (selection.where((F.col("selection_id") == chosen["selection_id"]) & F.col("kept"))
             .select("sample_id", "reason", "token_keep", "n_tokens", "n_tokens_kept")
             .join(scores, "sample_id", "left").join(corpus, "sample_id", "left"))
-    output = Path(cfg.output)
-    images_root = output.parent / cfg.images_dir if cfg.images_dir is not None else None
+    storage = lake_storage(spark)
+    output = canonical(cfg.output)
+    folder, name = posixpath.split(output)
+    images_root = join(folder, cfg.images_dir) if cfg.images_dir is not None else None
     tables = {"selection": {"path": paths["selection"], "version": selection_version},
               "scores": {"path": paths["scores"], "version": scores_version},
               "corpus": {"path": paths["corpus"], "version": corpus_version}}
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "selection_id": chosen["selection_id"],
               "policy": chosen["policy"], "params": json.loads(chosen["params"]), "p": chosen["p"],
               "tau": chosen["tau"], "scorer_id": chosen["scorer_id"], "tables": tables, "offsets": OFFSETS,
-              "records_file": output.name, "images_dir": cfg.images_dir}
-    sidecar = mask_path(str(output))
-    totals, unchanged, parts = earlier_export(output, Path(sidecar), header), True, []
+              "records_file": name, "images_dir": cfg.images_dir}
+    sidecar = mask_path(output)
+    totals, unchanged, parts = earlier_export(storage, output, sidecar, header), True, []
     if totals is None:
         unchanged = False
         lines = kept.drop("image_bytes").mapInArrow(export_lines(images_root is not None), LINE_DDL).persist()
-        staging = Path(cfg.staging_dir or output.parent).resolve() / f".{output.name}.parts-{uuid.uuid4().hex}"
+        staging = join(canonical(cfg.staging_dir or folder), f".{name}.parts-{uuid.uuid4().hex}")
         try:
             totals = _check_lines(lines, corpus_version, scores_version)
             images = totals.pop("records_with_image_bytes")
             totals["images_written"] = 0
             if images_root is not None and images:
                 totals["images_written"] = write_images(
-                    spark, kept.where(F.col("_has_bytes")).select("image_path", "image_bytes"), images_root.resolve())
-            staging.mkdir(parents=True)
-            parts = write_parts(lines, staging, totals["records"], cfg.part_rows)
-            _write_export(output, Path(sidecar), parts, header, totals)
+                    spark, kept.where(F.col("_has_bytes")).select("image_path", "image_bytes"), images_root, storage)
+            parts = write_parts(lines, staging, totals["records"], cfg.part_rows, storage)
+            _write_export(storage, output, sidecar, parts, header, totals)
         finally:
             lines.unpersist()
-            shutil.rmtree(staging, ignore_errors=True)
-    summary = {"selection_id": chosen["selection_id"], "policy": chosen["policy"], **totals, "output": str(output),
-               "mask": sidecar, "images_dir": str(images_root) if totals["images_written"] else None,
+            storage.delete(staging)
+    summary = {"selection_id": chosen["selection_id"], "policy": chosen["policy"], **totals, "output": output,
+               "mask": sidecar, "images_dir": images_root if totals["images_written"] else None,
                "selection_version": selection_version, "scores_version": scores_version,
                "corpus_version": corpus_version, "parts": len(parts),
                "largest_part_rows": max((part.rows for part in parts), default=0), "unchanged": unchanged}
@@ -229,30 +229,34 @@ class Part(NamedTuple):
     rows: int
 
 
-def write_parts(lines, staging: Path, n_rows: int, part_rows: int) -> list[Part]:
+def write_parts(lines, staging: str, n_rows: int, part_rows: int, storage: Storage) -> list[Part]:
     """Have the executors write the lines, sorted by ingest ordinal (then sample id), as about ``part_rows``-row
     range partitions, each to two part files in ``staging``; returns the committed parts in order, checked to
     hold all ``n_rows`` rows and to be visible here, as written."""
     from pyspark.sql import functions as F
 
+    marker = join(staging, MARKER)
+    storage.write_text(marker, "")  # the executors check that they see it: the staging folder is shared
     order = [F.col("_ordinal").asc_nulls_last(), F.col("sample_id")]
     ordered = (lines.select("record", "mask", "_ordinal", "sample_id")
                .repartitionByRange(max(1, -(-n_rows // part_rows)), *order).sortWithinPartitions(*order)
                .select("record", "mask"))
     # one small row per part (n_rows / part_rows of them), from the attempt that Spark committed
-    parts = sorted(Part(**row.asDict()) for row in ordered.mapInArrow(part_writer(str(staging)), PART_DDL).collect())
+    parts = sorted(Part(**row.asDict()) for row in
+                   ordered.mapInArrow(part_writer(staging, storage), PART_DDL).collect())
     written = sum(part.rows for part in parts)
     if written != n_rows:
         raise RuntimeError(f"the export's parts hold {written} rows, not the {n_rows} checked; nothing was written")
     for part in parts:
         for path, size in ((part.records_path, part.records_bytes), (part.masks_path, part.masks_bytes)):
-            if not os.path.exists(path) or os.path.getsize(path) != size:
+            found = storage.info(path)
+            if found is None or found.size != size:
                 raise RuntimeError(f"the part file {path} an executor wrote ({size} bytes) is not here as written: "
                                    + SHARED_STORAGE)
     return parts
 
 
-def part_writer(staging: str):
+def part_writer(staging: str, storage: Storage):
     """``mapInArrow`` function: one sorted partition of ``(record, mask)`` lines -> its two part files in
     ``staging`` (named by partition and a fresh id, so that no two attempts share a file) and one
     :data:`PART_DDL` row; an empty partition writes nothing and yields no row."""
@@ -266,26 +270,28 @@ def part_writer(staging: str):
     def parts(batches):
         from pyspark import TaskContext
 
-        if not os.path.isdir(staging):
+        if not storage.is_file(join(staging, MARKER)):
             raise FileNotFoundError(f"the export's staging folder {staging} is not visible on this executor: "
                                     + SHARED_STORAGE)
         part = TaskContext.get().partitionId()
-        stem = os.path.join(staging, f"part-{part:05d}-{uuid.uuid4().hex}")
-        paths, rows = (stem + ".records", stem + ".masks"), 0
-        with open(paths[0], "wb") as records, open(paths[1], "wb") as masks:
+        stem = join(staging, f"part-{part:05d}-{uuid.uuid4().hex}")
+        paths, rows, sizes = (stem + ".records", stem + ".masks"), 0, [0, 0]
+        with storage.write(paths[0]) as records, storage.write(paths[1]) as masks:
             for batch in batches:
                 if batch.num_rows:
                     separator = b",\n" if rows else b""
-                    records.write(separator + ",\n".join(batch.column("record").to_pylist()).encode())
-                    masks.write(separator + ",\n".join(batch.column("mask").to_pylist()).encode())
+                    for k, (f, column) in enumerate(((records, "record"), (masks, "mask"))):
+                        data = separator + ",\n".join(batch.column(column).to_pylist()).encode()
+                        f.write(data)
+                        sizes[k] += len(data)
                     rows += batch.num_rows
         if not rows:
             for path in paths:
-                os.unlink(path)
+                storage.delete(path)
             return
         yield pa.RecordBatch.from_pylist([{
-            "part": part, "records_path": paths[0], "masks_path": paths[1], "records_bytes": os.path.getsize(paths[0]),
-            "masks_bytes": os.path.getsize(paths[1]), "rows": rows}], schema=schema)
+            "part": part, "records_path": paths[0], "masks_path": paths[1], "records_bytes": sizes[0],
+            "masks_bytes": sizes[1], "rows": rows}], schema=schema)
 
     return parts
 
@@ -394,55 +400,55 @@ def _image_name(image_path: str) -> str:
     return name
 
 
-def write_images(spark, rows, root: Path) -> int:
-    """Have the executors write each row's image bytes to ``root/<recorded path>`` (atomically per file, a few
+def write_images(spark, rows, root: str, storage: Storage) -> int:
+    """Have the executors write each row's image bytes to ``root/<recorded path>`` (each file whole, a few
     hundred images per Arrow batch); returns how many were written. No image reaches the driver. A marker file
     that the driver leaves in ``root`` for the job proves that the executors write where the driver sees."""
     from pyspark.sql import functions as F
 
     from vig_udf.lake.session_conf import session_confs
 
-    root.mkdir(parents=True, exist_ok=True)
-    marker = root / f".vig-export-{uuid.uuid4().hex}"
-    marker.touch()
+    marker = join(root, f".vig-export-{uuid.uuid4().hex}")
+    storage.write_text(marker, "")
     try:
         with session_confs(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": str(IMAGE_BATCH_ROWS)}):
-            written = rows.mapInArrow(image_writer(root, marker), "written LONG")
+            written = rows.mapInArrow(image_writer(root, marker, storage), "written LONG")
             return written.agg(F.coalesce(F.sum("written"), F.lit(0))).first()[0]
     finally:
-        marker.unlink(missing_ok=True)
+        storage.delete(marker)
 
 
-def image_writer(root: Path, marker: Path):
+def image_writer(root: str, marker: str, storage: Storage):
     """``mapInArrow`` function: ``(image_path, image_bytes)`` rows -> the files under ``root``, one count per
     batch; fails with a readable message where ``marker`` is not visible (``root`` is not shared storage)."""
 
     def write(batches):
         import pyarrow as pa
 
-        if not marker.exists():
+        if not storage.is_file(marker):
             raise FileNotFoundError(f"the images folder {root} the driver prepared is not visible on this executor: "
                                     + SHARED_STORAGE)
         for batch in batches:
             for path, data in zip(batch.column("image_path").to_pylist(), batch.column("image_bytes").to_pylist()):
-                _atomic_write(root / _image_name(path), lambda f, data=data: f.write(data))
+                storage.write_bytes(join(root, _image_name(path)), data)
             yield pa.RecordBatch.from_pydict({"written": pa.array([batch.num_rows], pa.int64())})
 
     return write
 
 
-def earlier_export(output: Path, sidecar: Path, header: dict) -> dict | None:
+def earlier_export(storage: Storage, output: str, sidecar: str, header: dict) -> dict | None:
     """The totals of an export already at ``output`` with this ``header`` (same selection, table versions and
     options) whose records are the ones the sidecar describes; None when it must be written. Reads the sidecar's
     head and tail only: the masks in between can be gigabytes. The records are the described ones when their
     size and modification time are those the sidecar recorded when they were written (as make and rsync
     decide), or else when they hash to its ``records_sha256``; only an edit that restores both size and time
     goes unseen."""
-    if not (output.exists() and sidecar.exists()):
+    records, masks = storage.info(output), storage.info(sidecar)
+    if records is None or masks is None:
         return None
-    with open(sidecar, "rb") as f:
+    with storage.open(sidecar) as f:
         head = f.read(1 << 20)
-        f.seek(max(0, sidecar.stat().st_size - TAIL_BYTES))
+        f.seek(max(0, masks.size - TAIL_BYTES))
         tail = f.read()
     marker, end = head.find(MASKS_OPEN), tail.rfind(MASKS_CLOSE)
     if marker < 0 or end < 0:
@@ -454,95 +460,56 @@ def earlier_export(output: Path, sidecar: Path, header: dict) -> dict | None:
         return None
     if earlier_header != json.loads(json.dumps(header)) or "totals" not in ending:
         return None
-    if ending.get("records_stat") == _file_stat(output):
+    if ending.get("records_stat") == _file_stat(records):
         return ending["totals"]
-    return ending["totals"] if file_sha256(output) == ending.get("records_sha256") else None
+    return ending["totals"] if file_sha256(storage, output) == ending.get("records_sha256") else None
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(storage: Storage, path: str) -> str:
     """The SHA-256 of a file, read a megabyte at a time."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.open(path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def _file_stat(path_or_fd) -> dict:
+def _file_stat(entry) -> dict:
     """Size and modification time (ns) of a file, as the sidecar records them for its records file."""
-    st = os.stat(path_or_fd)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"size": entry.size, "mtime_ns": entry.mtime_ns}
 
 
-def _write_export(output: Path, sidecar: Path, parts: Iterable[Part], header: dict, totals: dict) -> None:
-    """Both files from the ordered parts, copied byte-wise through temporary files; the JSON is renamed last, so
-    its presence marks a complete export. The sidecar ends with the records' hash and the export's ``totals``
-    (what a rerun reports)."""
-    with _atomic_files(sidecar, output) as (masks, records):
-        digest, first = hashlib.sha256(), True
-
+def _write_export(storage: Storage, output: str, sidecar: str, parts: Iterable[Part], header: dict,
+                  totals: dict) -> None:
+    """Both files from the ordered parts, copied byte-wise (each file whole or not at all): the records first,
+    then the sidecar, which ends with the records' hash, size and time and the export's ``totals`` (what a
+    rerun reports), so a rerun tells whether the records are the ones the sidecar describes."""
+    parts = list(parts)
+    digest = hashlib.sha256()
+    with storage.write(output) as records:
         def hashed(data: bytes) -> None:
             digest.update(data)
             records.write(data)
 
+        for k, part in enumerate(parts):
+            hashed(b"[\n" if k == 0 else b",\n")
+            _copy(storage, part.records_path, hashed)
+        hashed(b"\n]\n" if parts else b"[]\n")
+    ending = json.dumps({"records_sha256": digest.hexdigest(), "totals": totals,
+                         "records_stat": _file_stat(storage.info(output))})
+    with storage.write(sidecar) as masks:
         masks.write(json.dumps(header, ensure_ascii=False)[:-1].encode() + MASKS_OPEN)
-        for part in parts:
-            hashed(b"[\n" if first else b",\n")
-            masks.write(b"\n" if first else b",\n")
-            _copy(part.records_path, hashed)
-            _copy(part.masks_path, masks.write)
-            first = False
-        hashed(b"[]\n" if first else b"\n]\n")
-        records.flush()  # its size and time are final now: renaming keeps them
-        ending = json.dumps({"records_sha256": digest.hexdigest(), "totals": totals,
-                             "records_stat": _file_stat(records.fileno())})
+        for k, part in enumerate(parts):
+            masks.write(b"\n" if k == 0 else b",\n")
+            _copy(storage, part.masks_path, masks.write)
         masks.write(b"}, " + ending[1:].encode())
 
 
-def _copy(path: str, write) -> None:
+def _copy(storage: Storage, path: str, write) -> None:
     """Pass a file's bytes to ``write`` a megabyte at a time."""
-    with open(path, "rb") as f:
+    with storage.open(path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             write(chunk)
-
-
-@contextlib.contextmanager
-def _atomic_files(*targets: Path):
-    """Temporary files next to ``targets``, open for writing, with the umask's permissions (``mkstemp`` makes
-    them 0600). When the block ends they are renamed onto their targets in the order given; when it fails they
-    are removed and the targets are left as they were."""
-    temps, files = [], []
-    try:
-        for target in targets:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-            temps.append(tmp)
-            os.chmod(tmp, 0o666 & ~_umask())
-            files.append(os.fdopen(fd, "wb"))
-        yield files
-        for f in files:
-            f.close()
-        for tmp, target in zip(temps, targets):
-            os.replace(tmp, target)
-    except BaseException:
-        for f in files:
-            f.close()
-        for tmp in temps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(target: Path, write) -> None:
-    """Write ``target`` through ``write(binary_file)``, atomically (a temporary file renamed)."""
-    with _atomic_files(target) as (f,):
-        write(f)
 
 
 def _print_summary(summary: dict, out) -> None:

@@ -22,7 +22,6 @@ Example::
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -31,6 +30,11 @@ from vig_udf.scoring.conversation import DEFAULT_IMAGE_PLACEMENT
 from vig_udf.train.settings import TrainSettings
 
 TRAIN_SET_ROW_GROUP_BYTES = 16 * 1024 * 1024  # Parquet row-group size of the training set
+# what MLflow's and Databricks' clients read for a tracking server's credentials
+CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+                        "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH",
+                        "MLFLOW_TRACKING_CLIENT_CERT_PATH", "DATABRICKS_HOST", "DATABRICKS_TOKEN",
+                        "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET")
 TRAIN_SET_COLUMNS = ["sample_id", "image_path", "image_bytes", "conversations", "token_keep", "token_ids",
                      "token_turn", "token_char_start", "token_char_end"]
 
@@ -45,8 +49,12 @@ class MlflowConfig(BaseModel):
     experiment: str = Field("vig-spark", description="experiment name (created when missing)")
     artifact_location: str | None = Field(None, description="artifact root of a new experiment; None = MLflow's")
     run_name: str | None = Field(None, description="run name; None = <policy>-<selection_id>")
-    log_model: bool = Field(True, description="log the final model folder as the run's 'model' artifact")
+    log_model: bool = Field(True, description="log the final model folder as the run's 'model' artifact (by rank 0)")
     system_metrics: bool = Field(True, description="log CPU/GPU/memory usage while training")
+    forward_env: list[str] = Field(default_factory=lambda: list(CREDENTIAL_VARIABLES),
+                                   description="environment variables passed from the driver to the training ranks "
+                                               "(executors do not inherit the driver's): MLflow's and Databricks' "
+                                               "credentials; those set on the driver are sent, never logged")
 
 
 class DistributedConfig(BaseModel):
@@ -71,10 +79,11 @@ class TrainJobConfig(BaseModel):
                                                  "(must be the only one of that policy in the table version)")
     selection_version: int | None = Field(None, description="selection table version; None = latest")
     corpus_version: int | None = Field(None, description="corpus table version; None = latest")
-    output_dir: str | None = Field(None, description="checkpoints, training set and final model; None = "
-                                                     "train_runs/<selection_id>-<settings fingerprint>. With "
-                                                     "distributed training on a cluster it must be storage that "
-                                                     "the driver and every executor share (DBFS, a volume, NFS)")
+    output_dir: str | None = Field(None, description="checkpoints, training set and final model: a folder every "
+                                                     "rank reaches (a volume, NFS) or a URI on object storage "
+                                                     "(s3a://, abfss://, gs://; checkpoints are uploaded as they "
+                                                     "are written); None = train_runs/<selection_id>-<settings "
+                                                     "fingerprint>")
     training: TrainSettings = TrainSettings()
     mlflow: MlflowConfig = MlflowConfig()
     distributed: DistributedConfig = DistributedConfig()
@@ -91,10 +100,15 @@ def run_train(spark, cfg: TrainJobConfig, *, out=print, on_step=None) -> dict:
     """Build the training set, train, and track everything in one MLflow run; returns the job summary."""
     import mlflow
 
+    from vig_udf.lake.read import lake_storage
+    from vig_udf.storage import canonical, join
     from vig_udf.train.trainer import train_selected
 
-    output = Path(cfg.output_dir).absolute() if cfg.output_dir else None
-    previous = _previous_run(output, cfg)
+    storage = lake_storage(spark)
+    if cfg.distributed.num_processes:
+        check_distributed(spark, cfg.distributed)
+    output = canonical(cfg.output_dir) if cfg.output_dir else None
+    previous = _previous_run(output, cfg, storage)
     # a resumed run trains on the data it started with: its pinned inputs, not a new resolution
     resolved = dict(previous["inputs"]) if previous else resolve_inputs(spark, cfg)
     settings = cfg.training.model_copy(update={"base_model": cfg.training.base_model or resolved["base_model"]})
@@ -103,9 +117,9 @@ def run_train(spark, cfg: TrainJobConfig, *, out=print, on_step=None) -> dict:
         raise ValueError(f"no base model: the scores table has no commit of scorer {resolved['scorer_id']} that names "
                          "its model_path; set training.base_model")
     if output is None:
-        output = Path(f"train_runs/{resolved['selection_id']}-{settings.fingerprint()}").absolute()
-        previous = _previous_run(output, cfg)
-    state_file = output / "run.json"
+        output = canonical(f"train_runs/{resolved['selection_id']}-{settings.fingerprint()}")
+        previous = _previous_run(output, cfg, storage)
+    state_file = join(output, "run.json")
     if previous:
         _refuse_a_different_run(output, previous, cfg, settings)
     if previous and previous.get("complete"):
@@ -115,10 +129,10 @@ def run_train(spark, cfg: TrainJobConfig, *, out=print, on_step=None) -> dict:
     from vig_udf.train.trainer import has_checkpoint
 
     # the MLflow run continues only where training does: without a checkpoint training starts over, in a new run
-    resuming = bool(previous) and has_checkpoint(output)
-    output.mkdir(parents=True, exist_ok=True)
-    train_set = str(output / "train_set")
-    rows = _existing_train_set(train_set, resolved) if resuming else None
+    resuming = bool(previous) and has_checkpoint(output, storage)
+    storage.makedirs(output)
+    train_set = join(output, "train_set")
+    rows = _existing_train_set(train_set, resolved, storage) if resuming else None
     if rows is None:  # a resumed run keeps its training set (the same files: the resume checks them)
         rows = write_train_set(spark, resolved, train_set)
     summary = selection_summary(spark, resolved)
@@ -137,16 +151,17 @@ def run_train(spark, cfg: TrainJobConfig, *, out=print, on_step=None) -> dict:
             _log_run_inputs(spark, cfg, settings, resolved, summary, rows, conventions)
         state = {"run_id": run.info.run_id, "fingerprint": settings.fingerprint(), "inputs": resolved,
                  "request": _request(cfg), "settings": settings.weight_settings()}
-        state_file.write_text(json.dumps(state, indent=2))  # after the inputs are logged: a resume skips them
-        tracking = {"tracking_uri": mlflow.get_tracking_uri(), "run_id": run.info.run_id}
-        args = (settings.model_dump(mode="json"), train_set, str(output))
+        storage.write_text(state_file, json.dumps(state, indent=2))  # after the inputs are logged: a resume skips them
+        tracking = tracking_for_ranks(mlflow.get_tracking_uri(), run.info.run_id, cfg.mlflow)
+        args = (settings.model_dump(mode="json"), train_set, output)
         if cfg.distributed.num_processes:
             from pyspark.ml.torch.distributor import TorchDistributor
 
             result = TorchDistributor(num_processes=cfg.distributed.num_processes, local_mode=cfg.distributed.local_mode,
-                                      use_gpu=cfg.distributed.use_gpu).run(train_selected, *args, tracking=tracking)
+                                      use_gpu=cfg.distributed.use_gpu).run(train_selected, *args, tracking=tracking,
+                                                                           storage=storage)
         else:
-            result = train_selected(*args, tracking=tracking, on_step=on_step)
+            result = train_selected(*args, tracking=tracking, on_step=on_step, storage=storage)
         # supervised tokens: the selected answer tokens plus the end-of-turn tokens (also given alone), per visit
         mlflow.log_metrics({"final_loss": result["losses"][-1] if result["losses"] else float("nan"),
                             "supervised_tokens_total": result["supervised_tokens"],
@@ -156,11 +171,10 @@ def run_train(spark, cfg: TrainJobConfig, *, out=print, on_step=None) -> dict:
         mlflow.log_dict(result["skipped"], "skipped_samples.json")
         if result["realigned_samples"]:
             mlflow.set_tag("vig.token_alignment", "character_spans")
-        if cfg.mlflow.log_model:
-            mlflow.log_artifacts(result["model_dir"], artifact_path="model")
+        mlflow.set_tag("vig.model_uri", result["model_dir"])
         done = {k: result[k] for k in ("steps", "supervised_tokens", "end_of_turn_tokens", "supervise_end_of_turn",
                                        "realigned_samples", "rows", "model_dir", "trainable_parameters")}
-        state_file.write_text(json.dumps({**state, "complete": True, "result": {
+        storage.write_text(state_file, json.dumps({**state, "complete": True, "result": {
             **done, "final_loss": result["losses"][-1] if result["losses"] else None,
             "skipped_samples": len(result["skipped"])}}, indent=2))
     out(f"trained {settings.base_model} on selection {resolved['selection_id']} ({resolved['policy']}): "
@@ -169,7 +183,26 @@ def run_train(spark, cfg: TrainJobConfig, *, out=print, on_step=None) -> dict:
         f"{result['losses'][-1] if result['losses'] else float('nan'):.4f}; {result['supervised_tokens']} supervised "
         f"tokens ({result['end_of_turn_tokens']} of them end-of-turn); skipped {len(result['skipped'])}, "
         f"realigned {result['realigned_samples']}; model {result['model_dir']}; MLflow run {run.info.run_id}")
-    return {**resolved, "run_id": run.info.run_id, "rows": rows, "output_dir": str(output), **result}
+    return {**resolved, "run_id": run.info.run_id, "rows": rows, "output_dir": output, **result}
+
+
+def tracking_for_ranks(tracking_uri: str, run_id: str, cfg: MlflowConfig) -> dict:
+    """What the training ranks need to log to the run: the URI, the run, whether rank 0 logs the model, and the
+    credential variables of ``cfg.forward_env`` that the driver's environment sets (executors lack them)."""
+    import os
+
+    env = {name: os.environ[name] for name in cfg.forward_env if os.environ.get(name)}
+    return {"tracking_uri": tracking_uri, "run_id": run_id, "log_model": cfg.log_model, "env": env}
+
+
+def check_distributed(spark, cfg: DistributedConfig) -> None:
+    """Refuse, before TorchDistributor starts, what makes its barrier stage fail later: dynamic allocation."""
+    if cfg.local_mode:
+        return
+    if str(spark.conf.get("spark.dynamicAllocation.enabled", "false")).lower() == "true":
+        raise ValueError("distributed training runs as one Spark barrier stage, which Spark refuses while dynamic "
+                         "allocation is on (spark.dynamicAllocation.enabled=true): turn it off for this cluster or "
+                         "job, give a fixed number of executors with GPUs, or set distributed.local_mode=true")
 
 
 def _request(cfg: TrainJobConfig) -> dict:
@@ -177,7 +210,7 @@ def _request(cfg: TrainJobConfig) -> dict:
     return {k: getattr(cfg, k) for k in ("lake", "selection_id", "policy", "selection_version", "corpus_version")}
 
 
-def _refuse_a_different_run(output: Path, previous: dict, cfg: TrainJobConfig, settings: TrainSettings) -> None:
+def _refuse_a_different_run(output: str, previous: dict, cfg: TrainJobConfig, settings: TrainSettings) -> None:
     """Raise, naming what differs, when ``output`` holds a run of another selection, pinned versions or settings."""
     from vig_udf.train.trainer import record_differences
 
@@ -189,24 +222,27 @@ def _refuse_a_different_run(output: Path, previous: dict, cfg: TrainJobConfig, s
                          f"(then -> now: {changed}); use another output_dir, or training.resume=false to start over")
 
 
-def _existing_train_set(path: str, resolved: dict) -> int | None:
+def _existing_train_set(path: str, resolved: dict, storage) -> int | None:
     """The row count of the training set already at ``path`` when it is complete, else None."""
+    from vig_udf.storage import join
     from vig_udf.train.data import list_units
 
-    if not (Path(path) / "_SUCCESS").exists():  # Spark writes it when the job commits
+    if not storage.is_file(join(path, "_SUCCESS")):  # Spark writes it when the job commits
         return None
     try:
-        rows = sum(u.rows for u in list_units(path))
+        rows = sum(u.rows for u in list_units(path, storage))
     except (ValueError, OSError):
         return None
     return rows if rows == resolved["kept"] else None
 
 
-def _previous_run(output: Path | None, cfg: TrainJobConfig) -> dict | None:
+def _previous_run(output: str | None, cfg: TrainJobConfig, storage) -> dict | None:
     """The state of an earlier run in ``output`` that this one continues (None: start a new run)."""
-    if output is None or not cfg.training.resume or not (output / "run.json").exists():
+    from vig_udf.storage import join
+
+    if output is None or not cfg.training.resume or not storage.is_file(join(output, "run.json")):
         return None
-    return json.loads((output / "run.json").read_text())
+    return json.loads(storage.read_text(join(output, "run.json")))
 
 
 def resolve_inputs(spark, cfg: TrainJobConfig) -> dict:
@@ -277,8 +313,10 @@ def write_train_set(spark, resolved: dict, path: str) -> int:
     """Write the training set as Parquet at ``path``; returns its row count (checked against the selection)."""
     rows = training_rows(spark, resolved)
     # small row groups: a training rank holds one row group at a time (vig_udf.train.data)
-    rows.write.mode("overwrite").option("parquet.block.size", TRAIN_SET_ROW_GROUP_BYTES).parquet(path)
-    n, kept = spark.read.parquet(path).count(), resolved["kept"]
+    from vig_udf.storage import spark_path
+
+    rows.write.mode("overwrite").option("parquet.block.size", TRAIN_SET_ROW_GROUP_BYTES).parquet(spark_path(path))
+    n, kept = spark.read.parquet(spark_path(path)).count(), resolved["kept"]
     if n != kept:
         raise ValueError(f"the selection keeps {kept} samples but only {n} have a scores row (scores "
                          f"v{resolved['versions']['scores']}) and a corpus row (corpus v{resolved['versions']['corpus']}); "

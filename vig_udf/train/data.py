@@ -23,8 +23,8 @@ all fail carries one buildable example with no label, so that every rank still r
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from vig_udf.scoring.forward import collate
 from vig_udf.scoring.conversation import DEFAULT_IMAGE_PLACEMENT
 from vig_udf.scoring.inputs import InputBuilder
 from vig_udf.scoring.status import SampleError
+from vig_udf.storage import Entry, Storage, canonical
 from vig_udf.train.examples import IGNORE_INDEX, TrainExample, build_example
 
 
@@ -45,24 +46,25 @@ class Unit:
     rows: int
 
 
-def parquet_files(train_set: str) -> list[str]:
-    """The Parquet files of a training set (one file, or a folder as Spark writes it), sorted by name."""
-    root = Path(train_set)
-    if root.is_file():
-        return [str(root)]
-    files = sorted(str(p) for p in root.rglob("*.parquet") if not p.name.startswith(("_", ".")))
+def parquet_files(train_set: str, storage: Storage | None = None) -> list[Entry]:
+    """The Parquet files of a training set (one file, or a folder as Spark writes it; local or a URI), sorted."""
+    files = [e for e in (storage or Storage()).files(train_set)
+             if e.name.endswith(".parquet") and not e.name.startswith(("_", "."))]
     if not files:
         raise ValueError(f"the training set {train_set} has no Parquet file")
     return files
 
 
-def list_units(train_set: str) -> list[Unit]:
+def list_units(train_set: str, storage: Storage | None = None) -> list[Unit]:
     """Every row group of the training set, from the files' footers (no data is read)."""
     import pyarrow.parquet as pq
 
+    storage = storage or Storage()
     units = []
-    for path in parquet_files(train_set):
-        meta = pq.ParquetFile(path).metadata
+    for entry in parquet_files(train_set, storage):
+        path = entry.uri
+        with storage.open(path) as f:
+            meta = pq.ParquetFile(f).metadata
         units += [Unit(path, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)
                   if meta.row_group(i).num_rows]
     return units
@@ -80,14 +82,14 @@ def rank_units(units: list[Unit], world: int) -> list[list[int]]:
     return [sorted(share) for share in shares]
 
 
-def train_set_identity(train_set: str) -> dict:
+def train_set_identity(train_set: str, storage: Storage | None = None) -> dict:
     """What identifies a training set for resume: its files (names relative to it), sizes and row counts."""
-    root = Path(train_set)
-    files = parquet_files(train_set)
-    units = list_units(train_set)
+    storage = storage or Storage()
+    root = canonical(train_set)
+    units = list_units(train_set, storage)
     return {"rows": sum(u.rows for u in units), "units": len(units),
-            "files": {str(Path(f).relative_to(root)) if root.is_dir() else Path(f).name: Path(f).stat().st_size
-                      for f in files}}
+            "files": {(posixpath.relpath(e.uri, root) if e.uri != root else e.name): e.size
+                      for e in parquet_files(train_set, storage)}}
 
 
 class TrainSetStream(torch.utils.data.IterableDataset):
@@ -101,8 +103,9 @@ class TrainSetStream(torch.utils.data.IterableDataset):
     def __init__(self, train_set: str, processor, *, batch_size: int, seed: int, rank: int = 0, world: int = 1,
                  image_root: str | None = None, max_length: int | None = None,
                  supervise_end_of_turn: bool = True, cache_examples: bool = False,
-                 image_placement: str = DEFAULT_IMAGE_PLACEMENT):
-        self.units = list_units(train_set)
+                 image_placement: str = DEFAULT_IMAGE_PLACEMENT, storage: Storage | None = None):
+        self.storage = storage or Storage()
+        self.units = list_units(train_set, self.storage)
         if not self.units:
             raise ValueError(f"the training set {train_set} has no rows: nothing was selected")
         self.train_set = train_set
@@ -144,7 +147,8 @@ class TrainSetStream(torch.utils.data.IterableDataset):
     def _rows(self, unit: int, epoch: int) -> list[dict]:
         import pyarrow.parquet as pq
 
-        table = pq.ParquetFile(self.units[unit].path).read_row_group(self.units[unit].row_group)
+        with self.storage.open(self.units[unit].path) as f:
+            table = pq.ParquetFile(f).read_row_group(self.units[unit].row_group)
         rows = table.to_pylist()
         del table
         self.max_rows_held = max(self.max_rows_held, len(rows))
@@ -187,7 +191,7 @@ class TrainSetStream(torch.utils.data.IterableDataset):
             return self.cache[key]
         try:
             example = build_example(builder, row, image_root=self.image_root,
-                                    supervise_end_of_turn=self.supervise_end_of_turn)
+                                    supervise_end_of_turn=self.supervise_end_of_turn, storage=self.storage)
             if example.n_supervised == 0:
                 example = f"{row['sample_id']}: no_selected_tokens: no selected token maps onto this tokenizer's tokens"
         except SampleError as err:

@@ -86,7 +86,8 @@ def end_of_turn_positions(input_ids: np.ndarray, tokens: AnswerTokens, keep: np.
 
 
 def build_example(builder: InputBuilder, row: dict, *, image_root: str | None = None,
-                  max_image_pixels: int | None = None, supervise_end_of_turn: bool = False) -> TrainExample:
+                  max_image_pixels: int | None = None, supervise_end_of_turn: bool = False,
+                  storage=None) -> TrainExample:
     """Model input and labels for one training-set row; raises :class:`SampleError` for a bad sample.
 
     supervise_end_of_turn: also label the end-of-turn token of each turn that keeps a token (see the module).
@@ -96,7 +97,7 @@ def build_example(builder: InputBuilder, row: dict, *, image_root: str | None = 
     image = None
     if has_image:
         source = row["image_bytes"] if row.get("image_bytes") is not None else row["image_path"]
-        image = load_image(source, image_root=image_root, max_pixels=max_image_pixels)
+        image = load_image(source, image_root=image_root, max_pixels=max_image_pixels, storage=storage)
     seq, tokens = builder.build(conv, image)
     keep, realigned = token_keep_for(tokens, row)
     ids = seq.input_ids.numpy()

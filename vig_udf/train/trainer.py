@@ -44,12 +44,12 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from vig_udf.scoring.conversation import DEFAULT_IMAGE_PLACEMENT
 from vig_udf.train import parts as model_parts
 from vig_udf.train.data import TrainSetStream, train_set_identity
+from vig_udf.storage import Storage, model_folder
 from vig_udf.train.loss import LabelledPositionsHead, core_model, selected_token_loss
+from vig_udf.train.run_folder import CHECKPOINTS, RUN_RECORD, RunFolder, remove_local_copy
 from vig_udf.train.settings import TrainSettings
 
 log = logging.getLogger(__name__)
-CHECKPOINTS = "checkpoints"
-RUN_RECORD = "vig_run.json"
 SKIPPED_FILE = "vig_skipped_samples.json"
 StepCallback = Callable[[int, dict], None]
 # counters summed over the ranks at each log (positions in SelectiveTrainer.window)
@@ -57,18 +57,26 @@ WINDOW = ("supervised_tokens", "samples", "end_of_turn_tokens", "realigned_sampl
 
 
 def train_selected(settings: TrainSettings | dict, train_set: str, output_dir: str, *,
-                   tracking: dict | None = None, on_step: StepCallback | None = None) -> dict:
+                   tracking: dict | None = None, on_step: StepCallback | None = None,
+                   storage: Storage | None = None) -> dict:
     """Train ``settings.base_model`` on the rows of ``train_set``; the final model goes to ``<output_dir>/model``.
 
-    tracking: ``{"tracking_uri": ..., "run_id": ...}`` to log the metrics to that MLflow run (rank 0).
+    ``train_set`` and ``output_dir`` are local paths or URIs (:mod:`vig_udf.train.run_folder`), reached through
+    ``storage``. tracking: ``{"tracking_uri", "run_id"}`` and optionally ``"env"`` (credential variables for
+    this process: executors do not have the driver's) and ``"log_model"``: rank 0 logs the metrics (and the final
+    model) to that MLflow run, and logs a first metric at step 0 before loading anything, so that a tracking
+    server it cannot reach fails the run in seconds (:class:`TrackingUnreachable`).
     on_step: called on rank 0 after every logged step with (step, metrics), before that step's checkpoint.
     Returns a summary on every rank: steps, the logged losses and their steps, supervised tokens (selected
     answer tokens plus end-of-turn tokens, counted once per visit), end-of-turn tokens, skipped samples,
-    the model folder.
+    the model folder (its URI for a remote output).
     """
     settings = TrainSettings.model_validate(settings)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    out = Path(output_dir)
+    storage = storage or Storage()
+    run = RunFolder(output_dir, storage)
+    out = run.local
+    client = connect_tracking(tracking, processes=world) if rank == 0 and tracking else None
     on_cpu = _device_type(settings) == "cpu"
     precision = settings.precision or ("float32" if on_cpu else "bfloat16")
     if settings.method == "lora" and settings.sharding == "fsdp":
@@ -77,19 +85,21 @@ def train_selected(settings: TrainSettings | dict, train_set: str, output_dir: s
     if settings.sharding == "fsdp" and on_cpu and settings.checkpoint_every:
         raise ValueError("FSDP on CPU processes cannot checkpoint (accelerate's FSDP2 state dict gathering does not "
                          "work on CPU tensors): set checkpoint_every=0, or train on GPUs")
-    record = {"settings": settings.weight_settings(), "train_set": train_set_identity(train_set),
+    record = {"settings": settings.weight_settings(), "train_set": train_set_identity(train_set, storage),
               "processes": world, "precision": precision}
-    checkpoint = _resume_point(out, settings, record)
+    checkpoint = _resume_point(run, settings, record)
+    if checkpoint is None and (rank == 0 or (run.remote and int(os.environ.get("LOCAL_RANK", rank)) == 0)):
+        shutil.rmtree(run.checkpoints_dir, ignore_errors=True)  # each machine's copy of a remote run: its own
     if rank == 0 and checkpoint is None:
-        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / RUN_RECORD).write_text(json.dumps(record, indent=2))
+        run.clear_checkpoints()
+        run.write_record(record)
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(settings.base_model)
+    base_model = model_folder(settings.base_model, storage)
+    processor = AutoProcessor.from_pretrained(base_model)
     if settings.chat_template is not None:  # the scores' template (see train_job.training_conventions)
         processor.chat_template = settings.chat_template
-    model = AutoModelForImageTextToText.from_pretrained(settings.base_model, dtype=torch.float32)
+    model = AutoModelForImageTextToText.from_pretrained(base_model, dtype=torch.float32)
     counts = model_parts.set_trainable(model, **settings.train.model_dump())
     if settings.method == "lora":
         from transformers import set_seed
@@ -100,12 +110,13 @@ def train_selected(settings: TrainSettings | dict, train_set: str, output_dir: s
                             world=world, image_root=settings.image_root, max_length=settings.max_length,
                             supervise_end_of_turn=settings.supervise_end_of_turn,
                             cache_examples=settings.cache_examples,
-                            image_placement=settings.image_placement or DEFAULT_IMAGE_PLACEMENT)
+                            image_placement=settings.image_placement or DEFAULT_IMAGE_PLACEMENT, storage=storage)
     args = training_arguments(settings, out, precision=precision, processes=world,
                               fsdp_layers=settings.fsdp_layers or fsdp_units(model))
     trainer = SelectiveTrainer(model=model, args=args, train_dataset=stream, processing_class=processor,
-                               callbacks=[LogTheLastStep(), MetricsToMlflow(tracking, settings.checkpoint_every > 0,
-                                                                            on_step)])
+                               callbacks=[LogTheLastStep(), MetricsToMlflow(client, tracking, settings.checkpoint_every > 0,
+                                                                            on_step),
+                                          PublishCheckpoints(run, rank, world, settings.keep_checkpoints)])
     trainer.remove_callback(PrinterCallback)  # metrics go to the log and MLflow, not to stdout
     start = 0
     if checkpoint is not None:
@@ -124,12 +135,22 @@ def train_selected(settings: TrainSettings | dict, train_set: str, output_dir: s
     held = rank_memory(trainer)
     model_dir = out / "model"
     _save_final(trainer, processor, settings, model_dir, rank)
+    model_uri = str(model_dir)
+    if rank == 0:
+        model_uri = run.publish(model_dir, "model")
+        if settings.method == "lora":
+            run.publish(model_dir.with_name("adapter"), "adapter")
+        if client is not None and tracking.get("log_model"):
+            client.log_artifacts(tracking["run_id"], str(model_dir), artifact_path="model")
+    trainer.accelerator.wait_for_everyone()
+    if run.remote:
+        remove_local_copy(run)
     logs = [h for h in trainer.state.log_history if "loss" in h]
     return {"steps": settings.steps, "resumed_from_step": start, "losses": [h["loss"] for h in logs],
             "loss_steps": [h["step"] for h in logs],
             **{name: int(sum(h.get(name, 0) for h in logs)) for name in WINDOW},
             "skipped": dict(trainer.skipped), "rows": stream.rows, "parameters": counts,
-            "trainable_parameters": trainable, "model_dir": str(model_dir), "seconds": seconds,
+            "trainable_parameters": trainable, "model_dir": model_uri, "seconds": seconds,
             "supervise_end_of_turn": settings.supervise_end_of_turn, "processes": world,
             "max_rows_held": stream.max_rows_held, "rank_memory": held}
 
@@ -252,6 +273,48 @@ class LogTheLastStep(TrainerCallback):
         return control
 
 
+class TrackingUnreachable(RuntimeError):
+    """Rank 0 cannot log to the run's MLflow tracking server (credentials, network)."""
+
+
+def connect_tracking(tracking: dict, *, processes: int):
+    """An MLflow client for ``tracking`` (rank 0), proven by logging ``processes`` at step 0: a rank that cannot
+    reach the server (executors do not have the driver's credentials) fails here, in seconds, not at the first
+    checkpoint hours later. ``tracking["env"]`` (the driver's credential variables) is set in this process."""
+    from mlflow.tracking import MlflowClient
+
+    os.environ.update(tracking.get("env") or {})
+    client = MlflowClient(tracking_uri=tracking["tracking_uri"])
+    try:
+        client.log_metric(tracking["run_id"], "processes", float(processes), step=0)
+    except Exception as error:  # noqa: BLE001 - MLflow raises its own and requests' exceptions alike
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TrackingUnreachable(
+            f"the training process cannot log to MLflow run {tracking['run_id']} at {tracking['tracking_uri']}: "
+            f"{first}. The ranks get the credential variables in mlflow.forward_env from the driver's environment "
+            f"(forwarded now: {sorted(tracking.get('env') or {}) or 'none'}): set them there (on Databricks: "
+            "DATABRICKS_HOST and DATABRICKS_TOKEN, or a service principal's DATABRICKS_CLIENT_ID/SECRET)") from None
+    return client
+
+
+class PublishCheckpoints(TrainerCallback):
+    """Upload each checkpoint of a run whose output is on object storage (:mod:`vig_udf.train.run_folder`)."""
+
+    def __init__(self, run: RunFolder, rank: int, world: int, keep: int | None):
+        self.run, self.rank, self.world, self.keep = run, rank, world, keep
+
+    def on_save(self, args, state, control, **kwargs):
+        self.run.publish_checkpoint(state.global_step, rank=self.rank, world=self.world, keep=self.keep,
+                                    barrier=_barrier)
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 class MetricsToMlflow(TrainerCallback):
     """Send the training logs to the MLflow run of ``tracking`` (rank 0), committed with the checkpoints.
 
@@ -260,12 +323,8 @@ class MetricsToMlflow(TrainerCallback):
     exactly once. Without checkpoints (nothing to resume) they are sent at once.
     """
 
-    def __init__(self, tracking: dict | None, commit_with_checkpoints: bool, on_step: StepCallback | None):
-        self.client = None
-        if tracking:
-            from mlflow.tracking import MlflowClient
-
-            self.client, self.run_id = MlflowClient(tracking_uri=tracking["tracking_uri"]), tracking["run_id"]
+    def __init__(self, client, tracking: dict | None, commit_with_checkpoints: bool, on_step: StepCallback | None):
+        self.client, self.run_id = client, (tracking or {}).get("run_id")
         self.commit_with_checkpoints = commit_with_checkpoints
         self.on_step = on_step
         self.pending: list[tuple[int, dict]] = []
@@ -380,33 +439,26 @@ def _device_type(settings: TrainSettings) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _checkpoints(out: Path) -> list[Path]:
-    """Complete checkpoints (the Trainer writes trainer_state.json last), oldest first."""
-    folder = out / CHECKPOINTS
-    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
-             and (p / "trainer_state.json").exists() and (p / SKIPPED_FILE).exists()] if folder.exists() else []
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+def has_checkpoint(output_dir: str, storage: Storage | None = None) -> bool:
+    """Whether ``output_dir`` (local or a URI) holds a complete checkpoint to resume from."""
+    return bool(RunFolder(output_dir, storage).checkpoint_steps(required=(SKIPPED_FILE,)))
 
 
-def has_checkpoint(out: Path) -> bool:
-    """Whether ``out`` holds a complete checkpoint to resume from."""
-    return bool(_checkpoints(out))
-
-
-def _resume_point(out: Path, settings: TrainSettings, record: dict) -> Path | None:
-    """The newest checkpoint to resume from (None: start over); refuses one written by a different run."""
-    found = _checkpoints(out) if settings.resume else []
+def _resume_point(run: RunFolder, settings: TrainSettings, record: dict) -> Path | None:
+    """The newest checkpoint to resume from, as a folder on this machine (None: start over); refuses one
+    written by a different run."""
+    found = run.checkpoint_steps(required=(SKIPPED_FILE,)) if settings.resume else []
     if not found:
         return None
-    previous = json.loads((out / RUN_RECORD).read_text()) if (out / RUN_RECORD).exists() else None
+    previous = run.read_record()
     if previous is None:
-        raise ValueError(f"{out} holds checkpoints but no {RUN_RECORD} that says which run wrote them: use "
+        raise ValueError(f"{run.uri} holds checkpoints but no {RUN_RECORD} that says which run wrote them: use "
                          "another output folder, or resume=false to start over")
     changed = record_differences(previous, record)
     if changed:
-        raise ValueError(f"{out} holds a run that differs from this one in {', '.join(changed)} "
+        raise ValueError(f"{run.uri} holds a run that differs from this one in {', '.join(changed)} "
                          f"(then -> now: {changed}); use another output folder, or resume=false to start over")
-    return found[-1]
+    return run.fetch(found[-1])
 
 
 def record_differences(previous: dict, current: dict, prefix: str = "") -> dict[str, tuple]:
