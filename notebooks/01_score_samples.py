@@ -1,4 +1,8 @@
 # Databricks notebook source
+# MAGIC %pip install "vig-spark"
+
+# COMMAND ----------
+
 # MAGIC %md
 # MAGIC # Score samples with Visual Information Gain
 # MAGIC
@@ -6,8 +10,9 @@
 # MAGIC token, how much the image helped predict it. Runs locally as plain Python
 # MAGIC (`python notebooks/01_score_samples.py`) or as a Databricks / jupytext notebook.
 # MAGIC
-# MAGIC Set `VIG_MODEL_PATH` to any Hugging Face image-text-to-text checkpoint; by default the project's
-# MAGIC demo model is built (about two minutes on a CPU) and used.
+# MAGIC Set the `model_path` widget (or `VIG_MODEL_PATH` off Databricks) to any Hugging Face image-text-to-text
+# MAGIC checkpoint; by default the project's demo model is built (about two minutes on a CPU) and used. The
+# MAGIC scorer runs in bfloat16 on a GPU and float32 on a CPU. This notebook needs no Spark.
 
 # COMMAND ----------
 
@@ -19,9 +24,11 @@ import numpy as np
 from vig_udf import VIGScorer
 from vig_udf.demo.model import build_demo_model
 from vig_udf.demo.world import generate
+from vig_udf.notebook import setting
 
-MODEL_PATH = os.environ.get("VIG_MODEL_PATH") or build_demo_model(".demo/model")
-COUNTERFACTUAL = os.environ.get("VIG_COUNTERFACTUAL", "blur")
+DBUTILS = globals().get("dbutils")  # Databricks: the settings are widgets
+MODEL_PATH = setting(DBUTILS, "model_path", None, "model (hub id or folder)") or build_demo_model(".demo/model")
+COUNTERFACTUAL = setting(DBUTILS, "counterfactual", "blur", "counterfactual (blur, drop, blank, noise)")
 scorer = VIGScorer.from_pretrained(MODEL_PATH, counterfactual=COUNTERFACTUAL)
 print("scorer", scorer.scorer_id, "on", scorer.device)
 

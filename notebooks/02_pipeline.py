@@ -1,4 +1,8 @@
 # Databricks notebook source
+# MAGIC %pip install "vig-spark"
+
+# COMMAND ----------
+
 # MAGIC %md
 # MAGIC # From a LLaVA corpus to a selectively trained model
 # MAGIC
@@ -14,29 +18,34 @@
 # MAGIC 8. **export** the selection as LLaVA JSON plus a token-mask sidecar for other training stacks.
 # MAGIC
 # MAGIC Runs locally as plain Python (`python notebooks/02_pipeline.py`, a few minutes on a CPU) or on
-# MAGIC Databricks, where the cluster's `spark` session is used. Every setting comes from an environment
-# MAGIC variable with a small default; with none set, the notebook generates a small shapes-world corpus and
-# MAGIC builds the project's demo model, so nothing is downloaded.
+# MAGIC Databricks, where the cluster's `spark` session is used (a dedicated or job cluster with GPUs; on standard
+# MAGIC access mode and serverless, which are Spark Connect, every step but distributed training runs). The
+# MAGIC first cell installs vig-spark into the notebook's environment (`%pip`; the runtime's own Spark and Delta
+# MAGIC are kept). Every setting is a widget on Databricks and an environment variable elsewhere, with a small
+# MAGIC default; with none set, the notebook generates a small shapes-world corpus and builds the project's demo
+# MAGIC model, so nothing is downloaded.
 
 # COMMAND ----------
 
 # MAGIC %md
 # MAGIC ## 1. Configure
 # MAGIC
-# MAGIC | variable | meaning | default |
+# MAGIC | widget (environment variable) | meaning | default |
 # MAGIC |---|---|---|
-# MAGIC | `VIG_LAKE` | folder (or URI) of the Delta tables | `.demo/notebook_lake` |
-# MAGIC | `VIG_RECORDS` | your LLaVA JSON / JSONL / Parquet | a generated corpus |
-# MAGIC | `VIG_IMAGE_ROOT` | the folder the records' image paths are relative to | the generated images |
-# MAGIC | `VIG_MODEL_PATH` | any Hugging Face image-text-to-text checkpoint (scorer and base model) | the demo model |
-# MAGIC | `VIG_SAMPLES` | records to generate when `VIG_RECORDS` is unset | 48 |
-# MAGIC | `VIG_TRAIN_STEPS` | optimizer steps of the training run | 20 |
-# MAGIC | `VIG_DTYPE` | scoring precision (`float32`, `bfloat16`) | `float32` |
-# MAGIC | `VIG_MLFLOW_URI` | MLflow tracking URI (`databricks` on Databricks) | `.demo/notebook_mlflow.db` |
+# MAGIC | `lake` (`VIG_LAKE`) | folder or URI of the Delta tables | `.demo/notebook_lake` |
+# MAGIC | `records` (`VIG_RECORDS`) | your LLaVA JSON / JSONL / Parquet | a generated corpus |
+# MAGIC | `image_root` (`VIG_IMAGE_ROOT`) | the folder or URI the records' image paths are relative to | the generated images |
+# MAGIC | `model_path` (`VIG_MODEL_PATH`) | any Hugging Face image-text-to-text checkpoint (scorer and base model) | the demo model |
+# MAGIC | `samples` (`VIG_SAMPLES`) | records to generate when `records` is unset | 48 |
+# MAGIC | `train_steps` (`VIG_TRAIN_STEPS`) | optimizer steps of the training run | 20 |
+# MAGIC | `dtype` (`VIG_DTYPE`) | scoring precision (`float32`, `bfloat16`); empty: bfloat16 on a GPU, float32 on a CPU | empty |
+# MAGIC | `mlflow_uri` (`VIG_MLFLOW_URI`) | MLflow tracking URI (`databricks` on Databricks) | `.demo/notebook_mlflow.db` |
+# MAGIC | `mlflow_experiment` (`VIG_MLFLOW_EXPERIMENT`) | MLflow experiment | `vig-notebook` |
 # MAGIC
-# MAGIC On Databricks, point `VIG_LAKE`, `VIG_RECORDS` and `VIG_IMAGE_ROOT` at a Unity Catalog volume
-# MAGIC (`/Volumes/<catalog>/<schema>/<volume>/...`) and set `VIG_MLFLOW_URI=databricks`. Local files the
-# MAGIC notebook writes (generated corpus, heatmap, training output) go under `.demo/`.
+# MAGIC On Databricks, point `lake`, `records` and `image_root` at a Unity Catalog volume
+# MAGIC (`/Volumes/<catalog>/<schema>/<volume>/...`) or an object-store URI the cluster can read, and set
+# MAGIC `mlflow_uri=databricks`: the notebook's host and token are passed to the training processes. Local files
+# MAGIC the notebook writes (generated corpus, heatmap, training output) go under `.demo/`.
 
 # COMMAND ----------
 
@@ -47,21 +56,23 @@ from pathlib import Path
 
 from vig_udf.config import ScorerConfig, SparkConfig
 from vig_udf.lake import register_views, table_history, table_version
+from vig_udf.notebook import forward_databricks_credentials, setting
 
+DBUTILS = globals().get("dbutils")  # Databricks: widgets and the notebook's credentials
 WORKDIR = Path(".demo").absolute()
-LAKE = os.environ.get("VIG_LAKE") or str(WORKDIR / "notebook_lake")
-RECORDS = os.environ.get("VIG_RECORDS")
-IMAGE_ROOT = os.environ.get("VIG_IMAGE_ROOT")
-SAMPLES = int(os.environ.get("VIG_SAMPLES", "48"))
-TRAIN_STEPS = int(os.environ.get("VIG_TRAIN_STEPS", "20"))
-DTYPE = os.environ.get("VIG_DTYPE", "float32")
-MLFLOW_URI = os.environ.get("VIG_MLFLOW_URI") or f"sqlite:///{WORKDIR / 'notebook_mlflow.db'}"
-MLFLOW_EXPERIMENT = os.environ.get("VIG_MLFLOW_EXPERIMENT", "vig-notebook")
+LAKE = setting(DBUTILS, "lake", str(WORKDIR / "notebook_lake"), "Delta lake (folder or URI)")
+RECORDS = setting(DBUTILS, "records", None, "LLaVA JSON / JSONL / Parquet")
+IMAGE_ROOT = setting(DBUTILS, "image_root", None, "image root")
+SAMPLES = int(setting(DBUTILS, "samples", "48", "records to generate"))
+TRAIN_STEPS = int(setting(DBUTILS, "train_steps", "20", "training steps"))
+DTYPE = setting(DBUTILS, "dtype", None, "scoring dtype (empty: bf16 on GPU)")
+MLFLOW_URI = setting(DBUTILS, "mlflow_uri", f"sqlite:///{WORKDIR / 'notebook_mlflow.db'}", "MLflow tracking URI")
+MLFLOW_EXPERIMENT = setting(DBUTILS, "mlflow_experiment", "vig-notebook", "MLflow experiment")
+MODEL_PATH = setting(DBUTILS, "model_path", None, "model (hub id, folder or URI)")
+forward_databricks_credentials(DBUTILS)
 WORKDIR.mkdir(parents=True, exist_ok=True)
 
-if os.environ.get("VIG_MODEL_PATH"):
-    MODEL_PATH = os.environ["VIG_MODEL_PATH"]
-else:  # a small LLaVA-architecture model trained on the shapes world (a few minutes on a CPU, then cached)
+if MODEL_PATH is None:  # a small LLaVA-architecture model trained on the shapes world (a few minutes on a CPU, then cached)
     from vig_udf.demo.model import build_demo_model
 
     MODEL_PATH = build_demo_model(str(WORKDIR / "model"))

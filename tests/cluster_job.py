@@ -1,8 +1,9 @@
-"""Runs the score job on a ``local-cluster[2,1,1024]`` Spark (two executor JVMs) in its own process.
+"""Runs the score job as a driver of its own against a Spark standalone cluster whose executors advertise GPUs.
 
-Used by tests/test_spark_cluster.py: the test session keeps its one local Spark session, and this
-script gets a real multi-executor cluster with Spark's task retries. Usage:
-    python tests/cluster_job.py <model> <image_root> <lake_for_counting> <lake_for_fault> <fault_marker>
+Used by tests/test_spark_cluster.py: the test session keeps its one local Spark session, and this script is
+an application of the cluster (tests/standalone.py), with Spark's task retries and an event log. Usage:
+    python tests/cluster_job.py <master> <event_log_dir> <model> <image_root> <lake_for_counting> <lake_for_fault>
+        <fault_marker>
 Prints one JSON line with both job summaries.
 """
 
@@ -14,21 +15,30 @@ from vig_udf.config import ScorerConfig, SparkConfig
 from vig_udf.spark.score_job import ScoreJobConfig, run_score
 from vig_udf.spark.session import spark_session
 
+DISCOVERY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "fake_gpus.sh")
 
-def main(model: str, image_root: str, counting_lake: str, fault_lake: str, fault_marker: str) -> None:
+
+def main(master: str, event_log: str, model: str, image_root: str, counting_lake: str, fault_lake: str,
+         fault_marker: str) -> None:
     # short jobs: the driver and executor JVMs compile with C1 only and collect with the serial GC
     jvm = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
-    spark = spark_session(SparkConfig(master="local-cluster[2,1,1024]", conf={
+    spark = spark_session(SparkConfig(master=master, conf={
         "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false", "spark.task.maxFailures": "4",
-        "spark.executor.memory": "1g", "spark.sql.shuffle.partitions": "4",
+        "spark.executor.memory": "1g", "spark.executor.cores": "4", "spark.sql.shuffle.partitions": "8",
+        # the GPU settings of conf/gpu-cluster.yaml: two GPUs per executor, a fraction of one for other stages
+        "spark.executor.resource.gpu.amount": "2", "spark.executor.resource.gpu.discoveryScript": DISCOVERY,
+        "spark.executor.resource.gpu.vendor": "nvidia.com", "spark.task.resource.gpu.amount": "0.25",
+        "spark.eventLog.enabled": "true", "spark.eventLog.dir": event_log,
         "spark.driver.extraJavaOptions": jvm, "spark.executor.extraJavaOptions": jvm}))
     spark.sparkContext.setLogLevel("ERROR")
     scorer = ScorerConfig(model_path=model, image_root=image_root, dtype="float32")
     quiet = lambda *_: None  # noqa: E731
-    counting = run_score(spark, ScoreJobConfig(lake=counting_lake, scorer=scorer, partitions=6), out=quiet)
+    cfg = ScoreJobConfig(lake=counting_lake, scorer=scorer, partitions=8, rows_per_commit=4, task_cpus=2,
+                         poll_s=0.5)
+    counting = run_score(spark, cfg, out=quiet)
     os.environ.pop("VIG_LOAD_LOG_DIR", None)
     os.environ["VIG_FAULT_KILL_WORKER_ONCE"] = fault_marker
-    fault = run_score(spark, ScoreJobConfig(lake=fault_lake, scorer=scorer, partitions=4), out=quiet)
+    fault = run_score(spark, cfg.model_copy(update={"lake": fault_lake, "partitions": 4}), out=quiet)
     print(json.dumps({"counting": counting, "fault": fault}, default=str))
     spark.stop()
 

@@ -113,8 +113,9 @@ def test_score_tasks_and_files_are_sized_from_the_data(spark, tmp_path, tiny_che
     summary = run_score(spark, ScoreJobConfig(lake=lake, rows_per_task=5, rows_per_file=2, scorer=ScorerConfig(
         model_path=tiny_checkpoints["llava"], dtype="float32")), out=lambda *_: None)
     assert summary["rows_for_scorer"] == 24  # rows in == rows out
+    assert summary["tasks"] == 5 and summary["commits"] == 1  # 24 rows in tasks of at most 5, one commit
     files = read_table(spark, f"{lake}/scores").inputFiles()
-    assert len(files) >= 12  # 5 tasks of at most 5 rows, each rolling after 2 rows
+    assert len(files) >= 12  # each file rolls after 2 rows
     assert spark.conf.get("spark.sql.files.maxRecordsPerFile") != "2"  # the session is left as it was
     cfg = ScoreJobConfig(lake=lake, scorer=ScorerConfig(model_path=tiny_checkpoints["llava"], dtype="float32"))
     again = run_score(spark, cfg, out=lambda *_: None)  # nothing to do: found in the history, no join

@@ -155,53 +155,66 @@ def test_concurrent_scores_of_one_scorer_and_of_two(spark, concurrent_jobs):
 
 
 def _kill_when_staging_has_files(process: subprocess.Popen, staging: Path, timeout: float = 300) -> None:
-    """SIGKILL the job's process group once its tasks have written staged files (a crash mid-write): files
-    in a staged folder that was not there when it started."""
-    before = {folder.name for folder in staging.iterdir()} if staging.exists() else set()
+    """SIGKILL the job's process group once its tasks have written scored parts (a crash while scoring)."""
     deadline = time.monotonic() + timeout
-    while not [f for f in staging.glob("*/*.parquet") if f.parent.name not in before]:
+    while not list(staging.glob("*/*.parquet")):
         assert process.poll() is None, "the job ended before it wrote anything"
-        assert time.monotonic() < deadline, "no staged file appeared"
+        assert time.monotonic() < deadline, "no scored part appeared"
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=60)
 
 
-def test_killed_score_jobs_rerun_to_the_clean_result_and_vacuum_leaves_no_stray_file(spark, tmp_path,
-                                                                                         tiny_checkpoints):
+FAULTS = ("during_commit", "between_commits", "after_last_commit")
+
+
+def test_score_jobs_killed_while_scoring_and_committing_rerun_to_the_clean_result(spark, tmp_path, tiny_checkpoints):
+    """Killed in a commit that overlaps scoring, between two commits, after the last commit and while tasks
+    score: the table holds exactly the commits made before the kill, and a rerun gives a clean run's rows;
+    VACUUM then clears what the killed runs left staged."""
     write_corpus(tmp_path, n=8, seed=35)
-    for lake in ("clean", "crashed"):
+    lakes = [*FAULTS, "mid_scoring", "clean"]
+    for lake in lakes:
         run_ingest(spark, IngestJobConfig(input=str(tmp_path / "records.json"), image_root=str(tmp_path / "images"),
                                           lake=str(tmp_path / lake)), out=QUIET)
     scorer = scorer_config(tiny_checkpoints["llava"], tmp_path)
+    # one task at a time (local[1]), a commit per part: the first part commits while the second task scores
+    job = {"scorer": scorer.model_dump(exclude_none=True), "rows_per_commit": 1, "partitions": 2, "poll_s": 0.2}
     run_score(spark, ScoreJobConfig(lake=str(tmp_path / "clean"), scorer=scorer), out=QUIET)
-    lake = tmp_path / "crashed"
-    job = {"scorer": scorer.model_dump(exclude_none=True), "rows_per_commit": 4, "partitions": 2}
-    args = ["score", "--config", str(write_conf(tmp_path, lake, score=job))]
-    staging = lake / "_staging" / "scores"
 
-    # two jobs at once, each killed at a point of the write path: one with its rows staged and nothing
-    # committed, one right after its first commit, before it deleted what it staged
-    runs = [start([where, *args], tmp_path / f"{where}.log", script=str(ROOT / "tests" / "lake_fault_job.py"))
-            for where in ("before_merge", "after_commit")]
-    for run, where in zip(runs, ("before_merge", "after_commit")):
+    def args(lake: str) -> list[str]:
+        return ["score", "--config", str(write_conf(tmp_path, tmp_path / lake, score=job))]
+
+    runs = [start([where, *args(where)], tmp_path / f"{where}.log", script=str(ROOT / "tests" / "lake_fault_job.py"))
+            for where in FAULTS]
+    _kill_when_staging_has_files(start(args("mid_scoring"), tmp_path / "mid_scoring.log"),
+                                 tmp_path / "mid_scoring" / "_staging" / "scores")
+    for run, where in zip(runs, FAULTS):
         assert run.wait(timeout=300) == -signal.SIGKILL, (tmp_path / f"{where}.log").read_text()[-3000:]
-    _kill_when_staging_has_files(start(args, tmp_path / "killed.log"), staging)  # then one killed while writing
-    crashed_versions = len(table_history(spark, lake / "scores"))
-    assert crashed_versions == 1  # only the commit of the run killed after it
-    run_score(spark, ScoreJobConfig(lake=str(lake), scorer=scorer, rows_per_commit=4, partitions=2), out=QUIET)  # rerun
-
     clean = {r.sample_id: r for r in read_table(spark, tmp_path / "clean" / "scores").collect()}
-    final = read_table(spark, lake / "scores").collect()
-    assert sorted(r.sample_id for r in final) == sorted(clean)  # every sample once
-    for row in final:
-        assert row.status == clean[row.sample_id].status and row.scorer_id == clean[row.sample_id].scorer_id
-        if row.status == "ok":
-            np.testing.assert_allclose(row.token_vig, clean[row.sample_id].token_vig, atol=1e-5)
-    assert list(staging.iterdir())  # the killed runs left staged rows behind ...
-    table = lake / "scores"
-    vacuum_lake(spark, lake, retain_hours=0, retention_check=False)
-    assert not list(staging.iterdir())  # ... which VACUUM clears
-    on_disk = {p.name for p in table.rglob("*.parquet")}
-    assert on_disk == {os.path.basename(f) for f in read_table(spark, table).inputFiles()}
+    for lake in [*FAULTS, "mid_scoring"]:
+        scores = tmp_path / lake / "scores"
+        made = len(table_history(spark, scores)) if (scores / "_delta_log").exists() else 0
+        rerun = run_score(spark, ScoreJobConfig(lake=str(tmp_path / lake), scorer=scorer, rows_per_commit=1,
+                                                partitions=2), out=QUIET)
+        if lake == "during_commit":
+            assert made == 0  # killed in the first commit: nothing committed
+        elif lake == "between_commits":
+            assert made == 1 and 0 < rerun["scored"] < len(clean)  # the first part's rows stayed, the rest rescored
+        elif lake == "after_last_commit":
+            assert made >= 1 and rerun["scored"] == 0  # every row was committed before the kill
+        else:
+            assert made <= 1 and rerun["scored"] > 0
+        final = read_table(spark, scores).collect()
+        assert sorted(r.sample_id for r in final) == sorted(clean), lake  # every sample once
+        for row in final:
+            assert row.status == clean[row.sample_id].status and row.scorer_id == clean[row.sample_id].scorer_id
+            if row.status == "ok":
+                np.testing.assert_allclose(row.token_vig, clean[row.sample_id].token_vig, atol=1e-5)
+        staging = tmp_path / lake / "_staging" / "scores"
+        assert list(staging.iterdir())  # the killed run left its scored parts behind ...
+        vacuum_lake(spark, tmp_path / lake, retain_hours=0, retention_check=False)
+        assert not list(staging.iterdir())  # ... which VACUUM clears
+        on_disk = {p.name for p in scores.rglob("*.parquet")}
+        assert on_disk == {os.path.basename(f) for f in read_table(spark, scores).inputFiles()}
     shutil.rmtree(tmp_path / "clean")

@@ -58,8 +58,8 @@ def test_a_score_job_prints_rows_done_rate_and_time_left_while_it_runs(scored_on
     progress = [line for line in lines if line.startswith("progress: ")]
     total = first["scored"]
     assert len(progress) >= 2, lines  # lines while it ran, and the last count
-    assert re.fullmatch(rf"progress: {total} of {total} rows \(100%\), [0-9.]+ rows/s, about 0s left",
-                        progress[-1]), progress
+    assert re.fullmatch(rf"progress: {total} of {total} rows scored \(100%\), {total} committed, [0-9.]+ rows/s, "
+                        r"about 0s left", progress[-1]), progress
     assert ScoreJobConfig().progress_every_s > 0  # on by default
 
 
@@ -91,20 +91,14 @@ def test_rescore_replaces_the_rows_of_chosen_statuses_and_keeps_one_row_per_key(
 
 
 def test_progress_line_reports_rows_rate_and_time_left():
-    class Accumulator:
-        value = 0
-
-    class Spark:
-        class sparkContext:
-            @staticmethod
-            def accumulator(_):
-                return Accumulator()
-
-    now = [100.0]
-    progress = Progress(Spark, 1000, every_s=0, clock=lambda: now[0])
-    with progress as rows:
-        now[0] = 130.0
-        assert progress.line() == "progress: 0 of 1000 rows done after 30s (counted as tasks finish)"
-        rows.value = 250
-        now[0] = 150.0
-        assert progress.line() == "progress: 250 of 1000 rows (25%), 5.00 rows/s, about 2m30s left"
+    now, printed = [100.0], []
+    progress = Progress(1000, out=printed.append, every_s=10, clock=lambda: now[0])
+    now[0] = 130.0
+    assert progress.line(0, 0) == "progress: 0 of 1000 rows scored after 30s (counted as tasks finish)"
+    now[0] = 150.0
+    assert progress.line(250, 100) == ("progress: 250 of 1000 rows scored (25%), 100 committed, 5.00 rows/s, "
+                                       "about 2m30s left")
+    progress.maybe_print(250, 100)
+    now[0] = 155.0
+    progress.maybe_print(300, 100)  # 5 s after the last line: none
+    assert printed == ["progress: 250 of 1000 rows scored (25%), 100 committed, 5.00 rows/s, about 2m30s left"]

@@ -8,7 +8,7 @@ import pytest
 from tests.conftest import random_image
 from vig_udf.spark import score_udf
 from vig_udf.spark.arrow import SCORES_SCHEMA
-from vig_udf.spark.score_udf import ScorerSpec, score_batches, task_device
+from vig_udf.spark.score_udf import ScorerSpec, score_batches, task_device, task_gpu
 
 
 class _Resource:
@@ -25,14 +25,20 @@ class _Context:
 
 
 def test_task_device_is_the_gpu_spark_assigned(monkeypatch):
+    import torch
     from pyspark import TaskContext
 
     monkeypatch.setattr(TaskContext, "get", staticmethod(lambda: _Context({"gpu": _Resource(["3"])})))
+    assert task_gpu() == "3"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert task_device() is None  # an executor that advertises GPUs torch cannot see: the CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert task_device() == "cuda:3"
     monkeypatch.setattr(TaskContext, "get", staticmethod(lambda: _Context({})))
-    assert task_device() is None
+    assert task_gpu() is None
     monkeypatch.setattr(TaskContext, "get", staticmethod(lambda: None))
-    assert task_device() is None
+    assert task_gpu() is None
 
 
 def test_local_mode_runs_one_scoring_task_per_gpu():

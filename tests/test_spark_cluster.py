@@ -1,5 +1,7 @@
-"""The score job on a two-executor local cluster: exactly-once rows, one model load per Python worker,
-and recovery from a Python worker killed in the middle of a scoring task."""
+"""The score job on a real Spark standalone cluster (a master and two workers on 127.0.0.1, each advertising two
+GPUs through a discovery script; the scorer runs on the CPU): stage-level scheduling gives the scoring stage one
+GPU and two CPUs per task while the other stages run a task per core; every row exactly once; one model load
+per Python worker, never two scorers in one worker; and recovery from a Python worker killed mid-task."""
 
 from __future__ import annotations
 
@@ -7,12 +9,13 @@ import json
 import os
 import subprocess
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.standalone import standalone_cluster
 from tests.test_spark_jobs import assert_no_orphan_files, score_rows, write_corpus
 from vig_udf import VIGScorer
 from vig_udf.lake import read_table
@@ -22,35 +25,91 @@ pytestmark = [pytest.mark.spark, pytest.mark.slow]
 REPO = Path(__file__).parent.parent
 
 
-def test_local_cluster_scores_once_loads_once_per_worker_and_survives_a_killed_worker(
-        spark, tmp_path, tiny_checkpoints):
+def stages_from_event_log(folder: Path) -> dict[int, dict]:
+    """Per stage of the application's event log: its resource profile's task requests, its tasks and the most
+    tasks that ran at once on one executor."""
+    events = [json.loads(line) for log in folder.iterdir() for line in log.read_text().splitlines()]
+    profiles = {e["Resource Profile Id"]: {name: request["Amount"] for name, request in e["Task Resource Requests"].items()}
+                for e in events if e["Event"].endswith("ResourceProfileAdded")}
+    stages: dict[int, dict] = defaultdict(lambda: {"tasks": [], "profile": None})
+    for e in events:
+        if e["Event"] == "SparkListenerStageSubmitted":
+            stages[e["Stage Info"]["Stage ID"]]["profile"] = profiles[e["Stage Info"]["Resource Profile Id"]]
+        elif e["Event"] == "SparkListenerTaskEnd" and e["Task End Reason"]["Reason"] == "Success":
+            info = e["Task Info"]
+            stages[e["Stage ID"]]["tasks"].append((info["Executor ID"], info["Launch Time"], info["Finish Time"],
+                                                   info["Index"], info["Attempt"]))
+    for stage in stages.values():
+        stage["most_at_once"] = max((_most_at_once([t[1:3] for t in stage["tasks"] if t[0] == executor])
+                                     for executor in {t[0] for t in stage["tasks"]}), default=0)
+    return dict(stages)
+
+
+def _most_at_once(intervals: list[tuple[int, int]]) -> int:
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = most = 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    return most
+
+
+def test_a_standalone_cluster_with_gpus_schedules_the_scoring_stage_apart_and_scores_once(spark, tmp_path,
+                                                                                         tiny_checkpoints):
     records = write_corpus(tmp_path, n=16, seed=9)
     for lake in ("counting", "fault"):
         run_ingest(spark, IngestJobConfig(input=str(tmp_path / "records.json"), image_root=str(tmp_path / "images"),
                                           lake=str(tmp_path / lake)), out=lambda *_: None)
-    loads, marker = tmp_path / "loads", tmp_path / "killed-once"
-    env = dict(os.environ, VIG_LOAD_LOG_DIR=str(loads), PYTHONPATH=str(REPO), PYSPARK_PYTHON=sys.executable)
+    loads, marker, events = tmp_path / "loads", tmp_path / "killed-once", tmp_path / "events"
+    events.mkdir()
+    env = dict(os.environ, VIG_LOAD_LOG_DIR=str(loads), PYTHONPATH=str(REPO), PYSPARK_PYTHON=sys.executable,
+               SPARK_LOCAL_IP="127.0.0.1")
     env.pop("VIG_FAULT_KILL_WORKER_ONCE", None)
-    done = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "cluster_job.py"), tiny_checkpoints["llava"], str(tmp_path / "images"),
-         str(tmp_path / "counting"), str(tmp_path / "fault"), str(marker)],
-        env=env, capture_output=True, text=True, timeout=600)
+    with standalone_cluster(tmp_path / "cluster") as master:
+        done = subprocess.run(
+            [sys.executable, str(REPO / "tests" / "cluster_job.py"), master, f"file:{events}",
+             tiny_checkpoints["llava"], str(tmp_path / "images"), str(tmp_path / "counting"), str(tmp_path / "fault"),
+             str(marker)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summaries = json.loads(done.stdout.strip().splitlines()[-1])
+    counting = summaries["counting"]
 
     # every sample exactly once, and the same scores as the single-process scorer
-    counting = score_rows(spark, tmp_path / "counting")
-    assert read_table(spark, str(tmp_path / "counting" / "scores")).count() == len(records) == len(counting)
+    rows = score_rows(spark, tmp_path / "counting")
+    assert read_table(spark, str(tmp_path / "counting" / "scores")).count() == len(records) == len(rows)
     local = VIGScorer.from_pretrained(tiny_checkpoints["llava"], image_root=str(tmp_path / "images"))
     for result in local.score(records):
-        assert counting[result.sample_id]["status"] == result.status
+        assert rows[result.sample_id]["status"] == result.status
         if result.status == "ok":
-            np.testing.assert_allclose(counting[result.sample_id]["token_vig"], result.token_vig, atol=1e-5)
+            np.testing.assert_allclose(rows[result.sample_id]["token_vig"], result.token_vig, atol=1e-5)
+    assert counting["commits"] >= 2  # committed while later tasks scored
 
-    # the model was loaded once per Python worker that scored, counted from the workers' own markers
+    # the scoring stage got a GPU and two CPUs per task, so at most two of its tasks ran at once on an executor,
+    # on different GPUs; the other stages ran with the defaults (a quarter of a GPU, a CPU each: a task per core)
+    stages = stages_from_event_log(events).values()
+    scoring = [s for s in stages if s["profile"].get("gpu") == 1.0]
+    assert len(scoring) == 2 and all(s["profile"]["cpus"] == 2 for s in scoring)  # the two jobs' scoring stages
+    assert all(s["most_at_once"] <= 2 for s in scoring)
+    others = [s for s in stages if s["profile"].get("gpu") == 0.25]
+    assert others and all(s["profile"]["cpus"] == 1 for s in others)
+    assert max(s["most_at_once"] for s in others) > 2  # more tasks at once than the scoring stage may
+    tasks = {(t["partition"], t["attempt"]): t for t in counting["task_records"]}
+    by_executor = defaultdict(list)
+    for executor, start, end, index, attempt in next(s for s in scoring if len(s["tasks"]) == 8)["tasks"]:
+        by_executor[executor].append((start, end, tasks[(index, attempt)]["gpu"]))
+    assert {t["gpu"] for t in tasks.values()} <= {"0", "1"} and len(by_executor) == 2  # both executors scored
+    for runs in by_executor.values():  # two tasks running at once on one executor hold different GPUs
+        for a in runs:
+            for b in runs:
+                if a is not b and a[0] < b[1] and b[0] < a[1]:
+                    assert a[2] != b[2], runs
+
+    # the model was loaded once per Python worker that scored, counted from the workers' own markers and from
+    # the job's task records; no worker ever released one scorer for another
     loads_per_worker = Counter(p.name.split("-")[0] for p in loads.iterdir())
     assert loads_per_worker and set(loads_per_worker.values()) == {1}
-    assert len(loads_per_worker) <= 6  # at most one worker per task, far fewer with worker reuse
+    assert counting["model_loads"] == len(loads_per_worker) == counting["workers"]
+    assert not any(t["released"] for t in counting["task_records"])
 
     # a worker was killed mid-task, Spark retried, and the table holds exactly one row per sample
     assert marker.exists()

@@ -155,10 +155,11 @@ def test_interrupted_score_resumes_and_equals_a_clean_run(spark, tmp_path, tiny_
         pass
 
     def stop_after_first_commit(line: str):
-        if line.startswith("chunk 1/"):
+        if line.startswith("commit 1:"):
             raise Interrupted(line)
 
-    cfg = ScoreJobConfig(lake=str(tmp_path / "resumed"), scorer=scorer, rows_per_commit=4)
+    # six tasks, two at a time, a commit per 2 rows: the first commit comes while later tasks score
+    cfg = ScoreJobConfig(lake=str(tmp_path / "resumed"), scorer=scorer, rows_per_commit=2, partitions=6, poll_s=0.2)
     with pytest.raises(Interrupted):
         run_score(spark, cfg, out=stop_after_first_commit)
     first = len(score_rows(spark, tmp_path / "resumed"))

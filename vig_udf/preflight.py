@@ -99,7 +99,7 @@ def _folder_state(path: str) -> dict:
 
 def _executors_share_this_machine(spark) -> bool:
     from vig_udf.spark.cluster import is_local_master, master_of
-    from vig_udf.spark.session import is_connect
+    from vig_udf.lake.session_conf import is_connect
 
     return not is_connect(spark) and is_local_master(master_of(spark))
 

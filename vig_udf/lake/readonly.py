@@ -5,7 +5,9 @@ that writes (``INSERT``, ...) appears outside string literals, quoted identifier
 accepts ``WITH ... INSERT INTO`` and ``FROM t INSERT ...``), one statement per call, and no function that
 calls JVM methods (``reflect``, ``java_method``) appears anywhere. The second, authoritative one, asks
 Spark's own parser for the statement's plan and refuses any node that writes: an insert, or a command other
-than SHOW, DESCRIBE and EXPLAIN (which only plans).
+than SHOW, DESCRIBE and EXPLAIN (which only plans). On a classic session it walks the parsed plan's nodes; on
+Spark Connect (no access to the parser) it reads the parsed plan that ``EXPLAIN EXTENDED`` prints, which plans
+the statement without running it, and refuses a node named as a command or a write.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ _REFLECTION = re.compile(r"reflect|java_method", re.IGNORECASE)
 _WRITING_NODES = ("InsertIntoStatement", "InsertIntoDir")
 _INSPECTION_PREFIXES = ("Show", "Describe", "Explain")
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# a node of a parsed plan as EXPLAIN prints it ("+- 'InsertIntoStatement ..."): its name
+_PRINTED_NODE = re.compile(r"^[\s|:+-]*'?([A-Za-z][A-Za-z0-9]*)")
+_PRINTED_WRITE = re.compile(r"Command$|Statement$|^(Insert|Create|Drop|Alter|Replace|Truncate|Merge|Update|Delete|"
+                            r"Append|Overwrite|Set|Reset|Cache|Uncache|Refresh|Add|Use|Load|Analyze|Repair|Optimize|"
+                            r"Vacuum|Restore|Clone|Convert|Rename|Comment|Grant|Revoke|Call|Write)")
 
 
 class ReadOnlyError(ValueError):
@@ -49,8 +56,30 @@ def check_read_only(statement: str, spark=None) -> None:
         writes = sorted(set(words) & set(WRITING))
         if writes:
             raise ReadOnlyError(f"Refused a statement that contains {', '.join(writes)}: {message}")
-    if spark is not None and getattr(spark, "_jsparkSession", None) is not None:
-        _check_plan(spark, statement, message)
+    if spark is not None:
+        from vig_udf.lake.session_conf import is_connect
+
+        (_check_printed_plan if is_connect(spark) else _check_plan)(spark, statement, message)
+
+
+def _check_printed_plan(spark, statement: str, message: str) -> None:
+    try:
+        printed = spark.sql("EXPLAIN EXTENDED " + statement).first()[0]
+    except Exception as error:  # noqa: BLE001 - a statement Spark cannot parse is not run either
+        raise ReadOnlyError(f"Spark cannot parse the statement ({_first_line(error)}). {message}") from None
+    parsed = printed.split("== Parsed Logical Plan ==", 1)[-1].split("== Analyzed Logical Plan ==", 1)[0]
+    for line in parsed.strip().splitlines():
+        match = _PRINTED_NODE.match(line)
+        name = match.group(1) if match else ""
+        if name.startswith(_INSPECTION_PREFIXES):
+            continue
+        if _PRINTED_WRITE.search(name):
+            raise ReadOnlyError(f"Refused a statement whose plan writes ({name}): {message}")
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _check_plan(spark, statement: str, message: str) -> None:
@@ -58,7 +87,7 @@ def _check_plan(spark, statement: str, message: str) -> None:
     try:
         plan = spark._jsparkSession.sessionState().sqlParser().parsePlan(statement)
     except Exception as error:  # noqa: BLE001 - a statement Spark cannot parse is not run either
-        raise ReadOnlyError(f"Spark cannot parse the statement ({str(error).splitlines()[0]}). {message}") from None
+        raise ReadOnlyError(f"Spark cannot parse the statement ({_first_line(error)}). {message}") from None
     command = jvm.java.lang.Class.forName("org.apache.spark.sql.catalyst.plans.logical.Command")
     nodes = [plan]
     while nodes:

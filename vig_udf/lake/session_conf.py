@@ -1,4 +1,5 @@
-"""Session settings set for one command and restored afterwards (Delta reads some only from the session)."""
+"""The session's kind, and session settings set for one command and restored afterwards (Delta reads some only
+from the session)."""
 
 from __future__ import annotations
 
@@ -19,3 +20,8 @@ def session_confs(spark, confs: dict[str, str]):
                 spark.conf.unset(key)
             else:
                 spark.conf.set(key, value)
+
+
+def is_connect(spark) -> bool:
+    """Whether ``spark`` is a Spark Connect session (no SparkContext, no py4j)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from vig_udf.spark.session import is_connect
+from vig_udf.lake.session_conf import is_connect
 
 
 class NeedsClassicSession(RuntimeError):

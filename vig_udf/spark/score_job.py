@@ -3,26 +3,35 @@
 Resume and idempotency: the job scores only the corpus rows that have no row for this scorer yet, and adds
 them with ``MERGE ... WHEN NOT MATCHED THEN INSERT`` on ``(sample_id, scorer_id)``, so a rerun after success
 adds nothing, a rerun after an interruption scores what is left, and two runs at once never write a key
-twice. The scored rows are staged under ``<lake>/_staging/scores`` before the merge, so a merge that must be
-retried after a concurrent commit never scores again. With ``rows_per_commit`` the pending rows are cut
-into chunks, each one Spark job and one Delta commit, so that an interruption loses at most one chunk.
+twice.
+
+One scoring stage, commits beside it (:mod:`vig_udf.spark.score_commits`): the pending rows are scored by one
+Spark job whose tasks each write their scores as a part file under ``<lake>/_staging/scores/<job id>``; the
+driver merges the parts into the table while later tasks still score, one Delta commit per ``rows_per_commit``
+rows (0: one commit at the end). The executors' Python workers keep their model for the whole job (one load
+per worker, counted in the summary), a commit that must be retried after a concurrent commit re-reads the
+parts instead of scoring again, and an interruption loses at most the parts not yet committed.
 
 Sizing from the data: the pending rows are cut into tasks of ``rows_per_task`` rows (at least one task per
-core of the cluster), so a large job spreads over every executor, and every write of the job rolls to a new
-Parquet file after ``rows_per_file`` rows (Spark's ``maxRecordsPerFile``), so files stay a few hundred MB.
+core of the cluster), so a large job spreads over every executor, and every commit rolls to a new Parquet
+file after ``rows_per_file`` rows (Spark's ``maxRecordsPerFile``), so files stay a few hundred MB. On a cluster
+whose executors have GPUs the scoring stage gets its own resources (stage-level scheduling,
+:func:`scoring_profile`): a GPU and ``task_cpus`` CPUs per task, while the other stages run many tasks per
+executor.
 
 ``rescore``: rows of this scorer with the given failure statuses (``image_unreadable`` after the images
 were fixed, ``model_error``) count as pending; the merge replaces them (``WHEN MATCHED AND t.status IN
-(...) THEN UPDATE SET *``), so the table still holds one row per key. While scoring, a line with rows done,
-rows per second and time left is printed every ``progress_every_s`` seconds (:mod:`vig_udf.spark.progress`).
+(...) THEN UPDATE SET *``), so the table still holds one row per key. While scoring, a line with rows scored and
+committed, rows per second and time left is printed every ``progress_every_s`` seconds
+(:mod:`vig_udf.spark.progress`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -42,12 +51,20 @@ class ScoreJobConfig(BaseModel):
     lake: str = Field("lake", description="lake root folder (or URI) holding the corpus and scores tables")
     corpus_version: int | None = Field(None, description="corpus table version to score; None = latest")
     scorer: ScorerConfig = ScorerConfig()
-    partitions: int | None = Field(None, description="Spark partitions of the pending rows; None = from rows_per_task")
-    rows_per_task: int = Field(2_000, gt=0, description="pending rows per Spark task when partitions is None (at "
+    partitions: int | None = Field(None, description="scoring tasks of the job; None = from rows_per_task")
+    rows_per_task: int = Field(2_000, gt=0, description="pending rows per scoring task when partitions is None (at "
                                                         "least one task per core)")
     rows_per_file: int = Field(100_000, gt=0, description="rows per Parquet file of the scores written (about 150 MB "
                                                           "of LLaVA-shaped rows); larger outputs roll to new files")
-    rows_per_commit: int = Field(0, description="rows per Delta commit (0 = one commit); smaller loses less on interruption")
+    rows_per_commit: int = Field(0, ge=0, description="scored rows per Delta commit, committed while scoring goes on "
+                                                      "(0 = one commit at the end); smaller loses less on interruption")
+    poll_s: float = Field(2.0, gt=0, description="seconds between the driver's looks at the scored parts (commits, "
+                                                 "progress)")
+    stage_scheduling: bool = Field(True, description="on a cluster whose executors have GPUs, give the scoring "
+                                                     "stage its own resources (task_gpus, task_cpus per task)")
+    task_gpus: float = Field(1.0, gt=0, description="GPUs per scoring task (stage-level scheduling)")
+    task_cpus: int | None = Field(None, gt=0, description="CPUs per scoring task (image decoding, the processor); "
+                                                          "None = spark.task.cpus")
     arrow_batch_rows: int = Field(64, description="rows per Arrow batch handed to the scorer (bounds executor memory)")
     rescore: list[str] = Field(default_factory=list, description="statuses whose rows of this scorer are scored "
                                "again and replaced, e.g. [image_unreadable, model_error] after fixing the cause")
@@ -149,15 +166,15 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     """Score the pending corpus rows and append them to ``<lake>/scores``; returns the job summary."""
     check_config(cfg, spark)
     from pyspark.sql import functions as F
-    from pyspark.sql.pandas.types import from_arrow_schema
 
-    from vig_udf.lake import insert_new_rows, lake_table, read_table, staging_folder, table_exists, table_version
+    from vig_udf.lake import lake_table, read_table, staging_folder, table_exists, table_version
     from vig_udf.lake.read import lake_storage
-    from vig_udf.spark.cluster import default_parallelism, executor_gpus, master_of
     from vig_udf.lake.session_conf import session_confs
-    from vig_udf.spark.arrow import SCORES_SCHEMA
+    from vig_udf.lake.write import delete_staged
+    from vig_udf.spark.cluster import default_parallelism, executor_gpus, master_of
     from vig_udf.spark.progress import Progress
-    from vig_udf.spark.score_udf import score_batches
+    from vig_udf.spark.score_commits import PartCommitter, run_while_committing
+    from vig_udf.spark.score_udf import TASK_DDL, score_to_part
 
     corpus_path, scores_path = lake_table(cfg.lake, "corpus"), lake_table(cfg.lake, "scores")
     task_gpus = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0)
@@ -190,34 +207,89 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     else:
         corpus_rows = n_pending = corpus.count()
     out(f"scorer {spec.scorer_id}: {n_pending} of corpus v{corpus_version} rows to score")
+    if not n_pending:
+        _print_summary({"scorer_id": spec.scorer_id, "scored": 0}, out)
+        return {"scorer_id": spec.scorer_id, "scored": 0}
+    tasks = cfg.partitions or task_partitions(n_pending, cfg.rows_per_task, default_parallelism(spark))
     job_confs = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.arrow_batch_rows),
                  "spark.sql.files.maxRecordsPerFile": str(cfg.rows_per_file)}
-    chunks = max(1, math.ceil(n_pending / cfg.rows_per_commit)) if cfg.rows_per_commit else 1
-    partitions = cfg.partitions or task_partitions(math.ceil(n_pending / chunks), cfg.rows_per_task,
-                                                   default_parallelism(spark))
+    parts_dir = f"{staging_folder(cfg.lake, 'scores')}/{uuid.uuid4().hex}"
+    profile = scoring_profile(spark, cfg)
+    scoring = (pending.repartition(tasks, "sample_id")  # a partition's rows are the same in every task attempt
+               .mapInArrow(score_to_part(spec, parts_dir), TASK_DDL, profile=profile))
     config = {**cfg.model_dump(mode="json"), "scorer_id": spec.scorer_id, "corpus_version": corpus_version,
               "scorer_record": spec.record}
     # rescore: a row of this scorer with one of those statuses is replaced; any other existing row is kept
     replace_when = (f"t.status IN ({', '.join(repr(s) for s in cfg.rescore)})" if cfg.rescore else None)
+
+    def commit(parts: list[str], completes: bool):
+        number = len(committer.commits) + 1
+        done = commit_parts(spark, parts, scores_path, config={**config, "completes_corpus_version": completes},
+                            replace_when=replace_when)
+        out(f"commit {number}: " + (_committed(done) if done else "every row was scored meanwhile by another run"))
+        return done
+
+    storage = lake_storage(spark)
+    committer = PartCommitter(storage, parts_dir, tasks, cfg.rows_per_commit, commit)
+    progress = Progress(n_pending, out=out, every_s=cfg.progress_every_s)
+    out(f"scoring in {tasks} tasks" + (f" of {profile_text(profile)}" if profile is not None else "")
+        + (f", a commit per {cfg.rows_per_commit} rows" if cfg.rows_per_commit else ", one commit at the end"))
     started = time.perf_counter()
-    # the batch and file sizes are session settings: set for this job, then the session is left as it was
-    with (session_confs(spark, job_confs),
-          Progress(spark, n_pending, out=out, every_s=cfg.progress_every_s) as rows_done):
-        for chunk in range(chunks if n_pending else 0):
-            part = pending if chunks == 1 else pending.where(F.pmod(F.xxhash64("sample_id"), F.lit(chunks)) == chunk)
-            scored = part.repartition(partitions).mapInArrow(score_batches(spec, rows_done),
-                                                             from_arrow_schema(SCORES_SCHEMA))
-            # the last chunk's commit completes this corpus version for this scorer (a rerun's fast path)
-            commit = insert_new_rows(scored, scores_path, keys=["sample_id", "scorer_id"], job="score",
-                                     config={**config, "completes_corpus_version": chunk == chunks - 1},
-                                     staging=staging_folder(cfg.lake, "scores"), replace_when=replace_when)
-            out(f"chunk {chunk + 1}/{chunks}: " + (_committed(commit) if commit
-                                                   else "every row was scored meanwhile by another run"))
+    try:
+        with session_confs(spark, job_confs):  # the batch and file sizes of this job; the session left as it was
+            task_rows = run_while_committing(
+                spark, scoring.collect, committer, poll_s=min(cfg.poll_s, cfg.progress_every_s or cfg.poll_s),
+                on_poll=lambda: progress.maybe_print(committer.scored_rows, committer.committed_rows))
+    finally:
+        delete_staged(spark, parts_dir)
     elapsed = time.perf_counter() - started
-    summary = _summary(read_table(spark, scores_path), spec.scorer_id, corpus_rows, n_pending, elapsed) if n_pending \
-        else {"scorer_id": spec.scorer_id, "scored": 0}
+    if committer.missing() or committer.scored_rows != n_pending:
+        raise RuntimeError(f"the scoring tasks wrote {committer.scored_rows} of the {n_pending} pending rows "
+                           f"(partitions without a part: {committer.missing()[:10]}); the rows committed stay, a "
+                           "rerun scores the rest")
+    if cfg.progress_every_s > 0:
+        out(progress.line(committer.scored_rows, committer.committed_rows))
+    summary = {**_summary(read_table(spark, scores_path), spec.scorer_id, corpus_rows, n_pending, elapsed),
+               **_worker_summary([row.asDict() for row in task_rows]), "commits": len(committer.commits)}
     _print_summary(summary, out)
     return summary
+
+
+def commit_parts(spark, parts: list[str], scores_path: str, *, config: dict, replace_when: str | None):
+    """One Delta commit of the scored part files ``parts`` into the scores table (an insert-only ``MERGE`` on
+    ``(sample_id, scorer_id)``, or the upsert of ``rescore``); returns the commit, or None if nothing was new."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    from vig_udf.lake import insert_new_rows
+    from vig_udf.spark.arrow import SCORES_SCHEMA
+    from vig_udf.storage import spark_path
+
+    rows = spark.read.schema(from_arrow_schema(SCORES_SCHEMA)).parquet(*[spark_path(p) for p in parts])
+    return insert_new_rows(rows, scores_path, keys=["sample_id", "scorer_id"], job="score", config=config,
+                           replace_when=replace_when)
+
+
+def scoring_profile(spark, cfg: ScoreJobConfig):
+    """The stage-level resource profile of the scoring stage on a cluster whose executors have GPUs: each task
+    ``task_gpus`` GPUs and ``task_cpus`` CPUs, while the job's other stages (the anti-join, the commits) keep the
+    session's defaults (a fraction of a GPU, one CPU) and run many tasks per executor. None in local mode or
+    without GPUs, or when ``stage_scheduling`` is off."""
+    from vig_udf.spark.cluster import executor_gpus, is_local_master, master_of
+
+    if not cfg.stage_scheduling or executor_gpus(spark) <= 0 or is_local_master(master_of(spark)):
+        return None
+    from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
+
+    cpus = cfg.task_cpus or int(spark.conf.get("spark.task.cpus", "1") or 1)
+    requests = TaskResourceRequests().cpus(cpus).resource("gpu", cfg.task_gpus)
+    return ResourceProfileBuilder().require(requests).build
+
+
+def profile_text(profile) -> str:
+    """``2 CPUs and 1 GPU each`` for a scoring profile."""
+    requests = profile.taskResources
+    cpus, gpus = requests["cpus"].amount, requests["gpu"].amount
+    return f"{cpus:g} CPU{'s' if cpus != 1 else ''} and {gpus:g} GPU{'s' if gpus != 1 else ''} each"
 
 
 def completed_version(spark, scores_path: str, scorer_id: str, corpus_version: int) -> int | None:
@@ -238,12 +310,24 @@ def completed_version(spark, scores_path: str, scorer_id: str, corpus_version: i
 def task_partitions(rows: int, rows_per_task: int, parallelism: int) -> int:
     """Partitions for ``rows`` pending rows: ``rows_per_task`` rows a task, at least ``parallelism`` tasks (every
     core busy) and never more tasks than rows."""
-    return max(1, min(max(rows, 1), max(parallelism, math.ceil(rows / rows_per_task))))
+    return max(1, min(max(rows, 1), max(parallelism, -(-rows // rows_per_task))))
 
 
 def _committed(commit) -> str:
     replaced = f", {commit.rows_updated} re-scored rows replaced" if commit.rows_updated else ""
     return f"committed scores v{commit.version} ({commit.rows_added} rows added{replaced})"
+
+
+def _worker_summary(tasks: list[dict]) -> dict:
+    """What the scoring tasks' workers did: model loads (one per worker when nothing moves), by worker and GPU."""
+    workers = {(t["host"], t["pid"]) for t in tasks}
+    loads = [t for t in tasks if t["loads"]]
+    return {"tasks": len(tasks), "task_records": tasks, "workers": len(workers),
+            "model_loads": sum(t["loads"] for t in tasks),
+            "load_seconds": sum(t["load_seconds"] for t in loads),
+            "loads": [f"{t['host']}:{t['pid']} on {t['device']}" + (f" (GPU {t['gpu']})" if t["gpu"] else "")
+                      + (f", after releasing {t['released']}" if t["released"] else "") for t in loads],
+            "gpus": sorted({t["gpu"] for t in tasks if t["gpu"] is not None})}
 
 
 def _summary(scores, scorer_id: str, corpus_rows: int, n_pending: int, elapsed: float) -> dict:
@@ -270,3 +354,5 @@ def _print_summary(summary: dict, out) -> None:
         f"{summary['corpus_rows']} corpus rows)")
     quantiles = ", ".join(f"{k} {v:+.3f}" for k, v in summary["vig_quantiles"].items() if v is not None)
     out(f"sample VIG quantiles: {quantiles}")
+    out(f"{summary['tasks']} tasks on {summary['workers']} Python workers, {summary['commits']} commits; model loads: "
+        f"{summary['model_loads']} ({summary['load_seconds']:.1f} s: {'; '.join(summary['loads'])})")

@@ -1,15 +1,24 @@
 """The scoring function that Spark runs over Arrow batches of the corpus (``DataFrame.mapInArrow``).
 
 What the driver pickles is a small :class:`ScorerSpec`. Inside a Python worker the scorer is loaded on
-first use and kept for the life of the worker (Spark reuses Python workers across tasks), keyed by the
-scorer id and the device; on a GPU executor it is pinned to the GPU that Spark assigned to the task.
+first use and kept for the life of the worker (Spark reuses Python workers across tasks); on a GPU executor
+it is pinned to the GPU that Spark assigned to the task. A worker holds one scorer: a reused worker that is
+handed another GPU (an executor with several) releases the model it holds before loading it there, so GPU
+memory never holds two copies for one worker. Every load is recorded (:data:`LOADS`) and reported by the
+task that made it.
+
+The score job's tasks run :func:`score_to_part`: the task's rows are scored and written as one Parquet part
+file (the scores rows) in the job's staging folder, and the task returns one small row that names it
+(:data:`TASK_DDL`): the driver commits part files while later tasks still score.
 """
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import os
+import socket
 import time
 import uuid
 from collections import deque
@@ -27,8 +36,13 @@ from vig_udf.scoring.status import SampleError
 from vig_udf.storage import Storage
 
 log = logging.getLogger(__name__)
-_SCORERS: dict[tuple[str, str], object] = {}
+_HELD: dict = {"key": None, "scorer": None}  # this worker's one scorer
+LOADS: list[dict] = []  # this worker's model loads: scorer id, device, seconds, what was released first
 SCORABLE = (st.OK, st.TEXT_ONLY)
+# one row per task of the score job: its part file and what the task's worker did
+TASK_DDL = ("partition INT, attempt INT, part STRING, rows LONG, host STRING, pid INT, gpu STRING, device STRING, "
+            "loads INT, load_seconds DOUBLE, released STRING, started DOUBLE, ended DOUBLE")
+PART_ROW_GROUP_ROWS = 1024
 
 
 @dataclass(frozen=True)
@@ -54,47 +68,89 @@ class ScorerSpec:
     storage: Storage = field(default_factory=Storage)
 
 
-def task_device() -> str | None:
-    """``cuda:<n>`` for the GPU that Spark assigned to this task; without one (local mode), on a machine with
-    several GPUs, the GPU this Python worker holds (:func:`vig_udf.spark.local_gpus.worker_gpu`); None
-    leaves it to the scorer (``cuda`` when there is one, else the CPU)."""
+def task_gpu() -> str | None:
+    """The address of the GPU that Spark assigned to this task (``spark.task.resource.gpu.amount`` or the stage's
+    resource profile), or None."""
     from pyspark import TaskContext
 
     ctx = TaskContext.get()
     gpus = ctx.resources().get("gpu") if ctx is not None else None
-    if gpus is not None and gpus.addresses:
-        return f"cuda:{gpus.addresses[0]}"
+    return gpus.addresses[0] if gpus is not None and gpus.addresses else None
+
+
+def task_device() -> str | None:
+    """``cuda:<n>`` for the GPU that Spark assigned to this task; without one (local mode), on a machine with
+    several GPUs, the GPU this Python worker holds (:func:`vig_udf.spark.local_gpus.worker_gpu`); None
+    leaves it to the scorer (``cuda`` when there is one, else the CPU), as for a GPU address that this worker's
+    torch cannot see (a cluster whose executors advertise GPUs without CUDA: the scorer runs on the CPU)."""
     import torch
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    address = task_gpu()
+    if address is not None:
+        if count:
+            return f"cuda:{address}"
+        log.warning("Spark assigned GPU %s to this task, but torch sees no CUDA device: scoring on the CPU", address)
+        return None
     index = worker_gpu(count) if count > 1 else None
     return None if index is None else f"cuda:{index}"
 
 
 def worker_scorer(spec: ScorerSpec, device: str | None):
-    """The worker's scorer for ``spec`` on ``device``, loaded on first use."""
+    """The worker's scorer for ``spec`` on ``device``, loaded on first use; the one it held before for another
+    scorer or device is released first (see the module docstring)."""
     key = (spec.scorer_id, device or "default")
-    if key not in _SCORERS:
-        from vig_udf.scoring.scorer import VIGScorer
+    if _HELD["key"] == key:
+        return _HELD["scorer"]
+    from vig_udf.scoring.scorer import VIGScorer
 
-        kwargs = dict(spec.kwargs)
-        if device is not None:
-            kwargs["device"] = device
-        started = time.perf_counter()
-        scorer = VIGScorer.from_pretrained(spec.model_path, storage=spec.storage, **kwargs)
-        if scorer.scorer_id != spec.scorer_id:
-            raise RuntimeError(
-                f"the scorer loaded on this executor has id {scorer.scorer_id}, the driver expected "
-                f"{spec.scorer_id}: the model at {spec.model_path} differs between driver and executor"
-            )
-        _SCORERS[key] = scorer
-        _check_versions(spec)
-        log.info("loaded scorer %s on %s in %.1fs", spec.scorer_id, scorer.device, time.perf_counter() - started)
-        if spec.load_log_dir:
-            os.makedirs(spec.load_log_dir, exist_ok=True)
-            marker = os.path.join(spec.load_log_dir, f"{os.getpid()}-{uuid.uuid4().hex}")
-            open(marker, "w").close()
-    return _SCORERS[key]
+    released = _release_scorer()
+    kwargs = dict(spec.kwargs)
+    if device is not None:
+        kwargs["device"] = device
+    started = time.perf_counter()
+    scorer = VIGScorer.from_pretrained(spec.model_path, storage=spec.storage, **kwargs)
+    if scorer.scorer_id != spec.scorer_id:
+        raise RuntimeError(
+            f"the scorer loaded on this executor has id {scorer.scorer_id}, the driver expected "
+            f"{spec.scorer_id}: the model at {spec.model_path} differs between driver and executor"
+        )
+    _HELD.update(key=key, scorer=scorer)
+    _check_versions(spec)
+    seconds = time.perf_counter() - started
+    LOADS.append({"scorer_id": spec.scorer_id, "device": str(scorer.device), "seconds": seconds,
+                  "released": released})
+    log.info("worker %s:%d loaded scorer %s on %s in %.1fs%s", socket.gethostname(), os.getpid(), spec.scorer_id,
+             scorer.device, seconds, f" (released {released} first)" if released else "")
+    if spec.load_log_dir:
+        os.makedirs(spec.load_log_dir, exist_ok=True)
+        marker = os.path.join(spec.load_log_dir, f"{os.getpid()}-{uuid.uuid4().hex}")
+        open(marker, "w").close()
+    return scorer
+
+
+def worker_loads() -> list[dict]:
+    """This worker's model loads so far (module state: a closure that named it would pickle the model)."""
+    return LOADS
+
+
+def held_device() -> str | None:
+    """The device of the scorer this worker holds, or None."""
+    return str(_HELD["scorer"].device) if _HELD["scorer"] is not None else None
+
+
+def _release_scorer() -> str | None:
+    """Free the scorer this worker holds (its weights on the GPU); returns what it was, e.g. ``<id>@cuda:0``."""
+    if _HELD["scorer"] is None:
+        return None
+    scorer_id, device = _HELD["key"]
+    _HELD.update(key=None, scorer=None)
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return f"{scorer_id}@{device}"
 
 
 def _check_versions(spec: ScorerSpec) -> None:
@@ -117,19 +173,14 @@ class _Pending:
     samples: list[dict] = field(default_factory=list)  # scorer records of the rows in ``todo``
 
 
-def score_batches(spec: ScorerSpec, progress=None):
+def score_batches(spec: ScorerSpec):
     """The ``mapInArrow`` function: corpus record batches in, ``scores`` record batches out, row for row.
 
     The batches of a task go through one :meth:`~vig_udf.VIGScorer.score_stream`, so the scorer prepares
     the next batch's samples (images, templates, processor) while the model runs the current one. Output
     batches keep the input order; batches with nothing to score pass straight through in their place.
-    ``progress``: a Spark accumulator that counts the rows done (:mod:`vig_udf.spark.progress`).
     """
-
-    def _finish(entry: _Pending, spec: ScorerSpec) -> pa.RecordBatch:
-        if progress is not None:
-            progress.add(len(entry.rows))
-        return _finished_batch(entry, spec)
+    _finish = _finished_batch
 
     def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         pending: deque[_Pending] = deque()
@@ -195,6 +246,48 @@ def corpus_record(row: dict, image_root: str | None) -> dict:
     if image:
         record["image"] = image
     return record
+
+
+def score_to_part(spec: ScorerSpec, parts_dir: str):
+    """The score job's ``mapInArrow`` function: a task's corpus rows -> their scores rows as one Parquet part file
+    ``parts_dir/part-<partition>-a<attempt>-<id>.parquet`` (written whole, through the storage layer; a task
+    with no rows writes an empty one) -> one :data:`TASK_DDL` row naming it, with the GPU the task got and the
+    model loads its worker made meanwhile."""
+    import pyarrow.parquet as pq
+
+    from pyspark import TaskContext
+    from pyspark.sql.pandas.types import to_arrow_schema
+    from pyspark.sql.types import _parse_datatype_string
+
+    from vig_udf.spark.arrow import SCORES_SCHEMA
+
+    schema = to_arrow_schema(_parse_datatype_string(TASK_DDL))
+    score = score_batches(spec)
+
+    def task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        ctx = TaskContext.get()
+        partition, attempt = ctx.partitionId(), ctx.attemptNumber()
+        started, loads_before, rows = time.time(), len(worker_loads()), 0
+        part = f"{parts_dir}/part-{partition:05d}-a{attempt}-{uuid.uuid4().hex[:8]}.parquet"
+        with spec.storage.write(part) as f, pq.ParquetWriter(f, SCORES_SCHEMA) as writer:
+            held: list[pa.RecordBatch] = []
+            for batch in score(batches):
+                held.append(batch)
+                rows += batch.num_rows
+                if sum(b.num_rows for b in held) >= PART_ROW_GROUP_ROWS:
+                    writer.write_table(pa.Table.from_batches(held, SCORES_SCHEMA))
+                    held = []
+            if held or not rows:
+                writer.write_table(pa.Table.from_batches(held, SCORES_SCHEMA))
+        new = worker_loads()[loads_before:]
+        yield pa.RecordBatch.from_pylist([{
+            "partition": partition, "attempt": attempt, "part": part, "rows": rows, "host": socket.gethostname(),
+            "pid": os.getpid(), "gpu": task_gpu(), "device": held_device(), "loads": len(new),
+            "load_seconds": sum(load["seconds"] for load in new),
+            "released": ", ".join(load["released"] for load in new if load["released"]) or None,
+            "started": started, "ended": time.time()}], schema=schema)
+
+    return task
 
 
 def _maybe_kill_worker(spec: ScorerSpec) -> None:

@@ -31,6 +31,9 @@ DELTA_CONF = {
 # Defaults sized for clusters that make a local session slow on small tables (BENCHMARKS.md): Delta
 # rebuilds a table's state with 50 tasks, and VACUUM lists files with 10,000.
 # A local session also listens on the loopback address only.
+# Every session: fair scheduling between the jobs of different threads (the score job commits while it scores,
+# vig_udf.spark.score_commits); jobs that set no pool behave as under FIFO.
+SESSION_DEFAULTS = {"spark.scheduler.mode": "FAIR"}
 LOCAL_DEFAULTS = {
     "spark.databricks.delta.snapshotPartitions": "2",
     "spark.sql.sources.parallelPartitionDiscovery.parallelism": "8",
@@ -42,11 +45,6 @@ LOCAL_DEFAULTS = {
 def connect_url(cfg: SparkConfig) -> str | None:
     """The Spark Connect URL this job's session uses (``SPARK_REMOTE``, else ``cfg.remote``), or None (classic)."""
     return os.environ.get("SPARK_REMOTE") or cfg.remote
-
-
-def is_connect(spark) -> bool:
-    """Whether ``spark`` is a Spark Connect session (no SparkContext, no py4j)."""
-    return type(spark).__module__.startswith("pyspark.sql.connect")
 
 
 def hadoop_aws_package() -> str:
@@ -77,7 +75,7 @@ def with_delta(builder, cfg: SparkConfig, *, uris=()):
     """``builder`` configured with Delta Lake's Spark engine, its jars and the lake's file system jars."""
     from delta.pip_utils import configure_spark_with_delta_pip
 
-    conf = dict(DELTA_CONF)
+    conf = {**DELTA_CONF, **SESSION_DEFAULTS}
     if (cfg.master or "").startswith("local"):
         conf.update(LOCAL_DEFAULTS)
     conf.update({key: str(value) for key, value in cfg.conf.items()})

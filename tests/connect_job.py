@@ -1,0 +1,37 @@
+"""Runs the whole `vig` command line on a Spark Connect session, as on Databricks standard or serverless: the
+environment's SPARK_REMOTE selects it (over the config's local master). Used by tests/test_spark_connect.py.
+
+Usage: SPARK_REMOTE=sc://host:port python tests/connect_job.py <config.yaml> <out.json>
+Runs ingest, score, select, sql (a join, and a write it must refuse), report, check, export, train and
+lake history, each in this one process (one Connect session), and writes each command's exit code and output.
+"""
+
+import json
+import sys
+
+from typer.testing import CliRunner
+
+from vig_udf.cli import app
+
+
+def main(config: str, out: str) -> None:
+    runner = CliRunner()
+    commands = {
+        "ingest": ["ingest"], "score": ["score"], "select": ["select"],
+        "sql": ["sql", "SELECT count(*) AS n FROM scores JOIN corpus USING (sample_id) WHERE scores.status = 'ok'"],
+        "sql_write": ["sql", "FROM corpus INSERT INTO corpus SELECT *"],
+        "report": ["report"], "check": ["check"], "export": ["export"], "train": ["train"],
+        "history": ["lake", "history", "scores"],
+    }
+    results = {}
+    for name, command in commands.items():
+        result = runner.invoke(app, [*command, "--config", config])
+        results[name] = {"exit_code": result.exit_code, "output": result.output,
+                         "error": repr(result.exception) if result.exception and result.exit_code not in (0, 1, 2)
+                         else None}
+    with open(out, "w") as f:
+        json.dump(results, f)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
