@@ -1,8 +1,9 @@
 """The container image without a container engine: docker/entrypoint.sh run with the arguments and environment
 Spark's Kubernetes scheduler gives the driver and executor pods (and pass-through commands), in a fake
-environment whose `tini`, `java` and `spark-submit` record what they were started with; hadolint on the
-Dockerfile, shellcheck on the image's scripts, and the Dockerfile's wiring of the entrypoint and the GPU
-settings (the image itself cannot be built here: no Docker engine)."""
+environment whose `tini`, `java` and `spark-submit` record what they were started with; the executor command
+started for real against a local driver (tests/k8s_executor_job.py); hadolint on the Dockerfile, shellcheck on
+the image's scripts, and the Dockerfile's wiring of the entrypoint and the GPU settings (the image itself cannot
+be built here: no Docker engine)."""
 
 from __future__ import annotations
 
@@ -323,3 +324,25 @@ def test_the_gpu_settings_name_the_image_discovery_script_and_vendor():
     for setting in ("spark.executor.resource.gpu.vendor=nvidia.com",
                     f"spark.executor.resource.gpu.discoveryScript={GPU_SCRIPT}"):
         assert setting in readme, f"the README's k8s:// spark-submit line lacks {setting}"
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_the_executor_command_registers_with_a_driver_and_runs_its_tasks(tmp_path):
+    """The executor mode for real: Spark 4's KubernetesExecutorBackend, started from the entrypoint's command
+    (classpath, JVM options, arguments), registers with a driver and runs Python tasks."""
+    if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
+        pytest.skip("needs Java")
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    FakePod.stub(shim / "tini", '#!/bin/sh\n[ "$1" = -s ] && [ "$2" = -- ] || exit 64\nshift 2\nexec "$@"\n')
+    log = tmp_path / "executor.log"
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "k8s_executor_job.py"), str(ENTRYPOINT), str(shim),
+                           str(log)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:] + (log.read_text()[-3000:] if log.exists() else "")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["executors"] == ["7"]
+    assert sorted(task["partition"] for task in result["tasks"]) == [0, 1, 2, 3]
+    assert {task["pod"] for task in result["tasks"]} == {"vig-test-exec-7"}  # the tasks ran on that executor
