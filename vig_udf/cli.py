@@ -253,5 +253,13 @@ def _read_records(path: Path) -> list[dict]:
     return data
 
 
+def main() -> None:
+    """The ``vig`` command: a command whose optional dependencies (pyproject.toml's extras) are not installed
+    ends at its start with one line naming the extra to install (:mod:`vig_udf.extras`)."""
+    from vig_udf.extras import run_cli
+
+    run_cli(app)
+
+
 if __name__ == "__main__":
-    app()
+    main()
