@@ -1,5 +1,5 @@
 # Databricks notebook source
-# MAGIC %pip install "vig-spark"
+# MAGIC %pip install "vig-spark[train]"
 
 # COMMAND ----------
 

@@ -8,6 +8,9 @@ lake history, each in this one process (one Connect session), and writes each co
 
 import json
 import sys
+import traceback
+
+import yaml
 
 from typer.testing import CliRunner
 
@@ -26,9 +29,27 @@ def main(config: str, out: str) -> None:
     results = {}
     for name, command in commands.items():
         result = runner.invoke(app, [*command, "--config", config])
-        results[name] = {"exit_code": result.exit_code, "output": result.output,
-                         "error": repr(result.exception) if result.exception and result.exit_code not in (0, 1, 2)
-                         else None}
+        error = None
+        if result.exit_code not in (0, 1, 2) and result.exc_info:
+            error = "".join(traceback.format_exception(*result.exc_info))[-4000:]
+        results[name] = {"exit_code": result.exit_code, "output": result.output, "error": error}
+    # vig sql's plan check on this Connect session (the text check refuses these before it is ever reached)
+    from pyspark.sql import SparkSession
+
+    from vig_udf.lake import register_views
+    from vig_udf.lake.readonly import ReadOnlyError, _check_printed_plan
+
+    spark = SparkSession.builder.getOrCreate()
+    register_views(spark, yaml.safe_load(open(config))["lake"])
+    refused = {}
+    for statement in ("INSERT INTO corpus SELECT * FROM corpus", "SELECT count(*) FROM corpus",
+                      "CREATE TABLE t AS SELECT 1", "SHOW TABLES", "DROP VIEW corpus"):
+        try:
+            _check_printed_plan(spark, statement, "")
+            refused[statement] = False
+        except ReadOnlyError:
+            refused[statement] = True
+    results["plan_check"] = refused
     with open(out, "w") as f:
         json.dump(results, f)
 

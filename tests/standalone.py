@@ -48,8 +48,8 @@ def standalone_cluster(folder: Path, *, workers: int = 2, cores: int = 4, memory
     URL once every worker has registered; stops them all afterwards."""
     folder.mkdir(parents=True, exist_ok=True)
     port, ui = _free_port(), _free_port()
-    jvm = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Xmx256m"
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_DAEMON_JAVA_OPTS": jvm,
+    jvm = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_DAEMON_JAVA_OPTS": jvm, "SPARK_DAEMON_MEMORY": "256m",
            "SPARK_LOG_DIR": str(folder), "SPARK_WORKER_DIR": str(folder / "work")}
     processes: list[subprocess.Popen] = []
     logs = []
@@ -89,3 +89,42 @@ def standalone_cluster(folder: Path, *, workers: int = 2, cores: int = 4, memory
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def stages_from_event_log(folder: Path) -> dict[int, dict]:
+    """Per stage of the applications' event logs in ``folder`` (Spark 4 writes each as a folder of rolled files):
+    its name, its resource profile's task requests,
+    its successful tasks ``(executor, launch ms, finish ms, index, attempt)`` and the most tasks that ran at
+    once on one executor (overlapping by more than :data:`OVERLAP_MS`)."""
+    logs = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(("appstatus", ".")))
+    events = [json.loads(line) for log in logs for line in log.read_text().splitlines() if line.strip()]
+    profiles = {e["Resource Profile Id"]: {name: request["Amount"] for name, request in e["Task Resource Requests"].items()}
+                for e in events if e["Event"].endswith("ResourceProfileAdded")}
+    stages: dict[int, dict] = {}
+    for e in events:
+        if e["Event"] == "SparkListenerStageSubmitted":
+            info = e["Stage Info"]
+            stages.setdefault(info["Stage ID"], {"tasks": []}).update(
+                name=info["Stage Name"], profile=profiles.get(info["Resource Profile Id"], {}))
+        elif e["Event"] == "SparkListenerTaskEnd" and e["Task End Reason"]["Reason"] == "Success":
+            info = e["Task Info"]
+            stages.setdefault(e["Stage ID"], {"tasks": [], "name": "", "profile": {}})["tasks"].append(
+                (info["Executor ID"], info["Launch Time"], info["Finish Time"], info["Index"], info["Attempt"]))
+    for stage in stages.values():
+        stage["most_at_once"] = max((_most_at_once([t[1:3] for t in stage["tasks"] if t[0] == executor])
+                                     for executor in {t[0] for t in stage["tasks"]}), default=0)
+    return stages
+
+
+# The driver records a task's finish when it handles the executor's status update, a few milliseconds after the
+# executor freed its slot for the next task: overlaps shorter than this are bookkeeping, not concurrency.
+OVERLAP_MS = 200
+
+
+def _most_at_once(intervals: list[tuple[int, int]]) -> int:
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end - OVERLAP_MS, -1) for _, end in intervals])
+    running = most = 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    return most

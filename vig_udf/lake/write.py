@@ -34,7 +34,7 @@ from vig_udf.lake.session_conf import session_confs
 from vig_udf.storage import spark_path
 
 log = logging.getLogger(__name__)
-MODES = {"append": "append", "overwrite": "overwrite", "error": "errorifexists"}
+MODES = ("append", "overwrite", "error")
 ATTEMPTS = 8
 RETRY_PAUSE_S = 0.5  # before the second attempt; doubling, with jitter, up to RETRY_PAUSE_MAX_S
 RETRY_PAUSE_MAX_S = 30.0
@@ -84,7 +84,7 @@ def write_table(
                              app_id="events/2024-05-01", app_version=0)
     """
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     _check_app(app_id, app_version)
     spark, uri = df.sparkSession, table_uri(path)
     metadata = commit_metadata(job=job, config=config, write_id=uuid.uuid4().hex, app_id=app_id,
@@ -98,7 +98,7 @@ def write_table(
         if mode == "append" and table_exists(spark, uri):
             data = df.select(*check_append(df.schema, spark.read.format("delta").load(spark_path(uri)).schema,
                                            path=uri))
-        _writer(data, MODES[mode], metadata, app_id, app_version).save(spark_path(uri))
+        _writer(data, mode, metadata, app_id, app_version).save(spark_path(uri))
 
     _retry_conflicts(attempt, uri)
     return _find_commit(spark, uri, metadata["write_id"], after=before)
@@ -152,7 +152,7 @@ def insert_new_rows(
     source, before = df, table_version(spark, uri)
     try:
         if staged:
-            df.write.format("delta").mode("errorifexists").save(spark_path(staged))
+            df.write.format("delta").mode("error").save(spark_path(staged))
             source = spark.read.format("delta").load(spark_path(staged))
             if staged_config is not None:
                 config = {**config, **staged_config(source)}
@@ -171,7 +171,7 @@ def _create_or_merge(source, uri: str, keys: list[str], metadata: dict, app_id, 
     spark = source.sparkSession
     if not table_exists(spark, uri):
         try:
-            _writer(source, "errorifexists", metadata, app_id, app_version).save(spark_path(uri))
+            _writer(source, "error", metadata, app_id, app_version).save(spark_path(uri))
             return
         except AnalysisException:
             if not table_exists(spark, uri):

@@ -96,7 +96,6 @@ def run_check_job(cfg: CheckJobConfig, *, spark=None, out=print) -> dict:
     """Sample, check, write the report; returns ``{"passed", "verdict", "paths", "summary"}``."""
     from vig_udf.check import check_scorer, sample_records
     from vig_udf.report.check_report import write_check_report
-    from vig_udf.lake.read import lake_storage
     from vig_udf.scoring.scorer import VIGScorer
     from vig_udf.storage import Storage
 
@@ -117,7 +116,11 @@ def run_check_job(cfg: CheckJobConfig, *, spark=None, out=print) -> dict:
         source = cfg.input
     if len(records) < 2:
         raise ValueError(f"{source} has {len(records)} record(s) with an image; the check needs at least two")
-    storage = lake_storage(spark) if spark is not None else Storage.from_conf(cfg.spark.conf)
+    storage = Storage.from_conf(cfg.spark.conf)
+    if spark is not None:  # a session's own settings (Spark is not needed for a file)
+        from vig_udf.lake.read import lake_storage
+
+        storage = lake_storage(spark)
     scorer = VIGScorer.from_pretrained(cfg.scorer.model_path, cfg.scorer.options(), storage=storage)
     result = check_scorer(scorer, records, thresholds=cfg.thresholds())
     paths = write_check_report(result, cfg.out, context={"model": cfg.scorer.model_path, "input": source,
