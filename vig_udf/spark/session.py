@@ -1,10 +1,17 @@
 """The Spark session of a job, built from its typed config, always with Delta Lake.
 
 Locally the session gets Delta Lake's Spark engine the way delta-spark documents it: the JVM artifact
-that matches the installed pyspark and delta-spark (``configure_spark_with_delta_pip``), resolved by
-Spark's own package resolution from Maven Central into Spark's Ivy cache (``make setup`` fetches it once),
-plus Delta's SQL extension and catalog. A job that touches an ``s3a://`` URI (its lake or its input) also
-gets ``hadoop-aws`` at the version of the Hadoop client that pyspark ships. On Databricks the runtime's own Delta is used as it is.
+that matches the installed pyspark and delta-spark (``configure_spark_with_delta_pip``), plus Delta's SQL
+extension and catalog. A job that touches an ``s3a://`` URI (its lake or its input) also gets
+``hadoop-aws`` at the version of the Hadoop client that pyspark ships. On Databricks the runtime's own Delta
+is used as it is.
+
+The packages are resolved once: the first session that asks for a set of them lets Spark's own package
+resolution (Ivy) fetch them from Maven Central into its Ivy cache (``make setup`` does it for both sets), and
+the jar files it resolved are remembered in a small manifest (``~/.cache/vig-spark/spark-jars``, or
+``$VIG_SPARK_JARS_CACHE``). Later sessions pass those files as ``spark.jars``: the same jars, without an Ivy
+resolution at every start (5 to 10 s on 2 cores, BENCHMARKS.md). A manifest whose files are gone is resolved
+again.
 
 Under ``spark-submit`` the JVM is started before this code runs, so packages must be given to
 spark-submit itself: ``spark-submit --packages "$(python -m vig_udf.spark.session)" ...``.
@@ -12,6 +19,8 @@ spark-submit itself: ``spark-submit --packages "$(python -m vig_udf.spark.sessio
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -62,20 +71,92 @@ def extra_packages(cfg: SparkConfig, *, uris=()) -> list[str]:
     return extra
 
 
-def with_delta(builder, cfg: SparkConfig, *, uris=()):
-    """``builder`` configured with Delta Lake's Spark engine, its jars and the lake's file system jars."""
+def delta_packages(cfg: SparkConfig, *, uris=()) -> list[str]:
+    """Every Maven coordinate the session needs: Delta Lake's artifact for the installed pyspark and
+    delta-spark, hadoop-aws for s3a URIs, ``cfg.packages`` and the config's own ``spark.jars.packages``."""
     from delta.pip_utils import configure_spark_with_delta_pip
+    from pyspark.sql import SparkSession
 
+    extra = extra_packages(cfg, uris=uris)
+    own = cfg.conf.get("spark.jars.packages")
+    if own:
+        extra += str(own).split(",")
+    named = configure_spark_with_delta_pip(SparkSession.Builder(), extra_packages=list(dict.fromkeys(extra)))
+    return named._options["spark.jars.packages"].split(",")  # the Builder has no public getter
+
+
+def with_delta(builder, cfg: SparkConfig, *, uris=()):
+    """``builder`` configured with Delta Lake's Spark engine, its jars and the lake's file system jars: the
+    jar files resolved for these packages before (``spark.jars``), else the packages to resolve
+    (``spark.jars.packages``), whose jars :func:`remember_resolved_jars` then records."""
     conf = dict(DELTA_CONF)
     if (cfg.master or "").startswith("local"):
         conf.update(LOCAL_DEFAULTS)
     conf.update({key: str(value) for key, value in cfg.conf.items()})
-    extra = extra_packages(cfg, uris=uris)
-    if conf.get("spark.jars.packages"):
-        extra += conf.pop("spark.jars.packages").split(",")
+    packages = delta_packages(cfg, uris=uris)
+    jars = resolved_jars(packages)
+    if jars is not None:
+        conf.pop("spark.jars.packages", None)
+        conf["spark.jars"] = ",".join([*filter(None, conf.get("spark.jars", "").split(",")), *jars])
+    else:
+        conf["spark.jars.packages"] = ",".join(packages)
     for key, value in conf.items():
         builder = builder.config(key, value)
-    return configure_spark_with_delta_pip(builder, extra_packages=list(dict.fromkeys(extra)))
+    return builder
+
+
+def _jars_manifest(packages: list[str]) -> Path:
+    import pyspark
+
+    folder = Path(os.environ.get("VIG_SPARK_JARS_CACHE") or Path.home() / ".cache" / "vig-spark" / "spark-jars")
+    key = hashlib.sha256(json.dumps([pyspark.__version__, sorted(packages)]).encode()).hexdigest()[:16]
+    return folder / f"{key}.json"
+
+
+def _own_jar(coordinate: str) -> str:
+    """The file name Spark's resolution gives the jar of ``group:artifact:version``."""
+    group, artifact, version = coordinate.split(":")[:3]
+    return f"{group}_{artifact}-{version}.jar"
+
+
+def resolved_jars(packages: list[str]) -> list[str] | None:
+    """The jar files recorded for exactly ``packages`` when every one of them still exists, else ``None``."""
+    try:
+        manifest = json.loads(_jars_manifest(packages).read_text())
+    except (OSError, ValueError):
+        return None
+    jars = manifest.get("jars") if isinstance(manifest, dict) else None
+    if (not isinstance(jars, list) or sorted(manifest.get("packages", [])) != sorted(packages)
+            or not all(isinstance(jar, str) and jar.endswith(".jar") and os.path.isfile(jar) for jar in jars)):
+        return None
+    return jars
+
+
+def remember_resolved_jars(spark) -> None:
+    """Record the jars Spark resolved for this session's packages, so that later sessions skip the resolution.
+
+    Only a session whose JVM resolved exactly these packages is recorded: its ``spark.jars`` must hold each
+    package's own jar. A session that reused a JVM started with other settings records nothing."""
+    context = getattr(spark, "sparkContext", None)
+    if context is None:  # Spark Connect: nothing resolved here
+        return
+    conf = context.getConf()
+    packages = [p for p in (conf.get("spark.jars.packages") or "").split(",") if p]
+    if not packages or resolved_jars(packages) is not None:
+        return
+    jars = [jar.removeprefix("file://").removeprefix("file:") for jar in (conf.get("spark.jars") or "").split(",")]
+    jars = [jar for jar in jars if jar.endswith(".jar") and os.path.isfile(jar)]
+    names = {os.path.basename(jar) for jar in jars}
+    if not all(_own_jar(package) in names for package in packages):
+        return
+    manifest = _jars_manifest(packages)
+    try:
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        staged = manifest.with_suffix(f".{os.getpid()}.tmp")
+        staged.write_text(json.dumps({"packages": packages, "jars": jars}, indent=1))
+        staged.replace(manifest)
+    except OSError:  # a read-only home: every session resolves, as before
+        pass
 
 
 def spark_session(cfg: SparkConfig, *, uris=()):
@@ -94,22 +175,30 @@ def spark_session(cfg: SparkConfig, *, uris=()):
     builder = SparkSession.builder.appName(cfg.app_name)
     if cfg.master:
         builder = builder.master(cfg.master)
-    return with_delta(builder, cfg, uris=uris).getOrCreate()
+    session = with_delta(builder, cfg, uris=uris).getOrCreate()
+    remember_resolved_jars(session)
+    return session
 
 
 def fetch_packages() -> None:
-    """Resolve Delta Lake's and hadoop-aws's jars into Spark's Ivy cache (the setup runs this once)."""
+    """Resolve Delta Lake's jars, without and with hadoop-aws, into Spark's Ivy cache and record them (the
+    setup runs this once); each set in a JVM of its own, since a JVM resolves packages only when it starts."""
+    import subprocess
+
+    for uri in ("/local", "s3a://any"):
+        subprocess.run([sys.executable, "-m", "vig_udf.spark.session", "--fetch-for", uri], check=True)
+
+
+def _fetch_for(uri: str) -> None:
     spark = spark_session(SparkConfig(master="local[1]", app_name="vig-fetch-jars",
-                                      conf={"spark.ui.enabled": "false"}), uris=["s3a://any"])
+                                      conf={"spark.ui.enabled": "false"}), uris=[uri])
     spark.stop()
 
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--fetch"]:
         fetch_packages()
+    elif sys.argv[1:2] == ["--fetch-for"]:
+        _fetch_for(sys.argv[2])
     else:  # the --packages value for spark-submit; --s3a adds hadoop-aws
-        from pyspark.sql import SparkSession
-
-        uris = ["s3a://"] if "--s3a" in sys.argv else []
-        builder = with_delta(SparkSession.builder, SparkConfig(master=None), uris=uris)
-        print(builder._options["spark.jars.packages"])  # the Builder has no public getter
+        print(",".join(delta_packages(SparkConfig(master=None), uris=["s3a://"] if "--s3a" in sys.argv else [])))
