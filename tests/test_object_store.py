@@ -12,7 +12,7 @@ import pytest
 from deltalake import DeltaTable
 from typer.testing import CliRunner
 
-from tests.s3_server import ACCESS_KEY, REGION, SECRET_KEY
+from tests.s3_server import ACCESS_KEY, REGION, SECRET_KEY, s3a_conf
 from tests.test_spark_jobs import scorer_config, write_corpus
 from vig_udf.cli import app
 from vig_udf.lake import read_table, table_history
@@ -73,12 +73,19 @@ def test_pipeline_on_an_s3a_lake(spark, s3_lake, s3_endpoint, tmp_path, tiny_che
     assert sorted(zip(via_delta_rs["sample_id"].to_pylist(), via_delta_rs["vig"].to_pylist()),
                   key=lambda r: r[0]) == sorted(((r.sample_id, r.vig) for r in scores), key=lambda r: r[0])
 
-    # the command line takes the same URI
+    # the command line takes the same URI: Spark, and delta-rs with DuckDB from the same s3a settings
     runner = CliRunner()
-    result = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM scores JOIN corpus USING (sample_id)",
-                                 "--lake", s3_lake])
-    assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["lake", "history", "scores", f"lake={s3_lake}"])
-    assert result.exit_code == 0 and result.output.count("MERGE") + result.output.count("WRITE") == 2, result.output
+    s3a = [f'spark.conf."{key}"={value}' for key, value in s3a_conf(s3_endpoint).items()]
+    printed = {}
+    for engine in ("spark", "local"):
+        result = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM scores JOIN corpus@v0 USING (sample_id)",
+                                     f"lake={s3_lake}", f"engine={engine}", "--format", "json", *s3a])
+        assert result.exit_code == 0, (engine, result.output)
+        printed[engine] = json.loads(result.stdout)
+        result = runner.invoke(app, ["lake", "history", "scores", f"lake={s3_lake}", f"engine={engine}", *s3a])
+        assert result.exit_code == 0 and result.output.count("MERGE") + result.output.count("WRITE") == 2, result.output
+    assert printed["spark"] == printed["local"] == [{"n": len(records)}]
+    result = runner.invoke(app, ["sql", "SHOW TABLES", f"lake={s3_lake}", "engine=local", "--format", "csv", *s3a])
+    assert result.exit_code == 0 and result.stdout.split() == ["name", "corpus", "scores", "selection"], result.output
     result = runner.invoke(app, ["lake", "vacuum", f"lake={s3_lake}"])
     assert result.exit_code == 0 and "vacuumed corpus, scores, selection" in result.output, result.output
