@@ -48,7 +48,8 @@ RUN pip install . \
 RUN useradd --uid 185 --create-home --home-dir /home/spark spark
 ENV HF_HOME=/home/spark/.cache/huggingface
 USER 185
-# Delta Lake's Spark jars and hadoop-aws, resolved once into the image's Ivy cache (~/.ivy2.5.2);
+# Delta Lake's Spark jars and hadoop-aws, resolved once into the image's Ivy cache (~/.ivy2.5.2) and recorded
+# with a class-data archive in ~/.cache/vig-spark (vig_udf/spark/startup.py);
 # under spark-submit pass them as --packages "$(python -m vig_udf.spark.session --s3a)".
 RUN SPARK_LOCAL_IP=127.0.0.1 python -m vig_udf.spark.session --fetch
 

@@ -129,7 +129,8 @@ def test_jars_are_resolved_once_and_passed_as_files_afterwards(monkeypatch, tmp_
     from pyspark.sql import SparkSession
 
     from vig_udf.config import SparkConfig
-    from vig_udf.spark.session import delta_packages, remember_resolved_jars, resolved_jars, with_delta
+    from vig_udf.spark.session import delta_packages, with_delta
+    from vig_udf.spark.startup import remember_resolved_jars, resolved_jars
 
     monkeypatch.setenv("VIG_SPARK_JARS_CACHE", str(tmp_path / "cache"))
     cfg = SparkConfig(master="local[1]", conf={"spark.jars": "/mine/own.jar"})

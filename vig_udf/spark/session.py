@@ -6,12 +6,9 @@ extension and catalog. A job that touches an ``s3a://`` URI (its lake or its inp
 ``hadoop-aws`` at the version of the Hadoop client that pyspark ships. On Databricks the runtime's own Delta
 is used as it is.
 
-The packages are resolved once: the first session that asks for a set of them lets Spark's own package
-resolution (Ivy) fetch them from Maven Central into its Ivy cache (``make setup`` does it for both sets), and
-the jar files it resolved are remembered in a small manifest (``~/.cache/vig-spark/spark-jars``, or
-``$VIG_SPARK_JARS_CACHE``). Later sessions pass those files as ``spark.jars``: the same jars, without an Ivy
-resolution at every start (5 to 10 s on 2 cores, BENCHMARKS.md). A manifest whose files are gone is resolved
-again.
+The packages are resolved once, and a local JVM starts from a class-data archive when there is one
+(:mod:`vig_udf.spark.startup`): later sessions pass the resolved jar files as ``spark.jars`` instead of
+resolving the packages again.
 
 Under ``spark-submit`` the JVM is started before this code runs, so packages must be given to
 spark-submit itself: ``spark-submit --packages "$(python -m vig_udf.spark.session)" ...``.
@@ -19,13 +16,12 @@ spark-submit itself: ``spark-submit --packages "$(python -m vig_udf.spark.sessio
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
 from pathlib import Path
 
 from vig_udf.config import SparkConfig
+from vig_udf.spark.startup import class_archive_options, remember_resolved_jars, resolved_jars
 
 DELTA_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -40,6 +36,9 @@ LOCAL_DEFAULTS = {
     "spark.driver.host": "127.0.0.1",
     "spark.driver.bindAddress": "127.0.0.1",
 }
+
+
+DRIVER_JAVA_OPTIONS = "spark.driver.extraJavaOptions"
 
 
 def on_databricks() -> bool:
@@ -88,9 +87,11 @@ def delta_packages(cfg: SparkConfig, *, uris=()) -> list[str]:
 def with_delta(builder, cfg: SparkConfig, *, uris=()):
     """``builder`` configured with Delta Lake's Spark engine, its jars and the lake's file system jars: the
     jar files resolved for these packages before (``spark.jars``), else the packages to resolve
-    (``spark.jars.packages``), whose jars :func:`remember_resolved_jars` then records."""
+    (``spark.jars.packages``), whose jars :func:`remember_resolved_jars` then records. A local driver JVM
+    starts from the class-data archive of its class path when ``make setup`` made one."""
+    local = (cfg.master or "").startswith("local")
     conf = dict(DELTA_CONF)
-    if (cfg.master or "").startswith("local"):
+    if local:
         conf.update(LOCAL_DEFAULTS)
     conf.update({key: str(value) for key, value in cfg.conf.items()})
     packages = delta_packages(cfg, uris=uris)
@@ -98,65 +99,14 @@ def with_delta(builder, cfg: SparkConfig, *, uris=()):
     if jars is not None:
         conf.pop("spark.jars.packages", None)
         conf["spark.jars"] = ",".join([*filter(None, conf.get("spark.jars", "").split(",")), *jars])
+        archive = class_archive_options(conf["spark.jars"].split(",")) if local else None
+        if archive:
+            conf[DRIVER_JAVA_OPTIONS] = " ".join(filter(None, [archive, conf.get(DRIVER_JAVA_OPTIONS)]))
     else:
         conf["spark.jars.packages"] = ",".join(packages)
     for key, value in conf.items():
         builder = builder.config(key, value)
     return builder
-
-
-def _jars_manifest(packages: list[str]) -> Path:
-    import pyspark
-
-    folder = Path(os.environ.get("VIG_SPARK_JARS_CACHE") or Path.home() / ".cache" / "vig-spark" / "spark-jars")
-    key = hashlib.sha256(json.dumps([pyspark.__version__, sorted(packages)]).encode()).hexdigest()[:16]
-    return folder / f"{key}.json"
-
-
-def _own_jar(coordinate: str) -> str:
-    """The file name Spark's resolution gives the jar of ``group:artifact:version``."""
-    group, artifact, version = coordinate.split(":")[:3]
-    return f"{group}_{artifact}-{version}.jar"
-
-
-def resolved_jars(packages: list[str]) -> list[str] | None:
-    """The jar files recorded for exactly ``packages`` when every one of them still exists, else ``None``."""
-    try:
-        manifest = json.loads(_jars_manifest(packages).read_text())
-    except (OSError, ValueError):
-        return None
-    jars = manifest.get("jars") if isinstance(manifest, dict) else None
-    if (not isinstance(jars, list) or sorted(manifest.get("packages", [])) != sorted(packages)
-            or not all(isinstance(jar, str) and jar.endswith(".jar") and os.path.isfile(jar) for jar in jars)):
-        return None
-    return jars
-
-
-def remember_resolved_jars(spark) -> None:
-    """Record the jars Spark resolved for this session's packages, so that later sessions skip the resolution.
-
-    Only a session whose JVM resolved exactly these packages is recorded: its ``spark.jars`` must hold each
-    package's own jar. A session that reused a JVM started with other settings records nothing."""
-    context = getattr(spark, "sparkContext", None)
-    if context is None:  # Spark Connect: nothing resolved here
-        return
-    conf = context.getConf()
-    packages = [p for p in (conf.get("spark.jars.packages") or "").split(",") if p]
-    if not packages or resolved_jars(packages) is not None:
-        return
-    jars = [jar.removeprefix("file://").removeprefix("file:") for jar in (conf.get("spark.jars") or "").split(",")]
-    jars = [jar for jar in jars if jar.endswith(".jar") and os.path.isfile(jar)]
-    names = {os.path.basename(jar) for jar in jars}
-    if not all(_own_jar(package) in names for package in packages):
-        return
-    manifest = _jars_manifest(packages)
-    try:
-        manifest.parent.mkdir(parents=True, exist_ok=True)
-        staged = manifest.with_suffix(f".{os.getpid()}.tmp")
-        staged.write_text(json.dumps({"packages": packages, "jars": jars}, indent=1))
-        staged.replace(manifest)
-    except OSError:  # a read-only home: every session resolves, as before
-        pass
 
 
 def spark_session(cfg: SparkConfig, *, uris=()):
@@ -181,12 +131,16 @@ def spark_session(cfg: SparkConfig, *, uris=()):
 
 
 def fetch_packages() -> None:
-    """Resolve Delta Lake's jars, without and with hadoop-aws, into Spark's Ivy cache and record them (the
-    setup runs this once); each set in a JVM of its own, since a JVM resolves packages only when it starts."""
+    """Resolve Delta Lake's jars, without and with hadoop-aws, into Spark's Ivy cache, record them, and make
+    the class-data archive of each class path (the setup runs this once). Each step runs in a JVM of its own:
+    a JVM resolves packages only when it starts, and writes its archive when it exits."""
     import subprocess
+
+    from vig_udf.spark.startup import build_class_archive
 
     for uri in ("/local", "s3a://any"):
         subprocess.run([sys.executable, "-m", "vig_udf.spark.session", "--fetch-for", uri], check=True)
+        build_class_archive(delta_packages(SparkConfig(), uris=[uri]))
 
 
 def _fetch_for(uri: str) -> None:
