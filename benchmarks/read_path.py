@@ -86,6 +86,7 @@ def main() -> None:
                    capture_output=True)
     cli = [sys.executable, "-m", "vig_udf.cli"]
     times: dict[tuple[str, str], list[float]] = {}
+    loads: list[float] = []  # the 1-minute load average as each step started
     try:
         small = write_small_corpus(work / "small", 6, seed=1)
         large_input = write_large_corpus(work / "large", args.large)
@@ -111,9 +112,11 @@ def main() -> None:
         for i in range(args.runs):
             for name, tree, engine in variants:
                 def step(label: str, command: list[str]) -> None:
+                    load = os.getloadavg()[0]
                     seconds = run(command, tree, work / f"{label.replace(' ', '_')}-{name[:12]}-{i}.log")
                     times.setdefault((label, name), []).append(seconds)
-                    print(f"run {i + 1}  {label:<34} {name:<20} {seconds:6.1f} s", flush=True)
+                    loads.append(load)
+                    print(f"run {i + 1}  {label:<34} {name:<20} {seconds:6.1f} s  (load {load:.1f})", flush=True)
 
                 lake = work / f"lake-{i}-{name.split(',')[0]}"  # after, engine=spark: the after run's lake
                 if engine != "spark":  # one ingest and one bare start per tree and run
@@ -141,6 +144,8 @@ def main() -> None:
             cells.append(f"{statistics.median(values):.1f} ({', '.join(f'{v:.1f}' for v in values)})" if values
                          else "-")
         print(f"| {label} | " + " | ".join(cells) + " |")
+    print(f"\n1-minute load average as the steps started: {min(loads):.1f} to {max(loads):.1f} "
+          f"(median {statistics.median(loads):.1f}; a step itself adds up to about 2 on this machine)")
     bare = {name: statistics.median(times[("bare Spark start and stop", name)]) for name in names
             if ("bare Spark start and stop", name) in times}
     for name in bare:
