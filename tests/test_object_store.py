@@ -75,7 +75,7 @@ def test_pipeline_on_an_s3a_lake(spark, s3_lake, s3_endpoint, tmp_path, tiny_che
 
     # the command line takes the same URI: Spark, and delta-rs with DuckDB from the same s3a settings
     runner = CliRunner()
-    s3a = [f'spark.conf."{key}"={value}' for key, value in s3a_conf(s3_endpoint).items()]
+    s3a = [f'spark.conf."{key}"={json.dumps(value)}' for key, value in s3a_conf(s3_endpoint).items()]
     printed = {}
     for engine in ("spark", "local"):
         result = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM scores JOIN corpus@v0 USING (sample_id)",

@@ -36,8 +36,6 @@ LOCAL_DEFAULTS = {
     "spark.driver.host": "127.0.0.1",
     "spark.driver.bindAddress": "127.0.0.1",
 }
-
-
 DRIVER_JAVA_OPTIONS = "spark.driver.extraJavaOptions"
 
 
@@ -140,7 +138,11 @@ def fetch_packages() -> None:
 
     for uri in ("/local", "s3a://any"):
         subprocess.run([sys.executable, "-m", "vig_udf.spark.session", "--fetch-for", uri], check=True)
-        build_class_archive(delta_packages(SparkConfig(), uris=[uri]))
+        try:
+            build_class_archive(delta_packages(SparkConfig(), uris=[uri]))
+        except subprocess.CalledProcessError as error:  # sessions then start without an archive, only slower
+            print(f"vig: no class-data archive for {uri} ({error}); Spark sessions start without one",
+                  file=sys.stderr)
 
 
 def _fetch_for(uri: str) -> None:
