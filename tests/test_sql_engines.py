@@ -4,6 +4,7 @@ DuckDB (engine=local)."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -13,8 +14,7 @@ from typer.testing import CliRunner
 
 from tests.test_spark_jobs import scorer_config, write_corpus
 from vig_udf.cli import app
-from vig_udf.lake import local_sql, spark_sql, table_history
-from vig_udf.lake import local_tables
+from vig_udf.lake import local_sql, local_tables, spark_sql, table_history
 from vig_udf.spark.ingest_job import IngestJobConfig, run_ingest
 from vig_udf.spark.score_job import ScoreJobConfig, run_score
 from vig_udf.spark.select_job import SelectJobConfig, run_select
@@ -36,10 +36,11 @@ def jobs_lake(spark, tmp_path_factory, tiny_checkpoints):
     root = tmp_path_factory.mktemp("engines")
     records = write_corpus(root, n=12, seed=51)
     lake = str(root / "lake")
-    (root / "first.json").write_text(__import__("json").dumps(records[:8]))
-    (root / "second.json").write_text(__import__("json").dumps(records[8:]))
+    (root / "first.json").write_text(json.dumps(records[:8]))
+    (root / "second.json").write_text(json.dumps(records[8:]))
     for part in ("first.json", "second.json"):
-        run_ingest(spark, IngestJobConfig(input=str(root / part), image_root=str(root / "images"), lake=lake), out=QUIET)
+        run_ingest(spark, IngestJobConfig(input=str(root / part), image_root=str(root / "images"), lake=lake),
+                   out=QUIET)
     run_score(spark, ScoreJobConfig(lake=lake, scorer=scorer_config(tiny_checkpoints["llava"], root)), out=QUIET)
     run_select(spark, SelectJobConfig(lake=lake, policies=["vig", "random"], p=50), out=QUIET)
     return lake

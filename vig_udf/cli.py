@@ -138,7 +138,8 @@ def check(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG, pro
     if uses_spark(cfg):
         from vig_udf.spark.session import spark_session
 
-        spark = spark_session(_console_progress(cfg.spark, progress), uris=[cfg.lake] + ([cfg.input] if cfg.input else []))
+        uris = [cfg.lake] + ([cfg.input] if cfg.input else [])
+        spark = spark_session(_console_progress(cfg.spark, progress), uris=uris)
     result = run_check_job(cfg, spark=spark, out=typer.echo)
     if not result["passed"]:
         raise typer.Exit(1)
@@ -148,7 +149,8 @@ def check(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG, pro
 def report(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG, progress: bool = PROGRESS):
     """HTML report (PNG plots) of the lake's scores: statuses, VIG per source and scorer, top/bottom samples
     with coloured tokens, and what each selection keeps."""
-    _spark_job("vig_udf.report.scores_report", "ReportConfig", "write_scores_report", "report", config, overrides, progress)
+    _spark_job("vig_udf.report.scores_report", "ReportConfig", "write_scores_report", "report", config, overrides,
+               progress)
 
 
 SQL_FORMAT = typer.Option("table", "--format", help="table (Spark's show layout), csv or json (both parse "

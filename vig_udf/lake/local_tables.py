@@ -93,7 +93,8 @@ def open_table(path, *, version: int | None = None, spark_conf: dict[str, str] |
     try:
         table = DeltaTable(delta_rs_uri(uri), storage_options=options or None)
     except TableNotFoundError:
-        raise LakeReadError(f"No Delta table at {uri} (no _delta_log there); check the path or write it first.") from None
+        raise LakeReadError(f"No Delta table at {uri} (no _delta_log there); check the path or write it "
+                            "first.") from None
     if version is not None:
         latest = table.version()
         if not 0 <= version <= latest:
