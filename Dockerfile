@@ -63,8 +63,9 @@ RUN useradd --uid 185 --gid 0 --create-home --home-dir /home/spark spark \
 ENV HOME=/home/spark \
     HF_HOME=/home/spark/.cache/huggingface
 USER 185
-# Delta Lake's Spark jars and hadoop-aws, resolved once into the image's Ivy cache (~/.ivy2.5.2); the driver
-# pod resolves spark-submit's --packages "$(python -m vig_udf.spark.session --s3a)" from there.
+# Delta Lake's Spark jars and hadoop-aws, resolved once into the image's Ivy cache (~/.ivy2.5.2) and recorded
+# with a class-data archive in ~/.cache/vig-spark (vig_udf/spark/startup.py); the driver pod resolves
+# spark-submit's --packages "$(python -m vig_udf.spark.session --s3a)" from there.
 RUN SPARK_LOCAL_IP=127.0.0.1 python -m vig_udf.spark.session --fetch \
  && chmod -R g=u /home/spark
 WORKDIR /opt/vig-spark/work

@@ -65,8 +65,9 @@ fi
 echo "setup: installing vig-spark and its dependencies" >&2
 pip_install -e ".[dev]"
 # Delta Lake's Spark jars (and hadoop-aws for s3a lakes), resolved from Maven Central into Spark's Ivy
-# cache by Spark's own package resolution; later sessions find them there.
-echo "setup: fetching Delta Lake's Spark jars into Spark's package cache" >&2
+# cache by Spark's own package resolution and recorded, and a class-data archive of each class path
+# (vig_udf/spark/startup.py); later sessions pass the jar files and map the archive.
+echo "setup: fetching Delta Lake's Spark jars into Spark's package cache and archiving the JVM's classes" >&2
 SPARK_LOCAL_IP=${SPARK_LOCAL_IP:-127.0.0.1} "$VENV/bin/python" -m vig_udf.spark.session --fetch >/dev/null 2>&1 \
   || { echo "setup: fetching the jars failed; run: $VENV/bin/python -m vig_udf.spark.session --fetch" >&2; exit 1; }
 echo "$want" > "$stamp"

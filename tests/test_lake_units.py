@@ -89,7 +89,7 @@ def test_writing_statements_are_refused_with_a_way_forward(statement):
         check_read_only(statement)
 
 
-def test_sessions_get_delta_lakes_jars_and_s3a_its_hadoop_aws(monkeypatch):
+def test_sessions_get_delta_lakes_jars_and_s3a_its_hadoop_aws(monkeypatch, tmp_path):
     import importlib.metadata
 
     import pyspark
@@ -99,6 +99,7 @@ def test_sessions_get_delta_lakes_jars_and_s3a_its_hadoop_aws(monkeypatch):
     from vig_udf.spark.session import hadoop_aws_package, with_delta
 
     monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
+    monkeypatch.setenv("VIG_SPARK_JARS_CACHE", str(tmp_path / "none-resolved-yet"))
     spark_minor = ".".join(pyspark.__version__.split(".")[:2])
     delta = f"io.delta:delta-spark_{spark_minor}_2.13:{importlib.metadata.version('delta-spark')}"
     jars = sorted(p.name for p in (Path(pyspark.__file__).parent / "jars").glob("hadoop-client-api-*.jar"))
@@ -112,6 +113,51 @@ def test_sessions_get_delta_lakes_jars_and_s3a_its_hadoop_aws(monkeypatch):
                        uris=["/local/lake", "s3a://bucket/input.json"])._options
     assert on_s3["spark.jars.packages"].split(",") == [delta, hadoop_aws_package()]
     assert on_s3["spark.driver.host"] == "h" and "spark.driver.bindAddress" not in on_s3
+
+
+class _Conf:
+    def __init__(self, conf: dict):
+        self.conf = conf
+
+    def get(self, key, default=None):
+        return self.conf.get(key, default)
+
+
+class _Session:
+    def __init__(self, conf: dict):
+        self.sparkContext = type("Context", (), {"getConf": lambda _: _Conf(conf)})()
+
+
+def test_jars_are_resolved_once_and_passed_as_files_afterwards(monkeypatch, tmp_path):
+    from pyspark.sql import SparkSession
+
+    from vig_udf.config import SparkConfig
+    from vig_udf.spark.session import delta_packages, with_delta
+    from vig_udf.spark.startup import remember_resolved_jars, resolved_jars
+
+    monkeypatch.setenv("VIG_SPARK_JARS_CACHE", str(tmp_path / "cache"))
+    cfg = SparkConfig(master="local[1]", conf={"spark.jars": "/mine/own.jar"})
+    packages = delta_packages(cfg)
+    assert with_delta(SparkSession.builder, cfg)._options["spark.jars.packages"] == ",".join(packages)
+    ivy = tmp_path / "ivy" / "jars"
+    ivy.mkdir(parents=True)
+    jars = [ivy / ("_".join(p.split(":")[:2]) + "-" + p.split(":")[2] + ".jar") for p in packages]
+    jars.append(ivy / "org.example_dependency-1.0.jar")
+    for jar in jars:
+        jar.write_bytes(b"PK")
+    # a session that reused a JVM started for other packages records nothing
+    remember_resolved_jars(_Session({"spark.jars.packages": ",".join(packages), "spark.jars": f"file://{jars[-1]}"}))
+    assert resolved_jars(packages) is None
+    remember_resolved_jars(_Session({"spark.jars.packages": ",".join(packages),
+                                     "spark.jars": ",".join(f"file://{jar}" for jar in jars)}))
+    assert resolved_jars(packages) == [str(jar) for jar in jars]
+    options = with_delta(SparkSession.builder, cfg)._options
+    assert "spark.jars.packages" not in options
+    assert options["spark.jars"].split(",") == ["/mine/own.jar", *map(str, jars)]  # the config's own jar kept
+    assert resolved_jars(packages + ["org.apache.hadoop:hadoop-aws:3.5.0"]) is None  # another set: resolved anew
+    jars[0].unlink()  # a jar removed from the Ivy cache: resolved again
+    assert resolved_jars(packages) is None
+    assert "spark.jars.packages" in with_delta(SparkSession.builder, cfg)._options
 
 
 def test_history_entries_of_other_writers_are_not_misread():

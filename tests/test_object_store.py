@@ -107,12 +107,19 @@ def test_the_pipeline_with_everything_in_a_bucket(spark, s3_lake, s3_endpoint, t
     assert recorded["spark.hadoop.fs.s3a.secret.key"] == recorded["spark.hadoop.fs.s3a.access.key"] == "<redacted>"
     assert recorded["spark.hadoop.fs.s3a.endpoint"] == s3_endpoint
 
-    # the command line takes the same URI
+    # the command line takes the same URI: Spark, and delta-rs with DuckDB from the same s3a settings
     runner = CliRunner()
-    result = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM scores JOIN corpus USING (sample_id)",
-                                 "--lake", s3_lake])
-    assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["lake", "history", "scores", f"lake={s3_lake}"])
-    assert result.exit_code == 0 and result.output.count("MERGE") + result.output.count("WRITE") == 2, result.output
+    s3a = [f'spark.conf."{key}"={json.dumps(value)}' for key, value in s3a_conf(s3_endpoint).items()]
+    printed = {}
+    for engine in ("spark", "local"):
+        result = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM scores JOIN corpus@v0 USING (sample_id)",
+                                     f"lake={s3_lake}", f"engine={engine}", "--format", "json", *s3a])
+        assert result.exit_code == 0, (engine, result.output)
+        printed[engine] = json.loads(result.stdout)
+        result = runner.invoke(app, ["lake", "history", "scores", f"lake={s3_lake}", f"engine={engine}", *s3a])
+        assert result.exit_code == 0 and result.output.count("MERGE") + result.output.count("WRITE") == 2, result.output
+    assert printed["spark"] == printed["local"] == [{"n": len(records)}]
+    result = runner.invoke(app, ["sql", "SHOW TABLES", f"lake={s3_lake}", "engine=local", "--format", "csv", *s3a])
+    assert result.exit_code == 0 and result.stdout.split() == ["name", "corpus", "scores", "selection"], result.output
     result = runner.invoke(app, ["lake", "vacuum", f"lake={s3_lake}"])
     assert result.exit_code == 0 and "vacuumed corpus, scores, selection" in result.output, result.output

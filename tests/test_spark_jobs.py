@@ -202,7 +202,7 @@ def test_vig_sql_answers_a_join_of_scores_and_corpus(spark, lake_with_corpus, ca
     root = lake_with_corpus[0]
     result = CliRunner().invoke(app, ["sql", "SELECT c.source, count(*) AS n FROM scores s JOIN corpus c "
                                              "USING (sample_id) WHERE s.status = 'ok' GROUP BY c.source ORDER BY 1",
-                                      "--lake", str(root / "lake")])
+                                      f"lake={root / 'lake'}", "engine=spark"])
     assert result.exit_code == 0, result.output
     printed = result.output + capsys.readouterr().out
     assert "coco" in printed and "gqa" in printed
@@ -223,12 +223,12 @@ def test_vig_sql_refuses_statements_that_write_and_the_tables_stay(spark, lake_w
     lake = lake_with_corpus[0] / "lake"
     before = {name: (table_version(spark, str(lake / name)), sorted(p.name for p in (lake / name).rglob("*")))
               for name in ("corpus", "scores")}
-    result = CliRunner().invoke(app, ["sql", statement.format(lake=lake), "--lake", str(lake)])
+    result = CliRunner().invoke(app, ["sql", statement.format(lake=lake), f"lake={lake}", "engine=spark"])
     assert result.exit_code == 2 and "read-only statements" in result.output
     assert "vig lake vacuum" in result.output  # says how to change tables on purpose
     assert before == {name: (table_version(spark, str(lake / name)), sorted(p.name for p in (lake / name).rglob("*")))
                       for name in ("corpus", "scores")}
-    looked = CliRunner().invoke(app, ["sql", f"DESCRIBE HISTORY delta.`{lake}/corpus`", "--lake", str(lake)])
+    looked = CliRunner().invoke(app, ["sql", f"DESCRIBE HISTORY delta.`{lake}/corpus`", f"lake={lake}", "engine=spark"])
     assert looked.exit_code == 0, looked.output
 
 

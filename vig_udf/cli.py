@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from vig_udf.config import DemoConfig, LakeConfig, ScorerConfig, SqlConfig, load_config
+from vig_udf.config import DemoConfig, LakeConfig, ScorerConfig, SparkConfig, SqlConfig, load_config
 from vig_udf.preflight import InputError, check_image_root, check_input, check_model_path
 
 app = typer.Typer(help="vig-spark: Visual Information Gain scoring for vision-language training data.",
@@ -21,10 +23,14 @@ def _logging(verbose: bool) -> None:
     # the hub's online/offline setting (HF_HUB_OFFLINE) is the user's: left as the environment has it
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("vig_udf").setLevel(logging.INFO)
-    from transformers.utils import logging as hf_logging
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    else:  # read when the commands that load a model import it (importing it here took 1.5 to 3.5 s)
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 @app.command()
@@ -42,10 +48,29 @@ def demo(
 
 OVERRIDES = typer.Argument(None, help="config overrides such as lake=/data/lake scorer.counterfactual=drop")
 CONFIG = typer.Option(None, help="YAML config, e.g. conf/local.yaml (the job's section plus shared lake/spark)")
+PROGRESS = typer.Option(False, "--progress", help="show Spark's console progress bar (stage bars on stderr) "
+                                                  "besides the job's own progress lines")
+CONSOLE_PROGRESS = "spark.ui.showConsoleProgress"
 
 
-def _spark_job(module: str, config_class: str, run: str, section: str, config, overrides) -> None:
-    """Load the job's typed config (its YAML section plus overrides), start Spark, run the job."""
+def _console_progress(spark_cfg: SparkConfig, shown: bool) -> SparkConfig:
+    """``spark_cfg`` with Spark's console progress bar on (``--progress``) or, unless the config turns it on
+    itself, off: pyspark starts Spark as a shell, whose bar is on by default."""
+    conf = dict(spark_cfg.conf)
+    if shown:
+        conf[CONSOLE_PROGRESS] = "true"
+    else:
+        conf.setdefault(CONSOLE_PROGRESS, "false")
+    return spark_cfg.model_copy(update={"conf": conf})
+
+
+def _to_stderr(line: str) -> None:
+    typer.echo(line, err=True)
+
+
+def _spark_job(module: str, config_class: str, run: str, section: str, config, overrides, progress: bool) -> None:
+    """Load the job's typed config (its YAML section plus overrides), start Spark, run the job; its progress
+    lines go to stderr."""
     import importlib
 
     from vig_udf.spark.session import spark_session
@@ -58,7 +83,7 @@ def _spark_job(module: str, config_class: str, run: str, section: str, config, o
             job.check_config(cfg)
     uris = [value for value in (getattr(cfg, "lake", None), getattr(cfg, "input", None)) if isinstance(value, str)]
     spark_cfg = job.spark_config(cfg) if hasattr(job, "spark_config") else cfg.spark  # score: a task per GPU
-    getattr(job, run)(spark_session(spark_cfg, uris=uris), cfg)
+    getattr(job, run)(spark_session(_console_progress(spark_cfg, progress), uris=uris), cfg, out=_to_stderr)
 
 
 @contextmanager
@@ -72,37 +97,37 @@ def _input_errors(command: str):
 
 
 @app.command()
-def ingest(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
+def ingest(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG, progress: bool = PROGRESS):
     """LLaVA JSON/JSONL/Parquet + image root -> the corpus Delta table (every record a row, with a status)."""
-    _spark_job("vig_udf.spark.ingest_job", "IngestJobConfig", "run_ingest", "ingest", config, overrides)
+    _spark_job("vig_udf.spark.ingest_job", "IngestJobConfig", "run_ingest", "ingest", config, overrides, progress)
 
 
 @app.command()
-def score(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
+def score(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG, progress: bool = PROGRESS):
     """corpus -> scores Delta table on Spark executors; resumes where an earlier run stopped."""
-    _spark_job("vig_udf.spark.score_job", "ScoreJobConfig", "run_score", "score", config, overrides)
+    _spark_job("vig_udf.spark.score_job", "ScoreJobConfig", "run_score", "score", config, overrides, progress)
 
 
 @app.command()
-def select(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
+def select(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG, progress: bool = PROGRESS):
     """scores -> selection Delta table: which samples and answer tokens to train on (CPU only, cheap to rerun)."""
-    _spark_job("vig_udf.spark.select_job", "SelectJobConfig", "run_select", "select", config, overrides)
+    _spark_job("vig_udf.spark.select_job", "SelectJobConfig", "run_select", "select", config, overrides, progress)
 
 
 @app.command()
-def export(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
+def export(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG, progress: bool = PROGRESS):
     """selection -> LLaVA JSON of the kept records plus a per-token mask sidecar (for other training stacks)."""
-    _spark_job("vig_udf.spark.export_job", "ExportJobConfig", "run_export", "export", config, overrides)
+    _spark_job("vig_udf.spark.export_job", "ExportJobConfig", "run_export", "export", config, overrides, progress)
 
 
 @app.command()
-def train(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
+def train(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG, progress: bool = PROGRESS):
     """corpus + scores + selection -> a fine-tuned model with loss on the selected tokens, one MLflow run."""
-    _spark_job("vig_udf.spark.train_job", "TrainJobConfig", "run_train", "train", config, overrides)
+    _spark_job("vig_udf.spark.train_job", "TrainJobConfig", "run_train", "train", config, overrides, progress)
 
 
 @app.command()
-def check(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
+def check(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG, progress: bool = PROGRESS):
     """Scorer sanity check on a sample (input=<JSON, JSONL or Parquet> or the lake's corpus): real vs counterfactual vs
     mismatched image; writes check.md/html/png and prints the verdict; exit code 1 when the scorer fails."""
     from vig_udf.spark.check_job import CheckJobConfig, run_check_job, uses_spark
@@ -113,46 +138,99 @@ def check(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
     if uses_spark(cfg):
         from vig_udf.spark.session import spark_session
 
-        spark = spark_session(cfg.spark, uris=[cfg.lake] + ([cfg.input] if cfg.input else []))
+        uris = [cfg.lake] + ([cfg.input] if cfg.input else [])
+        spark = spark_session(_console_progress(cfg.spark, progress), uris=uris)
     result = run_check_job(cfg, spark=spark, out=typer.echo)
     if not result["passed"]:
         raise typer.Exit(1)
 
 
 @app.command()
-def report(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
+def report(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG, progress: bool = PROGRESS):
     """HTML report (PNG plots) of the lake's scores: statuses, VIG per source and scorer, top/bottom samples
     with coloured tokens, and what each selection keeps."""
-    _spark_job("vig_udf.report.scores_report", "ReportConfig", "write_scores_report", "report", config, overrides)
+    _spark_job("vig_udf.report.scores_report", "ReportConfig", "write_scores_report", "report", config, overrides,
+               progress)
+
+
+SQL_FORMAT = typer.Option("table", "--format", help="table (Spark's show layout), csv or json (both parse "
+                                                 "back to the rows); stdout holds the result alone")
+
+
+def _read_engine(engine: str, lake: str, spark_cfg: SparkConfig) -> str:
+    """The engine of a read-only command: ``engine`` unless ``auto``, which is Spark on Databricks, under Spark
+    Connect and for a lake the local reader does not reach, and the local reader otherwise."""
+    from vig_udf.lake.local_tables import reads_locally
+    from vig_udf.lake.paths import table_uri
+    from vig_udf.spark.session import on_databricks
+
+    if engine != "auto":
+        return engine
+    remote = os.environ.get("SPARK_REMOTE") or getattr(spark_cfg, "remote", None)
+    return "spark" if remote or on_databricks() or not reads_locally(table_uri(lake)) else "local"
+
+
+def _read_session(spark_cfg: SparkConfig, lake: str):
+    """A Spark session for a read-only command: no console progress bar."""
+    from vig_udf.spark.session import spark_session
+
+    return spark_session(_console_progress(spark_cfg, False), uris=[lake])
+
+
+@contextmanager
+def _read_errors(command: str):
+    """A refused statement ends with exit code 2, a query or table that cannot be read with 1: one line each."""
+    from vig_udf.lake import ReadOnlyError
+    from vig_udf.lake.local_sql import LocalSqlError
+    from vig_udf.lake.local_tables import LakeReadError
+
+    try:
+        yield
+    except ReadOnlyError as error:
+        typer.echo(f"vig {command}: {error}", err=True)
+        raise typer.Exit(2) from None
+    except (LocalSqlError, LakeReadError, FileNotFoundError) as error:
+        typer.echo(f"vig {command}: {error}", err=True)
+        raise typer.Exit(1) from None
+    except Exception as error:  # Spark's own analysis and parse errors, without the JVM's stack trace
+        if type(error).__module__.startswith("pyspark.errors"):
+            typer.echo(f"vig {command}: {str(error).strip().splitlines()[0]}", err=True)
+            raise typer.Exit(1) from None
+        raise
 
 
 @app.command()
 def sql(
-    query: str = typer.Argument(..., help="a read-only Spark SQL statement over the lake's tables by name "
-                                          "(corpus, scores, selection); SELECT, WITH, SHOW, DESCRIBE, EXPLAIN"),
+    query: str = typer.Argument(..., help="one read-only statement over the lake's tables by name (corpus, scores, "
+                                          "selection); <table>@v<n> reads version n; SELECT, WITH, SHOW, "
+                                          "DESCRIBE, EXPLAIN"),
+    overrides: list[str] = typer.Argument(None, help="settings such as lake=/data/lake engine=spark"),
     config: Optional[Path] = CONFIG,
-    lake: Optional[str] = typer.Option(None, help="lake root (default: the config's, else ./lake)"),
-    limit: int = typer.Option(50, help="rows to show"),
+    limit: int = typer.Option(50, min=1, help="rows to show (at most this many reach this process)"),
+    fmt: str = SQL_FORMAT,
 ):
-    """Run a read-only Spark SQL statement over the lake's Delta tables, registered as views by table name."""
-    _logging(False)
-    from vig_udf.lake import ReadOnlyError, check_read_only, register_views
-    from vig_udf.spark.session import spark_session
+    """Run a read-only SQL statement over the lake's Delta tables, each readable by its table name."""
+    from vig_udf.lake import check_read_only
+    from vig_udf.sql_output import FORMATS, write_result
 
-    try:
+    _logging(False)
+    if fmt not in FORMATS:
+        typer.echo(f"vig sql: --format must be one of {', '.join(FORMATS)}, not {fmt!r}", err=True)
+        raise typer.Exit(2)
+    with _read_errors("sql"):
         check_read_only(query)
-    except ReadOnlyError as error:
-        typer.echo(f"vig sql: {error}", err=True)
-        raise typer.Exit(2) from None
-    data = load_config(SqlConfig, config, [f"lake={lake}"] if lake else [], section="sql")
-    spark = spark_session(data.spark, uris=[data.lake])
-    try:
-        check_read_only(query, spark)  # again, with Spark's own parser
-    except ReadOnlyError as error:
-        typer.echo(f"vig sql: {error}", err=True)
-        raise typer.Exit(2) from None
-    register_views(spark, data.lake)
-    spark.sql(query).show(limit, truncate=False)
+        cfg = load_config(SqlConfig, config, overrides, section="sql")
+        if _read_engine(cfg.engine, cfg.lake, cfg.spark) == "local":
+            from vig_udf.lake.local_sql import query as local_query
+
+            result = local_query(cfg.lake, query, spark_conf=cfg.spark.conf)
+            schema, batches = result.schema, result
+        else:
+            from vig_udf.lake.spark_sql import query as spark_query
+
+            result = spark_query(_read_session(cfg.spark, cfg.lake), cfg.lake, query, limit=limit)
+            schema, batches = result.schema, result.to_batches()
+        write_result(schema, batches, fmt, sys.stdout, limit=limit, note=_to_stderr)
 
 
 lake_app = typer.Typer(help="Delta table maintenance and history of the lake's tables.", no_args_is_help=True)
@@ -164,7 +242,7 @@ def _lake_session(config, overrides):
 
     _logging(False)
     cfg = load_config(LakeConfig, config, overrides, section="maintenance")
-    return spark_session(cfg.spark, uris=[cfg.lake]), cfg
+    return spark_session(_console_progress(cfg.spark, False), uris=[cfg.lake]), cfg
 
 
 @lake_app.command("optimize")
@@ -195,13 +273,24 @@ def lake_history(
     table: str = typer.Argument(..., help="table name under the lake: corpus, scores, selection"),
     overrides: list[str] = OVERRIDES,
     config: Optional[Path] = CONFIG,
-    limit: int = typer.Option(20, help="newest commits to show"),
+    limit: int = typer.Option(20, min=1, help="newest commits to show"),
 ):
     """The table's commits, newest first: version, time, operation, rows added, job and code version."""
-    from vig_udf.lake import lake_table, table_history
+    from vig_udf.lake import lake_table
 
-    spark, cfg = _lake_session(config, overrides)
-    for commit in table_history(spark, lake_table(cfg.lake, table), limit=limit):
+    _logging(False)
+    with _read_errors("lake history"):
+        cfg = load_config(LakeConfig, config, overrides, section="maintenance")
+        path = lake_table(cfg.lake, table)
+        if _read_engine(cfg.engine, cfg.lake, cfg.spark) == "local":
+            from vig_udf.lake.local_tables import table_history as local_history
+
+            commits = local_history(path, limit=limit, spark_conf=cfg.spark.conf)
+        else:
+            from vig_udf.lake import table_history
+
+            commits = table_history(_read_session(cfg.spark, cfg.lake), path, limit=limit)
+    for commit in commits:
         metrics = commit["metrics"]
         added = metrics.get("numTargetRowsInserted", metrics.get("numOutputRows"))
         typer.echo(f"v{commit['version']}  {commit['timestamp']}  {commit['operation']:<8} rows added {added}  "

@@ -50,12 +50,20 @@ class SparkConfig(BaseModel):
                                                                    "for an s3a:// lake")
 
 
+ReadEngine = Literal["auto", "local", "spark"]
+READ_ENGINE_HELP = ("what reads the lake: local = delta-rs and DuckDB in this process, no JVM (a local or s3a:// "
+                    "lake); spark = Spark SQL with Delta Lake (a cluster, Spark Connect, other file systems); "
+                    "auto = spark on Databricks, under Spark Connect (SPARK_REMOTE) or for a lake the local "
+                    "reader does not reach, else local")
+
+
 class SqlConfig(BaseModel):
-    """``vig sql``: where the lake is and how to start Spark."""
+    """``vig sql``: where the lake is and what reads it."""
 
     model_config = ConfigDict(extra="forbid")
 
-    lake: str = Field("lake", description="lake root; every Delta table under it becomes a view")
+    lake: str = Field("lake", description="lake root; every Delta table under it is readable by its name")
+    engine: ReadEngine = Field("auto", description=READ_ENGINE_HELP)
     spark: SparkConfig = SparkConfig()
 
 
@@ -65,6 +73,8 @@ class LakeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     lake: str = Field("lake", description="lake root")
+    engine: ReadEngine = Field("auto", description="vig lake history's reader; " + READ_ENGINE_HELP +
+                                                   " (optimize and vacuum always run on Spark)")
     tables: list[str] | None = Field(None, description="tables to maintain; None = every table of the lake")
     retain_hours: float = Field(168.0, ge=0, description="VACUUM keeps files that versions of the last "
                                                          "retain_hours need (time travel, running jobs)")

@@ -1,10 +1,14 @@
 """The Spark session of a job, built from its typed config, always with Delta Lake.
 
 Locally the session gets Delta Lake's Spark engine the way delta-spark documents it: the JVM artifact
-that matches the installed pyspark and delta-spark (``configure_spark_with_delta_pip``), resolved by
-Spark's own package resolution from Maven Central into Spark's Ivy cache (``make setup`` fetches it once),
-plus Delta's SQL extension and catalog. A job that touches an ``s3a://`` URI (its lake or its input) also
-gets ``hadoop-aws`` at the version of the Hadoop client that pyspark ships. On Databricks the runtime's own Delta is used as it is.
+that matches the installed pyspark and delta-spark (``configure_spark_with_delta_pip``), plus Delta's SQL
+extension and catalog. A job that touches an ``s3a://`` URI (its lake or its input) also gets
+``hadoop-aws`` at the version of the Hadoop client that pyspark ships. On Databricks the runtime's own Delta
+is used as it is.
+
+The packages are resolved once, and a local JVM starts from a class-data archive when there is one
+(:mod:`vig_udf.spark.startup`): later sessions pass the resolved jar files as ``spark.jars`` instead of
+resolving the packages again.
 
 Under ``spark-submit`` the JVM is started before this code runs, so packages must be given to
 spark-submit itself: ``spark-submit --packages "$(python -m vig_udf.spark.session)" ...``.
@@ -23,6 +27,7 @@ from pathlib import Path
 
 from vig_udf.config import SparkConfig
 from vig_udf.storage import on_databricks
+from vig_udf.spark.startup import class_archive_options, remember_resolved_jars, resolved_jars
 
 DELTA_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -40,6 +45,7 @@ LOCAL_DEFAULTS = {
     "spark.driver.host": "127.0.0.1",
     "spark.driver.bindAddress": "127.0.0.1",
 }
+DRIVER_JAVA_OPTIONS = "spark.driver.extraJavaOptions"
 
 
 def connect_url(cfg: SparkConfig) -> str | None:
@@ -71,20 +77,43 @@ def extra_packages(cfg: SparkConfig, *, uris=()) -> list[str]:
     return extra
 
 
-def with_delta(builder, cfg: SparkConfig, *, uris=()):
-    """``builder`` configured with Delta Lake's Spark engine, its jars and the lake's file system jars."""
+def delta_packages(cfg: SparkConfig, *, uris=()) -> list[str]:
+    """Every Maven coordinate the session needs: Delta Lake's artifact for the installed pyspark and
+    delta-spark, hadoop-aws for s3a URIs, ``cfg.packages`` and the config's own ``spark.jars.packages``."""
     from delta.pip_utils import configure_spark_with_delta_pip
+    from pyspark.sql import SparkSession
 
+    extra = extra_packages(cfg, uris=uris)
+    own = cfg.conf.get("spark.jars.packages")
+    if own:
+        extra += str(own).split(",")
+    named = configure_spark_with_delta_pip(SparkSession.Builder(), extra_packages=list(dict.fromkeys(extra)))
+    return named._options["spark.jars.packages"].split(",")  # the Builder has no public getter
+
+
+def with_delta(builder, cfg: SparkConfig, *, uris=()):
+    """``builder`` configured with Delta Lake's Spark engine, its jars and the lake's file system jars: the
+    jar files resolved for these packages before (``spark.jars``), else the packages to resolve
+    (``spark.jars.packages``), whose jars :func:`remember_resolved_jars` then records. A local driver JVM
+    starts from the class-data archive of its class path when ``make setup`` made one."""
+    local = (cfg.master or "").startswith("local")
     conf = {**DELTA_CONF, **SESSION_DEFAULTS}
-    if (cfg.master or "").startswith("local"):
+    if local:
         conf.update(LOCAL_DEFAULTS)
     conf.update({key: str(value) for key, value in cfg.conf.items()})
-    extra = extra_packages(cfg, uris=uris)
-    if conf.get("spark.jars.packages"):
-        extra += conf.pop("spark.jars.packages").split(",")
+    packages = delta_packages(cfg, uris=uris)
+    jars = resolved_jars(packages)
+    if jars is not None:
+        conf.pop("spark.jars.packages", None)
+        conf["spark.jars"] = ",".join([*filter(None, conf.get("spark.jars", "").split(",")), *jars])
+        archive = class_archive_options(conf["spark.jars"].split(",")) if local else None
+        if archive:
+            conf[DRIVER_JAVA_OPTIONS] = " ".join(filter(None, [archive, conf.get(DRIVER_JAVA_OPTIONS)]))
+    else:
+        conf["spark.jars.packages"] = ",".join(packages)
     for key, value in conf.items():
         builder = builder.config(key, value)
-    return configure_spark_with_delta_pip(builder, extra_packages=list(dict.fromkeys(extra)))
+    return builder
 
 
 def spark_session(cfg: SparkConfig, *, uris=()):
@@ -105,7 +134,9 @@ def spark_session(cfg: SparkConfig, *, uris=()):
         builder = SparkSession.builder.appName(cfg.app_name)
         if cfg.master:
             builder = builder.master(cfg.master)
-        return with_delta(builder, cfg, uris=uris).getOrCreate()
+        session = with_delta(builder, cfg, uris=uris).getOrCreate()
+        remember_resolved_jars(session)
+        return session
     builder = SparkSession.builder.remote(remote).appName(cfg.app_name)
     if remote.startswith("local"):  # pyspark starts a local Connect server with these settings
         return with_delta(builder, cfg.model_copy(update={"master": remote}), uris=uris).getOrCreate()
@@ -115,18 +146,32 @@ def spark_session(cfg: SparkConfig, *, uris=()):
 
 
 def fetch_packages() -> None:
-    """Resolve Delta Lake's and hadoop-aws's jars into Spark's Ivy cache (the setup runs this once)."""
+    """Resolve Delta Lake's jars, without and with hadoop-aws, into Spark's Ivy cache, record them, and make
+    the class-data archive of each class path (the setup runs this once). Each step runs in a JVM of its own:
+    a JVM resolves packages only when it starts, and writes its archive when it exits."""
+    import subprocess
+
+    from vig_udf.spark.startup import build_class_archive
+
+    for uri in ("/local", "s3a://any"):
+        subprocess.run([sys.executable, "-m", "vig_udf.spark.session", "--fetch-for", uri], check=True)
+        try:
+            build_class_archive(delta_packages(SparkConfig(), uris=[uri]))
+        except subprocess.CalledProcessError as error:  # sessions then start without an archive, only slower
+            print(f"vig: no class-data archive for {uri} ({error}); Spark sessions start without one",
+                  file=sys.stderr)
+
+
+def _fetch_for(uri: str) -> None:
     spark = spark_session(SparkConfig(master="local[1]", app_name="vig-fetch-jars",
-                                      conf={"spark.ui.enabled": "false"}), uris=["s3a://any"])
+                                      conf={"spark.ui.enabled": "false"}), uris=[uri])
     spark.stop()
 
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--fetch"]:
         fetch_packages()
+    elif sys.argv[1:2] == ["--fetch-for"]:
+        _fetch_for(sys.argv[2])
     else:  # the --packages value for spark-submit; --s3a adds hadoop-aws
-        from pyspark.sql import SparkSession
-
-        uris = ["s3a://"] if "--s3a" in sys.argv else []
-        builder = with_delta(SparkSession.builder, SparkConfig(master=None), uris=uris)
-        print(builder._options["spark.jars.packages"])  # the Builder has no public getter
+        print(",".join(delta_packages(SparkConfig(master=None), uris=["s3a://"] if "--s3a" in sys.argv else [])))
