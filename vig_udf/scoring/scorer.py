@@ -82,7 +82,8 @@ class VIGScorer:
         self.pad_token_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
 
     @classmethod
-    def from_pretrained(cls, model_path: str, options: ScorerOptions | None = None, **kwargs) -> "VIGScorer":
+    def from_pretrained(cls, model_path: str, options: ScorerOptions | None = None, *, model_ref: dict | None = None,
+                        **kwargs) -> "VIGScorer":
         """Load an image-text-to-text model and its processor (AutoModelForImageTextToText/AutoProcessor).
 
         Options are a :class:`~vig_udf.scoring.options.ScorerOptions` or its fields as keywords (``counterfactual``,
@@ -91,6 +92,8 @@ class VIGScorer:
         keyword raises TypeError. device: defaults to ``cuda`` when available, else ``cpu``. dtype: bfloat16
         on CUDA, float32 on CPU. batch_tokens: 32768 on CUDA, 2048 on CPU (small batches measured faster on
         CPU, see BENCHMARKS.md). A hub model is loaded at the commit its identity names.
+        ``model_ref``: the model's fingerprint when the caller has already checked these files against it (a
+        Spark worker, :func:`vig_udf.scoring.identity.verified_fingerprint`); None fingerprints them here.
         """
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -100,7 +103,7 @@ class VIGScorer:
             options = ScorerOptions.from_kwargs(**{**options.model_dump(exclude_unset=True), **kwargs})
         device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         options = options.for_device(device.type)
-        model_ref = model_fingerprint(model_path, options.revision)
+        model_ref = model_ref or model_fingerprint(model_path, options.revision)
         revision = model_ref.get("commit", options.revision)
         processor = AutoProcessor.from_pretrained(model_path, revision=revision,
                                                   trust_remote_code=options.trust_remote_code)

@@ -69,17 +69,21 @@ def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool):
 
     The spec's ``record`` is what the score commits record beside the rows: the unhashed identity, the chat
     template text and image placement the rows were made with (training reads them) and library versions.
-    A hub model is pinned to its resolved commit, so every executor loads the same files.
+    A hub model is pinned to its resolved commit, so every executor loads the same files. The weights are
+    hashed here only: the spec carries the digests and the weight files' stamps, which executors check
+    cheaply instead of hashing again.
     """
     from transformers import AutoProcessor
 
-    from vig_udf.scoring.identity import identity_record, library_versions, model_fingerprint, scorer_identity
+    from vig_udf.scoring.identity import (identity_record, library_versions, model_fingerprint, scorer_identity,
+                                          weight_stamps)
     from vig_udf.spark.score_udf import ScorerSpec
 
     scorer = cfg.scorer
     if not scorer.model_path:
         raise ValueError("scorer.model_path is not set: give a HF model id or a local checkpoint folder")
     options = scorer.options().for_device("cuda" if gpu else "cpu")
+    stamps = weight_stamps(scorer.model_path)  # before hashing: a file rewritten meanwhile is hashed by executors
     fingerprint = model_fingerprint(scorer.model_path, options.revision)
     revision = fingerprint.get("commit", options.revision)
     processor = AutoProcessor.from_pretrained(scorer.model_path, revision=revision,
@@ -96,7 +100,8 @@ def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool):
               "chat_template": chat_template, "image_placement": options.image_placement,
               "library_versions": library_versions()}
     return ScorerSpec(model_path=scorer.model_path, scorer_id=scorer_id, kwargs=kwargs, image_root=scorer.image_root,
-                      record=record, load_log_dir=os.environ.get("VIG_LOAD_LOG_DIR"),
+                      record=record, fingerprint=fingerprint, weight_stamps=stamps,
+                      load_log_dir=os.environ.get("VIG_LOAD_LOG_DIR"),
                       kill_worker_once=os.environ.get("VIG_FAULT_KILL_WORKER_ONCE"))
 
 

@@ -36,6 +36,10 @@ class ScorerSpec:
 
     ``record``: the unhashed identity, chat template, image placement and library versions of the driver
     (recorded with the score commits; a worker with other library versions logs a warning).
+    ``fingerprint``, ``weight_stamps``: the driver's model fingerprint (every file's SHA-256) and its weight
+    files' size, modification time and safetensors header
+    (:func:`vig_udf.scoring.identity.weight_stamps`): a worker checks its files against them before loading
+    (:func:`~vig_udf.scoring.identity.verified_fingerprint`) instead of hashing the weights again.
     ``load_log_dir``: when set, every model load writes a marker file there (tests count loads per worker).
     ``kill_worker_once``: fault injection; the first task that sees no file at this path creates it and
     kills its Python worker in the middle of scoring (tests check that Spark's retry recovers).
@@ -46,6 +50,8 @@ class ScorerSpec:
     kwargs: dict = field(default_factory=dict)
     image_root: str | None = None
     record: dict = field(default_factory=dict)
+    fingerprint: dict | None = None
+    weight_stamps: dict | None = None
     load_log_dir: str | None = None
     kill_worker_once: str | None = None
 
@@ -77,7 +83,7 @@ def worker_scorer(spec: ScorerSpec, device: str | None):
         if device is not None:
             kwargs["device"] = device
         started = time.perf_counter()
-        scorer = VIGScorer.from_pretrained(spec.model_path, **kwargs)
+        scorer = VIGScorer.from_pretrained(spec.model_path, model_ref=verified_model(spec), **kwargs)
         if scorer.scorer_id != spec.scorer_id:
             raise RuntimeError(
                 f"the scorer loaded on this executor has id {scorer.scorer_id}, the driver expected "
@@ -91,6 +97,17 @@ def worker_scorer(spec: ScorerSpec, device: str | None):
             marker = os.path.join(spec.load_log_dir, f"{os.getpid()}-{uuid.uuid4().hex}")
             open(marker, "w").close()
     return _SCORERS[key]
+
+
+def verified_model(spec: ScorerSpec) -> dict | None:
+    """The driver's model fingerprint, once this worker's files are checked against it (size, modification
+    time and safetensors header; a full hash only for a file whose time differs); None when the spec carries
+    none (the scorer then fingerprints the model itself). Raises ``ModelMismatchError`` on a mismatch."""
+    if spec.fingerprint is None:
+        return None
+    from vig_udf.scoring.identity import verified_fingerprint
+
+    return verified_fingerprint(spec.model_path, spec.fingerprint, spec.weight_stamps)
 
 
 def _check_versions(spec: ScorerSpec) -> None:
