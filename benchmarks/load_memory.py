@@ -2,15 +2,16 @@
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/load_memory.py                # about 2 GB of fp32 weights
     PYTHONPATH=$PWD .venv/bin/python benchmarks/load_memory.py --layers 2 --no-write   # a quick look
+    python3 benchmarks/load_memory.py --device cuda --no-write                          # host memory of a GPU load
 
 A LLaVA-shaped random-weight checkpoint (vig_udf.tiny, ``--hidden`` x ``--layers``) is saved twice, in
 float32 and in bfloat16 (safetensors, as ``save_pretrained`` writes them; released LLaVA checkpoints are
-half precision). Each load then runs in a fresh Python process (``VIGScorer.from_pretrained``, on the CPU):
+half precision). Each load then runs in a fresh Python process (``VIGScorer.from_pretrained`` on
+``--device``):
 
 - float32 file loaded as float32 (the CPU scorer's default);
-- bfloat16 file loaded as bfloat16 (the GPU default dtype with a half-precision checkpoint: this is the
-  host side of a GPU load, which then moves the weights with ``.to(device)``);
-- float32 file loaded as bfloat16 (a conversion on the way).
+- bfloat16 file loaded as bfloat16 (the GPU default dtype with a half-precision checkpoint);
+- float32 file loaded as bfloat16 (a conversion on the way, as a float16 checkpoint scored in bfloat16).
 
 For each: the process's resident memory after loading and dropping a tiny checkpoint of the same family (the
 baseline: every library the load imports, and the allocator's pools), its peak during the
@@ -80,7 +81,7 @@ def _weight_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".safetensors")
 
 
-def measure_load(path: str, dtype: str) -> dict:
+def measure_load(path: str, dtype: str, device: str) -> dict:
     """One load in this (fresh) process: baseline, peak, anonymous and file-backed memory, seconds.
 
     A tiny checkpoint of the same family is loaded and dropped first, so that the baseline holds every
@@ -92,7 +93,7 @@ def measure_load(path: str, dtype: str) -> dict:
     from vig_udf.scoring.scorer import VIGScorer
 
     torch.set_num_threads(1)
-    warmup = VIGScorer.from_pretrained(str(Path(path).parent / "warmup"), device="cpu", dtype=dtype)
+    warmup = VIGScorer.from_pretrained(str(Path(path).parent / "warmup"), device=device, dtype=dtype)
     del warmup
     gc.collect()
     base = memory()
@@ -109,14 +110,18 @@ def measure_load(path: str, dtype: str) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     started = time.perf_counter()
-    scorer = VIGScorer.from_pretrained(path, device="cpu", dtype=dtype)
+    scorer = VIGScorer.from_pretrained(path, device=device, dtype=dtype)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     done.set()
     sampler.join()
     after = memory()
     held = sum(p.numel() * p.element_size() for p in scorer.model.parameters())
+    gpu = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
     return {"baseline": base, "peak_rss": after["VmHWM"], "peak_anon_sampled": peaks["RssAnon"],
-            "peak_file_sampled": peaks["RssFile"], "after": after, "parameter_bytes": held, "seconds": seconds}
+            "peak_file_sampled": peaks["RssFile"], "after": after, "parameter_bytes": held, "seconds": seconds,
+            "device": str(scorer.device), "gpu_peak_allocated": gpu}
 
 
 def measure_verify(path: str) -> dict:
@@ -151,17 +156,18 @@ def run(args) -> tuple[dict, str]:
     built = _child("--build", str(work), str(args.hidden), str(args.layers))
     rows = ["| file | loaded as | weights on disk GiB | parameters in memory GiB | peak RSS - baseline GiB "
             "| peak anonymous - baseline GiB | peak file-backed - baseline GiB | anonymous after load - baseline GiB "
-            "| peak RSS / file | load s |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "| peak RSS / file | GPU peak allocated GiB | load s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     loads = []
     for file_dtype, dtype in LOADS:
         ckpt = built[file_dtype]
-        m = _child("--measure", ckpt["path"], dtype)
+        m = _child("--measure", ckpt["path"], dtype, args.device)
         base = m["baseline"]
         rss, anon = m["peak_rss"] - base["VmRSS"], m["peak_anon_sampled"] - base["RssAnon"]
         loads.append({"file": file_dtype, "dtype": dtype, **m})
         rows.append(f"| {file_dtype} | {dtype} | {gib(ckpt['weight_bytes'])} | {gib(m['parameter_bytes'])} | "
                     f"{gib(rss)} | {gib(anon)} | {gib(m['peak_file_sampled'] - base['RssFile'])} | "
                     f"{gib(m['after']['RssAnon'] - base['RssAnon'])} | {rss / ckpt['weight_bytes']:.2f} | "
+                    f"{gib(m['gpu_peak_allocated']) if m['gpu_peak_allocated'] is not None else '-'} | "
                     f"{m['seconds']:.1f} |")
     verify = _child("--verify", built["float32"]["path"])
     table = "\n".join(rows) + (
@@ -177,7 +183,7 @@ def main() -> None:
         if mode == "--build":
             result = build(Path(rest[0]), int(rest[1]), int(rest[2]))
         elif mode == "--measure":
-            result = measure_load(rest[0], rest[1])
+            result = measure_load(rest[0], rest[1], rest[2])
         else:
             result = measure_verify(rest[0])
         print(json.dumps(result))
@@ -185,6 +191,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=2048, help="language model hidden size")
     parser.add_argument("--layers", type=int, default=8, help="language model and vision tower layers")
+    parser.add_argument("--device", default="cpu", help="where the scorer loads the model (cpu, cuda)")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--no-write", action="store_true", help="do not append to BENCHMARKS.md")
     args = parser.parse_args()
@@ -197,7 +204,7 @@ def main() -> None:
 
         now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         with open(ROOT / "BENCHMARKS.md", "a") as f:
-            f.write(f"\n## {now}: host memory of a scorer load (benchmarks/load_memory.py)\n\n"
+            f.write(f"\n## {now}: host memory of a scorer load on {args.device} (benchmarks/load_memory.py)\n\n"
                     f"Machine: {os.cpu_count()} cores, {platform.machine()}, transformers {transformers.__version__}; "
                     f"1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after. Command: "
                     f"`python benchmarks/load_memory.py {shlex.join(sys.argv[1:])}`. Checkpoint: LLaVA-shaped, "

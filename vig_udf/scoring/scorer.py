@@ -114,10 +114,12 @@ class VIGScorer:
                 f"{model_path} has no chat template; pass chat_template= (a Jinja template) to from_pretrained"
             )
         dtype = getattr(torch, options.dtype)
+        # device_map: each tensor goes from the memory-mapped file to the device, converted on the way, instead of
+        # a whole converted copy in host memory first (benchmarks/load_memory.py)
         model = AutoModelForImageTextToText.from_pretrained(
             model_path, revision=revision, trust_remote_code=options.trust_remote_code, dtype=dtype,
-            attn_implementation=options.attn_implementation,
-        ).to(device).eval()
+            attn_implementation=options.attn_implementation, device_map={"": str(device)},
+        ).eval()
         return cls(model, processor, options=options, model_ref=model_ref, device=device)
 
     @property
