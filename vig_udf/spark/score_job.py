@@ -7,9 +7,12 @@ twice. The scored rows are staged under ``<lake>/_staging/scores`` before the me
 retried after a concurrent commit never scores again. With ``rows_per_commit`` the pending rows are cut
 into chunks, each one Spark job and one Delta commit, so that an interruption loses at most one chunk.
 
-Sizing from the data: the pending rows are cut into tasks of ``rows_per_task`` rows (at least one task per
-core of the cluster), so a large job spreads over every executor, and every write of the job rolls to a new
-Parquet file after ``rows_per_file`` rows (Spark's ``maxRecordsPerFile``), so files stay a few hundred MB.
+Sizing from the data: the pending rows of every chunk are cut into tasks of ``rows_per_task`` rows (at least
+one task per task slot of the cluster: ``spark.task.cpus`` cores each, one per GPU on a GPU cluster), so a
+large job spreads over every executor and each task holds many of the scorer's preparation chunks, and every
+write of the job rolls to a new Parquet file after ``rows_per_file`` rows (Spark's ``maxRecordsPerFile``), so
+files stay a few hundred MB. The scorer's ``prep_workers``, unless set, is the task's CPUs minus the one that
+runs the forwards (:func:`default_prep_workers`).
 
 ``rescore``: rows of this scorer with the given failure statuses (``image_unreadable`` after the images
 were fixed, ``model_error``) count as pending; the merge replaces them (``WHEN MATCHED AND t.status IN
@@ -42,9 +45,11 @@ class ScoreJobConfig(BaseModel):
     lake: str = Field("lake", description="lake root folder (or URI) holding the corpus and scores tables")
     corpus_version: int | None = Field(None, description="corpus table version to score; None = latest")
     scorer: ScorerConfig = ScorerConfig()
-    partitions: int | None = Field(None, description="Spark partitions of the pending rows; None = from rows_per_task")
-    rows_per_task: int = Field(2_000, gt=0, description="pending rows per Spark task when partitions is None (at "
-                                                        "least one task per core)")
+    partitions: int | None = Field(None, description="Spark partitions of each chunk's pending rows (an override, "
+                                   "e.g. for tests); None = from rows_per_task")
+    rows_per_task: int = Field(2_000, gt=0, description="pending rows per Spark task in every chunk (at least one "
+                               "task per task slot); keep it many times prep_chunk: a task's first preparation "
+                               "chunk is prepared before its first forward")
     rows_per_file: int = Field(100_000, gt=0, description="rows per Parquet file of the scores written (about 150 MB "
                                                           "of LLaVA-shaped rows); larger outputs roll to new files")
     rows_per_commit: int = Field(0, description="rows per Delta commit (0 = one commit); smaller loses less on interruption")
@@ -64,8 +69,11 @@ class ScoreJobConfig(BaseModel):
         return statuses
 
 
-def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool):
+def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool, task_cpus: int = 1):
     """The :class:`ScorerSpec` for this job, with the scorer id computed on the driver (no weights loaded).
+
+    ``task_cpus``: the CPUs of one scoring task (``spark.task.cpus``); ``scorer.prep_workers``, unless the
+    config sets it, becomes :func:`default_prep_workers` of them.
 
     The spec's ``record`` is what the score commits record beside the rows: the unhashed identity, the chat
     template text and image placement the rows were made with (training reads them) and library versions.
@@ -96,6 +104,8 @@ def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool):
     # batch_tokens left unset stays the executor device's default (it changes no score)
     kwargs = {**scorer.options().model_dump(exclude={"image_root", "device"}), "dtype": options.dtype,
               "revision": revision}
+    if "prep_workers" not in scorer.model_fields_set:
+        kwargs["prep_workers"] = default_prep_workers(task_cpus)
     record = {"identity": identity_record(fingerprint, options, chat_template=chat_template),
               "chat_template": chat_template, "image_placement": options.image_placement,
               "library_versions": library_versions()}
@@ -156,10 +166,11 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
 
     corpus_path, scores_path = lake_table(cfg.lake, "corpus"), lake_table(cfg.lake, "scores")
     task_gpus = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0)
+    task_cpus = int(spark.conf.get("spark.task.cpus", "1") or 1)
     local_gpus = local_gpu_count(spark.sparkContext.master, task_gpus)
     with ThreadPoolExecutor(1) as pool:  # Delta's first look at the lake (seconds) overlaps loading the processor
         latest_corpus = pool.submit(table_version, spark, corpus_path)
-        spec = resolve_spec(cfg, gpu=task_gpus > 0 or local_gpus > 0)
+        spec = resolve_spec(cfg, gpu=task_gpus > 0 or local_gpus > 0, task_cpus=task_cpus)
     corpus_version = cfg.corpus_version if cfg.corpus_version is not None else latest_corpus.result()
     if corpus_version is None:
         raise FileNotFoundError(f"no corpus table at {corpus_path}: run `vig ingest` first")
@@ -188,7 +199,7 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
                  "spark.sql.files.maxRecordsPerFile": str(cfg.rows_per_file)}
     chunks = max(1, math.ceil(n_pending / cfg.rows_per_commit)) if cfg.rows_per_commit else 1
     partitions = cfg.partitions or task_partitions(math.ceil(n_pending / chunks), cfg.rows_per_task,
-                                                   spark.sparkContext.defaultParallelism)
+                                                   task_slots(spark.sparkContext.defaultParallelism, task_cpus))
     config = {**cfg.model_dump(mode="json"), "scorer_id": spec.scorer_id, "corpus_version": corpus_version,
               "scorer_record": spec.record}
     # rescore: a row of this scorer with one of those statuses is replaced; any other existing row is kept
@@ -229,10 +240,22 @@ def completed_version(spark, scores_path: str, scorer_id: str, corpus_version: i
     return None
 
 
-def task_partitions(rows: int, rows_per_task: int, parallelism: int) -> int:
-    """Partitions for ``rows`` pending rows: ``rows_per_task`` rows a task, at least ``parallelism`` tasks (every
-    core busy) and never more tasks than rows."""
-    return max(1, min(max(rows, 1), max(parallelism, math.ceil(rows / rows_per_task))))
+def task_partitions(rows: int, rows_per_task: int, slots: int) -> int:
+    """Tasks for ``rows`` pending rows (one chunk's): ``rows_per_task`` rows a task, at least ``slots`` tasks
+    (every task slot busy, :func:`task_slots`) and never more tasks than rows."""
+    return max(1, min(max(rows, 1), max(slots, math.ceil(rows / rows_per_task))))
+
+
+def task_slots(parallelism: int, task_cpus: int) -> int:
+    """Tasks the cluster runs at once: its cores (``defaultParallelism``) over the cores of a task
+    (``spark.task.cpus``; one task per GPU when it is the executor's cores); at least 1."""
+    return max(1, parallelism // max(1, task_cpus))
+
+
+def default_prep_workers(task_cpus: int) -> int:
+    """The scorer's preparation threads for a task of ``task_cpus`` CPUs: all but the one that runs the
+    forward passes, at least 1 (benchmarks/prep_workers.py measures what they give)."""
+    return max(1, task_cpus - 1)
 
 
 def _committed(commit) -> str:
