@@ -17,7 +17,8 @@ For each: the process's resident memory after loading and dropping a tiny checkp
 baseline: every library the load imports, and the allocator's pools), its peak during the
 load (``VmHWM``, the kernel's own high-water mark, so no peak is missed), its anonymous and file-backed parts
 (sampled every 2 ms: file-backed pages are the memory-mapped safetensors file, which the kernel can drop
-and share between processes; anonymous pages are copies), after the load, and the load's time. Then, for
+and share between processes; anonymous pages are copies), after the load and after reading every weight
+once (as the first forward passes do: memory-mapped weights are only read then), and the load's time. Then, for
 the float32 file: the driver's full SHA-256 of the weights (a cold digest cache) against a worker's check
 of the same files (``weight_stamps`` + ``verified_fingerprint``: a stat and the safetensors header).
 
@@ -118,9 +119,14 @@ def measure_load(path: str, dtype: str, device: str) -> dict:
     sampler.join()
     after = memory()
     held = sum(p.numel() * p.element_size() for p in scorer.model.parameters())
+    with torch.no_grad():  # read every weight once, as the first forward passes do
+        for p in scorer.model.parameters():
+            p.sum()
+    touched = memory()
     gpu = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
     return {"baseline": base, "peak_rss": after["VmHWM"], "peak_anon_sampled": peaks["RssAnon"],
-            "peak_file_sampled": peaks["RssFile"], "after": after, "parameter_bytes": held, "seconds": seconds,
+            "peak_file_sampled": peaks["RssFile"], "after": after, "touched": touched, "parameter_bytes": held,
+            "seconds": seconds,
             "device": str(scorer.device), "gpu_peak_allocated": gpu}
 
 
@@ -156,7 +162,8 @@ def run(args) -> tuple[dict, str]:
     built = _child("--build", str(work), str(args.hidden), str(args.layers))
     rows = ["| file | loaded as | weights on disk GiB | parameters in memory GiB | peak RSS - baseline GiB "
             "| peak anonymous - baseline GiB | peak file-backed - baseline GiB | anonymous after load - baseline GiB "
-            "| peak RSS / file | GPU peak allocated GiB | load s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| peak RSS / file | after reading every weight: anonymous / file-backed - baseline GiB "
+            "| GPU peak allocated GiB | load s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     loads = []
     for file_dtype, dtype in LOADS:
         ckpt = built[file_dtype]
@@ -167,6 +174,7 @@ def run(args) -> tuple[dict, str]:
         rows.append(f"| {file_dtype} | {dtype} | {gib(ckpt['weight_bytes'])} | {gib(m['parameter_bytes'])} | "
                     f"{gib(rss)} | {gib(anon)} | {gib(m['peak_file_sampled'] - base['RssFile'])} | "
                     f"{gib(m['after']['RssAnon'] - base['RssAnon'])} | {rss / ckpt['weight_bytes']:.2f} | "
+                    f"{gib(m['touched']['RssAnon'] - base['RssAnon'])} / {gib(m['touched']['RssFile'] - base['RssFile'])} | "
                     f"{gib(m['gpu_peak_allocated']) if m['gpu_peak_allocated'] is not None else '-'} | "
                     f"{m['seconds']:.1f} |")
     verify = _child("--verify", built["float32"]["path"])

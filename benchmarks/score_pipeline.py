@@ -245,7 +245,7 @@ def _git_commit() -> str | None:
 
 
 def markdown(report: dict) -> str:
-    rows = ["| accelerator (executor) | batches | rows | busy after first batch | idle s | idle during commits s "
+    rows = ["| accelerator (executor) | batches | sequences | busy after first batch | idle s | idle during commits s "
             "| model loads | workers |", "|---|---|---|---|---|---|---|---|"]
     for i, acc in enumerate(report["accelerators"]):
         share = acc.get("busy_share")

@@ -193,8 +193,8 @@ def accelerator_report(events: list[dict], *, until: float | None = None) -> lis
 
     The window of each runs from the end of its first step (the warm-up: model load, first preparation) to
     ``until`` (default: the end of the last step on any accelerator), so an accelerator that idles while
-    another finishes counts as idle. Also: steps, rows, padded tokens, overruns (count and seconds), the
-    workers it ran in.
+    another finishes counts as idle. Also: steps, rows (sequences forwarded), padded tokens, overruns (count
+    and seconds), the workers it ran in.
     """
     steps = [e for e in events if e.get("event") == "step"]
     if not steps:
