@@ -132,17 +132,18 @@ def measure_load(path: str, dtype: str, device: str) -> dict:
 
 def measure_verify(path: str) -> dict:
     """The driver's full hash of the weights (cold cache) against a worker's check of the same files."""
-    os.environ["VIG_DIGEST_CACHE"] = os.path.join(tempfile.mkdtemp(prefix="vig-digests-"), "digests.json")
     from vig_udf.scoring.identity import model_fingerprint, verified_fingerprint, weight_stamps
 
-    started = time.perf_counter()
-    stamps = weight_stamps(path)
-    fingerprint = model_fingerprint(path)
-    driver = time.perf_counter() - started
-    os.environ["VIG_DIGEST_CACHE"] = os.path.join(tempfile.mkdtemp(prefix="vig-digests-"), "digests.json")
-    started = time.perf_counter()
-    verified_fingerprint(path, fingerprint, stamps)
-    return {"driver_hash_s": driver, "worker_check_s": time.perf_counter() - started}
+    with tempfile.TemporaryDirectory(prefix="vig-digests-") as caches:
+        os.environ["VIG_DIGEST_CACHE"] = os.path.join(caches, "driver.json")
+        started = time.perf_counter()
+        stamps = weight_stamps(path)
+        fingerprint = model_fingerprint(path)
+        driver = time.perf_counter() - started
+        os.environ["VIG_DIGEST_CACHE"] = os.path.join(caches, "worker.json")
+        started = time.perf_counter()
+        verified_fingerprint(path, fingerprint, stamps)
+        return {"driver_hash_s": driver, "worker_check_s": time.perf_counter() - started}
 
 
 def _child(*args) -> dict:
@@ -158,7 +159,7 @@ def gib(n: float) -> str:
 
 
 def run(args) -> tuple[dict, str]:
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="vig-load-memory-"))
+    work = Path(args.workdir)
     built = _child("--build", str(work), str(args.hidden), str(args.layers))
     rows = ["| file | loaded as | weights on disk GiB | parameters in memory GiB | peak RSS - baseline GiB "
             "| peak anonymous - baseline GiB | peak file-backed - baseline GiB | anonymous after load - baseline GiB "
@@ -200,11 +201,14 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=2048, help="language model hidden size")
     parser.add_argument("--layers", type=int, default=8, help="language model and vision tower layers")
     parser.add_argument("--device", default="cpu", help="where the scorer loads the model (cpu, cuda)")
-    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--workdir", default=None, help="keep the checkpoints here (default: a temporary folder, "
+                        "removed afterwards)")
     parser.add_argument("--no-write", action="store_true", help="do not append to BENCHMARKS.md")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
-    report, table = run(args)
+    with tempfile.TemporaryDirectory(prefix="vig-load-memory-") as tmp:
+        args.workdir = args.workdir or tmp
+        report, table = run(args)
     print(table)
     print(json.dumps(report))
     if not args.no_write:

@@ -78,6 +78,39 @@ def best(fn, repeats: int) -> float:
     return min(fn() for _ in range(repeats))
 
 
+def measure(args, workers: list[int], work: Path) -> tuple[list[str], list[dict]]:
+    """The table's rows for each prep_workers value, and the simulated device's steps of the last one."""
+    tokenizer = benchmark_tokenizer()
+    cpu_model = build_tiny_checkpoint("llava", work / "cpu", size=CPU_SIZE, tokenizer=tokenizer)
+    records = write_corpus(work, args.samples + WARMUP, seed=0)
+    warm, timed = lists_of(records[:WARMUP], args.list_rows), lists_of(records[WARMUP:], args.list_rows)
+    options = {"image_root": str(work / "images"), "batch_tokens": args.batch_tokens, "prep_chunk": args.prep_chunk,
+               "device": "cpu", "dtype": "float32"}
+    cpu = VIGScorer.from_pretrained(cpu_model, **options)
+
+    import vig_udf.scoring.scorer as scorer_module
+
+    real_step = scorer_module.answer_logprobs
+    rows = ["| prep_workers | preparation alone samples/s | CPU scorer samples/s | simulated device samples/s |",
+            "|---|---|---|---|"]
+    for n in workers:
+        c = with_options(cpu, prep_workers=n)
+        prepare_only(c, warm)
+        prep = best(lambda: prepare_only(c, timed), args.repeats)
+        score_all(c, warm)
+        cpu_s = best(lambda: score_all(c, timed), args.repeats)
+        try:
+            scorer_module.answer_logprobs = sim.SimulatedStep(no_forward, args.device_tokens_per_s, work / "warm")
+            score_all(c, warm)
+            scorer_module.answer_logprobs = sim.SimulatedStep(no_forward, args.device_tokens_per_s, work / f"busy-{n}")
+            device_s = best(lambda: score_all(c, timed), args.repeats)
+        finally:
+            scorer_module.answer_logprobs = real_step
+        rows.append(f"| {n} | {args.samples / prep:.1f} | {args.samples / cpu_s:.2f} | {args.samples / device_s:.1f} |")
+        print(rows[-1], flush=True)
+    return rows, [e for e in sim.read_events(work / f"busy-{workers[-1]}") if e["event"] == "step"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=96)
@@ -95,38 +128,8 @@ def main() -> None:
     torch.set_num_threads(args.torch_threads)
     load_before = os.getloadavg()[0]
 
-    work = Path(tempfile.mkdtemp(prefix="vig-prep-workers-"))
-    tokenizer = benchmark_tokenizer()
-    cpu_model = build_tiny_checkpoint("llava", work / "cpu", size=CPU_SIZE, tokenizer=tokenizer)
-    records = write_corpus(work, args.samples + WARMUP, seed=0)
-    warm, timed = lists_of(records[:WARMUP], args.list_rows), lists_of(records[WARMUP:], args.list_rows)
-    options = {"image_root": str(work / "images"), "batch_tokens": args.batch_tokens, "prep_chunk": args.prep_chunk,
-               "device": "cpu", "dtype": "float32"}
-    cpu = VIGScorer.from_pretrained(cpu_model, **options)
-
-    import vig_udf.scoring.scorer as scorer_module
-
-    real_step = scorer_module.answer_logprobs
-    rows = ["| prep_workers | preparation alone samples/s | CPU scorer samples/s | simulated device samples/s |",
-            "|---|---|---|---|"]
-    results = {}
-    for n in workers:
-        c = with_options(cpu, prep_workers=n)
-        prepare_only(c, warm)
-        prep = best(lambda: prepare_only(c, timed), args.repeats)
-        score_all(c, warm)
-        cpu_s = best(lambda: score_all(c, timed), args.repeats)
-        try:
-            scorer_module.answer_logprobs = sim.SimulatedStep(no_forward, args.device_tokens_per_s, work / "warm")
-            score_all(c, warm)
-            scorer_module.answer_logprobs = sim.SimulatedStep(no_forward, args.device_tokens_per_s, work / f"busy-{n}")
-            device_s = best(lambda: score_all(c, timed), args.repeats)
-        finally:
-            scorer_module.answer_logprobs = real_step
-        results[n] = (prep, cpu_s, device_s)
-        rows.append(f"| {n} | {args.samples / prep:.1f} | {args.samples / cpu_s:.2f} | {args.samples / device_s:.1f} |")
-        print(rows[-1], flush=True)
-    steps = [e for e in sim.read_events(work / f"busy-{workers[-1]}") if e["event"] == "step"]
+    with tempfile.TemporaryDirectory(prefix="vig-prep-workers-") as tmp:
+        rows, steps = measure(args, workers, Path(tmp))
     device_only = sum(e["end"] - e["start"] for e in steps) / args.repeats  # the same batches in every round
     table = "\n".join(rows) + (
         f"\n\nThe simulated device alone would take about {device_only:.1f} s for the {args.samples} samples "

@@ -197,7 +197,7 @@ def run(args) -> dict:
     from vig_udf.spark.ingest_job import IngestJobConfig, run_ingest
     from vig_udf.spark.score_job import ScoreJobConfig, run_score
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="vig-score-pipeline-"))
+    work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     sim_dir, load_dir, lake = work / "busy", work / "loads", work / "lake"
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
@@ -285,14 +285,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--tokens-per-s", type=float, default=1000.0,
                         help="the simulated accelerator's rate in padded tokens per second")
     parser.add_argument("--label", default=None, help="what is measured, e.g. 'main at 47b93cd'")
-    parser.add_argument("--workdir", default=None, help="keep the model, corpus, lake and records here")
+    parser.add_argument("--workdir", default=None, help="keep the model, corpus, lake and records here (default: "
+                        "a temporary folder, removed afterwards)")
     parser.add_argument("--json", default=None, help="also write the report as JSON to this file")
     parser.add_argument("--write", action="store_true", help="append a dated section to BENCHMARKS.md")
     args = parser.parse_args(argv)
     if args.samples <= 0 or args.executors <= 0 or args.cores <= 0 or args.tokens_per_s <= 0:
         parser.error("--samples, --executors, --cores and --tokens-per-s must be positive")
     load_before = os.getloadavg()[0]
-    report = run(args)
+    with tempfile.TemporaryDirectory(prefix="vig-score-pipeline-") as tmp:
+        args.workdir = args.workdir or tmp
+        report = run(args)
     report["load_average"] = [load_before, os.getloadavg()[0]]
     table = markdown(report)
     print(table)

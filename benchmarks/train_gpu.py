@@ -125,7 +125,7 @@ def run(args) -> dict:
     import vig_udf.train.trainer as trainer_module
 
     settings = configured_settings(args.set)
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="vig-train-gpu-"))
+    work = Path(args.workdir)
     folder = work / "model"
     params = build_folder(folder, small=args.small)
     per_step = settings.batch_size * settings.gradient_accumulation_steps
@@ -223,7 +223,8 @@ def parse_args(argv=None):
     parser.add_argument("--small", action="store_true", help="the small model shape (a CPU dry run)")
     parser.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is there")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--workdir", default=None, help="keep the model folder, training set and run here "
+                        "(default: a temporary folder, removed afterwards)")
     parser.add_argument("--json", default=None, help="also write the result as JSON to this file")
     args = parser.parse_args(argv)
     if args.steps <= args.warmup or args.warmup < 0:
@@ -233,7 +234,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    result = run(args)
+    with tempfile.TemporaryDirectory(prefix="vig-train-gpu-") as tmp:
+        args.workdir = args.workdir or tmp
+        result = run(args)
     print(markdown(result))
     print(json.dumps(result, default=str))
     if args.json:
