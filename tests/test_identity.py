@@ -138,3 +138,133 @@ def test_the_driver_and_the_scorer_compute_the_same_id(tiny_checkpoints, tmp_pat
 def test_a_model_path_that_is_neither_a_folder_nor_a_hub_id_is_named():
     with pytest.raises(ValueError, match="neither a local checkpoint folder nor a hub model id"):
         model_fingerprint("/no/such/checkpoint")
+
+
+# -- the driver's fingerprint checked on an executor ---------------------------------------------------------
+
+def _safetensors_checkpoint(folder, *, names=("a", "b")):
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    (folder / "tokenizer.json").write_text("{}")
+    save_file({name: torch.arange(256, dtype=torch.float32) + i for i, name in enumerate(names)},
+              str(folder / "model.safetensors"))
+    return str(folder)
+
+
+@pytest.fixture
+def weight_hashes(monkeypatch):
+    """The weight files hashed in full (SHA-256 of the whole file), by name, as they are hashed."""
+    hashed = []
+    real = hashlib.file_digest
+    monkeypatch.setattr(hashlib, "file_digest", lambda f, name: hashed.append(os.path.basename(f.name)) or real(f, name))
+    return hashed
+
+
+def _driver(path):
+    from vig_udf.scoring.identity import weight_stamps
+
+    stamps = weight_stamps(path)
+    return model_fingerprint(path), stamps
+
+
+def _fresh_executor_cache(tmp_path, monkeypatch, name="executor"):
+    monkeypatch.setenv("VIG_DIGEST_CACHE", str(tmp_path / f"{name}-digests.json"))  # another node: nothing cached
+
+
+def test_an_unchanged_checkpoint_is_verified_without_hashing_its_weights(tmp_path, monkeypatch, weight_hashes):
+    from vig_udf.scoring.identity import verified_fingerprint
+
+    path = _safetensors_checkpoint(tmp_path / "m")
+    fingerprint, stamps = _driver(path)
+    assert weight_hashes == ["model.safetensors"]  # the driver hashes once
+    assert set(stamps) == {"model.safetensors"} and stamps["model.safetensors"]["header"]
+    _fresh_executor_cache(tmp_path, monkeypatch)
+    assert verified_fingerprint(path, fingerprint, stamps) == fingerprint
+    assert verified_fingerprint(path, fingerprint, stamps) == fingerprint
+    assert weight_hashes == ["model.safetensors"]  # the executors: no weight hashed again
+
+
+def test_a_weight_file_changed_on_the_executor_is_refused(tmp_path, monkeypatch, weight_hashes):
+    """Same size and header, other values (a fine-tune saved over it): the new time makes it hashed, and refused."""
+    from vig_udf.scoring.identity import ModelMismatchError, verified_fingerprint
+
+    path = _safetensors_checkpoint(tmp_path / "m")
+    fingerprint, stamps = _driver(path)
+    weight = tmp_path / "m" / "model.safetensors"
+    data = bytearray(weight.read_bytes())
+    data[-1] ^= 0xFF
+    weight.write_bytes(bytes(data))
+    stat = weight.stat()
+    os.utime(weight, ns=(stat.st_atime_ns, stamps["model.safetensors"]["mtime_ns"] + 10**9))
+    _fresh_executor_cache(tmp_path, monkeypatch)
+    weight_hashes.clear()
+    with pytest.raises(ModelMismatchError, match=r"on this executor differs .*model\.safetensors: other content"):
+        verified_fingerprint(path, fingerprint, stamps)
+    assert weight_hashes == ["model.safetensors"]
+
+
+def test_a_changed_header_or_size_is_refused_without_reading_the_weights(tmp_path, monkeypatch, weight_hashes):
+    from vig_udf.scoring.identity import ModelMismatchError, verified_fingerprint
+
+    path = _safetensors_checkpoint(tmp_path / "m")
+    fingerprint, stamps = _driver(path)
+    weight = tmp_path / "m" / "model.safetensors"
+    mtime = stamps["model.safetensors"]["mtime_ns"]
+    _safetensors_checkpoint(tmp_path / "m", names=("a", "c"))  # a renamed tensor: same size, other header
+    os.utime(weight, ns=(mtime, mtime))  # even with the driver's time
+    assert weight.stat().st_size == stamps["model.safetensors"]["size"]
+    weight_hashes.clear()
+    with pytest.raises(ModelMismatchError, match="other safetensors header"):
+        verified_fingerprint(path, fingerprint, stamps)
+    weight.write_bytes(weight.read_bytes() + b"\0")
+    with pytest.raises(ModelMismatchError, match="bytes here"):
+        verified_fingerprint(path, fingerprint, stamps)
+    assert weight_hashes == []
+
+
+def test_a_copy_with_other_times_is_hashed_once_and_accepted(tmp_path, monkeypatch, weight_hashes):
+    """A node that got the files without their times (a plain copy) verifies them in full, once per node."""
+    import shutil
+
+    from vig_udf.scoring.identity import verified_fingerprint
+
+    driver_path = _safetensors_checkpoint(tmp_path / "driver" / "m")
+    fingerprint, stamps = _driver(driver_path)
+    executor_path = tmp_path / "executor" / "m"
+    executor_path.mkdir(parents=True)
+    for file in (tmp_path / "driver" / "m").iterdir():
+        shutil.copyfile(file, executor_path / file.name)
+        os.utime(executor_path / file.name, ns=(1, 10**18))
+    _fresh_executor_cache(tmp_path, monkeypatch)
+    weight_hashes.clear()
+    assert verified_fingerprint(str(executor_path), fingerprint, stamps) == fingerprint
+    assert verified_fingerprint(str(executor_path), fingerprint, stamps) == fingerprint  # cached on this node
+    assert weight_hashes == ["model.safetensors"]
+
+
+def test_missing_extra_and_changed_configuration_files_are_refused(tmp_path):
+    from vig_udf.scoring.identity import ModelMismatchError, verified_fingerprint
+
+    path = _safetensors_checkpoint(tmp_path / "m")
+    fingerprint, stamps = _driver(path)
+    (tmp_path / "m" / "tokenizer.json").unlink()
+    (tmp_path / "m" / "chat_template.jinja").write_text("{{ messages }}")
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "llava", "vocab_size": 2}))
+    with pytest.raises(ModelMismatchError) as err:
+        verified_fingerprint(path, fingerprint, stamps)
+    message = str(err.value)
+    assert "tokenizer.json: missing here" in message and "chat_template.jinja: not in the driver's" in message
+    assert "config.json: other content" in message
+    with pytest.raises(ModelMismatchError, match="has no such folder"):
+        verified_fingerprint(str(tmp_path / "elsewhere"), fingerprint, stamps)
+
+
+def test_a_hub_model_is_verified_by_its_commit_alone():
+    from vig_udf.scoring.identity import verified_fingerprint, weight_stamps
+
+    fingerprint = {"model": "org/vlm", "commit": SHA_A}
+    assert weight_stamps("org/vlm") is None
+    assert verified_fingerprint("org/vlm", fingerprint, None) is fingerprint

@@ -151,3 +151,38 @@ def test_vig_respects_the_users_hub_offline_setting(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     cli._logging(False)
     assert "HF_HUB_OFFLINE" not in os.environ
+
+
+def test_a_worker_loads_the_drivers_model_without_hashing_it_and_refuses_another(tiny_checkpoints, tmp_path,
+                                                                                monkeypatch):
+    """The spec carries the driver's digests and stamps: an unchanged checkpoint loads with no weight hashed on
+    the worker; a weight file changed on the worker's side is refused before any model is loaded."""
+    import hashlib
+    import shutil
+
+    from vig_udf.scoring.identity import ModelMismatchError
+    from vig_udf.spark.score_job import ScoreJobConfig, resolve_spec
+
+    path = tmp_path / "model"
+    shutil.copytree(tiny_checkpoints["llava"], path)
+    spec = resolve_spec(ScoreJobConfig(scorer={"model_path": str(path), "dtype": "float32"}), gpu=False)
+    assert spec.fingerprint["files"]["model.safetensors"] and spec.weight_stamps["model.safetensors"]["size"] > 0
+    monkeypatch.setenv("VIG_DIGEST_CACHE", str(tmp_path / "worker-digests.json"))  # the worker's node: cold
+    hashed = []
+    real = hashlib.file_digest
+    monkeypatch.setattr(hashlib, "file_digest", lambda f, name: hashed.append(f.name) or real(f, name))
+    monkeypatch.setattr(score_udf, "_SCORERS", {})
+    scorer = score_udf.worker_scorer(spec, None)
+    assert scorer.scorer_id == spec.scorer_id and hashed == []
+
+    weight = path / "model.safetensors"
+    data = bytearray(weight.read_bytes())
+    data[-4] ^= 0x01  # one weight's last byte: same size, same header, a later modification time
+    weight.write_bytes(bytes(data))
+    os.utime(weight, ns=(0, spec.weight_stamps["model.safetensors"]["mtime_ns"] + 10**9))
+    monkeypatch.setattr(score_udf, "_SCORERS", {})
+    loaded = []
+    monkeypatch.setattr("vig_udf.scoring.scorer.VIGScorer.from_pretrained", lambda *a, **k: loaded.append(a))
+    with pytest.raises(ModelMismatchError, match="model.safetensors: other content"):
+        score_udf.worker_scorer(spec, None)
+    assert loaded == [] and score_udf._SCORERS == {}

@@ -1,7 +1,9 @@
 """The scorer identity: a stable hash of everything that changes scores, computed here and only here.
 
 Computed without loading the model, so the Spark driver makes it once and ships it to the executors
-(which recompute it after loading and refuse a mismatch). What it hashes:
+with the weight files' stamps (:func:`weight_stamps`: size, modification time, the SHA-256 of a
+safetensors file's header). An executor checks its files against them (:func:`verified_fingerprint`)
+instead of hashing the weights again, and refuses a mismatch (:class:`ModelMismatchError`). What it hashes:
 
 - A local checkpoint folder: every configuration, processor and tokenizer file at its top level (the
   model config, ``preprocessor_config.json`` with the pixel budget, tokenizer files, chat templates,
@@ -9,7 +11,8 @@ Computed without loading the model, so the Spark driver makes it once and ships 
   (SHA-256 of each file), not as a safetensors header plus per-tensor digests: a per-tensor digest has to
   read every byte too, and a whole-file digest also covers ``.bin`` and ``.gguf`` files and any change of
   the header. The digest is cached by path, size and modification time, so a folder is read once per
-  machine; a LoRA merge saved to the same path changes the mtime and is hashed again.
+  machine where it is hashed (the driver; an executor only for a file whose time differs from the
+  driver's); a LoRA merge saved to the same path changes the mtime and is hashed again.
 - A hub model: the repository id and the resolved commit. A hub commit pins every file, weights included
   (content addressed), so the commit is the identity whether the files are downloaded yet or not. The
   commit comes from the revision when it is one, else from the local hub cache's ref, else from the hub.
@@ -36,6 +39,11 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 _CONFIG_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken", ".py")
 _NOT_SCORING = {"generation_config.json", "README.md", "LICENSE.txt"}  # cannot change a teacher-forced score
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_MAX_SAFETENSORS_HEADER = 100 << 20  # the safetensors format's own limit on the JSON header
+
+
+class ModelMismatchError(RuntimeError):
+    """The checkpoint this process sees differs from the one the driver fingerprinted."""
 
 
 def digest_cache_path() -> Path:
@@ -72,16 +80,101 @@ def model_fingerprint(model_path: str, revision: str | None = None) -> dict:
 def folder_digests(path: Path) -> dict[str, str]:
     """File name -> SHA-256 of the checkpoint's configuration, processor, tokenizer and weight files."""
     digests = {}
-    for file in sorted(p for p in path.iterdir() if p.is_file()):
-        if file.name in _NOT_SCORING:
-            continue
+    for file in _identity_files(path):
         if file.suffix in _WEIGHT_SUFFIXES:
             digests[file.name] = file_digest(file)
-        elif file.suffix in _CONFIG_SUFFIXES:
+        else:
             digests[file.name] = hashlib.sha256(file.read_bytes()).hexdigest()
     if not any(name.endswith(_WEIGHT_SUFFIXES) for name in digests):
         raise ValueError(f"{path} holds no weight file ({', '.join(_WEIGHT_SUFFIXES)}): not a checkpoint folder")
     return digests
+
+
+def _identity_files(path: Path) -> list[Path]:
+    """The checkpoint's files that the identity covers (configuration, processor, tokenizer, weights)."""
+    return [file for file in sorted(p for p in path.iterdir() if p.is_file())
+            if file.name not in _NOT_SCORING and file.suffix in _WEIGHT_SUFFIXES + _CONFIG_SUFFIXES]
+
+
+def weight_stamps(model_path: str) -> dict[str, dict] | None:
+    """File name -> ``{"size", "mtime_ns", "header"}`` of each weight file of a local checkpoint (``header``:
+    SHA-256 of a safetensors file's header, None for other formats); None for a hub model.
+
+    Read without reading the weights (a stat and at most the header), on the driver next to
+    :func:`model_fingerprint`, so that executors can check their files cheaply (:func:`verified_fingerprint`).
+    """
+    path = Path(model_path)
+    if not path.is_dir():
+        return None
+    return {file.name: _stamp(file) for file in _identity_files(path) if file.suffix in _WEIGHT_SUFFIXES}
+
+
+def _stamp(file: Path) -> dict:
+    stat = os.stat(os.path.realpath(file))
+    header = safetensors_header_digest(file) if file.suffix == ".safetensors" else None
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "header": header}
+
+
+def safetensors_header_digest(path: Path) -> str:
+    """SHA-256 of a safetensors file's header (its 8-byte length and the JSON of every tensor's name, dtype,
+    shape and offsets); a file too short or with an impossible length gets the digest of what it holds."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        digest.update(prefix)
+        if len(prefix) == 8:
+            length = int.from_bytes(prefix, "little")
+            if length <= _MAX_SAFETENSORS_HEADER:
+                digest.update(f.read(length))
+    return digest.hexdigest()
+
+
+def verified_fingerprint(model_path: str, fingerprint: dict, stamps: dict[str, dict] | None) -> dict:
+    """The driver's ``fingerprint`` of ``model_path``, once this process's copy of the checkpoint is checked
+    against it; raises :class:`ModelMismatchError` naming each file that differs.
+
+    A hub model (a commit, no files) is returned as it is: the commit pins every file. For a local folder:
+    the set of files must be the driver's; configuration, processor and tokenizer files (small) are hashed
+    in full; a weight file must have the driver's size and safetensors header, and when its modification
+    time is also the driver's it is accepted without reading its data. A weight file with another
+    modification time (a copy made without keeping times, a file rewritten in place) is hashed in full
+    (:func:`file_digest`, cached) and must have the driver's digest. As with make or rsync, a file rewritten
+    with the same size, header and modification time is not seen.
+    """
+    expected = fingerprint.get("files")
+    if expected is None:
+        return fingerprint
+    path = Path(model_path)
+    if not path.is_dir():
+        raise ModelMismatchError(f"{model_path}: the driver fingerprinted a checkpoint folder there, this executor "
+                                 "has no such folder (the model must be at the same path on every node)")
+    present = {file.name: file for file in _identity_files(path)}
+    problems = [f"{name}: missing here" for name in sorted(set(expected) - set(present))]
+    problems += [f"{name}: not in the driver's checkpoint" for name in sorted(set(present) - set(expected))]
+    for name in sorted(set(expected) & set(present)):
+        problem = _file_problem(present[name], expected[name], (stamps or {}).get(name))
+        if problem:
+            problems.append(f"{name}: {problem}")
+    if problems:
+        raise ModelMismatchError(f"the checkpoint at {model_path} on this executor differs from the one the driver "
+                                 f"fingerprinted ({'; '.join(problems)}): give every node the same files")
+    return fingerprint
+
+
+def _file_problem(file: Path, digest: str, stamp: dict | None) -> str | None:
+    """What differs between ``file`` and the driver's ``digest`` and ``stamp``; None when it is the same file."""
+    if file.suffix not in _WEIGHT_SUFFIXES:
+        return None if hashlib.sha256(file.read_bytes()).hexdigest() == digest else "other content"
+    if stamp is None:  # no stamp shipped: the full digest decides
+        return None if file_digest(file) == digest else "other content (SHA-256)"
+    here = _stamp(file)
+    if here["size"] != stamp["size"]:
+        return f"{here['size']} bytes here, {stamp['size']} on the driver"
+    if here["header"] != stamp["header"]:
+        return "other safetensors header (tensor names, dtypes or shapes)"
+    if here["mtime_ns"] == stamp["mtime_ns"]:
+        return None
+    return None if file_digest(file) == digest else "other content (SHA-256) with the same size and header"
 
 
 def resolve_hub_commit(repo_id: str, revision: str | None) -> str:

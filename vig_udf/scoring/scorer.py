@@ -87,6 +87,7 @@ class VIGScorer:
 
     @classmethod
     def from_pretrained(cls, model_path: str, options: ScorerOptions | None = None, *, storage=None,
+                        model_ref: dict | None = None,
                         **kwargs) -> "VIGScorer":
         """Load an image-text-to-text model and its processor (AutoModelForImageTextToText/AutoProcessor).
 
@@ -98,6 +99,8 @@ class VIGScorer:
         CPU, see BENCHMARKS.md). A hub model is loaded at the commit its identity names. A model folder on
         object storage (``s3a://...``) is copied once into this machine's cache (:func:`vig_udf.storage.cached_copy`)
         and loaded from there; ``storage`` reaches it and the images given as URIs.
+        ``model_ref``: the model's fingerprint when the caller has already checked these files against it (a
+        Spark worker, :func:`vig_udf.scoring.identity.verified_fingerprint`); None fingerprints them here.
         """
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -108,7 +111,7 @@ class VIGScorer:
         device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         options = options.for_device(device.type)
         model_path = model_folder(model_path, storage)
-        model_ref = model_fingerprint(model_path, options.revision)
+        model_ref = model_ref or model_fingerprint(model_path, options.revision)
         revision = model_ref.get("commit", options.revision)
         processor = AutoProcessor.from_pretrained(model_path, revision=revision,
                                                   trust_remote_code=options.trust_remote_code)
@@ -119,10 +122,12 @@ class VIGScorer:
                 f"{model_path} has no chat template; pass chat_template= (a Jinja template) to from_pretrained"
             )
         dtype = getattr(torch, options.dtype)
+        # device_map: each tensor goes from the memory-mapped file to the device, converted on the way, instead of
+        # a whole converted copy in host memory first (benchmarks/load_memory.py)
         model = AutoModelForImageTextToText.from_pretrained(
             model_path, revision=revision, trust_remote_code=options.trust_remote_code, dtype=dtype,
-            attn_implementation=options.attn_implementation,
-        ).to(device).eval()
+            attn_implementation=options.attn_implementation, device_map={"": str(device)},
+        ).eval()
         return cls(model, processor, options=options, model_ref=model_ref, device=device, storage=storage)
 
     @property

@@ -13,11 +13,13 @@ per worker, counted in the summary), a commit that must be retried after a concu
 parts instead of scoring again, and an interruption loses at most the parts not yet committed.
 
 Sizing from the data: the pending rows are cut into tasks of ``rows_per_task`` rows (at least one task per
-core of the cluster), so a large job spreads over every executor, and every commit rolls to a new Parquet
-file after ``rows_per_file`` rows (Spark's ``maxRecordsPerFile``), so files stay a few hundred MB. On a cluster
-whose executors have GPUs the scoring stage gets its own resources (stage-level scheduling,
-:func:`scoring_profile`): a GPU and ``task_cpus`` CPUs per task, while the other stages run many tasks per
-executor.
+task slot of the cluster: its cores over a scoring task's CPUs, one per GPU on a GPU cluster), so a large job
+spreads over every executor and each task holds many of the scorer's preparation chunks, and every commit
+rolls to a new Parquet file after ``rows_per_file`` rows (Spark's ``maxRecordsPerFile``), so files stay a few
+hundred MB. The scorer's ``prep_workers``, unless set, is the scoring task's CPUs minus the one that runs the
+forwards (:func:`default_prep_workers`). On a cluster whose executors have GPUs the scoring stage gets its own
+resources (stage-level scheduling, :func:`scoring_profile`): a GPU and ``task_cpus`` CPUs per task, while the
+other stages run many tasks per executor.
 
 ``rescore``: rows of this scorer with the given failure statuses (``image_unreadable`` after the images
 were fixed, ``model_error``) count as pending; the merge replaces them (``WHEN MATCHED AND t.status IN
@@ -51,9 +53,11 @@ class ScoreJobConfig(BaseModel):
     lake: str = Field("lake", description="lake root folder (or URI) holding the corpus and scores tables")
     corpus_version: int | None = Field(None, description="corpus table version to score; None = latest")
     scorer: ScorerConfig = ScorerConfig()
-    partitions: int | None = Field(None, description="scoring tasks of the job; None = from rows_per_task")
-    rows_per_task: int = Field(2_000, gt=0, description="pending rows per scoring task when partitions is None (at "
-                                                        "least one task per core)")
+    partitions: int | None = Field(None, description="scoring tasks of the job (an override, e.g. for tests); None = "
+                                                     "from rows_per_task")
+    rows_per_task: int = Field(2_000, gt=0, description="pending rows per scoring task (at least one task per task "
+                               "slot); keep it many times prep_chunk: a task's first preparation chunk is prepared "
+                               "before its first forward")
     rows_per_file: int = Field(100_000, gt=0, description="rows per Parquet file of the scores written (about 150 MB "
                                                           "of LLaVA-shaped rows); larger outputs roll to new files")
     rows_per_commit: int = Field(0, ge=0, description="scored rows per Delta commit, committed while scoring goes on "
@@ -81,16 +85,22 @@ class ScoreJobConfig(BaseModel):
         return statuses
 
 
-def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool, storage=None):
+def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool, task_cpus: int = 1, storage=None):
     """The :class:`ScorerSpec` for this job, with the scorer id computed on the driver (no weights loaded).
+
+    ``task_cpus``: the CPUs of one scoring task (``spark.task.cpus``); ``scorer.prep_workers``, unless the
+    config sets it, becomes :func:`default_prep_workers` of them.
 
     The spec's ``record`` is what the score commits record beside the rows: the unhashed identity, the chat
     template text and image placement the rows were made with (training reads them) and library versions.
-    A hub model is pinned to its resolved commit, so every executor loads the same files.
+    A hub model is pinned to its resolved commit, so every executor loads the same files. The weights are
+    hashed here only: the spec carries the digests and the weight files' stamps, which executors check
+    cheaply instead of hashing again.
     """
     from transformers import AutoProcessor
 
-    from vig_udf.scoring.identity import identity_record, library_versions, model_fingerprint, scorer_identity
+    from vig_udf.scoring.identity import (identity_record, library_versions, model_fingerprint, scorer_identity,
+                                          weight_stamps)
     from vig_udf.spark.score_udf import ScorerSpec
     from vig_udf.storage import Storage, model_folder
 
@@ -100,6 +110,7 @@ def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool, storage=None):
     storage = storage or Storage.from_conf(cfg.spark.conf)
     options = scorer.options().for_device("cuda" if gpu else "cpu")
     local_model = model_folder(scorer.model_path, storage)
+    stamps = weight_stamps(local_model)  # before hashing: a file rewritten meanwhile is hashed by executors
     fingerprint = model_fingerprint(local_model, options.revision)
     revision = fingerprint.get("commit", options.revision)
     processor = AutoProcessor.from_pretrained(local_model, revision=revision,
@@ -112,11 +123,14 @@ def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool, storage=None):
     # batch_tokens left unset stays the executor device's default (it changes no score)
     kwargs = {**scorer.options().model_dump(exclude={"image_root", "device"}), "dtype": options.dtype,
               "revision": revision}
+    if "prep_workers" not in scorer.model_fields_set:
+        kwargs["prep_workers"] = default_prep_workers(task_cpus)
     record = {"identity": identity_record(fingerprint, options, chat_template=chat_template),
               "chat_template": chat_template, "image_placement": options.image_placement,
               "library_versions": library_versions()}
     return ScorerSpec(model_path=scorer.model_path, scorer_id=scorer_id, kwargs=kwargs, image_root=scorer.image_root,
-                      record=record, load_log_dir=os.environ.get("VIG_LOAD_LOG_DIR"),
+                      record=record, fingerprint=fingerprint, weight_stamps=stamps,
+                      load_log_dir=os.environ.get("VIG_LOAD_LOG_DIR"),
                       kill_worker_once=os.environ.get("VIG_FAULT_KILL_WORKER_ONCE"), storage=storage)
 
 
@@ -178,11 +192,12 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
 
     corpus_path, scores_path = lake_table(cfg.lake, "corpus"), lake_table(cfg.lake, "scores")
     task_gpus = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0)
+    task_cpus = cfg.task_cpus or int(spark.conf.get("spark.task.cpus", "1") or 1)  # one scoring task's
     local_gpus = local_gpu_count(master_of(spark), task_gpus)
     with ThreadPoolExecutor(1) as pool:  # Delta's first look at the lake (seconds) overlaps loading the processor
         latest_corpus = pool.submit(table_version, spark, corpus_path)
         spec = resolve_spec(cfg, gpu=task_gpus > 0 or local_gpus > 0 or executor_gpus(spark) > 0,
-                            storage=lake_storage(spark))
+                            task_cpus=task_cpus, storage=lake_storage(spark))
     corpus_version = cfg.corpus_version if cfg.corpus_version is not None else latest_corpus.result()
     if corpus_version is None:
         raise FileNotFoundError(f"no corpus table at {corpus_path}: run `vig ingest` first")
@@ -210,7 +225,8 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     if not n_pending:
         _print_summary({"scorer_id": spec.scorer_id, "scored": 0}, out)
         return {"scorer_id": spec.scorer_id, "scored": 0}
-    tasks = cfg.partitions or task_partitions(n_pending, cfg.rows_per_task, default_parallelism(spark))
+    tasks = cfg.partitions or task_partitions(n_pending, cfg.rows_per_task,
+                                              task_slots(default_parallelism(spark), task_cpus))
     job_confs = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.arrow_batch_rows),
                  "spark.sql.files.maxRecordsPerFile": str(cfg.rows_per_file)}
     parts_dir = f"{staging_folder(cfg.lake, 'scores')}/{uuid.uuid4().hex}"
@@ -307,10 +323,22 @@ def completed_version(spark, scores_path: str, scorer_id: str, corpus_version: i
     return None
 
 
-def task_partitions(rows: int, rows_per_task: int, parallelism: int) -> int:
-    """Partitions for ``rows`` pending rows: ``rows_per_task`` rows a task, at least ``parallelism`` tasks (every
-    core busy) and never more tasks than rows."""
-    return max(1, min(max(rows, 1), max(parallelism, -(-rows // rows_per_task))))
+def task_partitions(rows: int, rows_per_task: int, slots: int) -> int:
+    """Tasks for ``rows`` pending rows : ``rows_per_task`` rows a task, at least ``slots`` tasks
+    (every task slot busy, :func:`task_slots`) and never more tasks than rows."""
+    return max(1, min(max(rows, 1), max(slots, -(-rows // rows_per_task))))
+
+
+def task_slots(parallelism: int, task_cpus: int) -> int:
+    """Tasks the cluster runs at once: its cores (``defaultParallelism``) over the cores of a task
+    (``spark.task.cpus``; one task per GPU when it is the executor's cores); at least 1."""
+    return max(1, parallelism // max(1, task_cpus))
+
+
+def default_prep_workers(task_cpus: int) -> int:
+    """The scorer's preparation threads for a task of ``task_cpus`` CPUs: all but the one that runs the
+    forward passes, at least 1 (benchmarks/prep_workers.py measures what they give)."""
+    return max(1, task_cpus - 1)
 
 
 def _committed(commit) -> str:

@@ -33,7 +33,7 @@ from vig_udf.scoring.results import ScoreResult
 from vig_udf.spark.arrow import results_to_arrow
 from vig_udf.spark.local_gpus import worker_gpu
 from vig_udf.scoring.status import SampleError
-from vig_udf.storage import Storage
+from vig_udf.storage import Storage, model_folder
 
 log = logging.getLogger(__name__)
 _HELD: dict = {"key": None, "scorer": None}  # this worker's one scorer
@@ -51,6 +51,10 @@ class ScorerSpec:
 
     ``record``: the unhashed identity, chat template, image placement and library versions of the driver
     (recorded with the score commits; a worker with other library versions logs a warning).
+    ``fingerprint``, ``weight_stamps``: the driver's model fingerprint (every file's SHA-256) and its weight
+    files' size, modification time and safetensors header
+    (:func:`vig_udf.scoring.identity.weight_stamps`): a worker checks its files against them before loading
+    (:func:`~vig_udf.scoring.identity.verified_fingerprint`) instead of hashing the weights again.
     ``load_log_dir``: when set, every model load writes a marker file there (tests count loads per worker).
     ``kill_worker_once``: fault injection; the first task that sees no file at this path creates it and
     kills its Python worker in the middle of scoring (tests check that Spark's retry recovers).
@@ -63,6 +67,8 @@ class ScorerSpec:
     kwargs: dict = field(default_factory=dict)
     image_root: str | None = None
     record: dict = field(default_factory=dict)
+    fingerprint: dict | None = None
+    weight_stamps: dict | None = None
     load_log_dir: str | None = None
     kill_worker_once: str | None = None
     storage: Storage = field(default_factory=Storage)
@@ -109,7 +115,7 @@ def worker_scorer(spec: ScorerSpec, device: str | None):
     if device is not None:
         kwargs["device"] = device
     started = time.perf_counter()
-    scorer = VIGScorer.from_pretrained(spec.model_path, storage=spec.storage, **kwargs)
+    scorer = VIGScorer.from_pretrained(spec.model_path, storage=spec.storage, model_ref=verified_model(spec), **kwargs)
     if scorer.scorer_id != spec.scorer_id:
         raise RuntimeError(
             f"the scorer loaded on this executor has id {scorer.scorer_id}, the driver expected "
@@ -151,6 +157,17 @@ def _release_scorer() -> str | None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return f"{scorer_id}@{device}"
+
+
+def verified_model(spec: ScorerSpec) -> dict | None:
+    """The driver's model fingerprint, once this worker's files are checked against it (size, modification
+    time and safetensors header; a full hash only for a file whose time differs); None when the spec carries
+    none (the scorer then fingerprints the model itself). Raises ``ModelMismatchError`` on a mismatch."""
+    if spec.fingerprint is None:
+        return None
+    from vig_udf.scoring.identity import verified_fingerprint
+
+    return verified_fingerprint(model_folder(spec.model_path, spec.storage), spec.fingerprint, spec.weight_stamps)
 
 
 def _check_versions(spec: ScorerSpec) -> None:
