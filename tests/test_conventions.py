@@ -161,13 +161,17 @@ def test_training_renders_with_the_template_and_placement_the_scores_were_made_w
     path = tiny_checkpoints["llava"]
     scores_template = LLAVA_TEMPLATE.replace("upper() + ': '", "upper() + ' >> '").replace("'ASSISTANT:'",
                                                                                         "'ASSISTANT >>'")
-    resolved = {"base_model": path, "scorer_chat_template": scores_template, "scorer_image_placement": "inline"}
+    resolved = {"base_model": path, "scorer_chat_template": scores_template, "scorer_image_placement": "inline",
+                "scorer_prompt_format": "template", "scorer_image_pad": "none"}
     settings, conventions = training_conventions(TrainSettings(base_model=path), resolved)
     assert conventions == {"chat_template_source": "scores", "image_placement": "inline",
-                           "image_placement_source": "scores"}
+                           "image_placement_source": "scores", "prompt_format_source": "scores",
+                           "image_pad_source": "scores", "max_length": None, "max_length_source": "none"}
+    assert (settings.prompt_format, settings.image_pad) == ("template", "none")
     processor = AutoProcessor.from_pretrained(path)
     processor.chat_template = settings.chat_template
-    text, _ = InputBuilder(processor, image_placement=settings.image_placement).render(
+    text, _ = InputBuilder(processor, image_placement=settings.image_placement,
+                           prompt_format=settings.prompt_format).render(
         parse_conversation(IMAGE_LAST, has_image=True), with_image=True)
     assert text.startswith("USER >> What color is the shape?<image>\n ASSISTANT >> Red.")
     # told otherwise: the training settings win; another base model keeps its own template
