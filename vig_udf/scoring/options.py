@@ -41,11 +41,12 @@ class ScorerOptions(BaseModel):
                                       "the processor's (the template used is part of the identity)")
     prompt_format: str | ConversationFormat | None = Field(
         None, description="template: the chat template; llava_v1: LLaVA's conv_vicuna_v1 conversation; or a format "
-        "definition (vig_udf.scoring.formats); None = the checkpoint's (llava_v1 for LLaVA-1.5 and 1.6-vicuna, "
-        "else template)", json_schema_extra=_IDENTITY)
+        "definition (vig_udf.scoring.formats); None = the checkpoint's (the one its config declares, as vig train "
+        "writes it; else llava_v1 for LLaVA-1.5 and 1.6-vicuna, template for the others)", json_schema_extra=_IDENTITY)
     image_pad: Literal["none", "square"] | None = Field(
         None, description="square: pad images to a square of the processor's mean colour (LLaVA's expand2square) "
-        "before the counterfactual is made; None = square for llava_v1 on LLaVA-1.5, else none",
+        "before the counterfactual is made; None = the checkpoint's (declared; else square for llava_v1 on LLaVA-1.5, "
+        "none for the others)",
         json_schema_extra=_IDENTITY)
     max_length: int | None = Field(None, gt=0, description="longer samples get status 'truncated'; None = no limit",
                                    json_schema_extra=_IDENTITY)
