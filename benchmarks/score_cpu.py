@@ -244,8 +244,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = build_tiny_checkpoint("llava", Path(tmp) / "llava-bench", size=CPU_SIZE, seed=args.seed,
                                      tokenizer=benchmark_tokenizer())
+        # the chat template on unpadded images, as the naive procedure (benchmarks/naive.py) renders them
         base = VIGScorer.from_pretrained(path, counterfactual="blur", device="cpu", dtype=torch.float32,
-                                         batch_tokens=args.batch_tokens[0])
+                                         batch_tokens=args.batch_tokens[0], prompt_format="template", image_pad="none")
     model, processor = base.model, base.processor
     params = param_counts(model)
     samples = make_corpus(args.samples, seed=args.seed)

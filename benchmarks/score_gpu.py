@@ -206,7 +206,9 @@ def main(argv=None) -> int:
     naive_set = samples[: args.naive_samples]
 
     def scorer(bt: int, **levers) -> VIGScorer:
-        options = ScorerOptions(counterfactual="blur", batch_tokens=bt, prep_chunk=args.prep_chunk, **levers)
+        # the chat template on unpadded images, as the naive procedure (benchmarks/naive.py) renders them
+        options = ScorerOptions(counterfactual="blur", batch_tokens=bt, prep_chunk=args.prep_chunk,
+                                prompt_format="template", image_pad="none", **levers)
         return VIGScorer(model, processor, options=options,
                          model_ref={"model": "random-weight LLaVA-1.5-7B config" if not args.small else "small"},
                          device=device, dtype=dtype)

@@ -161,13 +161,17 @@ def test_training_renders_with_the_template_and_placement_the_scores_were_made_w
     path = tiny_checkpoints["llava"]
     scores_template = LLAVA_TEMPLATE.replace("upper() + ': '", "upper() + ' >> '").replace("'ASSISTANT:'",
                                                                                         "'ASSISTANT >>'")
-    resolved = {"base_model": path, "scorer_chat_template": scores_template, "scorer_image_placement": "inline"}
+    resolved = {"base_model": path, "scorer_chat_template": scores_template, "scorer_image_placement": "inline",
+                "scorer_prompt_format": "template", "scorer_image_pad": "none"}
     settings, conventions = training_conventions(TrainSettings(base_model=path), resolved)
     assert conventions == {"chat_template_source": "scores", "image_placement": "inline",
-                           "image_placement_source": "scores"}
+                           "image_placement_source": "scores", "prompt_format_source": "scores",
+                           "image_pad_source": "scores", "max_length": None, "max_length_source": "none"}
+    assert (settings.prompt_format, settings.image_pad) == ("template", "none")
     processor = AutoProcessor.from_pretrained(path)
     processor.chat_template = settings.chat_template
-    text, _ = InputBuilder(processor, image_placement=settings.image_placement).render(
+    text, _ = InputBuilder(processor, image_placement=settings.image_placement,
+                           prompt_format=settings.prompt_format).render(
         parse_conversation(IMAGE_LAST, has_image=True), with_image=True)
     assert text.startswith("USER >> What color is the shape?<image>\n ASSISTANT >> Red.")
     # told otherwise: the training settings win; another base model keeps its own template
@@ -179,3 +183,28 @@ def test_training_renders_with_the_template_and_placement_the_scores_were_made_w
     assert other.chat_template is None and conventions["chat_template_source"] == "base_model"
     old, conventions = training_conventions(TrainSettings(base_model=path), {"base_model": path})
     assert old.image_placement == "first" and conventions["image_placement_source"] == "default"
+
+
+EXPECTED_END_OF_TURN = {"llava": "</s>", "llava_next": "</s>", "qwen2_vl": "<|im_end|>\n", "qwen2_5_vl": "<|im_end|>\n",
+                        "idefics3": "<end_of_utterance>\n", "gemma3": "<end_of_turn>\n"}
+
+
+@pytest.mark.parametrize("family", list(EXPECTED_END_OF_TURN))
+def test_the_mask_of_every_family_with_its_default_prompt(tiny_checkpoints, family):
+    """Each family's tiny checkpoint, its default prompt format and padding, a 4:3 image (Idefics3 splits it
+    into tiles with <row_i_col_j> text, Gemma 3 expands <start_of_image>): the answer tokens decode to the
+    answers, the end-of-turn tokens to the stop text, and there is at most one BOS."""
+    from vig_udf import VIGScorer
+    from tests.conftest import random_image
+
+    scorer = VIGScorer.from_pretrained(tiny_checkpoints[family])
+    conv = parse_conversation(IMAGE_LAST, has_image=True)
+    seq, tokens = scorer.inputs.build(conv, random_image(64, 48, 0))
+    tok = scorer.tokenizer
+    assert _answer_texts(tok, tokens) == ANSWERS
+    eot = [tok.decode(seq.input_ids[tokens.end_of_turn[tokens.end_of_turn_turn == k]]) for k in range(2)]
+    assert eot == [EXPECTED_END_OF_TURN[family]] * 2
+    ids = seq.input_ids.tolist()
+    assert tok.bos_token_id is None or ids.count(tok.bos_token_id) <= 1
+    if family == "idefics3":
+        assert "<row_1_col_1>" in tok.decode(seq.input_ids) and seq.extras["pixel_values"].shape[1] > 1

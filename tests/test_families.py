@@ -1,5 +1,6 @@
 """Every supported family: the batched scorer equals the naive two-pass computation, and batching does
-not change scores. Tiny random-weight checkpoints, saved and loaded through VIGScorer.from_pretrained."""
+not change scores. Tiny random-weight checkpoints, saved and loaded through VIGScorer.from_pretrained, each
+with its default prompt format and image padding (llava and llava_next: llava_v1; llava: square padding)."""
 
 from __future__ import annotations
 
@@ -10,24 +11,22 @@ import torch
 from vig_udf import VIGScorer
 from vig_udf.scoring.conversation import parse_conversation
 from vig_udf.scoring.images import make_counterfactual
-from vig_udf.scoring.masking import answer_tokens, labels_for, render_with_answer_spans
+from vig_udf.scoring.masking import labels_for
 from vig_udf.tiny import FAMILIES
 
 
 def naive_logps(scorer: VIGScorer, record: dict, *, with_image: bool, image) -> tuple[np.ndarray, float]:
-    """Batch size 1, full logits, one sample alone: per-token log-probs and the model's own loss."""
+    """Batch size 1, full logits, one sample alone: per-token log-probs and the model's own loss (the inputs
+    are the scorer's own, in its prompt format; the forward pass, the loss and the logits are the model's)."""
     conv = parse_conversation(record["conversations"], has_image=True)
-    answers = [conv.turns[i].text for i in conv.answer_turns]
-    text, spans = render_with_answer_spans(scorer.processor, conv.to_messages(with_image=with_image), answers)
-    kwargs = {"images": [[image]]} if with_image else {}
-    inputs = scorer.processor(text=[text], return_tensors="pt", **kwargs)
-    tokens = answer_tokens(scorer.tokenizer, text, spans, inputs["input_ids"][0])
-    labels = torch.as_tensor(labels_for(inputs["input_ids"][0], tokens))[None]
+    seq, tokens = scorer.inputs.build(conv, image if with_image else None)
+    inputs = {"input_ids": seq.input_ids[None], "attention_mask": torch.ones_like(seq.input_ids)[None], **seq.extras}
+    labels = torch.as_tensor(labels_for(seq.input_ids, tokens))[None]
     with torch.no_grad():
         out = scorer.model(**inputs, labels=labels)
     logp = torch.log_softmax(out.logits[0].float(), dim=-1)
     pos = torch.as_tensor(tokens.positions)
-    token_logp = logp[pos - 1, inputs["input_ids"][0][pos]].numpy()
+    token_logp = logp[pos - 1, seq.input_ids[pos]].numpy()
     return token_logp, float(out.loss)
 
 
@@ -46,8 +45,8 @@ def test_batched_scores_equal_naive_two_pass(tiny_checkpoints, mixed_samples, fa
         logp_with, loss_with = naive_logps(scorer, record, with_image=True, image=image)
         if counterfactual == "drop":
             logp_without, loss_without = naive_logps(scorer, record, with_image=False, image=None)
-        else:
-            cf = make_counterfactual(image, counterfactual, seed_key=record["id"])
+        else:  # the counterfactual of the image as the model gets it (padded where the scorer pads)
+            cf = make_counterfactual(scorer.inputs.prepare_image(image), counterfactual, seed_key=record["id"])
             logp_without, loss_without = naive_logps(scorer, record, with_image=True, image=cf)
         np.testing.assert_allclose(result.logp_with, logp_with, atol=1e-4)
         np.testing.assert_allclose(result.logp_without, logp_without, atol=1e-4)

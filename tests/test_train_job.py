@@ -63,6 +63,13 @@ def test_train_job_logs_a_complete_mlflow_run(spark, scored_lake):
     assert params["resolved.selection_id"] == vig["selection_id"] and tags["vig.policy"] == "vig"
     assert tags["vig.scorer_id"] == select["scorer_id"]
     assert (tags["vig.chat_template"], tags["vig.image_placement"]) == ("scores", "first")
+    # the scores' template is not Vicuna's: the template format, unpadded, both from the scores' commit
+    assert (tags["vig.prompt_format"], tags["vig.prompt_format_source"]) == ("template", "scores")
+    assert (tags["vig.image_pad"], tags["vig.image_pad_source"]) == ("none", "scores")
+    # what end-of-turn text was supervised comes from the counted tokens; the limit is the scores' (none)
+    assert (tags["vig.end_of_turn"], tags["vig.end_of_turn_text"]) == ("supervised", "'</s>'")
+    assert run.data.metrics["end_of_turn_tokens_total"] > 0 and tags["vig.max_length"] == "None"
+    assert run.data.metrics["truncated_samples_total"] == run.data.metrics["truncated_tokens_total"] == 0
     assert mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/chat_template.jinja") == SCORES_TEMPLATE
     losses = client.get_metric_history(run.info.run_id, "loss")
     assert [m.step for m in losses] == list(range(1, 9))

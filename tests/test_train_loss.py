@@ -189,7 +189,8 @@ def test_gradient_accumulation_normalises_by_the_supervised_tokens_of_the_whole_
         examples = [build_example(builder, row, supervise_end_of_turn=True) for row in rows]
         batch = collate([e.seq for e in examples], processor.tokenizer.pad_token_id)
         micro.append((examples, {**batch, "labels": padded_labels(examples, batch), "n_samples": torch.tensor(len(rows)),
-                                 "end_of_turn": torch.tensor(0), "realigned": torch.tensor(0), "skipped": []}))
+                                 "end_of_turn": torch.tensor(0), "realigned": torch.tensor(0), "skipped": [],
+                                 "truncated": []}))
     counts = [sum(e.n_supervised for e in ex) for ex, _ in micro]
     assert counts[0] != counts[1]
     model = AutoModelForImageTextToText.from_pretrained(path)
@@ -204,7 +205,7 @@ def test_gradient_accumulation_normalises_by_the_supervised_tokens_of_the_whole_
     total = 0.0
     for examples, batch in micro:
         inputs = {k: v for k, v in batch.items() if k not in ("labels", "n_samples", "end_of_turn", "realigned",
-                                                              "skipped")}
+                                                              "skipped", "truncated")}
         logits = reference(**inputs).logits.float()
         labels = batch["labels"]
         total = total + torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3")
+FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "gemma3")
 
 # Chat templates written for these checkpoints in the style of each family's released ones.
 LLAVA_TEMPLATE = (
@@ -50,6 +50,20 @@ IDEFICS3_TEMPLATE = (
     "{% endfor %}{{ '<end_of_utterance>\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
+# Gemma 3 style: the template writes the BOS, a system message opens the first user turn, the assistant is
+# "model", text is trimmed, the image is the processor's <start_of_image> (expanded around its soft tokens)
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'][0]['text'] + '\n\n' %}"
+    "{% set messages = messages[1:] %}{% else %}{% set system = '' %}{% endif %}"
+    "{% for message in messages %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n' }}"
+    "{% if loop.first %}{{ system }}{% endif %}"
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '<start_of_image>' }}{% else %}{{ item['text'] | trim }}{% endif %}"
+    "{% endfor %}{{ '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
 
 _TOKENIZER_CORPUS = (
     "What is the colour of the object in the image? The banana is yellow. The apple is red and round. "
@@ -76,8 +90,11 @@ class TinySize:
 
 
 def build_tokenizer(special_tokens: list[str], *, vocab_size: int = 600, eos: str = "</s>", pad: str = "<pad>",
-                    bos: str | None = "<s>", corpus: list[str] | None = None):
-    """A byte-level BPE tokenizer trained locally (every string is encodable, no unknown token)."""
+                    bos: str | None = "<s>", corpus: list[str] | None = None, named: dict[str, str] | None = None):
+    """A byte-level BPE tokenizer trained locally (every string is encodable, no unknown token).
+
+    ``named``: special tokens the tokenizer also exposes as attributes (``{"boi_token": "<start_of_image>"}``
+    gives ``tokenizer.boi_token`` and ``tokenizer.boi_token_id``), as some families' processors expect."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -92,10 +109,10 @@ def build_tokenizer(special_tokens: list[str], *, vocab_size: int = 600, eos: st
         show_progress=False,
     )
     tok.train_from_iterator(corpus or [_TOKENIZER_CORPUS] * 4, trainer=trainer)
+    extra = named if named is not None else ({} if not special_tokens else None)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=None,
-        extra_special_tokens={} if not special_tokens else None,
-        additional_special_tokens=[t for t in special_tokens if t not in base_specials],
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=None, extra_special_tokens=extra,
+        additional_special_tokens=[t for t in special_tokens if t not in base_specials and t not in (named or {}).values()],
     )
 
 
@@ -107,7 +124,7 @@ def build_tiny_checkpoint(family: str, out_dir: str | Path, *, size: TinySize = 
     """
     builders = {
         "llava": _llava, "llava_next": _llava_next, "qwen2_vl": _qwen2_vl, "qwen2_5_vl": _qwen2_5_vl,
-        "idefics3": _idefics3,
+        "idefics3": _idefics3, "gemma3": _gemma3,
     }
     if family not in builders:
         raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
@@ -260,11 +277,43 @@ def _idefics3(size: TinySize, tokenizer):
         vision_config=vision, text_config=_llama_text(size, len(tok), pad_token_id=tok.pad_token_id).to_dict(),
         image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=scale,
     )
+    # image splitting on, as in the released Idefics3 and SmolVLM processors: an image is resized to at most
+    # 2 x 2 tiles of image_size (each with its <row_i_col_j> text) plus the global image
     image_processor = Idefics3ImageProcessorPil(
-        do_image_splitting=False, size={"longest_edge": size.image_size},
+        do_image_splitting=True, size={"longest_edge": 2 * size.image_size},
         max_image_size={"longest_edge": size.image_size},
     )
     seq_len = (size.image_size // size.patch_size) ** 2 // scale**2
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=seq_len,
                                   chat_template=IDEFICS3_TEMPLATE)
     return Idefics3ForConditionalGeneration(config).eval(), processor
+
+
+def _gemma3(size: TinySize, tokenizer):
+    from transformers import (Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil, Gemma3Processor,
+                              Gemma3TextConfig, SiglipVisionConfig)
+
+    named = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+    tok = tokenizer or build_tokenizer(["<start_of_turn>", "<end_of_turn>", *named.values()], eos="<eos>",
+                                       pad="<pad>", bos="<bos>", named=named)
+    tok.chat_template = GEMMA3_TEMPLATE
+    per_side = size.image_size // size.patch_size
+    tokens_per_image = (per_side // 2) ** 2  # the projector pools 2 x 2 patches into one token
+    text = Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=size.hidden_size, intermediate_size=size.intermediate_size,
+        num_hidden_layers=size.num_layers, num_attention_heads=size.num_heads, num_key_value_heads=size.num_heads,
+        head_dim=size.hidden_size // size.num_heads, max_position_embeddings=2048, sliding_window=64,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    vision = SiglipVisionConfig(hidden_size=size.vision_hidden_size, intermediate_size=2 * size.vision_hidden_size,
+                                num_hidden_layers=size.vision_layers, num_attention_heads=4,
+                                image_size=size.image_size, patch_size=size.patch_size)
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=tokens_per_image,
+                          boi_token_index=tok.boi_token_id, eoi_token_index=tok.eoi_token_id,
+                          image_token_index=tok.image_token_id)
+    image_processor = Gemma3ImageProcessorPil(size={"height": size.image_size, "width": size.image_size})
+    processor = Gemma3Processor(image_processor=image_processor, tokenizer=tok, chat_template=GEMMA3_TEMPLATE,
+                                image_seq_length=tokens_per_image)
+    model = Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # Gemma 3 initialises its projection to zeros: every image would look the same
+        torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.5)
+    return model, processor

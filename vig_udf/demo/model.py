@@ -78,9 +78,11 @@ def build_demo_model(out_dir: str | Path, config: DemoModelConfig = DemoModelCon
     shutil.rmtree(work, ignore_errors=True)
     tokenizer = build_tokenizer(["<image>"], vocab_size=400, corpus=vocabulary_text())
     build_tiny_checkpoint("llava", work / "init", size=config.size, seed=config.seed, tokenizer=tokenizer)
+    # the demo model's conversation format is its own chat template (the project's LLaVA-style template), not
+    # LLaVA-1.5's llava_v1, which the checkpoint default would pick for a LLaVA-architecture model with it
     common = dict(batch_size=config.batch_size, learning_rate=config.learning_rate, warmup_ratio=0.05,
                   seed=config.seed, checkpoint_every=0, resume=False, max_length=None, device="cpu",
-                  cache_examples=True)
+                  cache_examples=True, prompt_format="template", image_pad="none")
     text = generate_text_pretraining(config.text_samples, seed=config.seed + 500, config=config.world)
     language = train_selected(TrainSettings(
         base_model=str(work / "init"), train={"vision_tower": False, "projector": False, "language_model": True},

@@ -10,10 +10,9 @@ unset, delta-rs takes from the usual AWS environment variables, profiles and ins
 
 from __future__ import annotations
 
-import os
-
 from vig_udf.lake.metadata import history_entry
-from vig_udf.lake.paths import STAGING, has_scheme, table_uri
+from vig_udf.lake.paths import STAGING, table_uri
+from vig_udf.storage import Storage, scheme_of
 
 S3A_PREFIX = "spark.hadoop.fs.s3a."
 # Hadoop s3a setting -> delta-rs (object_store) storage option
@@ -23,7 +22,6 @@ _S3A_OPTIONS = {
     "secret.key": "AWS_SECRET_ACCESS_KEY",
     "session.token": "AWS_SESSION_TOKEN",
 }
-LOCAL_SCHEMES = ("file:",)
 OBJECT_STORE_SCHEMES = ("s3a://", "s3://")
 
 
@@ -33,17 +31,13 @@ class LakeReadError(ValueError):
 
 def reads_locally(uri: str) -> bool:
     """Whether delta-rs reads ``uri`` with the settings this module maps: a local path or an S3 lake."""
-    return not has_scheme(uri) or uri.startswith(LOCAL_SCHEMES + OBJECT_STORE_SCHEMES)
+    return scheme_of(table_uri(uri)) in (None, "s3a", "s3")
 
 
 def delta_rs_uri(uri) -> str:
-    """``uri`` as delta-rs names it: ``s3a://`` becomes ``s3://``; ``file:`` URIs and bare paths a local path."""
+    """``uri`` as delta-rs names it: ``s3a://`` becomes ``s3://``; a local path stays a path."""
     text = table_uri(uri)
-    if text.startswith("s3a://"):
-        return "s3://" + text.removeprefix("s3a://")
-    if text.startswith("file:"):
-        return "/" + text.removeprefix("file:").lstrip("/")
-    return text
+    return "s3://" + text.removeprefix("s3a://") if text.startswith("s3a://") else text
 
 
 def storage_options(uri, spark_conf: dict[str, str] | None = None) -> dict[str, str]:
@@ -108,29 +102,13 @@ def open_table(path, *, version: int | None = None, spark_conf: dict[str, str] |
 
 def lake_tables(root, *, spark_conf: dict[str, str] | None = None) -> list[str]:
     """Names of the folders directly under the lake ``root`` that hold a Delta table, sorted (staging
-    excluded); the local reader's counterpart of :func:`vig_udf.lake.views.lake_tables`."""
-    uri = table_uri(root)
-    if not has_scheme(uri) or uri.startswith(LOCAL_SCHEMES):
-        local = delta_rs_uri(uri)
-        names = sorted(entry.name for entry in os.scandir(local) if entry.is_dir()) if os.path.isdir(local) else []
-        return [name for name in names if name != STAGING and os.path.isdir(os.path.join(local, name, "_delta_log"))]
-    return _object_store_tables(uri, spark_conf)
+    excluded); the local reader's counterpart of :func:`vig_udf.lake.views.lake_tables`, through the storage
+    layer with the same settings."""
+    from vig_udf.lake.read import has_delta_log
 
-
-def _object_store_tables(uri: str, spark_conf: dict[str, str] | None) -> list[str]:
-    import pyarrow.fs as pafs
-    from deltalake.fs import DeltaStorageHandler
-
-    handler = DeltaStorageHandler(delta_rs_uri(uri), storage_options(uri, spark_conf) or None)
-    folders = [info.path.rstrip("/").rsplit("/", 1)[-1]
-               for info in handler.get_file_info_selector(pafs.FileSelector("", allow_not_found=True))
-               if info.type == pafs.FileType.Directory]
-    tables = []
-    for name in sorted(set(folders) - {STAGING}):
-        log = handler.get_file_info_selector(pafs.FileSelector(f"{name}/_delta_log", allow_not_found=True))
-        if any(info.path.endswith(".json") for info in log):
-            tables.append(name)
-    return tables
+    storage = Storage.from_conf(spark_conf)
+    folders = [e for e in storage.list(table_uri(root)) if e.is_dir and e.name != STAGING]
+    return [e.name for e in folders if has_delta_log(storage, e.uri)]
 
 
 def table_history(path, *, limit: int | None = None, spark_conf: dict[str, str] | None = None) -> list[dict]:

@@ -29,10 +29,15 @@ def lake_storage(spark):
 
 
 def table_exists(spark, path) -> bool:
+    """Whether ``path`` holds a Delta table (:func:`has_delta_log`, through the session's storage settings)."""
+    return has_delta_log(lake_storage(spark), path)
+
+
+def has_delta_log(storage, path) -> bool:
     """Whether ``path`` holds a Delta table: its ``_delta_log`` has a commit or a checkpoint (a folder with
     only staged or temporary files in its log is not a table). Read through the storage layer: no Spark job."""
     log = join(table_uri(path), "_delta_log")
-    return any(not e.is_dir and _COMMIT_FILE.match(e.name) for e in lake_storage(spark).list(log))
+    return any(not e.is_dir and _COMMIT_FILE.match(e.name) for e in storage.list(log))
 
 
 def _require(spark, uri: str) -> None:

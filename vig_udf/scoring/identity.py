@@ -18,8 +18,9 @@ instead of hashing the weights again, and refuses a mismatch (:class:`ModelMisma
   commit comes from the revision when it is one, else from the local hub cache's ref, else from the hub.
   The scorer then loads exactly that commit.
 - The scorer options marked ``identity`` in :class:`~vig_udf.scoring.options.ScorerOptions` (counterfactual and
-  its parameters, image placement, max_length, dtype, max_image_pixels) and the chat template actually
-  used (the processor's or the override).
+  its parameters, image placement, prompt format (a conversation format by its whole definition), image
+  padding, max_length, dtype, max_image_pixels), resolved for the checkpoint (``for_checkpoint``), and the
+  chat template actually used (the processor's or the override).
 
 Library versions are not hashed (they change scores by float tolerance only); :func:`library_versions`
 records them beside the rows.

@@ -13,6 +13,12 @@ Counterfactuals (the image that carries (almost) no visual information):
 
 Blur, blank and noise keep the image size, so the processor produces the same token layout for both
 passes and they can run as one stacked batch.
+
+Padding (``image_pad=square``, LLaVA-1.5's ``image_aspect_ratio=pad``): :func:`pad_to_square` is LLaVA's
+``expand2square``, the image centred on a square of the processor's mean colour (:func:`processor_fill`),
+so that the processor's resize keeps the whole image where its centre crop would cut the long side. It is
+applied before the counterfactual is made, so blur, blank and noise are computed on the padded image and
+both passes keep one layout.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from vig_udf.scoring.status import IMAGE_UNREADABLE, SampleError
 from vig_udf.storage import canonical, local_path, scheme_of, split_uri
 
 COUNTERFACTUALS = ("blur", "drop", "blank", "noise")
+IMAGE_PADS = ("none", "square")
 SAME_LAYOUT_COUNTERFACTUALS = ("blur", "blank", "noise")
 DEFAULT_BLUR_SIGMA = 0.05
 
@@ -180,3 +187,27 @@ def make_counterfactual(
         pixels = rng.normal(128.0, 64.0, size=(image.size[1], image.size[0], 3))
         return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
     raise ValueError(f"no counterfactual image for {kind!r}; choose one of {SAME_LAYOUT_COUNTERFACTUALS}")
+
+
+def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
+    """``image`` centred on a square canvas of colour ``fill`` (LLaVA's ``expand2square``: the offset of the
+    short side is ``(long - short) // 2``); a square image is returned as it is."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), fill)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+def processor_fill(processor) -> tuple[int, int, int]:
+    """The padding colour of ``processor``: its image processor's ``image_mean`` in 0-255, truncated as LLaVA's
+    ``tuple(int(x * 255) for x in image_mean)`` (CLIP's mean gives (122, 116, 104))."""
+    image_processor = getattr(processor, "image_processor", None)
+    mean = getattr(image_processor, "image_mean", None)
+    if mean is None:
+        raise ValueError(f"image_pad=square pads with the image processor's image_mean, and "
+                         f"{type(processor).__name__} has none; use image_pad=none")
+    mean = [float(mean)] * 3 if isinstance(mean, (int, float)) else [float(x) for x in mean]
+    return tuple(int(x * 255) for x in mean[:3])

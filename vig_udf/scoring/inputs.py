@@ -1,38 +1,88 @@
-"""Model inputs for one conversation: chat template, processor, and the answer-token mask.
+"""Model inputs for one conversation: the prompt (chat template or conversation format), the image, the
+processor, and the answer-token mask.
 
-Shared by the scorer and by training, so that both see the same tokens and the same mask: the same chat
-template, the same image placement (:mod:`vig_udf.scoring.conversation`) and the same special tokens. A template
-that writes the tokenizer's BOS itself (Idefics3/Llama 3, Gemma 3) is tokenised without the tokenizer's
-special tokens, so a sequence never starts with two BOS.
+Shared by the scorer and by training, so that both see the same tokens and the same mask: the same prompt
+format (:mod:`vig_udf.scoring.formats`), the same image placement (:mod:`vig_udf.scoring.conversation`), the
+same image padding and the same special tokens. A template that writes the tokenizer's BOS itself
+(Idefics3/Llama 3, Gemma 3) is tokenised without the tokenizer's special tokens, so a sequence never starts
+with two BOS. A conversation format is tokenised as LLaVA's ``tokenizer_image_token`` does: the text before
+and after the image token apart, each with the tokenizer's special tokens (the later part without its BOS),
+and the processor's image tokens between them.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from vig_udf.scoring import formats
 from vig_udf.scoring import status as st
-from vig_udf.scoring.conversation import DEFAULT_IMAGE_PLACEMENT, IMAGE_PLACEMENTS, Conversation
+from vig_udf.scoring.conversation import DEFAULT_IMAGE_PLACEMENT, IMAGE_PLACEMENTS, Conversation, parse_conversation
 from vig_udf.scoring.forward import Sequence
-from vig_udf.scoring.masking import AnswerTokens, answer_tokens, render_with_answer_spans
+from vig_udf.scoring.images import IMAGE_PADS, pad_to_square, processor_fill
+from vig_udf.scoring.masking import AnswerTokens, answer_tokens, render_with_answer_spans, tokens_at
 from vig_udf.scoring.status import SampleError
+
+_PROBE = [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}, {"from": "human", "value": "Q"},
+          {"from": "gpt", "value": "B"}]
 
 
 class InputBuilder:
-    """Turns a parsed conversation (and an image) into a :class:`Sequence` plus its answer tokens."""
+    """Turns a parsed conversation (and an image) into a :class:`Sequence` plus its answer tokens.
 
-    def __init__(self, processor, *, max_length: int | None = None, image_placement: str = DEFAULT_IMAGE_PLACEMENT):
+    ``prompt_format``: ``template`` (the processor's chat template), a format name of
+    :data:`vig_udf.scoring.formats.FORMATS` or a :class:`~vig_udf.scoring.formats.ConversationFormat`.
+    ``image_pad``: ``square`` pads every image to a square of the processor's mean colour before anything
+    else sees it (LLaVA's ``expand2square``), ``none`` leaves it as it is.
+    """
+
+    def __init__(self, processor, *, max_length: int | None = None, image_placement: str = DEFAULT_IMAGE_PLACEMENT,
+                 prompt_format=formats.TEMPLATE, image_pad: str = "none"):
         if image_placement not in IMAGE_PLACEMENTS:
             raise ValueError(f"image_placement={image_placement!r}; choose one of {IMAGE_PLACEMENTS}")
+        if image_pad not in IMAGE_PADS:
+            raise ValueError(f"image_pad={image_pad!r}; choose one of {IMAGE_PADS}")
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.max_length = max_length
         self.image_placement = image_placement
+        self.format = formats.resolve_format(prompt_format)
+        if self.format is not None:
+            _check_format(self.format, processor, image_placement)
+        self.image_pad = image_pad
+        self.pad_fill = processor_fill(processor) if image_pad == "square" else None
+
+    def prepare_image(self, image):
+        """The image as the model gets it: padded to a square with ``image_pad=square`` (a square image, or a
+        padded one, is returned as it is). The scorer makes counterfactuals from this image."""
+        return pad_to_square(image, self.pad_fill) if self.pad_fill is not None else image
 
     def render(self, conv: Conversation, *, with_image: bool):
-        """The templated text and the character spans of its answers."""
+        """The prompt text and the character spans of its answers (and of their end-of-turn texts)."""
+        if self.format is not None:
+            return formats.render(self.format, conv, with_image=with_image)
         answers = [conv.turns[i].text for i in conv.answer_turns]
         messages = conv.to_messages(with_image=with_image, placement=self.image_placement)
         return render_with_answer_spans(self.processor, messages, answers)
+
+    def end_of_turn_texts(self) -> list[str | None]:
+        """The end-of-turn text written after each answer of a two-turn probe conversation (None where the
+        prompt writes none): what training can supervise for the model to learn to stop."""
+        try:
+            text, spans = self.render(parse_conversation(_PROBE, has_image=False), with_image=False)
+        except SampleError:  # a template that rewrites answers: nothing known after them
+            return [None, None]
+        return [text[s.end:s.end_of_turn] if s.end_of_turn is not None else None for s in spans]
+
+    @property
+    def image_token_ids(self) -> set[int]:
+        """The ids of the tokens an image is expanded into (a training sequence must not be cut through them)."""
+        found = {getattr(owner, "image_token_id", None) for owner in (self.processor, self.tokenizer)}
+        found |= set(getattr(self.processor, "image_token_ids", None) or [])
+        token = self.format.image_token if self.format is not None else getattr(self.processor, "image_token", None)
+        if token:
+            found.add(self.tokenizer.convert_tokens_to_ids(token))
+        return {i for i in found if isinstance(i, int)}
 
     def writes_bos(self, text: str) -> bool:
         """Whether the rendered ``text`` already starts with the tokenizer's BOS (the template wrote it)."""
@@ -40,21 +90,73 @@ class InputBuilder:
         return bool(bos) and text.startswith(bos)
 
     def build(self, conv: Conversation, image=None, *, rendered=None) -> tuple[Sequence, AnswerTokens]:
-        """Encode ``conv`` with ``image`` (None: no image item in the prompt).
+        """Encode ``conv`` with ``image`` (None: no image item in the prompt; padded here when asked).
 
         Raises ``truncated`` past ``max_length`` and the masking errors of :mod:`vig_udf.scoring.masking`.
         """
         text, spans = rendered or self.render(conv, with_image=image is not None)
+        image = self.prepare_image(image) if image is not None else None
+        if self.format is not None:
+            ids, extras, tokens = self._encode_format(text, spans, image)
+        else:
+            ids, extras, tokens = self._encode_template(text, spans, image)
+        if self.max_length is not None and len(ids) > self.max_length:
+            raise SampleError(st.TRUNCATED, f"the sample is {len(ids)} tokens (image included), above "
+                                            f"max_length={self.max_length}; raise max_length to score it")
+        if tokens.positions.min() < 1:
+            raise SampleError(st.TEMPLATE_MISMATCH, "an answer token is the first token: nothing predicts it")
+        return Sequence(ids, extras, tokens.positions), tokens
+
+    def _encode_template(self, text, spans, image):
         kwargs = {"images": [[image]]} if image is not None else {}
         if self.writes_bos(text):
             kwargs["add_special_tokens"] = False
         enc = self.processor(text=[text], return_tensors="pt", **kwargs)
         ids = enc["input_ids"][0]
-        if self.max_length is not None and len(ids) > self.max_length:
-            raise SampleError(st.TRUNCATED, f"the sample is {len(ids)} tokens (image included), above "
-                                            f"max_length={self.max_length}; raise max_length to score it")
         tokens = answer_tokens(self.tokenizer, text, spans, ids)
-        if tokens.positions.min() < 1:
-            raise SampleError(st.TEMPLATE_MISMATCH, "an answer token is the first token: nothing predicts it")
-        extras = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask") and torch.is_tensor(v)}
-        return Sequence(ids, extras, tokens.positions), tokens
+        return ids, _extras(enc), tokens
+
+    def _encode_format(self, text, spans, image):
+        """``tokenizer_image_token``'s ids: the text around the image token tokenized apart, the processor's
+        image tokens (as many as it expands the image into) between them, and the processor's image tensors."""
+        tok = self.tokenizer
+        if image is None:
+            enc = tok(text, return_offsets_mapping=True)
+            ids, offsets, extras = enc["input_ids"], enc["offset_mapping"], {}
+        else:
+            enc = self.processor(text=[text], images=[[image]], return_tensors="pt")
+            image_id = tok.convert_tokens_to_ids(self.format.image_token)
+            n_image = int((enc["input_ids"][0] == image_id).sum())
+            extras = _extras(enc)
+            aligned = [k for k, v in extras.items() if v.dim() == 2 and v.shape[1] == enc["input_ids"].shape[1]]
+            if aligned:
+                raise ValueError(f"prompt_format={self.format.name} cannot be used with this processor: it returns "
+                                 f"per-token inputs {aligned} for its own tokenisation; use prompt_format=template")
+            cut = text.index(self.format.image_token)
+            head = tok(text[:cut], return_offsets_mapping=True)
+            tail = tok(text[cut + len(self.format.image_token):], return_offsets_mapping=True)
+            drop = 1 if head["input_ids"] and head["input_ids"][0] == tok.bos_token_id else 0
+            base = cut + len(self.format.image_token)
+            ids = head["input_ids"] + [image_id] * n_image + tail["input_ids"][drop:]
+            offsets = (list(head["offset_mapping"]) + [(cut, cut)] * n_image
+                       + [(a + base, b + base) for a, b in tail["offset_mapping"][drop:]])
+        ids = np.asarray(ids, dtype=np.int64)
+        tokens = tokens_at(np.asarray(offsets, dtype=np.int64), ids, spans)
+        return torch.as_tensor(ids), extras, tokens
+
+
+def _extras(enc) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask") and torch.is_tensor(v)}
+
+
+def _check_format(fmt, processor, image_placement: str) -> None:
+    """A format puts the image first (LLaVA's rule) and writes the image as the processor expects it."""
+    if image_placement != "first":
+        raise ValueError(f"prompt_format={fmt.name} puts the image first in its turn (LLaVA's preprocess_multimodal); "
+                         f"image_placement={image_placement!r} applies to prompt_format=template only")
+    expected = getattr(processor, "image_token", None)
+    if expected is not None and expected != fmt.image_token:
+        raise ValueError(f"prompt_format={fmt.name} writes the image as {fmt.image_token!r}, but this processor "
+                         f"({type(processor).__name__}) expands {expected!r}: the format is not this model's; use "
+                         "prompt_format=template or a format with its image token")
+

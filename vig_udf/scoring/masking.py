@@ -5,9 +5,11 @@ trainer uses it to build labels, so the tokens scored are the tokens trained.
 
 How it works, without re-tokenising answer text:
 
-1. The processor's chat template renders the whole conversation to one string.
-2. Each assistant answer is located in that string by rendering the conversation up to that turn with
-   the generation prompt (a prefix of the full string) and finding the answer text right after it.
+1. The conversation is rendered to one string, by the processor's chat template (here) or by a
+   conversation format (:mod:`vig_udf.scoring.formats`), which says where it wrote each answer.
+2. With a chat template, each assistant answer is located in that string by rendering the conversation up
+   to that turn with the generation prompt (a prefix of the full string) and finding the answer text right
+   after it.
 3. The rendered string is tokenized once with character offsets; a token belongs to turn k's answer
    when its character range overlaps the answer's range. Its span inside the answer text is kept, so a
    mask can later be re-aligned to another tokenizer.
@@ -15,13 +17,18 @@ How it works, without re-tokenising answer text:
    are aligned to the plain tokenization from the right, and the text after the image is checked to be
    token-for-token identical.
 
-The answer's end-of-turn token (``</s>``, ``<|im_end|>``) is not part of the mask: it is template, not
-answer text, and carries no character span.
+The answer's end-of-turn text is not part of the mask (it is template, not answer text, and is never
+scored), but it is located too, for training to supervise: with a format, its ``end_of_turn`` (``</s>``
+for ``llava_v1``); with a chat template, what the template writes after the answer up to and including
+its first special token (the stop token: ``</s>``, ``<|im_end|>``, ``<end_of_utterance>``,
+``<end_of_turn>``), and the newline the template writes right after it (ChatML's ``<|im_end|>\\n``, as TRL
+and LLaMA-Factory supervise it). A template that writes no special token after an answer (llava-hf's
+LLaVA-1.5 template writes a space) has no end-of-turn text.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,11 +37,13 @@ from vig_udf.scoring.status import NO_ANSWER_TOKENS, TEMPLATE_MISMATCH, SampleEr
 
 @dataclass(frozen=True)
 class AnswerSpan:
-    """Where assistant turn ``turn`` sits in the rendered text: ``[start, end)`` characters."""
+    """Where assistant turn ``turn`` sits in the rendered text: ``[start, end)`` characters, and its
+    end-of-turn text ``[end, end_of_turn)`` (None: the rendering writes none)."""
 
     turn: int
     start: int
     end: int
+    end_of_turn: int | None = None
 
 
 @dataclass(frozen=True)
@@ -46,13 +55,11 @@ class AnswerTokens:
     turn: np.ndarray  # int32 [n] answer-turn index (0 = first assistant turn)
     char_start: np.ndarray  # int32 [n] span of the token inside its turn's answer text
     char_end: np.ndarray  # int32 [n]
+    end_of_turn: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # positions of end-of-turn tokens
+    end_of_turn_turn: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # their answer turn
 
     def __len__(self) -> int:
         return int(self.positions.shape[0])
-
-    def shifted(self, offset: int) -> "AnswerTokens":
-        """The same tokens at positions moved by ``offset`` (for a sequence with a different prefix)."""
-        return AnswerTokens(self.positions + offset, self.token_ids, self.turn, self.char_start, self.char_end)
 
 
 def render_with_answer_spans(tokenizer, messages: list[dict], answer_texts: list[str]) -> tuple[str, list[AnswerSpan]]:
@@ -78,10 +85,33 @@ def render_with_answer_spans(tokenizer, messages: list[dict], answer_texts: list
                 f"assistant turn {k} ({answer[:40]!r}) was not found in the chat template's output; "
                 "the template may rewrite answers (set chat_template= to one that keeps them verbatim)",
             )
-        spans.append(AnswerSpan(k, start, start + len(answer)))
-        search_from = start + len(answer)
+        end = start + len(answer)
+        turn_text = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        bound = len(turn_text) if full.startswith(turn_text) and len(turn_text) >= end else end
+        spans.append(AnswerSpan(k, start, end, end_of_turn=_template_end_of_turn(full, end, bound, tokenizer)))
+        search_from = end
         k += 1
     return full, spans
+
+
+def _template_end_of_turn(full: str, end: int, bound: int, processor) -> int | None:
+    """End of the template's end-of-turn text after an answer ending at ``end``: through the first special
+    token written before ``bound`` (the end of the turn's own rendering), and a newline right after it."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    after = full[end:bound]
+    found = [(after.find(tok), -len(tok)) for tok in special_tokens(tokenizer) if tok and tok in after]
+    if not found:
+        return None
+    at, neg_len = min(found)
+    stop = end + at - neg_len
+    return stop + 1 if full[stop:stop + 1] == "\n" else stop
+
+
+def special_tokens(tokenizer) -> set[str]:
+    """Every special token of ``tokenizer`` (named ones and added tokens marked special)."""
+    names = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    return names | {t.content for t in decoder.values() if getattr(t, "special", False)}
 
 
 def answer_tokens(tokenizer, text: str, spans: list[AnswerSpan], input_ids) -> AnswerTokens:
@@ -94,32 +124,48 @@ def answer_tokens(tokenizer, text: str, spans: list[AnswerSpan], input_ids) -> A
     plain_ids = np.asarray(enc["input_ids"], dtype=np.int64)
     offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
     ids = np.asarray(input_ids, dtype=np.int64)
-    positions, turns, starts, ends = [], [], [], []
-    for span in spans:
-        inside = (offsets[:, 0] < span.end) & (offsets[:, 1] > span.start) & (offsets[:, 1] > offsets[:, 0])
-        idx = np.nonzero(inside)[0]
-        positions.append(idx)
-        turns.append(np.full(idx.shape, span.turn, dtype=np.int32))
-        starts.append(np.clip(offsets[idx, 0] - span.start, 0, span.end - span.start))
-        ends.append(np.clip(offsets[idx, 1] - span.start, 0, span.end - span.start))
-    plain_pos = np.concatenate(positions) if positions else np.zeros(0, dtype=np.int64)
-    if plain_pos.size == 0:
-        raise SampleError(NO_ANSWER_TOKENS, "no token of the rendered conversation falls inside an answer")
+    plain = tokens_at(offsets, plain_ids, spans)
     shift = len(ids) - len(plain_ids)
-    first = int(plain_pos.min())
+    first = int(plain.positions.min())
     if shift < 0 or first + shift < 0 or not np.array_equal(ids[first + shift:], plain_ids[first:]):
         raise SampleError(
             TEMPLATE_MISMATCH,
             "the processor's token ids after the image differ from the tokenizer's ids for the same text; "
             "the processor may add or rewrite text after the image",
         )
-    pos = plain_pos + shift
+    return AnswerTokens(plain.positions + shift, plain.token_ids, plain.turn, plain.char_start, plain.char_end,
+                        plain.end_of_turn + shift, plain.end_of_turn_turn)
+
+
+def tokens_at(offsets: np.ndarray, ids: np.ndarray, spans: list[AnswerSpan]) -> AnswerTokens:
+    """The answer and end-of-turn tokens of ``ids``, whose character ``offsets`` ([n, 2]) point into the
+    rendered text the ``spans`` describe. Raises ``no_answer_tokens`` when no token falls in an answer."""
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    real = offsets[:, 1] > offsets[:, 0]  # special tokens the tokenizer adds have empty offsets
+    positions, turns, starts, ends, eot, eot_turn = [], [], [], [], [], []
+    for span in spans:
+        inside = (offsets[:, 0] < span.end) & (offsets[:, 1] > span.start) & real
+        idx = np.nonzero(inside)[0]
+        positions.append(idx)
+        turns.append(np.full(idx.shape, span.turn, dtype=np.int32))
+        starts.append(np.clip(offsets[idx, 0] - span.start, 0, span.end - span.start))
+        ends.append(np.clip(offsets[idx, 1] - span.start, 0, span.end - span.start))
+        if span.end_of_turn is not None:
+            tail = np.nonzero((offsets[:, 0] < span.end_of_turn) & (offsets[:, 1] > span.end) & real & ~inside)[0]
+            eot.append(tail)
+            eot_turn.append(np.full(tail.shape, span.turn, dtype=np.int32))
+    pos = np.concatenate(positions) if positions else np.zeros(0, dtype=np.int64)
+    if pos.size == 0:
+        raise SampleError(NO_ANSWER_TOKENS, "no token of the rendered conversation falls inside an answer")
+    ids = np.asarray(ids, dtype=np.int64)
     return AnswerTokens(
         positions=pos.astype(np.int64),
         token_ids=ids[pos],
         turn=np.concatenate(turns).astype(np.int32),
         char_start=np.concatenate(starts).astype(np.int32),
         char_end=np.concatenate(ends).astype(np.int32),
+        end_of_turn=np.concatenate(eot).astype(np.int64) if eot else np.zeros(0, np.int64),
+        end_of_turn_turn=np.concatenate(eot_turn).astype(np.int32) if eot_turn else np.zeros(0, np.int32),
     )
 
 

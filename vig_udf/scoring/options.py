@@ -6,14 +6,19 @@ scorer identity all read this class.
 
 An option marked ``identity`` changes scores and is part of the scorer id (:mod:`vig_udf.scoring.identity`); the
 others change only speed, placement or where files are found, never a score beyond float tolerance.
-``dtype``, ``device`` and ``batch_tokens`` default by device (:meth:`ScorerOptions.for_device`).
+``dtype``, ``device`` and ``batch_tokens`` default by device (:meth:`ScorerOptions.for_device`), ``prompt_format``
+and ``image_pad`` by checkpoint (:meth:`ScorerOptions.for_checkpoint`).
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from vig_udf.scoring import formats
 from vig_udf.scoring.conversation import DEFAULT_IMAGE_PLACEMENT, IMAGE_PLACEMENTS
+from vig_udf.scoring.formats import ConversationFormat
 from vig_udf.scoring.images import COUNTERFACTUALS, DEFAULT_BLUR_SIGMA
 
 _IDENTITY = {"identity": True}
@@ -34,6 +39,15 @@ class ScorerOptions(BaseModel):
                                  json_schema_extra=_IDENTITY)
     chat_template: str | None = Field(None, description="Jinja chat template replacing the processor's; None = "
                                       "the processor's (the template used is part of the identity)")
+    prompt_format: str | ConversationFormat | None = Field(
+        None, description="template: the chat template; llava_v1: LLaVA's conv_vicuna_v1 conversation; or a format "
+        "definition (vig_udf.scoring.formats); None = the checkpoint's (the one its config declares, as vig train "
+        "writes it; else llava_v1 for LLaVA-1.5 and 1.6-vicuna, template for the others)", json_schema_extra=_IDENTITY)
+    image_pad: Literal["none", "square"] | None = Field(
+        None, description="square: pad images to a square of the processor's mean colour (LLaVA's expand2square) "
+        "before the counterfactual is made; None = the checkpoint's (declared; else square for llava_v1 on LLaVA-1.5, "
+        "none for the others)",
+        json_schema_extra=_IDENTITY)
     max_length: int | None = Field(None, gt=0, description="longer samples get status 'truncated'; None = no limit",
                                    json_schema_extra=_IDENTITY)
     dtype: str | None = Field(None, description="float32 | bfloat16 | float16; None = bf16 on GPU, fp32 on CPU",
@@ -63,6 +77,21 @@ class ScorerOptions(BaseModel):
         if value not in choices:
             raise ValueError(f"{info.field_name}={value!r}; choose one of {choices}")
         return value
+
+    @field_validator("prompt_format")
+    @classmethod
+    def _known_format(cls, value):
+        if isinstance(value, str):
+            formats.resolve_format(value)  # an unknown name fails with the choices
+        return value
+
+    @model_validator(mode="after")
+    def _format_puts_the_image_first(self):
+        if formats.resolve_format(self.prompt_format) is not None and self.image_placement != "first":
+            raise ValueError(f"prompt_format={formats.format_name(self.prompt_format)} puts the image first (LLaVA's "
+                             f"preprocess_multimodal); image_placement={self.image_placement!r} needs "
+                             "prompt_format=template")
+        return self
 
     @field_validator("device", mode="before")
     @classmethod
@@ -95,10 +124,19 @@ class ScorerOptions(BaseModel):
             "batch_tokens": self.batch_tokens or (32768 if gpu else 2048),
         })
 
+    def for_checkpoint(self, config, processor) -> "ScorerOptions":
+        """These options with ``prompt_format`` and ``image_pad`` filled in for the checkpoint (its config and
+        its processor; :func:`vig_udf.scoring.formats.checkpoint_defaults`)."""
+        prompt_format, image_pad = formats.checkpoint_defaults(config, processor, prompt_format=self.prompt_format,
+                                                               image_pad=self.image_pad)
+        return self.model_copy(update={"prompt_format": prompt_format, "image_pad": image_pad})
+
     def identity_options(self) -> dict:
-        """The identity options and their values (blur_sigma only for the blur counterfactual)."""
+        """The identity options and their values (blur_sigma only for the blur counterfactual; a conversation
+        format by its whole definition)."""
         values = {name: getattr(self, name) for name, field in type(self).model_fields.items()
                   if (field.json_schema_extra or {}).get("identity")}
         if self.counterfactual != "blur":
             values["blur_sigma"] = None
+        values["prompt_format"] = formats.describe(self.prompt_format)
         return values

@@ -6,8 +6,9 @@
 ...     {"from": "gpt", "value": "The cat is black."}]}])]  # doctest: +SKIP
 [0.83]
 
-Per sample: validate the conversation, render it with the processor's chat template, mark the answer
-tokens (vig_udf.scoring.masking), load the image and make its counterfactual, run the processor for both.
+Per sample: validate the conversation, render it with the prompt format (the processor's chat template
+or a conversation format, vig_udf.scoring.formats), mark the answer tokens (vig_udf.scoring.masking),
+load the image, pad it (``image_pad``) and make its counterfactual, run the processor for both.
 Samples are prepared in chunks of ``prep_chunk``; a chunk's sequences are packed into length-sorted
 batches under a token budget (a sample's two passes side by side when their token layout is identical)
 and scored with logits at answer positions only. With ``prep_workers`` > 0 the next chunks are prepared
@@ -25,6 +26,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from vig_udf.scoring import formats
 from vig_udf.scoring import status as st
 from vig_udf.scoring.batching import chunk_ranges, plan_batches, prefetched
 from vig_udf.scoring.conversation import parse_conversation
@@ -67,11 +69,12 @@ class VIGScorer:
     def __init__(self, model, processor, *, options: ScorerOptions, model_ref: dict, device, dtype=None,
                  storage=None):
         """A scorer around a loaded model and processor; ``model_ref`` is the model's fingerprint
-        (:func:`vig_udf.scoring.identity.model_fingerprint`). ``dtype`` defaults to ``options.dtype``.
+        (:func:`vig_udf.scoring.identity.model_fingerprint`). ``dtype`` defaults to ``options.dtype``; an unset
+        ``prompt_format`` / ``image_pad`` is the checkpoint's (:meth:`ScorerOptions.for_checkpoint`).
         ``storage`` (a :class:`vig_udf.storage.Storage`) reads images given as object-store URIs."""
         self.storage = storage
         self.device = torch.device(device)
-        self.options = options.for_device(self.device.type)
+        self.options = options.for_device(self.device.type).for_checkpoint(model.config, processor)
         if dtype is not None:
             self.options = self.options.model_copy(update={"dtype": str(dtype).removeprefix("torch.")})
         self.dtype = getattr(torch, self.options.dtype)
@@ -79,7 +82,8 @@ class VIGScorer:
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.inputs = InputBuilder(processor, max_length=self.options.max_length,
-                                   image_placement=self.options.image_placement)
+                                   image_placement=self.options.image_placement,
+                                   prompt_format=self.options.prompt_format, image_pad=self.options.image_pad)
         self._model_ref = model_ref
         self.batch_tokens = options.batch_tokens  # lowered after an out-of-memory (see _forward_halved)
         pad = self.tokenizer.pad_token_id
@@ -92,7 +96,8 @@ class VIGScorer:
         """Load an image-text-to-text model and its processor (AutoModelForImageTextToText/AutoProcessor).
 
         Options are a :class:`~vig_udf.scoring.options.ScorerOptions` or its fields as keywords (``counterfactual``,
-        ``blur_sigma``, ``image_placement``, ``chat_template``, ``max_length``, ``dtype``, ``device``,
+        ``blur_sigma``, ``image_placement``, ``prompt_format``, ``image_pad``, ``chat_template``, ``max_length``,
+        ``dtype``, ``device``,
         ``batch_tokens``, ``revision``, ``attn_implementation``, ``trust_remote_code``, ...); an unknown
         keyword raises TypeError. device: defaults to ``cuda`` when available, else ``cpu``. dtype: bfloat16
         on CUDA, float32 on CPU. batch_tokens: 32768 on CUDA, 2048 on CPU (small batches measured faster on
@@ -117,10 +122,9 @@ class VIGScorer:
                                                   trust_remote_code=options.trust_remote_code)
         if options.chat_template is not None:
             processor.chat_template = options.chat_template
-        if not getattr(processor, "chat_template", None):
-            raise ValueError(
-                f"{model_path} has no chat template; pass chat_template= (a Jinja template) to from_pretrained"
-            )
+        if not getattr(processor, "chat_template", None) and formats.resolve_format(options.prompt_format) is None:
+            raise ValueError(f"{model_path} has no chat template; pass chat_template= (a Jinja template) or a "
+                             "prompt_format to from_pretrained")
         dtype = getattr(torch, options.dtype)
         # device_map: each tensor goes from the memory-mapped file to the device, converted on the way, instead of
         # a whole converted copy in host memory first (benchmarks/load_memory.py)
@@ -205,8 +209,8 @@ class VIGScorer:
         if not has_image:
             _, tokens = self.inputs.build(conv, None, rendered=rendered)
             return ScoreResult.unscored(sample_id, self.options.counterfactual, st.TEXT_ONLY, None, tokens)
-        image = load_image(image_ref, image_root=self.options.image_root, max_pixels=self.options.max_image_pixels,
-                           storage=self.storage)
+        image = self.inputs.prepare_image(load_image(image_ref, image_root=self.options.image_root,
+                                                     max_pixels=self.options.max_image_pixels, storage=self.storage))
         real, tokens = self._build_with_image(conv, image, rendered)
         if self.options.counterfactual == "drop":
             cf, cf_tokens = self.inputs.build(conv, None)

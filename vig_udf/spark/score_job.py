@@ -92,13 +92,15 @@ def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool, task_cpus: int = 1, storage=
     config sets it, becomes :func:`default_prep_workers` of them.
 
     The spec's ``record`` is what the score commits record beside the rows: the unhashed identity, the chat
-    template text and image placement the rows were made with (training reads them) and library versions.
+    template text, image placement, prompt format (its definition) and image padding the rows were made with
+    (training reads them; the limit ``max_length`` is in the identity) and library versions.
     A hub model is pinned to its resolved commit, so every executor loads the same files. The weights are
     hashed here only: the spec carries the digests and the weight files' stamps, which executors check
     cheaply instead of hashing again.
     """
-    from transformers import AutoProcessor
+    from transformers import AutoConfig, AutoProcessor
 
+    from vig_udf.scoring.formats import describe, resolve_format
     from vig_udf.scoring.identity import (identity_record, library_versions, model_fingerprint, scorer_identity,
                                           weight_stamps)
     from vig_udf.spark.score_udf import ScorerSpec
@@ -115,18 +117,24 @@ def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool, task_cpus: int = 1, storage=
     revision = fingerprint.get("commit", options.revision)
     processor = AutoProcessor.from_pretrained(local_model, revision=revision,
                                               trust_remote_code=options.trust_remote_code)
+    if options.chat_template is not None:
+        processor.chat_template = options.chat_template
+    config = AutoConfig.from_pretrained(scorer.model_path, revision=revision, trust_remote_code=options.trust_remote_code)
+    options = options.for_checkpoint(config, processor)  # the checkpoint's prompt format and image padding
     chat_template = options.chat_template or processor.chat_template
-    if not chat_template:
-        raise ValueError(f"{scorer.model_path} has no chat template; set scorer.chat_template (a Jinja template)")
+    if not chat_template and resolve_format(options.prompt_format) is None:
+        raise ValueError(f"{scorer.model_path} has no chat template; set scorer.chat_template (a Jinja template) or "
+                         "scorer.prompt_format")
     scorer_id = scorer_identity(fingerprint, options, chat_template=chat_template)
     # image_root is joined in the UDF so that executors resolve paths the same way; the task decides the device
     # batch_tokens left unset stays the executor device's default (it changes no score)
     kwargs = {**scorer.options().model_dump(exclude={"image_root", "device"}), "dtype": options.dtype,
-              "revision": revision}
+              "revision": revision, "prompt_format": describe(options.prompt_format), "image_pad": options.image_pad}
     if "prep_workers" not in scorer.model_fields_set:
         kwargs["prep_workers"] = default_prep_workers(task_cpus)
     record = {"identity": identity_record(fingerprint, options, chat_template=chat_template),
               "chat_template": chat_template, "image_placement": options.image_placement,
+              "prompt_format": describe(options.prompt_format), "image_pad": options.image_pad,
               "library_versions": library_versions()}
     return ScorerSpec(model_path=scorer.model_path, scorer_id=scorer_id, kwargs=kwargs, image_root=scorer.image_root,
                       record=record, fingerprint=fingerprint, weight_stamps=stamps,

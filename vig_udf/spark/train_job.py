@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vig_udf.config import SparkConfig
 from vig_udf.scoring.conversation import DEFAULT_IMAGE_PLACEMENT
+from vig_udf.scoring.formats import TEMPLATE
 from vig_udf.train.settings import TrainSettings
 
 TRAIN_SET_ROW_GROUP_BYTES = 16 * 1024 * 1024  # Parquet row-group size of the training set
@@ -169,11 +170,18 @@ def run_train(spark, cfg: TrainJobConfig, *, out=print, on_step=None) -> dict:
                             "skipped_samples_total": len(result["skipped"]),
                             "realigned_samples": result["realigned_samples"], "train_seconds": result["seconds"]})
         mlflow.log_dict(result["skipped"], "skipped_samples.json")
+        mlflow.log_metrics({"truncated_samples_total": result["truncated_samples"],
+                            "truncated_tokens_total": result["truncated_tokens"]})
+        # what was supervised, from the counted tokens (not from the setting)
+        mlflow.set_tags({"vig.end_of_turn": "supervised" if result["end_of_turn_tokens"] else "none",
+                         "vig.end_of_turn_text": repr(result["end_of_turn_text"]) if result["end_of_turn_tokens"]
+                         else "", "vig.prompt_format": result["prompt_format"], "vig.image_pad": result["image_pad"]})
         if result["realigned_samples"]:
             mlflow.set_tag("vig.token_alignment", "character_spans")
         mlflow.set_tag("vig.model_uri", result["model_dir"])
         done = {k: result[k] for k in ("steps", "supervised_tokens", "end_of_turn_tokens", "supervise_end_of_turn",
-                                       "realigned_samples", "rows", "model_dir", "trainable_parameters")}
+                                       "realigned_samples", "rows", "model_dir", "trainable_parameters",
+                                       "truncated_samples", "truncated_tokens")}
         storage.write_text(state_file, json.dumps({**state, "complete": True, "result": {
             **done, "final_loss": result["losses"][-1] if result["losses"] else None,
             "skipped_samples": len(result["skipped"])}}, indent=2))
@@ -181,7 +189,9 @@ def run_train(spark, cfg: TrainJobConfig, *, out=print, on_step=None) -> dict:
         f"{rows} samples, steps {result['resumed_from_step'] + 1}-{result['steps']}, loss "
         f"{result['losses'][0] if result['losses'] else float('nan'):.4f} -> "
         f"{result['losses'][-1] if result['losses'] else float('nan'):.4f}; {result['supervised_tokens']} supervised "
-        f"tokens ({result['end_of_turn_tokens']} of them end-of-turn); skipped {len(result['skipped'])}, "
+        f"tokens ({result['end_of_turn_tokens']} of them end-of-turn); {result['truncated_samples']} samples cut at "
+        f"max_length {settings.max_length} ({result['truncated_tokens']} supervised tokens not trained); "
+        f"skipped {len(result['skipped'])}, "
         f"realigned {result['realigned_samples']}; model {result['model_dir']}; MLflow run {run.info.run_id}")
     return {**resolved, "run_id": run.info.run_id, "rows": rows, "output_dir": output, **result}
 
@@ -266,19 +276,26 @@ def resolve_inputs(spark, cfg: TrainJobConfig) -> dict:
     return {**{k: chosen[k] for k in ("selection_id", "policy", "scorer_id", "p", "params", "kept", "paths",
                                        "versions")},
             "base_model": base_model, "scorer_chat_template": record.get("chat_template"),
-            "scorer_image_placement": record.get("image_placement")}
+            "scorer_image_placement": record.get("image_placement"),
+            # scores that predate these settings were made with the chat template, unpadded images
+            "scorer_prompt_format": record.get("prompt_format", TEMPLATE if record else None),
+            "scorer_image_pad": record.get("image_pad", "none" if record else None),
+            "scorer_max_length": (record.get("identity") or {}).get("max_length")}
 
 
 def training_conventions(settings: TrainSettings, resolved: dict) -> tuple[TrainSettings, dict]:
-    """The settings with the chat template and image placement that training renders with, and their source.
+    """The settings with the prompt (chat template, prompt format, image placement, image padding) and the
+    length limit that training uses, and where each came from.
 
-    Unless ``training.chat_template`` / ``training.image_placement`` say otherwise, training uses the ones
-    the scores were made with (recorded in the scores table's commit). The scores' template is used only when
-    the base model is the scorer's model: another model keeps its own processor's template.
+    Unless the training settings say otherwise, training uses what the scores were made with (recorded in the
+    scores table's commit). The scores' template, format and padding are used only when the base model is the
+    scorer's model: another model keeps its own (its processor's template, its checkpoint defaults, resolved
+    when it is loaded). The scores' ``max_length`` is the training limit whatever the model: one limit for
+    scoring and training.
     """
+    same_model = settings.base_model == resolved.get("base_model")
     template, template_source = settings.chat_template, "training.chat_template"
     if template is None:
-        same_model = settings.base_model == resolved.get("base_model")
         template = resolved.get("scorer_chat_template") if same_model else None
         template_source = "scores" if template is not None else "base_model"
     placement, placement_source = settings.image_placement, "training.image_placement"
@@ -286,9 +303,24 @@ def training_conventions(settings: TrainSettings, resolved: dict) -> tuple[Train
         placement = resolved.get("scorer_image_placement")
         placement_source = "scores" if placement is not None else "default"
         placement = placement or DEFAULT_IMAGE_PLACEMENT
+    chosen = {}
+    for name in ("prompt_format", "image_pad"):
+        value, source = getattr(settings, name), f"training.{name}"
+        if value is None:
+            value = resolved.get(f"scorer_{name}") if same_model else None
+            source = "scores" if value is not None else "base_model"
+        chosen[name], chosen[f"{name}_source"] = value, source
+    max_length, length_source = settings.max_length, "training.max_length"
+    if max_length is None:
+        max_length = resolved.get("scorer_max_length")
+        length_source = "scores" if max_length is not None else "none"
     conventions = {"chat_template_source": template_source, "image_placement": placement,
-                   "image_placement_source": placement_source}
-    return settings.model_copy(update={"chat_template": template, "image_placement": placement}), conventions
+                   "image_placement_source": placement_source, "prompt_format_source": chosen["prompt_format_source"],
+                   "image_pad_source": chosen["image_pad_source"], "max_length": max_length,
+                   "max_length_source": length_source}
+    return settings.model_copy(update={"chat_template": template, "image_placement": placement,
+                                       "prompt_format": chosen["prompt_format"], "image_pad": chosen["image_pad"],
+                                       "max_length": max_length}), conventions
 
 
 def training_rows(spark, resolved: dict):
@@ -364,8 +396,10 @@ def _log_run_inputs(spark, cfg: TrainJobConfig, settings: TrainSettings, resolve
     mlflow.set_tags({"vig.policy": resolved["policy"], "vig.selection_id": resolved["selection_id"],
                      "vig.scorer_id": resolved["scorer_id"], "vig.p": str(resolved["p"]),
                      "vig.base_model": settings.base_model, "vig.train_rows": str(rows),
-                     "vig.end_of_turn": "supervised" if settings.supervise_end_of_turn else "not supervised",
                      "vig.chat_template": conventions["chat_template_source"],
+                     "vig.prompt_format_source": conventions["prompt_format_source"],
+                     "vig.image_pad_source": conventions["image_pad_source"],
+                     "vig.max_length": str(conventions["max_length"]),
                      "vig.image_placement": conventions["image_placement"],
                      "vig.image_placement_source": conventions["image_placement_source"]})
     if template is not None:

@@ -16,7 +16,9 @@ are the same with any number of workers.
 
 Each batch is built where it is read (in a worker, beside the training step): examples through
 :func:`~vig_udf.train.examples.build_example`, padded by :func:`~vig_udf.scoring.forward.collate`, with labels.
-A sample that cannot be built is reported in the batch (``skipped``), not trained on; a batch whose samples
+A sample that cannot be built, or that keeps no label (after a cut at ``max_length`` too), is reported in
+the batch (``skipped``), not trained on; a sample cut at ``max_length`` is reported with the supervised tokens
+it lost (``truncated``), whether the rest of it trains or not; a batch whose samples
 all fail carries one buildable example with no label, so that every rank still runs a forward and backward
 (FSDP and DDP need every rank in every collective).
 """
@@ -31,6 +33,7 @@ import torch
 
 from vig_udf.scoring.forward import collate
 from vig_udf.scoring.conversation import DEFAULT_IMAGE_PLACEMENT
+from vig_udf.scoring.formats import TEMPLATE
 from vig_udf.scoring.inputs import InputBuilder
 from vig_udf.scoring.status import SampleError
 from vig_udf.storage import Entry, Storage, canonical
@@ -96,14 +99,18 @@ class TrainSetStream(torch.utils.data.IterableDataset):
     """Batches of one rank's share of the training set, ready for the model (see the module docstring).
 
     Each item is ``{"input_ids", "attention_mask", <processor tensors>, "labels", "n_samples", "skipped",
-    "realigned", "end_of_turn"}``: ``skipped`` lists ``"sample_id: status: message"`` of the batch's samples
-    that could not be built, ``realigned`` counts the samples whose mask moved through character spans.
+    "truncated", "realigned", "end_of_turn"}``: ``skipped`` lists ``"sample_id: status: message"`` of the
+    batch's samples that could not be built or keep no label, ``truncated`` ``(sample_id, supervised tokens
+    cut)`` of its samples cut at ``max_length``, ``realigned`` counts the samples whose mask moved through
+    character spans. ``prompt_format``, ``image_pad`` and ``image_placement`` are the scores' (see
+    :class:`~vig_udf.scoring.inputs.InputBuilder`).
     """
 
     def __init__(self, train_set: str, processor, *, batch_size: int, seed: int, rank: int = 0, world: int = 1,
                  image_root: str | None = None, max_length: int | None = None,
                  supervise_end_of_turn: bool = True, cache_examples: bool = False,
-                 image_placement: str = DEFAULT_IMAGE_PLACEMENT, storage: Storage | None = None):
+                 image_placement: str = DEFAULT_IMAGE_PLACEMENT, prompt_format=TEMPLATE, image_pad: str = "none",
+                 storage: Storage | None = None):
         self.storage = storage or Storage()
         self.units = list_units(train_set, self.storage)
         if not self.units:
@@ -114,6 +121,7 @@ class TrainSetStream(torch.utils.data.IterableDataset):
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.image_root, self.max_length = image_root, max_length
         self.image_placement = image_placement  # the scores' (train_job.training_conventions)
+        self.prompt_format, self.image_pad = prompt_format, image_pad
         self.supervise_end_of_turn = supervise_end_of_turn
         self.cache = {} if cache_examples else None
         self.start_batch = 0  # set by a resume: the first batch this stream yields
@@ -170,7 +178,8 @@ class TrainSetStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        builder = InputBuilder(self.processor, max_length=self.max_length, image_placement=self.image_placement)
+        builder = InputBuilder(self.processor, image_placement=self.image_placement, prompt_format=self.prompt_format,
+                               image_pad=self.image_pad)
         pad = builder.tokenizer.pad_token_id if builder.tokenizer.pad_token_id is not None else 0
         pending, fallback = [], None
         for position, unit, row in self.samples(self.start_batch * self.batch_size):
@@ -179,7 +188,7 @@ class TrainSetStream(torch.utils.data.IterableDataset):
             pending.append(self._example(builder, unit, position, row))
             if len(pending) < self.batch_size:
                 continue
-            good = [e for e in pending if isinstance(e, TrainExample)]
+            good = [e for e in pending if _trainable(e)]
             fallback = good[-1] if good else fallback
             yield self._batch(pending, pad, fallback or self._first_buildable(builder))
             pending = []
@@ -190,10 +199,8 @@ class TrainSetStream(torch.utils.data.IterableDataset):
         if self.cache is not None and key in self.cache:
             return self.cache[key]
         try:
-            example = build_example(builder, row, image_root=self.image_root,
+            example = build_example(builder, row, image_root=self.image_root, max_length=self.max_length,
                                     supervise_end_of_turn=self.supervise_end_of_turn, storage=self.storage)
-            if example.n_supervised == 0:
-                example = f"{row['sample_id']}: no_selected_tokens: no selected token maps onto this tokenizer's tokens"
         except SampleError as err:
             example = f"{row['sample_id']}: {err.status}: {err.message}"
         if self.cache is not None:
@@ -203,14 +210,15 @@ class TrainSetStream(torch.utils.data.IterableDataset):
     def _first_buildable(self, builder: InputBuilder) -> TrainExample:
         for _, unit, row in self.samples(0):
             example = self._example(builder, unit, 0, row)
-            if isinstance(example, TrainExample):
+            if _trainable(example):
                 return example
         raise ValueError("no sample of the training set can be built (see the skipped samples' reasons)")
 
     @staticmethod
     def _batch(pending: list, pad: int, fallback: TrainExample) -> dict:
-        good = [e for e in pending if isinstance(e, TrainExample)]
-        skipped = [e for e in pending if isinstance(e, str)]
+        good = [e for e in pending if _trainable(e)]
+        skipped = [e if isinstance(e, str) else f"{e.sample_id}: {e.skip_reason()}" for e in pending
+                   if not _trainable(e)]
         examples = good or [fallback]
         batch = collate([e.seq for e in examples], pad)
         labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
@@ -221,4 +229,11 @@ class TrainSetStream(torch.utils.data.IterableDataset):
         batch["end_of_turn"] = torch.tensor(sum(e.n_end_of_turn for e in good))
         batch["realigned"] = torch.tensor(sum(e.realigned for e in good))
         batch["skipped"] = skipped
+        batch["truncated"] = [(e.sample_id, e.cut_tokens) for e in pending
+                              if isinstance(e, TrainExample) and e.cut_tokens]
         return batch
+
+
+def _trainable(example) -> bool:
+    """Whether a built example has a label to train on (else it is skipped and reported)."""
+    return isinstance(example, TrainExample) and example.n_supervised > 0

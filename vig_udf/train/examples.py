@@ -8,17 +8,23 @@ and the stored mask applies as is. With another tokenizer (training a different 
 answer tokens differ; the mask is then carried over through the stored character spans
 (:mod:`vig_udf.selection.spans`) and the example is counted as ``realigned``.
 
-The prompt is rendered with the chat template and image placement the scores were made with (the train
-job reads them from the scores table's commit into the settings, the trainer applies them to the processor
-and the builder), so the scored tokens and the trained tokens come from the same prompt.
+The prompt is rendered with the prompt format (chat template or conversation format), image placement and
+image padding the scores were made with (the train job reads them from the scores table's commit into the
+settings, the trainer applies them to the processor and the builder), so the scored tokens and the trained
+tokens come from the same prompt.
 
 Labels are the token id at kept answer positions and -100 everywhere else: unselected answer tokens and
 the prompt stay in the input as context but get no loss. With ``supervise_end_of_turn`` (the training
-default) the end-of-turn token that the chat template writes right after an assistant turn (``</s>``,
-``<|im_end|>``, ``<end_of_utterance>``: the special token following the turn's last answer token) is
-labelled too, for every turn that keeps at least one token, as LLaVA-1.5 and TRL's completion-only
-training do: otherwise the model never learns to stop. The scorer's mask never contains it (it is
-template, not answer text).
+default) the end-of-turn text after each answer that keeps at least one token is labelled too, as
+LLaVA-1.5's ``preprocess_v1`` and TRL's completion-only training do, so that the model learns to stop:
+``</s>`` with ``llava_v1``, ``<|im_end|>\\n`` with a ChatML template, the template's stop token otherwise
+(located by :mod:`vig_udf.scoring.masking`; a template that writes none, such as llava-hf's LLaVA-1.5
+template, has nothing to supervise, and the trainer warns). The scorer's mask never contains it.
+
+A sequence longer than ``max_length`` is cut there, as LLaVA's collator does: the tokens past the limit,
+and the labels on them, are dropped, and the example counts the supervised tokens it lost
+(``cut_tokens``). A cut through the image's tokens leaves nothing to train on (the model needs all of
+them), and so does a cut before the first supervised token; such an example has no label.
 """
 
 from __future__ import annotations
@@ -46,10 +52,18 @@ class TrainExample:
     labels: np.ndarray  # int64 [L]
     realigned: bool
     n_end_of_turn: int = 0  # labelled end-of-turn tokens (included in n_supervised)
+    cut_tokens: int = 0  # supervised tokens lost to max_length
+    cut_reason: str | None = None  # why a cut example has no label left
 
     @property
     def n_supervised(self) -> int:
         return int((self.labels != IGNORE_INDEX).sum())
+
+    def skip_reason(self) -> str:
+        """``"status: message"`` of an example with nothing to supervise."""
+        if self.cut_tokens:
+            return f"truncated: {self.cut_reason or 'max_length cuts every selected token'}"
+        return "no_selected_tokens: no selected token maps onto this tokenizer's tokens"
 
 
 def token_keep_for(tokens: AnswerTokens, row: dict) -> tuple[np.ndarray, bool]:
@@ -72,25 +86,19 @@ def token_keep_for(tokens: AnswerTokens, row: dict) -> tuple[np.ndarray, bool]:
     return keep_from_spans(tokens.turn, tokens.char_start, tokens.char_end, spans), True
 
 
-def end_of_turn_positions(input_ids: np.ndarray, tokens: AnswerTokens, keep: np.ndarray,
-                          special_ids: set[int]) -> np.ndarray:
-    """Positions of the end-of-turn tokens to supervise: for each assistant turn with at least one kept token,
-    the token right after the turn's last answer token when it is a special token of the tokenizer."""
-    ids = np.asarray(input_ids)
-    out = []
-    for turn in np.unique(tokens.turn[np.asarray(keep, dtype=bool)]):
-        after = int(tokens.positions[tokens.turn == turn].max()) + 1
-        if after < len(ids) and int(ids[after]) in special_ids:
-            out.append(after)
-    return np.asarray(out, dtype=np.int64)
+def end_of_turn_positions(tokens: AnswerTokens, keep: np.ndarray) -> np.ndarray:
+    """Positions of the end-of-turn tokens to supervise: those of every answer turn with a kept token."""
+    kept_turns = np.unique(tokens.turn[np.asarray(keep, dtype=bool)])
+    return tokens.end_of_turn[np.isin(tokens.end_of_turn_turn, kept_turns)]
 
 
 def build_example(builder: InputBuilder, row: dict, *, image_root: str | None = None,
                   max_image_pixels: int | None = None, supervise_end_of_turn: bool = False,
-                  storage=None) -> TrainExample:
+                  max_length: int | None = None, storage=None) -> TrainExample:
     """Model input and labels for one training-set row; raises :class:`SampleError` for a bad sample.
 
-    supervise_end_of_turn: also label the end-of-turn token of each turn that keeps a token (see the module).
+    supervise_end_of_turn: also label the end-of-turn text of each turn that keeps a token (see the module).
+    max_length: cut the sequence there (see the module).
     """
     has_image = bool(row.get("image_path")) or row.get("image_bytes") is not None
     conv = parse_conversation(list(row["conversations"]), has_image=has_image)
@@ -104,8 +112,33 @@ def build_example(builder: InputBuilder, row: dict, *, image_root: str | None = 
     labels = labels_for(ids, tokens, keep, ignore_index=IGNORE_INDEX)
     n_eot = 0
     if supervise_end_of_turn:
-        eot = end_of_turn_positions(ids, tokens, keep, set(builder.tokenizer.all_special_ids))
+        eot = end_of_turn_positions(tokens, keep)
         labels[eot] = ids[eot]
         n_eot = len(eot)
-    return TrainExample(row["sample_id"], seq, labels, realigned, n_eot)
+    example = TrainExample(row["sample_id"], seq, labels, realigned, n_eot)
+    if max_length is not None and len(ids) > max_length:
+        example = _cut(example, max_length, builder.image_token_ids, eot if supervise_end_of_turn else ())
+    return example
 
+
+def _cut(example: TrainExample, max_length: int, image_token_ids: set[int], eot) -> TrainExample:
+    """``example`` cut to its first ``max_length`` tokens (LLaVA's truncation), counting the labels lost."""
+    ids, labels = example.seq.input_ids, example.labels
+    cut_tokens = int((labels[max_length:] != IGNORE_INDEX).sum())
+    reason = None
+    image_ids = np.isin(ids.numpy(), list(image_token_ids))
+    if image_ids[max_length:].any():
+        reason = (f"max_length={max_length} cuts through the image's tokens (the sequence is {len(ids)} tokens): "
+                  "nothing of it can be trained")
+        cut_tokens = int((labels != IGNORE_INDEX).sum())
+        labels = np.full(max_length, IGNORE_INDEX, dtype=np.int64)
+    else:
+        labels = labels[:max_length].copy()
+        if not (labels != IGNORE_INDEX).any():
+            reason = f"max_length={max_length} cuts every selected token (the sequence is {len(ids)} tokens)"
+    extras = {k: (v[:, :max_length] if v.dim() == 2 and v.shape[1] == len(ids) else v)
+              for k, v in example.seq.extras.items()}
+    positions = example.seq.positions[example.seq.positions < max_length]
+    seq = Sequence(ids[:max_length], extras, positions)
+    n_eot = int(np.sum(np.asarray(eot, dtype=np.int64) < max_length)) if reason is None else 0
+    return TrainExample(example.sample_id, seq, labels, example.realigned, n_eot, cut_tokens, reason)

@@ -8,7 +8,9 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from vig_udf.scoring import formats
 from vig_udf.scoring.conversation import IMAGE_PLACEMENTS
+from vig_udf.scoring.formats import ConversationFormat
 
 
 class TrainParts(BaseModel):
@@ -60,9 +62,19 @@ class TrainSettings(BaseModel):
                                       "scores table's commit), else the base model's own")
     image_placement: str | None = Field(None, description="first | inline; None = the placement the scores were "
                                         "made with (first for scores that predate the setting)")
-    max_length: int | None = Field(2048, description="longer samples are skipped and counted; None = no limit")
-    supervise_end_of_turn: bool = Field(True, description="also supervise the end-of-turn token after each assistant "
-                                                          "turn that keeps at least one token (the model learns to stop)")
+    prompt_format: str | ConversationFormat | None = Field(
+        None, description="template | llava_v1 | a format definition; None = the format the scores were made with "
+        "when training the scorer's model (recorded in the scores table's commit), else the base model's default")
+    image_pad: Literal["none", "square"] | None = Field(None, description="none | square; None = the scores' padding "
+                                                                          "(as prompt_format), else the base model's")
+    max_length: int | None = Field(None, gt=0, description="token limit of a training sequence (image tokens "
+                                   "included); longer ones are cut there as LLaVA does (the answer tokens past it "
+                                   "are not supervised; counted in the run). None = the scores' max_length")
+    supervise_end_of_turn: bool = Field(True, description="also supervise the end-of-turn text after each answer that "
+                                                          "keeps a token (</s> for llava_v1, <|im_end|>\\n for ChatML, "
+                                                          "the template's stop token): the model learns to stop")
+    require_end_of_turn: bool = Field(False, description="fail when the prompt writes no stop token after an answer "
+                                                         "(e.g. llava-hf's LLaVA-1.5 template) instead of warning")
     precision: Literal["float32", "bfloat16"] | None = Field(
         None, description="float32, or bfloat16 autocast with float32 weights; None = bfloat16 on GPU, float32 on CPU")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (memory for "
@@ -86,7 +98,8 @@ class TrainSettings(BaseModel):
 
     # settings that do not change the trained weights (the data order does not depend on the workers)
     RUN_ONLY: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "keep_checkpoints", "resume", "log_every",
-                                                    "device", "image_root", "cache_examples", "dataloader_workers"})
+                                                    "device", "image_root", "cache_examples", "dataloader_workers",
+                                                    "require_end_of_turn"})
 
     def weight_settings(self) -> dict:
         """Everything that changes the trained weights (not checkpointing, logging, device or workers)."""
@@ -97,6 +110,13 @@ class TrainSettings(BaseModel):
     def _known_placement(cls, value):
         if value is not None and value not in IMAGE_PLACEMENTS:
             raise ValueError(f"image_placement={value!r}; choose one of {IMAGE_PLACEMENTS}")
+        return value
+
+    @field_validator("prompt_format")
+    @classmethod
+    def _known_format(cls, value):
+        if isinstance(value, str):
+            formats.resolve_format(value)  # an unknown name fails with the choices
         return value
 
     def fingerprint(self) -> str:

@@ -6,7 +6,9 @@ rank by pyspark's ``TorchDistributor`` or ``torchrun`` (the environment's ``RANK
 
 - the data: :class:`~vig_udf.train.data.TrainSetStream`, each rank's share of the Parquet training set as
   a stream of ready batches built in the DataLoader's workers (labels from the stored token masks through
-  the scorer's masking, plus end-of-turn tokens);
+  the scorer's masking, plus end-of-turn tokens; sequences cut at ``max_length``), in the prompt format and
+  image padding of the scores (or the base model's defaults); a prompt that writes no stop token after an
+  answer is warned about (or refused, with ``require_end_of_turn``) before training starts;
 - the loss (:class:`SelectiveTrainer.compute_loss`): the summed cross-entropy at the labelled positions only
   (:mod:`vig_udf.train.loss`), divided by the Trainer's ``num_items_in_batch``, the supervised tokens of the
   global batch (every rank, every accumulated forward pass), so that an optimizer step minimises the mean over
@@ -15,7 +17,7 @@ rank by pyspark's ``TorchDistributor`` or ``torchrun`` (the environment's ``RANK
   identity, the number of processes and the precision; a resume with any of them different is refused,
   naming the difference;
 - the metrics (:class:`MetricsToMlflow`): loss, learning rate, gradient norm, supervised and end-of-turn
-  tokens, samples and skipped samples per logging window, sent to the run's MLflow run when a checkpoint is
+  tokens, samples, skipped and truncated samples per logging window, sent to the run's MLflow run when a checkpoint is
   written (or at once when there are no checkpoints), so that after a kill and a resume every step is in
   the history exactly once.
 
@@ -41,7 +43,9 @@ from typing import Callable
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
+from vig_udf.scoring import formats
 from vig_udf.scoring.conversation import DEFAULT_IMAGE_PLACEMENT
+from vig_udf.scoring.inputs import InputBuilder
 from vig_udf.train import parts as model_parts
 from vig_udf.train.data import TrainSetStream, train_set_identity
 from vig_udf.storage import Storage, model_folder
@@ -51,6 +55,7 @@ from vig_udf.train.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 SKIPPED_FILE = "vig_skipped_samples.json"
+TRUNCATED_FILE = "vig_truncated_samples.json"
 StepCallback = Callable[[int, dict], None]
 # counters summed over the ranks at each log (positions in SelectiveTrainer.window)
 WINDOW = ("supervised_tokens", "samples", "end_of_turn_tokens", "realigned_samples")
@@ -69,7 +74,9 @@ def train_selected(settings: TrainSettings | dict, train_set: str, output_dir: s
     on_step: called on rank 0 after every logged step with (step, metrics), before that step's checkpoint.
     Returns a summary on every rank: steps, the logged losses and their steps, supervised tokens (selected
     answer tokens plus end-of-turn tokens, counted once per visit), end-of-turn tokens, skipped samples,
-    the model folder (its URI for a remote output).
+    the samples cut at ``max_length`` and the supervised tokens they lost (each sample counted once), the
+    prompt format, image padding and end-of-turn text trained with, the model folder (its URI for a remote
+    output).
     """
     settings = TrainSettings.model_validate(settings)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -100,6 +107,13 @@ def train_selected(settings: TrainSettings | dict, train_set: str, output_dir: s
     if settings.chat_template is not None:  # the scores' template (see train_job.training_conventions)
         processor.chat_template = settings.chat_template
     model = AutoModelForImageTextToText.from_pretrained(base_model, dtype=torch.float32)
+    prompt_format, image_pad = formats.checkpoint_defaults(model.config, processor, prompt_format=settings.prompt_format,
+                                                           image_pad=settings.image_pad)
+    # the trained model declares what it was trained with: scoring it later uses the same prompt by default
+    setattr(model.config, formats.DECLARED, formats.declaration(prompt_format, image_pad))
+    placement = settings.image_placement or DEFAULT_IMAGE_PLACEMENT
+    end_of_turn = check_end_of_turn(InputBuilder(processor, image_placement=placement, prompt_format=prompt_format,
+                                                 image_pad=image_pad), settings, rank)
     counts = model_parts.set_trainable(model, **settings.train.model_dump())
     if settings.method == "lora":
         from transformers import set_seed
@@ -109,8 +123,8 @@ def train_selected(settings: TrainSettings | dict, train_set: str, output_dir: s
     stream = TrainSetStream(train_set, processor, batch_size=settings.batch_size, seed=settings.seed, rank=rank,
                             world=world, image_root=settings.image_root, max_length=settings.max_length,
                             supervise_end_of_turn=settings.supervise_end_of_turn,
-                            cache_examples=settings.cache_examples,
-                            image_placement=settings.image_placement or DEFAULT_IMAGE_PLACEMENT, storage=storage)
+                            cache_examples=settings.cache_examples, image_placement=placement,
+                            prompt_format=prompt_format, image_pad=image_pad, storage=storage)
     args = training_arguments(settings, out, precision=precision, processes=world,
                               fsdp_layers=settings.fsdp_layers or fsdp_units(model))
     trainer = SelectiveTrainer(model=model, args=args, train_dataset=stream, processing_class=processor,
@@ -123,6 +137,8 @@ def train_selected(settings: TrainSettings | dict, train_set: str, output_dir: s
         start = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
         stream.start_batch = start * settings.gradient_accumulation_steps
         trainer.skipped = json.loads((checkpoint / SKIPPED_FILE).read_text())
+        if (checkpoint / TRUNCATED_FILE).exists():
+            trainer.truncated = json.loads((checkpoint / TRUNCATED_FILE).read_text())
         log.info("resuming from %s (step %d)", checkpoint, start)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if rank == 0:
@@ -149,10 +165,32 @@ def train_selected(settings: TrainSettings | dict, train_set: str, output_dir: s
     return {"steps": settings.steps, "resumed_from_step": start, "losses": [h["loss"] for h in logs],
             "loss_steps": [h["step"] for h in logs],
             **{name: int(sum(h.get(name, 0) for h in logs)) for name in WINDOW},
-            "skipped": dict(trainer.skipped), "rows": stream.rows, "parameters": counts,
+            "skipped": dict(trainer.skipped), "truncated_samples": len(trainer.truncated),
+            "truncated_tokens": int(sum(trainer.truncated.values())), "rows": stream.rows, "parameters": counts,
             "trainable_parameters": trainable, "model_dir": model_uri, "seconds": seconds,
-            "supervise_end_of_turn": settings.supervise_end_of_turn, "processes": world,
+            "supervise_end_of_turn": settings.supervise_end_of_turn, "end_of_turn_text": end_of_turn,
+            "prompt_format": formats.format_name(prompt_format), "image_pad": image_pad, "processes": world,
             "max_rows_held": stream.max_rows_held, "rank_memory": held}
+
+
+def check_end_of_turn(builder: InputBuilder, settings: TrainSettings, rank: int) -> str | None:
+    """The end-of-turn text the prompt writes after an answer (what training supervises to teach stopping),
+    or None; a prompt that writes none gets a warning, or an error with ``require_end_of_turn``."""
+    texts = builder.end_of_turn_texts()
+    if not settings.supervise_end_of_turn:
+        return None
+    if all(texts):
+        return texts[-1]
+    message = (f"the prompt ({formats.format_name(builder.format or formats.TEMPLATE)}) writes no stop token after "
+               f"an answer (end-of-turn texts of a probe: {texts}), so training cannot teach the model to stop; use "
+               "a prompt_format that ends answers with one (llava_v1 for LLaVA-1.5 and 1.6-vicuna) or a "
+               "chat_template that writes the EOS token after each answer")
+    if settings.require_end_of_turn:
+        raise ValueError(message + " (require_end_of_turn=true)")
+    if rank == 0:
+        log.warning("%s; training goes on without end-of-turn supervision (require_end_of_turn=true fails here)",
+                    message)
+    return None
 
 
 class SelectiveTrainer(Trainer):
@@ -170,6 +208,8 @@ class SelectiveTrainer(Trainer):
         self.window = torch.zeros(len(WINDOW), dtype=torch.float64)
         self.new_skipped: dict[str, str] = {}
         self.skipped: dict[str, str] = {}
+        self.new_truncated: dict[str, int] = {}
+        self.truncated: dict[str, int] = {}  # sample id -> supervised tokens cut at max_length
         if self.args.fsdp_plugin_args is not None and not self.is_fsdp_enabled:
             self._enable_fsdp_on_cpu()
 
@@ -198,6 +238,8 @@ class SelectiveTrainer(Trainer):
         for entry in inputs.pop("skipped"):
             sample_id, reason = entry.split(": ", 1)
             self.new_skipped[sample_id] = reason
+        for sample_id, cut in inputs.pop("truncated"):
+            self.new_truncated[sample_id] = int(cut)
         if model.training:  # summed on the device: no host synchronisation per forward pass
             self.window = self.window.to(counts.device) + counts
         loss_sum = selected_token_loss(model, self.head, inputs, labels)
@@ -214,14 +256,18 @@ class SelectiveTrainer(Trainer):
             self.window = torch.zeros_like(self.window)
             for part in _gather_objects(self.new_skipped, self.accelerator.num_processes):
                 self.skipped.update(part)
-            self.new_skipped = {}
+            for part in _gather_objects(self.new_truncated, self.accelerator.num_processes):
+                self.truncated.update(part)
+            self.new_skipped, self.new_truncated = {}, {}
             logs["skipped_samples"] = float(len(self.skipped))
+            logs["truncated_samples"] = float(len(self.truncated))
         super().log(logs, start_time)
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         if self.args.should_save:  # the skipped samples so far, beside the checkpoint they belong to
             folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+            (folder / TRUNCATED_FILE).write_text(json.dumps(self.truncated))
             (folder / SKIPPED_FILE).write_text(json.dumps(self.skipped))
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
