@@ -67,7 +67,12 @@ class CommitClock:
         self._undo: list = []
 
     def __enter__(self) -> "CommitClock":
-        from delta.tables import DeltaMergeBuilder
+        import vig_udf.spark.score_job as score_job
+
+        if hasattr(score_job, "commit_parts"):  # one scoring stage, its parts committed by commit_parts
+            self._wrap(score_job, "commit_parts", lambda *args, **kwargs: "commit")
+            return self
+        from delta.tables import DeltaMergeBuilder  # the chunked job of 47b93cd: a stage and a MERGE per chunk
         from pyspark.sql.readwriter import DataFrameWriter
 
         self._wrap(DeltaMergeBuilder, "execute", lambda *args, **kwargs: "commit")
@@ -225,7 +230,7 @@ def run(args) -> dict:
     report = pipeline_report(sim.read_events(sim_dir), clock.of("commit"), loads_by_worker(load_dir),
                              rows=summary.get("scored", 0), job_start=start, job_end=end)
     report.update({"label": args.label, "code": _git_commit(), "rows_for_scorer": summary.get("rows_for_scorer"),
-                   "rows_by_status": summary.get("rows_by_status"), "chunks": sum("chunk " in l for _, l in lines),
+                   "rows_by_status": summary.get("rows_by_status"), "chunks": sum(l.startswith(("chunk ", "commit ")) for _, l in lines),
                    "stage_s": sim.length(clock.of("stage")), "job_lines": [[t - start, l] for t, l in lines],
                    "settings": {k: v for k, v in vars(args).items() if k not in ("write", "json")},
                    "workdir": str(work)})

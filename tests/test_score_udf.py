@@ -186,3 +186,26 @@ def test_a_worker_loads_the_drivers_model_without_hashing_it_and_refuses_another
     with pytest.raises(ModelMismatchError, match="model.safetensors: other content"):
         score_udf.worker_scorer(spec, None)
     assert loaded == [] and score_udf._SCORERS == {}
+
+
+def test_a_worker_handed_another_gpu_releases_the_model_it_holds(monkeypatch):
+    """An executor with several GPUs hands a reused Python worker any of them: the worker holds one scorer,
+    releasing the one on the old GPU before loading on the new one, and reports each load."""
+    loaded = []
+
+    class FakeScorer:
+        def __init__(self, device):
+            self.device, self.scorer_id = device, "s"
+            loaded.append(device)
+
+    monkeypatch.setattr("vig_udf.scoring.scorer.VIGScorer.from_pretrained",
+                        classmethod(lambda cls, path, **kw: FakeScorer(kw["device"])))
+    monkeypatch.setattr(score_udf, "_HELD", {"key": None, "scorer": None})
+    monkeypatch.setattr(score_udf, "LOADS", [])
+    spec = ScorerSpec(model_path="m", scorer_id="s", kwargs={})
+    first = score_udf.worker_scorer(spec, "cuda:0")
+    assert score_udf.worker_scorer(spec, "cuda:0") is first  # the same GPU again: no load
+    second = score_udf.worker_scorer(spec, "cuda:1")
+    assert second is not first and loaded == ["cuda:0", "cuda:1"]
+    assert score_udf.held_device() == "cuda:1"
+    assert [load["released"] for load in score_udf.worker_loads()] == [None, "s@cuda:0"]

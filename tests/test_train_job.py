@@ -143,3 +143,24 @@ def test_rerunning_a_finished_train_job_does_nothing(spark, scored_lake):
     assert again["run_id"] == first["run_id"] and "already holds the finished run" in lines[0]
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     assert [m.step for m in client.get_metric_history(first["run_id"], "loss")] == [1, 2]
+
+
+def test_distributed_training_refuses_dynamic_allocation_before_it_starts():
+    from vig_udf.spark.train_job import DistributedConfig, check_distributed
+
+    class Conf:
+        def __init__(self, values):
+            self.values = values
+
+        def get(self, key, default=None):
+            return self.values.get(key, default)
+
+    class Session:
+        def __init__(self, values):
+            self.conf = Conf(values)
+
+    with pytest.raises(ValueError, match="barrier stage.*dynamic allocation"):
+        check_distributed(Session({"spark.dynamicAllocation.enabled": "true"}), DistributedConfig(num_processes=2))
+    check_distributed(Session({"spark.dynamicAllocation.enabled": "false"}), DistributedConfig(num_processes=2))
+    check_distributed(Session({"spark.dynamicAllocation.enabled": "true"}),  # the driver's node: no barrier stage
+                      DistributedConfig(num_processes=2, local_mode=True))

@@ -25,7 +25,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vig_udf.config import SparkConfig
 from vig_udf.corpus import INVALID_RECORD, content_id, resolve_image, source_of, validate_record
-from vig_udf.lake.read import lake_storage
 from vig_udf.preflight import check_image_root, check_input, is_local
 from vig_udf.storage import Storage, local_path
 from vig_udf.scoring.status import IMAGE_UNREADABLE, OK
@@ -158,6 +157,8 @@ def check_config(cfg: IngestJobConfig, spark=None) -> None:
     """Fail fast, before any table is written, when the input or the image root is unusable (InputError).
 
     Without a session (before Spark starts) a local image root is checked only for a local master."""
+    from vig_udf.lake.read import lake_storage
+
     storage = lake_storage(spark) if spark is not None else Storage.from_conf(cfg.spark.conf)
     check_input(cfg.input, storage)
     if spark is not None or is_local(cfg.spark.master) or local_path(cfg.image_root or ".") is None:
@@ -172,6 +173,7 @@ def run_ingest(spark, cfg: IngestJobConfig, *, out=print) -> dict:
     from pyspark.sql.pandas.types import from_arrow_schema
 
     from vig_udf.lake import insert_new_rows, lake_table, staging_folder, table_exists, table_history
+    from vig_udf.lake.read import lake_storage
     from vig_udf.lake.write import delete_staged
     from vig_udf.spark.json_shards import stage_json_array
 
@@ -281,6 +283,8 @@ def _summary(rows) -> dict:
 
 def input_fingerprint(spark, cfg: IngestJobConfig) -> str:
     """Identity of an ingest: the input file(s) (path, size, modification time) and the options that change rows."""
+    from vig_udf.lake.read import lake_storage
+
     listing = [(e.uri, e.size, (e.mtime_ns or 0) // 1_000_000) for e in lake_storage(spark).files(cfg.input)]
     key = {"files": listing, "image_root": cfg.image_root, "image_storage": cfg.image_storage,
            "check_files": cfg.check_files}
