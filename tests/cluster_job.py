@@ -2,9 +2,9 @@
 
 Used by tests/test_spark_cluster.py: the test session keeps its one local Spark session, and this script is
 an application of the cluster (tests/standalone.py), with Spark's task retries and an event log. Usage:
-    python tests/cluster_job.py <master> <event_log_dir> <model> <image_root> <lake_for_counting> <lake_for_fault>
-        <fault_marker>
-Prints one JSON line with both job summaries.
+    python tests/cluster_job.py <master> <event_log_dir> <model> <image_root> <lake> <fault_marker>
+The first scoring task to start kills its Python worker once (VIG_FAULT_KILL_WORKER_ONCE=<fault_marker>).
+Prints the job summary as one JSON line.
 """
 
 import json
@@ -18,8 +18,7 @@ from vig_udf.spark.session import spark_session
 DISCOVERY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "fake_gpus.sh")
 
 
-def main(master: str, event_log: str, model: str, image_root: str, counting_lake: str, fault_lake: str,
-         fault_marker: str) -> None:
+def main(master: str, event_log: str, model: str, image_root: str, lake: str, fault_marker: str) -> None:
     # short jobs: the driver and executor JVMs compile with C1 only and collect with the serial GC
     jvm = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
     spark = spark_session(SparkConfig(master=master, conf={
@@ -34,13 +33,9 @@ def main(master: str, event_log: str, model: str, image_root: str, counting_lake
     spark.sparkContext.setLogLevel("ERROR")
     scorer = ScorerConfig(model_path=model, image_root=image_root, dtype="float32")
     quiet = lambda *_: None  # noqa: E731
-    cfg = ScoreJobConfig(lake=counting_lake, scorer=scorer, partitions=8, rows_per_commit=4, task_cpus=2,
-                         poll_s=0.5)
-    counting = run_score(spark, cfg, out=quiet)
-    os.environ.pop("VIG_LOAD_LOG_DIR", None)
     os.environ["VIG_FAULT_KILL_WORKER_ONCE"] = fault_marker
-    fault = run_score(spark, cfg.model_copy(update={"lake": fault_lake, "partitions": 4}), out=quiet)
-    print(json.dumps({"counting": counting, "fault": fault}, default=str))
+    cfg = ScoreJobConfig(lake=lake, scorer=scorer, partitions=8, rows_per_commit=4, task_cpus=2, poll_s=0.5)
+    print(json.dumps(run_score(spark, cfg, out=quiet), default=str))
     spark.stop()
 
 

@@ -38,9 +38,11 @@ def connect_server(folder: Path, *, conf: dict[str, str] | None = None):
     settings.update({"spark.connect.grpc.binding.port": str(port), "spark.connect.grpc.binding.address": "127.0.0.1",
                      "spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4",
                      "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"})
-    packages = settings.pop("spark.jars.packages")
+    # the jar files resolved before (spark.jars), or the packages to resolve
+    jars = ["--jars", settings.pop("spark.jars")] if "spark.jars" in settings else [
+        "--packages", settings.pop("spark.jars.packages")]
     submit = str(Path(pyspark.__file__).parent / "bin" / "spark-submit")
-    command = [submit, "--master", "local[2]", "--packages", packages, "--class",
+    command = [submit, "--master", "local[2]", *jars, "--class",
                "org.apache.spark.sql.connect.service.SparkConnectServer", "--name", "vig-connect-test"]
     for key, value in settings.items():
         command += ["--conf", f"{key}={value}"]

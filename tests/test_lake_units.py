@@ -163,3 +163,16 @@ def test_jars_are_resolved_once_and_passed_as_files_afterwards(monkeypatch, tmp_
 def test_history_entries_of_other_writers_are_not_misread():
     foreign = history_entry({"version": 2, "userMetadata": json.dumps({"job": "x", "config": "{not json"})})
     assert foreign["job"] is None and foreign["config"] is None
+
+
+def test_commit_metadata_redacts_credentials_and_nothing_else():
+    config = {"spark": {"conf": {"spark.hadoop.fs.s3a.secret.key": "s", "spark.hadoop.fs.s3a.access.key": "a",
+                                 "spark.hadoop.fs.s3a.session.token": "t", "spark.hadoop.fs.s3a.endpoint": "e",
+                                 "spark.hadoop.fs.azure.account.key.acct.dfs.core.windows.net": "k"}},
+              "scorer": {"prompt_format": {"image_token": "<image>", "end_of_turn": "</s>"}, "batch_tokens": 8},
+              "password": "p", "token": "x"}
+    recorded = json.loads(commit_metadata(job="j", config=config, write_id="w")["config"])
+    conf = recorded["spark"]["conf"]
+    assert {k for k, v in conf.items() if v == "<redacted>"} == set(config["spark"]["conf"]) - {
+        "spark.hadoop.fs.s3a.endpoint"}
+    assert recorded["scorer"] == config["scorer"] and recorded["password"] == recorded["token"] == "<redacted>"

@@ -95,7 +95,7 @@ def test_the_pipeline_with_everything_in_a_bucket(spark, s3_lake, s3_endpoint, t
 
     scores = read_table(spark, f"{s3_lake}/scores").select("sample_id", "scorer_id", "vig").collect()
     assert len({(r.sample_id, r.scorer_id) for r in scores}) == len(scores) == len(records)
-    assert len(table_history(spark, f"{s3_lake}/scores")) == 2  # two chunks, two commits
+    assert len(table_history(spark, f"{s3_lake}/scores")) == scored["commits"] >= 1  # the job's own count
     # delta-rs reads the same rows from the bucket
     options = {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
                "AWS_REGION": REGION, "AWS_ALLOW_HTTP": "true"}
@@ -117,7 +117,7 @@ def test_the_pipeline_with_everything_in_a_bucket(spark, s3_lake, s3_endpoint, t
         assert result.exit_code == 0, (engine, result.output)
         printed[engine] = json.loads(result.stdout)
         result = runner.invoke(app, ["lake", "history", "scores", f"lake={s3_lake}", f"engine={engine}", *s3a])
-        assert result.exit_code == 0 and result.output.count("MERGE") + result.output.count("WRITE") == 2, result.output
+        assert result.exit_code == 0 and result.output.count("MERGE") + result.output.count("WRITE") == scored["commits"], result.output
     assert printed["spark"] == printed["local"] == [{"n": len(records)}]
     result = runner.invoke(app, ["sql", "SHOW TABLES", f"lake={s3_lake}", "engine=local", "--format", "csv", *s3a])
     assert result.exit_code == 0 and result.stdout.split() == ["name", "corpus", "scores", "selection"], result.output

@@ -171,7 +171,7 @@ def test_a_worker_loads_the_drivers_model_without_hashing_it_and_refuses_another
     hashed = []
     real = hashlib.file_digest
     monkeypatch.setattr(hashlib, "file_digest", lambda f, name: hashed.append(f.name) or real(f, name))
-    monkeypatch.setattr(score_udf, "_SCORERS", {})
+    monkeypatch.setattr(score_udf, "_HELD", {"key": None, "scorer": None})
     scorer = score_udf.worker_scorer(spec, None)
     assert scorer.scorer_id == spec.scorer_id and hashed == []
 
@@ -180,12 +180,12 @@ def test_a_worker_loads_the_drivers_model_without_hashing_it_and_refuses_another
     data[-4] ^= 0x01  # one weight's last byte: same size, same header, a later modification time
     weight.write_bytes(bytes(data))
     os.utime(weight, ns=(0, spec.weight_stamps["model.safetensors"]["mtime_ns"] + 10**9))
-    monkeypatch.setattr(score_udf, "_SCORERS", {})
+    monkeypatch.setattr(score_udf, "_HELD", {"key": None, "scorer": None})
     loaded = []
     monkeypatch.setattr("vig_udf.scoring.scorer.VIGScorer.from_pretrained", lambda *a, **k: loaded.append(a))
     with pytest.raises(ModelMismatchError, match="model.safetensors: other content"):
         score_udf.worker_scorer(spec, None)
-    assert loaded == [] and score_udf._SCORERS == {}
+    assert loaded == [] and score_udf._HELD["scorer"] is None
 
 
 def test_a_worker_handed_another_gpu_releases_the_model_it_holds(monkeypatch):

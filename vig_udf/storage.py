@@ -50,7 +50,6 @@ from typing import Iterator, Mapping
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 S3_SCHEMES = ("s3a", "s3", "s3n")
-OBJECT_STORE_SCHEMES = (*S3_SCHEMES, "gs", "gcs", "abfs", "abfss", "wasb", "wasbs")
 DBFS_MOUNT = "/dbfs"
 # Hadoop's s3a settings (under ``spark.hadoop.``) that a Python S3 client needs too
 S3A_KEYS = {"access.key": "access_key", "secret.key": "secret_key", "session.token": "session_token",
@@ -114,11 +113,6 @@ def join(uri: str, *parts: str) -> str:
     return text
 
 
-def is_local(uri) -> bool:
-    """Whether ``uri`` is a POSIX path on this machine (a plain or ``file:`` path, ``dbfs:/``, a volume)."""
-    return scheme_of(canonical(uri)) in (None, "dbfs")
-
-
 def local_path(uri) -> str | None:
     """The POSIX path of ``uri`` when it has one (a plain or ``file:`` path; ``dbfs:/x`` through the ``/dbfs``
     mount, which must exist); None for object stores and other remote file systems."""
@@ -177,15 +171,11 @@ class Storage:
         return cls(s3=dict(sorted(s3.items())), azure_keys=dict(sorted(azure.items())))
 
     # -- locating ---------------------------------------------------------------------------------------
-    def local_path(self, uri) -> str | None:
-        """The POSIX path of ``uri`` when it has one here (see :func:`local_path`)."""
-        return local_path(uri)
-
     def filesystem(self, uri) -> tuple:
         """``(pyarrow file system, path on it)`` for ``uri``."""
         from pyarrow import fs as pafs
 
-        local = self.local_path(uri)
+        local = local_path(uri)
         if local is not None:
             return pafs.LocalFileSystem(), local
         text = canonical(uri)
@@ -275,7 +265,7 @@ class Storage:
     def write(self, uri) -> Iterator:
         """A binary stream whose content becomes the file ``uri`` when the block ends without an error (see
         the module docstring); the folders above it are created."""
-        local = self.local_path(uri)
+        local = local_path(uri)
         if local is not None:
             folder = os.path.dirname(local) or "."
             os.makedirs(folder, exist_ok=True)
@@ -320,7 +310,7 @@ class Storage:
 
     def makedirs(self, uri) -> None:
         """Create the folder ``uri`` and its parents (object stores need none: a no-op there)."""
-        local = self.local_path(uri)
+        local = local_path(uri)
         if local is not None:
             os.makedirs(local, exist_ok=True)
 
@@ -369,11 +359,6 @@ def session_storage(spark) -> Storage:
     except Exception:  # noqa: BLE001 - a server that does not list its settings: only the SDKs' own chains
         conf = {}
     return Storage.from_conf(conf)
-
-
-def unique_name(prefix: str) -> str:
-    """A name no other writer picks: ``<prefix>-<random hex>``."""
-    return f"{prefix}-{uuid.uuid4().hex}"
 
 
 def _entry(uri: str, info) -> Entry:

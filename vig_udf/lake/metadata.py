@@ -18,8 +18,9 @@ from functools import lru_cache
 from pathlib import Path
 
 METADATA_KEYS = ("job", "config", "code_version", "write_id", "app_id", "app_version")
-# a last key segment naming a secret (fs.s3a.secret.key, session.token, password), or an Azure account key
-SECRET_KEY = re.compile(r"(^|[._-])(secret|password|passwd|token|credentials?|(secret|access|private|api)[._-]?key)$"
+# a key, or the last dot-separated segment of a Spark/Hadoop key, naming a secret (fs.s3a.secret.key, session.token,
+# password), or an Azure account key; not a field that merely ends in a word like token (image_token)
+SECRET_KEY = re.compile(r"(^|\.)(secret|password|passwd|token|credentials?)$|(^|[._-])(secret|access|private|api)[._-]?key$"
                         r"|account[._-]key([._-]|$)", re.IGNORECASE)
 REDACTED = "<redacted>"
 

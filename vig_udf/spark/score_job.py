@@ -119,7 +119,7 @@ def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool, task_cpus: int = 1, storage=
                                               trust_remote_code=options.trust_remote_code)
     if options.chat_template is not None:
         processor.chat_template = options.chat_template
-    config = AutoConfig.from_pretrained(scorer.model_path, revision=revision, trust_remote_code=options.trust_remote_code)
+    config = AutoConfig.from_pretrained(local_model, revision=revision, trust_remote_code=options.trust_remote_code)
     options = options.for_checkpoint(config, processor)  # the checkpoint's prompt format and image padding
     chat_template = options.chat_template or processor.chat_template
     if not chat_template and resolve_format(options.prompt_format) is None:
