@@ -12,8 +12,10 @@ setup:
 demo: setup
 	$(PY) -m vig_udf.cli demo --config conf/demo.yaml
 
+# two test processes (pytest-xdist), each with its own Spark session; a test file stays in one process, so the
+# files' module-scoped lakes and servers are made once
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not spark"

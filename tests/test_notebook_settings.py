@@ -33,7 +33,8 @@ def test_settings_are_widgets_on_databricks_and_environment_variables_elsewhere(
 
 
 def test_the_notebooks_credentials_are_set_for_the_training_ranks(monkeypatch):
-    monkeypatch.delenv("DATABRICKS_HOST", raising=False)
+    monkeypatch.setenv("DATABRICKS_HOST", "")  # recorded, so the value the call sets is removed after the test
+    monkeypatch.delenv("DATABRICKS_HOST")
     monkeypatch.setenv("DATABRICKS_TOKEN", "already-set")
     value = lambda text: SimpleNamespace(get=lambda: text)  # noqa: E731 - Scala Options
     context = SimpleNamespace(apiUrl=lambda: value("https://adb-1.azuredatabricks.net"),
