@@ -3,7 +3,7 @@ local mode, on the same corpus and settings, read from each application's Spark 
 
 The cluster is a master and two workers on 127.0.0.1 (tests/standalone.py), each worker with 4 cores and two
 GPU addresses from a discovery script (no GPU behind them: the scorer runs on the CPU). The job runs with the
-GPU settings of conf/gpu-cluster.yaml, scaled down: every task a quarter of a GPU and one CPU by default, the
+GPU settings of conf/gpu-cluster.yaml, scaled down: every task one CPU and no GPU by default, the
 scoring stage one GPU and two CPUs per task (stage-level scheduling). Local mode (``local[4]``) has no GPU
 resources and runs the same job with one profile. For each stage the table gives its tasks, the task
 resources of its profile, and the most tasks that ran at once on one executor.
@@ -41,8 +41,7 @@ conf = {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false", "s
         "spark.databricks.delta.snapshotPartitions": "2"}
 if gpu == "1":
     conf.update({"spark.executor.cores": "4", "spark.executor.memory": "1g",
-                 "spark.executor.resource.gpu.amount": "2", "spark.executor.resource.gpu.discoveryScript": sys.argv[9],
-                 "spark.task.resource.gpu.amount": "0.25"})
+                 "spark.executor.resource.gpu.amount": "2", "spark.executor.resource.gpu.discoveryScript": sys.argv[9]})
 spark = spark_session(SparkConfig(master=master, conf=conf))
 cfg = ScoreJobConfig(lake=lake, scorer=ScorerConfig(model_path=model, image_root=images, dtype="float32"),
                      partitions=int(tasks), rows_per_commit=int(commit_rows), task_cpus=2, poll_s=0.5)

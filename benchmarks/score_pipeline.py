@@ -55,6 +55,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import sim_accelerator as sim  # noqa: E402
+ONE_GPU = str(ROOT / "benchmarks" / "data" / "one_gpu.sh")
 
 
 class CommitClock:
@@ -193,7 +194,16 @@ def session(args, sim_dir: Path):
         "spark.executorEnv.OMP_NUM_THREADS": str(args.torch_threads),
         "spark.executorEnv.PYTHONPATH": os.environ["PYTHONPATH"],
     }
-    master = f"local-cluster[{args.executors},{args.cores},{args.executor_memory_mb + 512}]"
+    cores = args.cores
+    if args.gpus:  # as conf/gpu-cluster.yaml: one GPU per executor, a spare core, stage-level scheduling
+        cores = args.cores + 1
+        conf.update({"spark.task.cpus": "1", "spark.executor.cores": str(cores),
+                     "spark.worker.resource.gpu.amount": "1", "spark.worker.resource.gpu.discoveryScript": ONE_GPU,
+                     "spark.executor.resource.gpu.amount": "1", "spark.executor.resource.gpu.discoveryScript": ONE_GPU,
+                     "spark.dynamicAllocation.enabled": "false"})
+        if args.other_task_gpus:  # a share of a GPU for the other stages' tasks (what conf/gpu-cluster.yaml avoids)
+            conf["spark.task.resource.gpu.amount"] = str(args.other_task_gpus)
+    master = f"local-cluster[{args.executors},{cores},{args.executor_memory_mb + 512}]"
     return spark_session(SparkConfig(master=master, app_name="vig-score-pipeline", conf=conf))
 
 
@@ -219,7 +229,8 @@ def run(args) -> dict:
               **({"prep_chunk": args.prep_chunk} if args.prep_chunk is not None else {})}
     job = {"lake": str(lake), "scorer": ScorerConfig(**scorer), "rows_per_commit": args.rows_per_commit,
            "arrow_batch_rows": args.arrow_batch_rows, "progress_every_s": 0,
-           **({"rows_per_task": args.rows_per_task} if args.rows_per_task else {})}
+           **({"rows_per_task": args.rows_per_task} if args.rows_per_task else {}),
+           **({"task_cpus": args.cores, "task_gpus": 1} if args.gpus else {})}
     cfg = ScoreJobConfig(**job)
     lines: list[tuple[float, str]] = []
     with CommitClock() as clock:
@@ -284,7 +295,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--prep-workers", type=int, default=None, help="the scorer's prep_workers (default: the job's)")
     parser.add_argument("--prep-chunk", type=int, default=None, help="the scorer's prep_chunk (default: the job's)")
     parser.add_argument("--executors", type=int, default=2, help="executor JVMs of the local-cluster (accelerators)")
-    parser.add_argument("--cores", type=int, default=1, help="cores per executor (= spark.task.cpus)")
+    parser.add_argument("--cores", type=int, default=1, help="cores per executor (= spark.task.cpus); with --gpus, "
+                        "the scoring task's CPUs")
+    parser.add_argument("--gpus", action="store_true",
+                        help="executors advertise one GPU each (a discovery script, no GPU behind it) and one core "
+                             "more than --cores: the scoring stage gets its own resource profile (1 GPU, --cores "
+                             "CPUs per task) and the commits run on the spare core, as on conf/gpu-cluster.yaml")
+    parser.add_argument("--other-task-gpus", type=float, default=0.0,
+                        help="with --gpus: spark.task.resource.gpu.amount for the other stages (0: unset)")
     parser.add_argument("--executor-memory-mb", type=int, default=1024)
     parser.add_argument("--torch-threads", type=int, default=1, help="OMP_NUM_THREADS of the Python workers")
     parser.add_argument("--tokens-per-s", type=float, default=1000.0,

@@ -4,7 +4,7 @@
 # Configure with
 #   spark.executor.resource.gpu.amount=1
 #   spark.executor.resource.gpu.discoveryScript=/opt/vig-spark/conf/getGpusResources.sh
-#   spark.task.resource.gpu.amount=1
+# and no spark.task.resource.gpu.amount: the score job's scoring stage asks for its GPU (conf/gpu-cluster.yaml)
 # Exits non-zero (so Spark reports the failure) when nvidia-smi is missing or fails.
 set -euo pipefail
 

@@ -25,9 +25,9 @@ def main(master: str, event_log: str, model: str, image_root: str, lake: str, fa
         "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false", "spark.task.maxFailures": "4",
         "spark.executor.memory": "1g", "spark.executor.cores": "4", "spark.sql.shuffle.partitions": "8",
         "spark.databricks.delta.snapshotPartitions": "2",
-        # the GPU settings of conf/gpu-cluster.yaml: two GPUs per executor, a fraction of one for other stages
+        # the GPU settings of conf/gpu-cluster.yaml: two GPUs per executor, none asked by the other stages' tasks
         "spark.executor.resource.gpu.amount": "2", "spark.executor.resource.gpu.discoveryScript": DISCOVERY,
-        "spark.executor.resource.gpu.vendor": "nvidia.com", "spark.task.resource.gpu.amount": "0.25",
+        "spark.executor.resource.gpu.vendor": "nvidia.com",
         "spark.eventLog.enabled": "true", "spark.eventLog.dir": event_log, "spark.eventLog.compress": "false",
         "spark.driver.extraJavaOptions": jvm, "spark.executor.extraJavaOptions": jvm}))
     spark.sparkContext.setLogLevel("ERROR")

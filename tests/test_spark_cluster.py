@@ -59,12 +59,12 @@ def test_a_standalone_cluster_with_gpus_schedules_the_scoring_stage_apart_and_sc
     assert counting["commits"] >= 2  # committed while later tasks scored
 
     # the scoring stage got a GPU and two CPUs per task, so at most two of its tasks ran at once on an executor,
-    # on different GPUs; the other stages ran with the defaults (a quarter of a GPU, a CPU each: a task per core)
+    # on different GPUs; the other stages ran with the defaults (a CPU and no GPU each: a task per core)
     stages = stages_from_event_log(events).values()
     scoring = [s for s in stages if s["profile"].get("gpu") == 1.0]
     assert len(scoring) == 1 and scoring[0]["profile"]["cpus"] == 2
     assert all(s["most_at_once"] <= 2 for s in scoring)
-    others = [s for s in stages if s["profile"].get("gpu") == 0.25]
+    others = [s for s in stages if "cpus" in s["profile"] and "gpu" not in s["profile"]]
     assert others and all(s["profile"]["cpus"] == 1 for s in others)
     assert max(s["most_at_once"] for s in others) > 2  # more tasks at once than the scoring stage may
     tasks = {(t["partition"], t["attempt"]): t for t in counting["task_records"]}

@@ -296,7 +296,7 @@ def commit_parts(spark, parts: list[str], scores_path: str, *, config: dict, rep
 def scoring_profile(spark, cfg: ScoreJobConfig):
     """The stage-level resource profile of the scoring stage on a cluster whose executors have GPUs: each task
     ``task_gpus`` GPUs and ``task_cpus`` CPUs, while the job's other stages (the anti-join, the commits) keep the
-    session's defaults (a fraction of a GPU, one CPU) and run many tasks per executor. None in local mode or
+    session's defaults (one CPU, no GPU) and run a task per free core beside it. None in local mode or
     without GPUs, or when ``stage_scheduling`` is off."""
     from vig_udf.spark.cluster import executor_gpus, is_local_master, master_of
 
