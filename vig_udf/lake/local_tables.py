@@ -10,6 +10,7 @@ unset, delta-rs takes from the usual AWS environment variables, profiles and ins
 
 from __future__ import annotations
 
+from vig_udf.errors import InputError
 from vig_udf.lake.metadata import history_entry
 from vig_udf.lake.paths import STAGING, table_uri
 from vig_udf.storage import Storage, scheme_of
@@ -25,7 +26,7 @@ _S3A_OPTIONS = {
 OBJECT_STORE_SCHEMES = ("s3a://", "s3://")
 
 
-class LakeReadError(ValueError):
+class LakeReadError(InputError):
     """A table or version that the local reader cannot open (no table there, a version it does not have)."""
 
 

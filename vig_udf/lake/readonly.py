@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import re
 
+from vig_udf.errors import InputError
+
 READ_ONLY = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "VALUES", "TABLE", "FROM")
 # the words with which a statement that starts like a query can still write (WITH ... INSERT INTO t ...)
 WRITING = ("INSERT", "OVERWRITE", "MERGE", "UPDATE", "DELETE", "DROP", "CREATE", "ALTER", "TRUNCATE")
@@ -36,7 +38,7 @@ _PRINTED_WRITE = re.compile(r"Command$|Statement$|^(Insert|Create|Drop|Alter|Rep
                             r"Vacuum|Restore|Clone|Convert|Rename|Comment|Grant|Revoke|Call|Write)")
 
 
-class ReadOnlyError(ValueError):
+class ReadOnlyError(InputError):
     """A statement that would change tables or the session."""
 
 

@@ -26,6 +26,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable
 
+from vig_udf.errors import ConcurrentWriteError
 from vig_udf.lake.metadata import commit_metadata, history_entry
 from vig_udf.lake.paths import delta_sql, table_uri
 from vig_udf.lake.read import history_rows, lake_storage, table_exists, table_version
@@ -43,10 +44,6 @@ RETRY_PAUSE_MAX_S = 30.0
 USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 TXN_APP_ID_CONF = "spark.databricks.delta.write.txnAppId"
 TXN_VERSION_CONF = "spark.databricks.delta.write.txnVersion"
-
-
-class ConcurrentWriteError(RuntimeError):
-    """Other writers kept committing to the table: every attempt of this write conflicted with one."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +149,7 @@ def insert_new_rows(
     source, before = df, table_version(spark, uri)
     try:
         if staged:
+            stage_folder(spark, staged, job)
             df.write.format("delta").mode("error").save(spark_path(staged))
             source = spark.read.format("delta").load(spark_path(staged))
             if staged_config is not None:
@@ -194,13 +192,27 @@ def _create_or_merge(source, uri: str, keys: list[str], metadata: dict, app_id, 
         spark.catalog.dropTempView(view)
 
 
+def stage_folder(spark, uri: str, job: str) -> str:
+    """Claim the staging folder ``uri`` for this process (its owner marker, :mod:`vig_udf.lake.owners`), so that
+    clean-ups by other jobs leave it alone while this one lives; returns ``uri``."""
+    from vig_udf.lake.owners import claim
+
+    claim(lake_storage(spark), uri, job)
+    return uri
+
+
 def delete_staged(spark, uri: str) -> bool:
-    """Delete a staged folder; returns whether anything was deleted. Never raises: a folder left behind is
-    cleared by ``vig lake vacuum``."""
+    """Delete a staged folder and its owner marker; returns whether anything was deleted. Never raises: a folder
+    left behind is cleared by the next job or ``vig lake vacuum`` once its owner is gone."""
+    from vig_udf.lake.owners import release
+
+    storage = lake_storage(spark)
     try:
-        return lake_storage(spark).delete(uri)
+        deleted = storage.delete(uri)
+        release(storage, uri)
+        return deleted
     except Exception as error:  # noqa: BLE001 - clean-up must not mask the job's own outcome
-        log.warning("could not delete %s (%s); `vig lake vacuum` clears it", uri, error)
+        log.warning("could not delete %s (%s); the next job or `vig lake vacuum` clears it", uri, error)
         return False
 
 
