@@ -180,3 +180,94 @@ def test_a_full_disk_leaves_no_staging(lake, mounted):
     assert {k: v for k, v in after.items() if not k.startswith("selection/")} == before
     assert not any(k.startswith("selection/_delta_log/") and k.endswith(".json") for k in after)  # no table made
     assert not any(k.startswith("_staging/") for k in after), sorted(after)
+
+
+@pytest.mark.parametrize("engine", ["local", "spark"])
+def test_history_of_a_table_whose_newest_commit_is_damaged(lake, engine):
+    damaged = commit_file(lake / "corpus", 1)
+    damaged.write_bytes(damaged.read_bytes()[:50])
+    before = snapshot(lake)
+    result = CliRunner().invoke(app, ["lake", "history", "corpus", f"lake={lake}", f"engine={engine}"])
+    assert result.exit_code == 3, result.output
+    shown = result.stdout.strip().splitlines()
+    assert shown[0].startswith("v1  commit 00000000000000000001.json damaged: ") and shown[1].startswith("v0  ")
+    assert "job ingest" in shown[1]
+    assert "vig lake history: the corpus table's commit 00000000000000000001.json is damaged" in result.stderr
+    assert snapshot(lake) == before
+
+
+def test_check_names_every_problem(lake):
+    clean = CliRunner().invoke(app, ["lake", "check", f"lake={lake}", "engine=local"])
+    assert clean.exit_code == 0, clean.output
+    assert "corpus: v1, 2 commits parse, every file of the latest version is there" in clean.stdout
+    victim = sorted((lake / "scores").glob("part-*.parquet"))[0]
+    victim.unlink()
+    newest = commit_file(lake / "corpus", 1)
+    newest.unlink()  # its checksum file stays: the commit was there
+    before = snapshot(lake)
+    result = CliRunner().invoke(app, ["lake", "check", f"lake={lake}", "engine=local"])
+    assert result.exit_code == 3, result.output
+    assert "corpus: commit 00000000000000000001.json is missing" in result.stdout
+    assert f"scores: data file {victim.name} of the latest version is missing" in result.stdout
+    assert result.stderr.startswith("vig lake check: damaged: corpus, scores")
+    assert snapshot(lake) == before
+
+
+def test_restore_makes_an_earlier_version_the_latest_and_is_refused_while_a_job_writes(spark, lake):
+    from vig_udf.lake import read_table, table_history
+    from vig_udf.lake.owners import JOBS, owner_record
+
+    lease = lake / "_staging" / JOBS / "running.json"
+    lease.parent.mkdir(parents=True)
+    lease.write_text(json.dumps(owner_record("score")))  # this process: alive
+    before = snapshot(lake)
+    refused, lines = invoke("lake", "restore", "corpus", "version=0", f"lake={lake}")
+    assert refused.exit_code == 6 and lines[0].startswith("vig lake restore: refused: score (pid "), refused.output
+    assert snapshot(lake) == before
+    lease.unlink()
+    done = CliRunner().invoke(app, ["lake", "restore", "corpus", "version=0", f"lake={lake}"])
+    assert done.exit_code == 0, done.output
+    assert done.stdout.startswith("corpus: v2 restores v0")
+    path = str(lake / "corpus")
+    assert read_table(spark, path).count() == read_table(spark, path, version=0).count() == 4
+    assert read_table(spark, path, version=1).count() == 6  # nothing deleted
+    assert table_history(spark, path)[0]["operation"] == "RESTORE" and table_history(spark, path)[0]["job"] == "restore"
+    no_version, lines = invoke("lake", "restore", "corpus", f"lake={lake}")
+    assert no_version.exit_code == 2 and "version=N" in lines[0]
+
+
+def test_a_job_removes_the_staging_of_killed_jobs_only(lake):
+    from vig_udf.lake.owners import OWNER_SUFFIX, owner_record
+
+    staging = lake / "_staging" / "scores"
+    old = 200 * 3600
+    folders = {}
+    for name, owner, age in (("killed", {**owner_record("score"), "pid": 2 ** 22 + 17}, old),
+                             ("unowned", None, old), ("live", owner_record("score"), old),
+                             ("fresh", {**owner_record("score"), "pid": 2 ** 22 + 17}, 0)):
+        folder = staging / name
+        (folder / "_delta_log" / "_staged_commits").mkdir(parents=True)
+        (folder / "part-0.parquet").write_bytes(b"x")
+        if owner:
+            (staging / f"{name}{OWNER_SUFFIX}").write_text(json.dumps(owner))
+        for path in [folder, *folder.rglob("*")]:
+            os.utime(path, (path.stat().st_atime - age, path.stat().st_mtime - age))
+        folders[name] = folder
+    tables_before = {k: v for k, v in snapshot(lake).items() if not k.startswith("_staging/")}
+    result = CliRunner().invoke(app, ["select", f"lake={lake}", "policies=[vig]"])
+    assert result.exit_code == 0, result.output
+    assert "removed the staging of 2 killed job(s)" in result.stderr
+    assert not folders["killed"].exists() and not folders["unowned"].exists()
+    assert not (staging / f"killed{OWNER_SUFFIX}").exists()
+    assert folders["live"].exists() and folders["fresh"].exists()
+    after = snapshot(lake)
+    assert {k: v for k, v in after.items() if not k.startswith(("_staging/", "selection/"))} == tables_before
+
+
+def test_a_folder_with_only_staged_commits_is_no_table(lake):
+    (lake / "ghost" / "_delta_log" / "_staged_commits").mkdir(parents=True)
+    (lake / "ghost" / "_delta_log" / "_staged_commits" / "00000000000000000000.uuid.json").write_text("{}")
+    listed = CliRunner().invoke(app, ["sql", "SHOW TABLES", f"lake={lake}", "engine=local"])
+    assert listed.exit_code == 0 and "ghost" not in listed.stdout, listed.output
+    ghost, lines = invoke("lake", "history", "ghost", f"lake={lake}", "engine=local")
+    assert ghost.exit_code == 2 and "No Delta table" in lines[0] and "log segment" not in ghost.output
