@@ -271,3 +271,46 @@ def test_a_folder_with_only_staged_commits_is_no_table(lake):
     assert listed.exit_code == 0 and "ghost" not in listed.stdout, listed.output
     ghost, lines = invoke("lake", "history", "ghost", f"lake={lake}", "engine=local")
     assert ghost.exit_code == 2 and "No Delta table" in lines[0] and "log segment" not in ghost.output
+
+
+def _refused_statements(lake: Path, other: Path) -> list[str]:
+    return [
+        "SELECT * FROM text.`/etc/hostname`",
+        "SELECT * FROM binaryFile.`/etc`",
+        f"SELECT * FROM json.`{lake}/corpus/_delta_log/00000000000000000000.json`",
+        f"SELECT count(*) FROM delta.`{other}/corpus`",
+        "SELECT * FROM read_files('/etc/hostname')",
+        "SELECT * FROM corpus WHERE sample_id IN (SELECT value FROM text.`/etc/hostname`)",
+        "WITH x AS (SELECT * FROM csv.`/etc/passwd`) SELECT * FROM x",
+        "SELECT (SELECT max(value) FROM parquet.`/tmp`) AS v",
+    ]
+
+
+@pytest.mark.parametrize("engine", ["spark", "local"])
+def test_sql_reads_only_the_lake(spark, made_lake, tmp_path, engine, monkeypatch):
+    monkeypatch.setenv("VIG_LOG_DIR", str(tmp_path / "logs"))
+    other = tmp_path / "other"
+    shutil.copytree(made_lake / "corpus", other / "corpus")
+    runner = CliRunner()
+    for statement in _refused_statements(made_lake, other):
+        result = runner.invoke(app, ["sql", statement, f"lake={made_lake}", f"engine={engine}"])
+        assert result.exit_code == 2 and result.stdout == "", (statement, result.output)
+        assert result.stderr.startswith("vig sql: ") and "Traceback" not in result.output, (statement, result.output)
+        if engine == "spark":
+            assert "Refused" in result.stderr, (statement, result.stderr)
+    inside = runner.invoke(app, ["sql", f"SELECT count(*) AS n FROM delta.`{made_lake}/corpus`", f"lake={made_lake}",
+                                 "engine=spark", "--format", "json"])
+    assert inside.exit_code == 0 and json.loads(inside.stdout) == [{"n": 6}], inside.output
+
+
+def test_sql_prints_the_parsers_reason_and_takes_overrides_after_a_config(spark, made_lake, tmp_path, monkeypatch):
+    monkeypatch.setenv("VIG_LOG_DIR", str(tmp_path / "logs"))
+    config = tmp_path / "local.yaml"
+    config.write_text("lake: /nowhere\nsql:\n  engine: spark\n")
+    runner = CliRunner()
+    bad = runner.invoke(app, ["sql", "SELECT sample_id FROM corpus WHERE (1 =", "--config", str(config), f"lake={made_lake}"])
+    assert bad.exit_code == 2 and "Spark cannot parse the statement: " in bad.stderr, bad.output
+    assert "()" not in bad.stderr and ("PARSE_SYNTAX_ERROR" in bad.stderr or "Syntax error" in bad.stderr)
+    good = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM corpus", "--config", str(config), f"lake={made_lake}",
+                               "--format", "json"])
+    assert good.exit_code == 0 and json.loads(good.stdout) == [{"n": 6}], good.output

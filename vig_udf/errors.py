@@ -122,7 +122,10 @@ def cause_line(error: BaseException, text: str | None = None, needles=()) -> str
     deepest ``Caused by:`` of the Java trace, else the exception's first line; Java package names left out."""
     text = error_text(error) if text is None else text
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("at ")]
-    line = next((ln for ln in lines if any(n in ln for n in needles)), None)
+    index = next((i for i, ln in enumerate(lines) if any(n in ln for n in needles)), None)
+    line = None if index is None else lines[index]
+    if line is not None and line.endswith(":") and index + 1 < len(lines):  # "ParseException:" then its reason
+        line = f"{line} {lines[index + 1]}"
     if line is None:
         causes = _CAUSED_BY.findall(text)
         line = causes[-1] if causes else next((ln for ln in str(error).strip().splitlines() if ln.strip()), "")
