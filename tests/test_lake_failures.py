@@ -308,7 +308,8 @@ def test_sql_prints_the_parsers_reason_and_takes_overrides_after_a_config(spark,
     config = tmp_path / "local.yaml"
     config.write_text("lake: /nowhere\nsql:\n  engine: spark\n")
     runner = CliRunner()
-    bad = runner.invoke(app, ["sql", "SELECT sample_id FROM corpus WHERE (1 =", "--config", str(config), f"lake={made_lake}"])
+    bad = runner.invoke(app, ["sql", "SELECT sample_id FROM corpus WHERE (1 =", "--config", str(config),
+                              f"lake={made_lake}"])
     assert bad.exit_code == 2 and "Spark cannot parse the statement: " in bad.stderr, bad.output
     assert "()" not in bad.stderr and ("PARSE_SYNTAX_ERROR" in bad.stderr or "Syntax error" in bad.stderr)
     good = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM corpus", "--config", str(config), f"lake={made_lake}",

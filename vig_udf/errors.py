@@ -87,7 +87,8 @@ _UNREACHABLE = ("ConnectException", "Connection refused", "UnknownHostException"
                 "ConnectTimeoutException", "NoRouteToHostException", "Unable to execute HTTP request")
 _DAMAGED_LOG = ("ChecksumException", "JsonParseException", "JsonEOFException", "MismatchedInputException",
                 "DELTA_VERSIONS_NOT_CONTIGUOUS", "DELTA_STATE_RECOVER_ERROR", "DELTA_LOG_FILE_NOT_FOUND",
-                "DELTA_CHECKPOINT_NON_EXIST_TABLE", "DELTA_TRUNCATED_TRANSACTION_LOG", "DELTA_MISSING_PART_FILES", "DELTA_INVALID_CHECKPOINT",
+                "DELTA_CHECKPOINT_NON_EXIST_TABLE", "DELTA_TRUNCATED_TRANSACTION_LOG", "DELTA_MISSING_PART_FILES",
+                "DELTA_INVALID_CHECKPOINT",
                 "Checksum error", "Unexpected end-of-input", "No files in log segment",
                 "Failed to read checkpoint", "_last_checkpoint", "versions are not contiguous",
                 "Invalid JSON in log record", "InvalidJsonLog")

@@ -87,7 +87,8 @@ def open_table(path, *, version: int | None = None, spark_conf: dict[str, str] |
 
     uri = table_uri(path)
     options = storage_options(uri, spark_conf)
-    no_table = LakeReadError(f"No Delta table at {uri} (no commit in its _delta_log); check the path or write it first.")
+    no_table = LakeReadError(f"No Delta table at {uri} (no commit in its _delta_log); check the path or write it "
+                             "first.")
     if not has_delta_log(Storage.from_conf(spark_conf), uri):  # delta-rs: "No files in log segment" for _staged_commits
         raise no_table
     try:
