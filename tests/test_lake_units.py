@@ -176,3 +176,28 @@ def test_commit_metadata_redacts_credentials_and_nothing_else():
     assert {k for k, v in conf.items() if v == "<redacted>"} == set(config["spark"]["conf"]) - {
         "spark.hadoop.fs.s3a.endpoint"}
     assert recorded["scorer"] == config["scorer"] and recorded["password"] == recorded["token"] == "<redacted>"
+
+
+def test_a_creator_that_loses_the_race_merges_at_once_and_every_retry_is_logged(monkeypatch, caplog):
+    from delta.exceptions import base
+
+    import vig_udf.lake.write as write
+
+    pauses, attempts, created = [], [], [False]
+    monkeypatch.setattr(write.time, "sleep", pauses.append)
+
+    def create_or_merge():
+        attempts.append(created[0])
+        if len(attempts) == 1:  # another ingest created the table while this one tried to
+            created[0] = True
+            raise base.ProtocolChangedException("The protocol version of the Delta table has been changed")
+        if len(attempts) == 2:  # then a merge conflicted with a third writer's: this one waits
+            raise base.ConcurrentAppendException("Files were added by a concurrent update")
+
+    with caplog.at_level("WARNING", logger="vig_udf.lake.write"):
+        write._retry_conflicts(create_or_merge, "lake/corpus", exists=lambda: created[0])
+    assert attempts == [False, True, True] and len(pauses) == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert "another writer created the table first (ProtocolChangedException: The protocol" in messages[0]
+    assert "concurrent commit (ConcurrentAppendException: Files were added" in messages[1]
+    assert messages[2] == "lake/corpus: committed on attempt 3 of 8"

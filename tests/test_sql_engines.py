@@ -129,7 +129,7 @@ def test_the_spark_engine_refuses_what_the_local_one_refuses(spark, jobs_lake):
     runner = CliRunner()
     for engine in ("local", "spark"):
         result = runner.invoke(app, ["sql", "SELECT * FROM corpus@v9", f"lake={jobs_lake}", f"engine={engine}"])
-        assert result.exit_code == 1 and "Traceback" not in result.output, (engine, result.output)
+        assert result.exit_code == 2 and "Traceback" not in result.output, (engine, result.output)
         result = runner.invoke(app, ["sql", "INSERT INTO corpus SELECT * FROM corpus", f"lake={jobs_lake}",
                                      f"engine={engine}"])
         assert result.exit_code == 2 and "read-only statements" in result.output

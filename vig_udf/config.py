@@ -16,8 +16,9 @@ from typing import Literal, TypeVar
 import re
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from vig_udf.errors import InputError
 from vig_udf.scoring.options import ScorerOptions
 
 T = TypeVar("T", bound=BaseModel)
@@ -68,7 +69,7 @@ class SqlConfig(BaseModel):
 
 
 class LakeConfig(BaseModel):
-    """``vig lake optimize / vacuum / history``: which lake and tables, and VACUUM's retention."""
+    """``vig lake optimize / vacuum / history / check / restore``: which lake and tables, and VACUUM's retention."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -80,6 +81,7 @@ class LakeConfig(BaseModel):
                                                          "retain_hours need (time travel, running jobs)")
     retention_check: bool = Field(True, description="refuse retain_hours under 168 (Delta's safety check); "
                                                     "false only when no job writes to the lake")
+    version: int | None = Field(None, ge=0, description="vig lake restore: the version to make the latest again")
     spark: SparkConfig = SparkConfig()
 
 
@@ -138,13 +140,13 @@ def override_key_parts(key: str) -> list[str]:
     while True:
         match = _KEY_PART.match(key, pos)
         if match is None:
-            raise ValueError(f"override key {key!r}: expected a name or a \"quoted.name\" at character {pos}")
+            raise InputError(f"override key {key!r}: expected a name or a \"quoted.name\" at character {pos}")
         parts.append(match.group(1) if match.group(1) is not None else match.group(2))
         pos = match.end()
         if pos == len(key):
             return parts
         if key[pos] != ".":
-            raise ValueError(f"override key {key!r}: expected a dot at character {pos}")
+            raise InputError(f"override key {key!r}: expected a dot at character {pos}")
         pos += 1
 
 
@@ -159,7 +161,7 @@ def load_config(model: type[T], path: str | Path | None, overrides: list[str] | 
     if path is not None:
         data = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a YAML mapping at the top level")
+            raise InputError(f"{path} must hold a YAML mapping at the top level")
     if section is not None:
         job = dict(data.get(section) or {})
         for shared in SHARED_SECTIONS:
@@ -169,12 +171,17 @@ def load_config(model: type[T], path: str | Path | None, overrides: list[str] | 
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"override {item!r} must look like key.sub=value")
+            raise InputError(f"override {item!r} must look like key.sub=value")
         node = data
         *parents, leaf = override_key_parts(key)
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {part} is not a section")
+                raise InputError(f"override {item!r}: {part} is not a section")
         node[leaf] = yaml.safe_load(raw)
-    return model.model_validate(data)
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+                             for e in error.errors())
+        raise InputError(f"invalid settings: {problems}") from None

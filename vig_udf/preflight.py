@@ -12,15 +12,14 @@ from __future__ import annotations
 import os
 import posixpath
 
+from vig_udf.errors import InputError
 from vig_udf.storage import Storage, canonical, local_path, scheme_of
+
+__all__ = ["InputError", "check_image_root", "check_input", "check_model_path"]
 
 INPUT_SUFFIXES = (".json", ".jsonl", ".parquet")
 COMPRESSED = (".gz", ".bz2", ".deflate", ".zst", ".lz4", ".snappy")
 _PEEK_BYTES = 1 << 16
-
-
-class InputError(ValueError):
-    """A whole input of a job is unusable; the message says which and why."""
 
 
 def check_input(path: str, storage: Storage | None = None) -> None:

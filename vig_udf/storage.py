@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterator, Mapping
 
+from vig_udf.errors import StorageError
+
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 S3_SCHEMES = ("s3a", "s3", "s3n")
 DBFS_MOUNT = "/dbfs"
@@ -57,10 +59,6 @@ S3A_KEYS = {"access.key": "access_key", "secret.key": "secret_key", "session.tok
             "connection.ssl.enabled": "ssl", "path.style.access": "path_style",
             "aws.credentials.provider": "provider"}
 _AZURE_KEY = re.compile(r"^(?:spark\.hadoop\.)?fs\.azure\.account\.key\.([^.]+)\.dfs\.core\.windows\.net$")
-
-
-class StorageError(OSError):
-    """A URI that cannot be opened from Python here (an unknown scheme, a missing mount); says which and why."""
 
 
 def scheme_of(uri: str) -> str | None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 
+from vig_udf.errors import InputError
 from vig_udf.lake.local_tables import lake_tables, open_table
 from vig_udf.lake.paths import table_uri
 from vig_udf.lake.readonly import HOW_TO_WRITE, READ_ONLY, ReadOnlyError, check_read_only
@@ -44,7 +45,7 @@ SETTINGS = {
 READ_STATEMENTS = ("SELECT", "EXPLAIN")
 
 
-class LocalSqlError(ValueError):
+class LocalSqlError(InputError):
     """A statement DuckDB cannot run on the lake (a syntax error, an unknown table or column), one line."""
 
 

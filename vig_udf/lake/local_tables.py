@@ -10,6 +10,7 @@ unset, delta-rs takes from the usual AWS environment variables, profiles and ins
 
 from __future__ import annotations
 
+from vig_udf.errors import InputError
 from vig_udf.lake.metadata import history_entry
 from vig_udf.lake.paths import STAGING, table_uri
 from vig_udf.storage import Storage, scheme_of
@@ -25,7 +26,7 @@ _S3A_OPTIONS = {
 OBJECT_STORE_SCHEMES = ("s3a://", "s3://")
 
 
-class LakeReadError(ValueError):
+class LakeReadError(InputError):
     """A table or version that the local reader cannot open (no table there, a version it does not have)."""
 
 
@@ -82,8 +83,14 @@ def open_table(path, *, version: int | None = None, spark_conf: dict[str, str] |
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
+    from vig_udf.lake.read import has_delta_log
+
     uri = table_uri(path)
     options = storage_options(uri, spark_conf)
+    no_table = LakeReadError(f"No Delta table at {uri} (no commit in its _delta_log); check the path or write it "
+                             "first.")
+    if not has_delta_log(Storage.from_conf(spark_conf), uri):  # delta-rs: "No files in log segment" for _staged_commits
+        raise no_table
     try:
         table = DeltaTable(delta_rs_uri(uri), storage_options=options or None)
     except TableNotFoundError:

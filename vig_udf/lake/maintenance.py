@@ -60,15 +60,22 @@ def vacuum_lake(spark, lake, tables: list[str] | None = None, *, retain_hours: f
 
 
 def clear_staging(spark, lake, *, retain_hours: float) -> list[str]:
-    """Delete the staging folders under ``<lake>/_staging`` whose newest file is older than the retention."""
+    """Delete the staging folders under ``<lake>/_staging`` (``<table>/<write id>``) whose newest file is older
+    than the retention and whose owner (:mod:`vig_udf.lake.owners`) is not live: those of killed jobs."""
+    from vig_udf.lake.owners import JOBS, is_live, owner_of
+
     storage = lake_storage(spark)
     root = f"{table_uri(lake)}/{STAGING}"
+    if not storage.is_dir(root):
+        return []
     cutoff_ns = (time.time() - retain_hours * 3600) * 1e9
     removed = []
-    for table in (e for e in storage.list(root) if e.is_dir):
+    for table in (e for e in storage.list(root) if e.is_dir and e.name != JOBS):
         for write in (e for e in storage.list(table.uri) if e.is_dir):
             times = [e.mtime_ns for e in storage.files(write.uri) if e.mtime_ns is not None]
             newest = max(times, default=write.mtime_ns)
-            if newest is not None and newest <= cutoff_ns and delete_staged(spark, write.uri):
+            if newest is None or newest > cutoff_ns or is_live(owner_of(storage, write.uri), stale_hours=retain_hours):
+                continue
+            if delete_staged(spark, write.uri):
                 removed.append(f"{table.name}/{write.name}")
     return removed

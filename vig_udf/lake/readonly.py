@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import re
 
+from vig_udf.errors import InputError
+
 READ_ONLY = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "VALUES", "TABLE", "FROM")
 # the words with which a statement that starts like a query can still write (WITH ... INSERT INTO t ...)
 WRITING = ("INSERT", "OVERWRITE", "MERGE", "UPDATE", "DELETE", "DROP", "CREATE", "ALTER", "TRUNCATE")
@@ -28,6 +30,8 @@ _REFLECTION = re.compile(r"reflect|java_method", re.IGNORECASE)
 # parsed plan nodes that write without being a Command, and the commands that only look
 _WRITING_NODES = ("InsertIntoStatement", "InsertIntoDir")
 _INSPECTION_PREFIXES = ("Show", "Describe", "Explain")
+_PRINTED_RELATION = re.compile(r"'UnresolvedRelation \[([^\]]*)\]")
+_PRINTED_FUNCTION = re.compile(r"'UnresolvedTableValuedFunction \[([^\]]*)\]")
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # a node of a parsed plan as EXPLAIN prints it ("+- 'InsertIntoStatement ..."): its name
 _PRINTED_NODE = re.compile(r"^[\s|:+-]*'?([A-Za-z][A-Za-z0-9]*)")
@@ -36,13 +40,42 @@ _PRINTED_WRITE = re.compile(r"Command$|Statement$|^(Insert|Create|Drop|Alter|Rep
                             r"Vacuum|Restore|Clone|Convert|Rename|Comment|Grant|Revoke|Call|Write)")
 
 
-class ReadOnlyError(ValueError):
-    """A statement that would change tables or the session."""
+# table functions that make rows without reading a file; any other (read_files, ...) is refused
+_ROW_FUNCTIONS = ("range", "explode", "explode_outer", "inline", "inline_outer", "posexplode", "posexplode_outer",
+                  "stack", "json_tuple", "variant_explode", "variant_explode_outer", "sql_keywords")
+_HIDDEN = ("_delta_log", "_staging")  # inside the lake, yet no table: read through the tables only
 
 
-def check_read_only(statement: str, spark=None) -> None:
-    """Raise :class:`ReadOnlyError` unless ``statement`` is one read-only statement; with a classic Spark
-    session, also check the plan Spark's parser makes of it."""
+class ReadOnlyError(InputError):
+    """A statement that would change tables or the session, or read files outside the lake's tables."""
+
+
+def check_source(parts: list[str], lake: str | None) -> None:
+    """Refuse a relation named ``format.`path``` (``text.`/etc/hostname```, ``delta.`s3a://other/t```) unless the
+    path is inside the lake ``lake`` (and not in its log or staging folders); a one-part name (the lake's tables)
+    passes."""
+    if len(parts) < 2 or not any(c in parts[-1] for c in "/:\\"):
+        return
+    from vig_udf.storage import canonical
+
+    path, root = canonical(parts[-1]), canonical(lake) if lake else None
+    inside = root is not None and path.startswith(root.rstrip("/") + "/")
+    if not inside or any(part in _HIDDEN for part in path[len(root):].split("/")):
+        raise ReadOnlyError(f"Refused {'.'.join(parts[:-1])}.`{parts[-1]}`: vig sql reads the lake's tables by "
+                            f"name (and paths inside the lake {root}), not other files")
+
+
+def check_table_function(name: str) -> None:
+    """Refuse a table-valued function that reads files (``read_files``, ...): only row generators pass."""
+    if name.lower().rsplit(".", 1)[-1] not in _ROW_FUNCTIONS:
+        raise ReadOnlyError(f"Refused the table function {name}(...): vig sql reads the lake's tables by name, "
+                            "not files")
+
+
+def check_read_only(statement: str, spark=None, lake: str | None = None) -> None:
+    """Raise :class:`ReadOnlyError` unless ``statement`` is one read-only statement; with a Spark session, also
+    check the plan Spark's parser makes of it, which reads no file outside the lake ``lake``
+    (:func:`check_source`, :func:`check_table_function`)."""
     code = _NOT_CODE.sub(" ", statement).strip().rstrip(";").strip()
     message = HOW_TO_WRITE.format(allowed=", ".join(READ_ONLY[:6]))
     if ";" in code:
@@ -59,18 +92,24 @@ def check_read_only(statement: str, spark=None) -> None:
     if spark is not None:
         from vig_udf.lake.session_conf import is_connect
 
-        (_check_printed_plan if is_connect(spark) else _check_plan)(spark, statement, message)
+        (_check_printed_plan if is_connect(spark) else _check_plan)(spark, statement, message, lake)
 
 
-def _check_printed_plan(spark, statement: str, message: str) -> None:
+def _check_printed_plan(spark, statement: str, message: str, lake: str | None = None) -> None:
     try:
         printed = spark.sql("EXPLAIN EXTENDED " + statement).first()[0]
     except Exception as error:  # noqa: BLE001 - a statement Spark cannot parse is not run either
-        raise ReadOnlyError(f"Spark cannot parse the statement ({_first_line(error)}). {message}") from None
+        raise ReadOnlyError(f"Spark cannot parse the statement: {_first_line(error)}") from None
     parsed = printed.split("== Parsed Logical Plan ==", 1)[-1].split("== Analyzed Logical Plan ==", 1)[0]
     for line in parsed.strip().splitlines():
         match = _PRINTED_NODE.match(line)
         name = match.group(1) if match else ""
+        relation = _PRINTED_RELATION.search(line)
+        if relation:
+            check_source([p.strip() for p in relation.group(1).split(", ")], lake)
+        function = _PRINTED_FUNCTION.search(line)
+        if function:
+            check_table_function(function.group(1).split(", ")[-1])
         if name.startswith(_INSPECTION_PREFIXES):
             continue
         if _PRINTED_WRITE.search(name):
@@ -78,23 +117,45 @@ def _check_printed_plan(spark, statement: str, message: str) -> None:
 
 
 def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    """Spark's own reason in one line (the parser's message sits below py4j's call line)."""
+    from vig_udf.errors import cause_line
+
+    return cause_line(error, needles=("PARSE_SYNTAX_ERROR", "ParseException", "Syntax error"))
 
 
-def _check_plan(spark, statement: str, message: str) -> None:
+def _check_plan(spark, statement: str, message: str, lake: str | None = None) -> None:
     jvm = spark._jvm
     try:
         plan = spark._jsparkSession.sessionState().sqlParser().parsePlan(statement)
     except Exception as error:  # noqa: BLE001 - a statement Spark cannot parse is not run either
-        raise ReadOnlyError(f"Spark cannot parse the statement ({_first_line(error)}). {message}") from None
+        raise ReadOnlyError(f"Spark cannot parse the statement: {_first_line(error)}") from None
     command = jvm.java.lang.Class.forName("org.apache.spark.sql.catalyst.plans.logical.Command")
+    subquery = jvm.java.lang.Class.forName("org.apache.spark.sql.catalyst.expressions.SubqueryExpression")
     nodes = [plan]
     while nodes:
         node = nodes.pop()
         name = node.getClass().getSimpleName()
+        if name == "UnresolvedRelation":
+            check_source(_strings(node.multipartIdentifier()), lake)
+        elif name == "UnresolvedTableValuedFunction":
+            check_table_function(".".join(_strings(node.name())))
+        nodes += [p for p in _seq(node.innerChildren())]  # a WITH's definitions
+        expressions = _seq(node.expressions())
+        while expressions:  # subqueries in expressions (IN (SELECT ...), EXISTS, scalar) are plans too
+            expression = expressions.pop()
+            if subquery.isInstance(expression):
+                nodes.append(expression.plan())
+            expressions += _seq(expression.children())
         inspection = command.isInstance(node) and name.startswith(_INSPECTION_PREFIXES)
         if name in _WRITING_NODES or (command.isInstance(node) and not inspection):
             raise ReadOnlyError(f"Refused a statement whose plan writes ({name}): {message}")
         children = node.children()
         nodes += [children.apply(i) for i in range(children.size())]
+
+
+def _seq(seq) -> list:
+    return [seq.apply(i) for i in range(seq.size())]
+
+
+def _strings(seq) -> list[str]:
+    return [str(part) for part in _seq(seq)]

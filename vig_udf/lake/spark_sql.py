@@ -24,8 +24,8 @@ def query(spark, root, statement: str, *, limit: int):
     """
     check_read_only(statement)
     rewritten, pinned = pinned_tables(statement, quote="`")
-    check_read_only(rewritten, spark)  # with Spark's own parser
     uri = table_uri(root)
+    check_read_only(rewritten, spark, lake=uri)  # with Spark's own parser; no file outside the lake
     registered = register_views(spark, uri)
     missing = sorted({name for name, _ in pinned.values()} - set(registered))
     if missing:

@@ -12,7 +12,8 @@
 A MERGE takes its commit metadata and app transaction from session settings (Delta's only way for DML), so
 two threads must not insert through one Spark session at the same time; separate jobs (processes, clusters)
 may. Delta's concurrent-modification conflicts are retried (``ATTEMPTS`` attempts in all, pausing 0.5 s, then twice
-as long each time with jitter, at most 30 s) and then reported as :class:`ConcurrentWriteError`. A failed call commits nothing: files written before the failure
+as long each time with jitter, at most 30 s; a creator that lost the race to create the table merges into it at
+once), each retry logged with its cause and the outcome, and then reported as :class:`ConcurrentWriteError`. A failed call commits nothing: files written before the failure
 are not part of any version and are removed by ``VACUUM`` (``vig lake vacuum``).
 """
 
@@ -26,6 +27,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable
 
+from vig_udf.errors import ConcurrentWriteError
 from vig_udf.lake.metadata import commit_metadata, history_entry
 from vig_udf.lake.paths import delta_sql, table_uri
 from vig_udf.lake.read import history_rows, lake_storage, table_exists, table_version
@@ -43,10 +45,6 @@ RETRY_PAUSE_MAX_S = 30.0
 USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 TXN_APP_ID_CONF = "spark.databricks.delta.write.txnAppId"
 TXN_VERSION_CONF = "spark.databricks.delta.write.txnVersion"
-
-
-class ConcurrentWriteError(RuntimeError):
-    """Other writers kept committing to the table: every attempt of this write conflicted with one."""
 
 
 @dataclass(frozen=True)
@@ -152,12 +150,14 @@ def insert_new_rows(
     source, before = df, table_version(spark, uri)
     try:
         if staged:
+            stage_folder(spark, staged, job)
             df.write.format("delta").mode("error").save(spark_path(staged))
             source = spark.read.format("delta").load(spark_path(staged))
             if staged_config is not None:
                 config = {**config, **staged_config(source)}
         metadata = commit_metadata(job=job, config=config, write_id=write_id, app_id=app_id, app_version=app_version)
-        _retry_conflicts(lambda: _create_or_merge(source, uri, keys, metadata, app_id, app_version, replace_when), uri)
+        _retry_conflicts(lambda: _create_or_merge(source, uri, keys, metadata, app_id, app_version, replace_when), uri,
+                         exists=lambda: table_exists(spark, uri))
     finally:
         if staged:
             delete_staged(spark, staged)
@@ -194,13 +194,27 @@ def _create_or_merge(source, uri: str, keys: list[str], metadata: dict, app_id, 
         spark.catalog.dropTempView(view)
 
 
+def stage_folder(spark, uri: str, job: str) -> str:
+    """Claim the staging folder ``uri`` for this process (its owner marker, :mod:`vig_udf.lake.owners`), so that
+    clean-ups by other jobs leave it alone while this one lives; returns ``uri``."""
+    from vig_udf.lake.owners import claim
+
+    claim(lake_storage(spark), uri, job)
+    return uri
+
+
 def delete_staged(spark, uri: str) -> bool:
-    """Delete a staged folder; returns whether anything was deleted. Never raises: a folder left behind is
-    cleared by ``vig lake vacuum``."""
+    """Delete a staged folder and its owner marker; returns whether anything was deleted. Never raises: a folder
+    left behind is cleared by the next job or ``vig lake vacuum`` once its owner is gone."""
+    from vig_udf.lake.owners import release
+
+    storage = lake_storage(spark)
     try:
-        return lake_storage(spark).delete(uri)
+        deleted = storage.delete(uri)
+        release(storage, uri)
+        return deleted
     except Exception as error:  # noqa: BLE001 - clean-up must not mask the job's own outcome
-        log.warning("could not delete %s (%s); `vig lake vacuum` clears it", uri, error)
+        log.warning("could not delete %s (%s); the next job or `vig lake vacuum` clears it", uri, error)
         return False
 
 
@@ -233,23 +247,35 @@ def conflict_exceptions() -> tuple[type, ...]:
     return tuple(getattr(base, name) for name in delta.exceptions.__all__)
 
 
-def _retry_conflicts(write, uri: str) -> None:
-    """Run ``write``; when a concurrent commit conflicts with it, run it again (it re-reads the table)."""
+def _retry_conflicts(write, uri: str, exists: Callable[[], bool] | None = None) -> None:
+    """Run ``write``; when a concurrent commit conflicts with it, run it again (it re-reads the table). A write
+    that meant to create the table and lost that race to another creator (``exists`` says the table is there
+    now) merges into it at once, without a pause. Every retry is logged with its cause, and so is the outcome."""
     conflicts = conflict_exceptions()
     for attempt in range(1, ATTEMPTS + 1):
+        existed = exists() if exists is not None else True
         try:
             write()
+            if attempt > 1:
+                log.warning("%s: committed on attempt %d of %d", uri, attempt, ATTEMPTS)
             return
         except conflicts as error:
+            cause = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
             if attempt == ATTEMPTS:
+                log.warning("%s: gave up after %d attempts, each conflicting with a concurrent commit (last: %s)",
+                            uri, ATTEMPTS, cause)
                 raise ConcurrentWriteError(
                     f"{uri}: each of {ATTEMPTS} attempts of this commit conflicted with a concurrent commit "
                     f"({type(error).__name__}); this commit wrote nothing (earlier commits of the same job stay). "
                     "Run the job again when the other writers are done: a rerun adds only what is missing."
                 ) from error
+            if not existed and exists():
+                log.warning("%s: another writer created the table first (%s); merging into it now, attempt %d of %d",
+                            uri, cause, attempt + 1, ATTEMPTS)
+                continue
             pause = min(RETRY_PAUSE_MAX_S, RETRY_PAUSE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
-            log.warning("%s: concurrent commit (%s); attempt %d of %d in %.1f s", uri, type(error).__name__,
-                        attempt + 1, ATTEMPTS, pause)
+            log.warning("%s: concurrent commit (%s); attempt %d of %d in %.1f s", uri, cause, attempt + 1, ATTEMPTS,
+                        pause)
             time.sleep(pause)
 
 

@@ -174,7 +174,7 @@ def run_ingest(spark, cfg: IngestJobConfig, *, out=print) -> dict:
 
     from vig_udf.lake import insert_new_rows, lake_table, staging_folder, table_exists, table_history
     from vig_udf.lake.read import lake_storage
-    from vig_udf.lake.write import delete_staged
+    from vig_udf.lake.write import delete_staged, stage_folder
     from vig_udf.spark.json_shards import stage_json_array
 
     corpus_path = lake_table(cfg.lake, "corpus")
@@ -189,6 +189,7 @@ def run_ingest(spark, cfg: IngestJobConfig, *, out=print) -> dict:
         staged = f"{staging_folder(cfg.lake, 'ingest')}/{uuid.uuid4().hex}"
     try:
         if staged:
+            stage_folder(spark, staged, "ingest")
             n = stage_json_array(spark, cfg.input, staged, records_per_shard=cfg.json_shard_records)
             out(f"{cfg.input}: {n} records streamed into {-(-n // cfg.json_shard_records)} JSONL shards")
         raw = read_records(spark, staged, jsonl_folder=True) if staged else read_records(spark, cfg.input)

@@ -192,7 +192,7 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     from vig_udf.lake import lake_table, read_table, staging_folder, table_exists, table_version
     from vig_udf.lake.read import lake_storage
     from vig_udf.lake.session_conf import session_confs
-    from vig_udf.lake.write import delete_staged
+    from vig_udf.lake.write import delete_staged, stage_folder
     from vig_udf.spark.cluster import default_parallelism, executor_gpus, master_of
     from vig_udf.spark.progress import Progress
     from vig_udf.spark.score_commits import PartCommitter, run_while_committing
@@ -259,6 +259,7 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     out(f"scoring in {tasks} tasks" + (f" of {profile_text(profile)}" if profile is not None else "")
         + (f", a commit per {cfg.rows_per_commit} rows" if cfg.rows_per_commit else ", one commit at the end"))
     started = time.perf_counter()
+    stage_folder(spark, parts_dir, "score")
     try:
         with session_confs(spark, job_confs):  # the batch and file sizes of this job; the session left as it was
             task_rows = run_while_committing(

@@ -1,0 +1,102 @@
+"""A table's Delta log read file by file, without Delta: which commits parse and which do not, which versions
+are missing, whether ``_last_checkpoint`` parses, and whether the files the latest version needs exist.
+
+``vig lake history`` falls back to it when a commit is damaged (Delta then refuses to read the table at all),
+and ``vig lake check`` reports it. Read through the storage layer (:mod:`vig_udf.storage`): a local lake or
+one on object storage alike.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from vig_udf.lake.metadata import history_entry
+from vig_udf.lake.paths import table_uri
+from vig_udf.storage import Storage, join
+
+_COMMIT = re.compile(r"^(\d{20})\.json$")
+_CHECKPOINT = re.compile(r"^(\d{20})\.checkpoint(\.\d+\.\d+)?\.parquet$")
+_CHECKSUM = re.compile(r"^\.?(\d{20})(?:\.json)?\.crc$")  # Delta's version checksum and Hadoop's .json.crc
+
+
+@dataclass
+class LogReport:
+    """What the log of one table holds; ``problems`` is empty for a sound log."""
+
+    uri: str
+    commits: dict[int, dict] = field(default_factory=dict)  # version -> its commitInfo (empty if it has none)
+    damaged: dict[int, str] = field(default_factory=dict)  # version -> why its commit does not parse
+    missing: list[int] = field(default_factory=list)  # versions with no commit file where one must be
+    checkpoint_problem: str | None = None
+    missing_files: list[str] = field(default_factory=list)  # files of the latest version that are not there
+
+    @property
+    def latest(self) -> int | None:
+        versions = set(self.commits) | set(self.damaged) | set(self.missing)
+        return max(versions) if versions else None
+
+    @property
+    def problems(self) -> list[str]:
+        """One line per problem, in version order."""
+        lines = [f"commit {v:020d}.json is damaged: {why}" for v, why in sorted(self.damaged.items())]
+        lines += [f"commit {v:020d}.json is missing (its checksum file is there, or later versions are)"
+                  for v in self.missing]
+        if self.checkpoint_problem:
+            lines.append(f"_delta_log/_last_checkpoint is damaged: {self.checkpoint_problem}")
+        lines += [f"data file {name} of the latest version is missing" for name in self.missing_files]
+        return lines
+
+
+def read_log(storage: Storage, path) -> LogReport:
+    """Parse every commit of the table at ``path`` (each line one JSON action) and look for gaps: a version
+    between the oldest kept commit (or checkpoint) and the newest that has no commit file, and a checksum
+    file whose commit is gone (a deleted newest commit)."""
+    uri = table_uri(path)
+    log = join(uri, "_delta_log")
+    report = LogReport(uri)
+    entries = {e.name: e for e in storage.list(log) if not e.is_dir}
+    versions = {int(m.group(1)): name for name in entries if (m := _COMMIT.match(name))}
+    checkpoints = {int(m.group(1)) for name in entries if (m := _CHECKPOINT.match(name))}
+    for version, name in sorted(versions.items()):
+        try:
+            text = storage.read_text(join(log, name))
+            actions = [json.loads(line) for line in text.splitlines() if line.strip()]
+            if not actions or not all(isinstance(a, dict) for a in actions):
+                raise ValueError("no actions" if not actions else "a line is not a JSON object")
+            report.commits[version] = next((a["commitInfo"] for a in actions if "commitInfo" in a), {})
+        except (ValueError, UnicodeDecodeError, OSError) as error:
+            report.damaged[version] = str(error).splitlines()[0] if str(error) else type(error).__name__
+    checksums = {int(m.group(1)) for name in entries if (m := _CHECKSUM.match(name))}
+    if versions or checksums:
+        first = max(checkpoints, default=min(versions, default=0))
+        if not checkpoints and versions:
+            first = min(versions)
+        newest = max(set(versions) | checksums)
+        report.missing = [v for v in range(first, newest + 1) if v not in versions and v not in checkpoints]
+    if "_last_checkpoint" in entries:
+        try:
+            json.loads(storage.read_text(join(log, "_last_checkpoint")))
+        except (ValueError, UnicodeDecodeError) as error:
+            report.checkpoint_problem = str(error).splitlines()[0]
+    return report
+
+
+def log_history(report: LogReport, *, limit: int | None = None) -> list[dict]:
+    """The readable commits of ``report``, newest first, as :func:`vig_udf.lake.table_history` returns them."""
+    from datetime import datetime
+
+    entries = []
+    for version in sorted(report.commits, reverse=True)[:limit]:
+        info = report.commits[version]
+        stamp = info.get("timestamp")
+        entries.append(history_entry({**info, "version": version,
+                                      "timestamp": datetime.fromtimestamp(stamp / 1000) if stamp else None}))
+    return entries
+
+
+def check_files(storage: Storage, report: LogReport, files: list[str]) -> LogReport:
+    """Record in ``report`` which of ``files`` (the latest version's data files, as URIs) are not there."""
+    report.missing_files = [f.rsplit("/", 1)[-1] for f in files if storage.info(f) is None]
+    return report
