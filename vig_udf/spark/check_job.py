@@ -59,12 +59,18 @@ def sample_input(spark, path: str, *, n: int, seed: int) -> list[dict]:
     """``n`` records with an image drawn with ``seed`` from a LLaVA Parquet input (Spark)."""
     from pyspark.sql import functions as F
 
+    from vig_udf.corpus import parse_record
     from vig_udf.spark.ingest_job import read_records
 
+    has_image = F.col("_image_bytes").isNotNull() | (F.coalesce(F.get_json_object("_record", "$.image"), F.lit("")) != "")
     # limit(n): the driver holds the check's sample only (n records), never the input
-    rows = (read_records(spark, path).where(F.col("image").isNotNull() & (F.col("image") != ""))
-            .select("id", "image", "conversations").orderBy(F.rand(seed)).limit(n).collect())
-    return [row.asDict(recursive=True) for row in rows]
+    rows = read_records(spark, path).where(has_image).orderBy(F.rand(seed)).limit(n).collect()
+    records = []
+    for row in rows:
+        parsed = parse_record(row["_record"])
+        records.append({"id": parsed.id, "image": row["_image_bytes"] or parsed.image,
+                        "conversations": parsed.conversations})
+    return records
 
 
 def sample_corpus(spark, lake: str, *, n: int, seed: int, version: int | None = None,
