@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from vig_udf.scoring import formats
 from vig_udf.scoring.conversation import DEFAULT_IMAGE_PLACEMENT, IMAGE_PLACEMENTS
 from vig_udf.scoring.formats import ConversationFormat
-from vig_udf.scoring.images import COUNTERFACTUALS, DEFAULT_BLUR_SIGMA
+from vig_udf.scoring.images import COUNTERFACTUALS, DEFAULT_BLUR_SIGMA, EXIF_TRANSPOSE_BY_FAMILY
 
 _IDENTITY = {"identity": True}
 DTYPES = ("float32", "bfloat16", "float16")
@@ -48,6 +48,10 @@ class ScorerOptions(BaseModel):
         "before the counterfactual is made; None = the checkpoint's (declared; else square for llava_v1 on LLaVA-1.5, "
         "none for the others)",
         json_schema_extra=_IDENTITY)
+    exif_transpose: bool | None = Field(
+        None, description="turn images as their EXIF orientation says before scoring; None = as the family's own "
+        "training loader does (vig_udf.scoring.images.EXIF_TRANSPOSE_BY_FAMILY: off for LLaVA and Qwen2-VL, on for "
+        "Idefics3 and Gemma 3)", json_schema_extra=_IDENTITY)
     max_length: int | None = Field(None, gt=0, description="longer samples get status 'truncated'; None = no limit",
                                    json_schema_extra=_IDENTITY)
     dtype: str | None = Field(None, description="float32 | bfloat16 | float16; None = bf16 on GPU, fp32 on CPU",
@@ -129,7 +133,11 @@ class ScorerOptions(BaseModel):
         its processor; :func:`vig_udf.scoring.formats.checkpoint_defaults`)."""
         prompt_format, image_pad = formats.checkpoint_defaults(config, processor, prompt_format=self.prompt_format,
                                                                image_pad=self.image_pad)
-        return self.model_copy(update={"prompt_format": prompt_format, "image_pad": image_pad})
+        exif = self.exif_transpose
+        if exif is None:
+            exif = EXIF_TRANSPOSE_BY_FAMILY.get(getattr(config, "model_type", config) or "", False)
+        return self.model_copy(update={"prompt_format": prompt_format, "image_pad": image_pad,
+                                       "exif_transpose": exif})
 
     def identity_options(self) -> dict:
         """The identity options and their values (blur_sigma only for the blur counterfactual; a conversation
@@ -139,4 +147,6 @@ class ScorerOptions(BaseModel):
         if self.counterfactual != "blur":
             values["blur_sigma"] = None
         values["prompt_format"] = formats.describe(self.prompt_format)
+        if not values["exif_transpose"]:  # EXIF ignored, as before the option existed: earlier scorer ids hold
+            del values["exif_transpose"]
         return values
