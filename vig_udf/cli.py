@@ -303,25 +303,22 @@ def score_file(
     input: Path = typer.Argument(..., help="LLaVA-format JSON (a list) or JSONL"),
     out: Path = typer.Option(..., help="output JSONL, one result per input record, in input order"),
     overrides: list[str] = typer.Option(None, "--set", help="scorer options such as counterfactual=drop"),
-    chunk: int = typer.Option(256, help="records scored per call (bounds memory)"),
+    chunk: int = typer.Option(16, help="records scored, then written, at a time (bounds memory)"),
+    config: Optional[Path] = typer.Option(None, help="YAML config whose score.scorer section gives the options"),
 ):
-    """Score a LLaVA JSON/JSONL file in this process (no Spark) and write one JSON line per record."""
+    """Score a LLaVA JSON/JSONL file in this process (no Spark) and write one JSON line per record as it is done;
+    max_length defaults to the shipped configs' (2048) unless the config or --set gives one."""
     _logging(False)
+    from vig_udf.score_file import scorer_config, score_records
     from vig_udf.scoring.scorer import VIGScorer
 
-    cfg = load_config(ScorerConfig, None, [f"model_path={model}"] + list(overrides or []))
+    cfg = scorer_config(model, list(overrides or []), config)
     with _input_errors("score-file"):
         check_model_path(cfg.model_path)
         check_image_root(cfg.image_root)
         records = _read_records(input)
     scorer = VIGScorer.from_pretrained(cfg.model_path, cfg.options())
-    counts: dict[str, int] = {}
-    with out.open("w") as f:
-        for start in range(0, len(records), chunk):
-            for result in scorer.score(records[start:start + chunk]):
-                counts[result.status] = counts.get(result.status, 0) + 1
-                row = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in result.to_dict().items()}
-                f.write(json.dumps({"scorer_id": scorer.scorer_id, **row}) + "\n")
+    counts = score_records(scorer, records, out, chunk=chunk, progress=_to_stderr)
     typer.echo(f"scored {len(records)} records -> {out}; statuses {counts}")
 
 
