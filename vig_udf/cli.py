@@ -140,7 +140,8 @@ def check(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG, pro
 
         uris = [cfg.lake] + ([cfg.input] if cfg.input else [])
         spark = spark_session(_console_progress(cfg.spark, progress), uris=uris)
-    result = run_check_job(cfg, spark=spark, out=typer.echo)
+    with _input_errors("check"):
+        result = run_check_job(cfg, spark=spark, out=typer.echo)
     if not result["passed"]:
         raise typer.Exit(1)
 
