@@ -185,3 +185,12 @@ def test_a_hub_layout_parquet_ingests_and_scores(spark, tmp_path, tiny_checkpoin
     scored = run_score(spark, ScoreJobConfig(lake=lake, partitions=1, scorer=ScorerConfig(
         model_path=tiny_checkpoints["llava"], dtype="float32", image_root=str(tmp_path / "images"))), **QUIET)
     assert scored["rows_by_status"] == {"ok": 2}, scored
+    # the scorer, told apart by `vig lake scorers` (read without Spark)
+    from typer.testing import CliRunner
+
+    from vig_udf.cli import app
+
+    listed = CliRunner().invoke(app, ["lake", "scorers", f"lake={lake}", "engine=local"])
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.startswith(f"{scored['scorer_id']}  {tiny_checkpoints['llava']}  family llava  "
+                                    "counterfactual blur  rows 2  last scored "), listed.output

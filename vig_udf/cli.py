@@ -269,6 +269,34 @@ def lake_vacuum(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFI
                f"staging folders removed: {len(result['staging_removed'])}")
 
 
+@lake_app.command("scorers")
+def lake_scorers(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
+    """Every scorer of the scores table: id, model path, family, counterfactual, rows, last scored, options."""
+    from vig_udf.lake import lake_table
+    from vig_udf.lake.scorers import list_scorers, scorer_lines
+
+    _logging(False)
+    with _read_errors("lake scorers"):
+        cfg = load_config(LakeConfig, config, overrides, section="maintenance")
+        path = lake_table(cfg.lake, "scores")
+        if _read_engine(cfg.engine, cfg.lake, cfg.spark) == "local":
+            from vig_udf.lake.local_sql import query
+            from vig_udf.lake.local_tables import table_history as local_history
+
+            commits = local_history(path, spark_conf=cfg.spark.conf)
+            counted = query(cfg.lake, "SELECT scorer_id, count(*) AS n FROM scores GROUP BY scorer_id",
+                            spark_conf=cfg.spark.conf).read_all().to_pylist()
+        else:
+            from vig_udf.lake import read_table, table_history
+
+            spark = _read_session(cfg.spark, cfg.lake)
+            commits = table_history(spark, path)
+            counted = [r.asDict() for r in read_table(spark, path).groupBy("scorer_id").count()
+                       .withColumnRenamed("count", "n").collect()]
+    for line in scorer_lines(list_scorers(commits, {r["scorer_id"]: r["n"] for r in counted})):
+        typer.echo(line)
+
+
 @lake_app.command("history")
 def lake_history(
     table: str = typer.Argument(..., help="table name under the lake: corpus, scores, selection"),

@@ -135,7 +135,7 @@ def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool, task_cpus: int = 1, storage=
     record = {"identity": identity_record(fingerprint, options, chat_template=chat_template),
               "chat_template": chat_template, "image_placement": options.image_placement,
               "prompt_format": describe(options.prompt_format), "image_pad": options.image_pad,
-              "library_versions": library_versions()}
+              "family": getattr(config, "model_type", None), "library_versions": library_versions()}
     return ScorerSpec(model_path=scorer.model_path, scorer_id=scorer_id, kwargs=kwargs, image_root=scorer.image_root,
                       record=record, fingerprint=fingerprint, weight_stamps=stamps,
                       load_log_dir=os.environ.get("VIG_LOAD_LOG_DIR"),

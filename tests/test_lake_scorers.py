@@ -1,0 +1,29 @@
+"""``vig lake scorers``: each scorer of a scores table described from its newest score commit."""
+
+from __future__ import annotations
+
+from vig_udf.lake.scorers import list_scorers, scorer_lines
+
+
+def commit(version: int, scorer_id: str, model: str, counterfactual: str, family: str | None) -> dict:
+    record = {"identity": {"model": model, "files": {"w.safetensors": "ab"}, "counterfactual": counterfactual,
+                           "max_length": 2048, "blur_sigma": None, "chat_template": "cd"}}
+    if family:
+        record["family"] = family
+    return {"version": version, "timestamp": f"2026-12-0{version} 10:00:00", "job": "score",
+            "config": {"scorer_id": scorer_id, "scorer": {"model_path": f"/models/{model}"},
+                       "scorer_record": record}}
+
+
+def test_every_scorer_is_listed_with_model_family_counterfactual_options_rows_and_date():
+    commits = [commit(3, "b" * 16, "qwen", "drop", "qwen2_vl"), {"version": 2, "job": "ingest", "config": {}},
+               commit(2, "a" * 16, "llava", "blur", None), commit(1, "b" * 16, "old", "blur", None)]
+    scorers = list_scorers(commits, {"a" * 16: 10, "b" * 16: 7, "c" * 16: 1})
+    assert [(s["scorer_id"][0], s["model_path"], s["family"], s["counterfactual"], s["rows"]) for s in scorers] == [
+        ("b", "/models/qwen", "qwen2_vl", "drop", 7), ("a", "/models/llava", None, "blur", 10),
+        ("c", None, None, None, 1)]
+    assert scorers[0]["options"] == {"counterfactual": "drop", "max_length": 2048}
+    lines = scorer_lines(scorers)
+    assert lines[0] == (f"{'b' * 16}  /models/qwen  family qwen2_vl  counterfactual drop  rows 7  "
+                        "last scored 2026-12-03 10:00:00")
+    assert lines[1] == "    counterfactual=drop, max_length=2048"
