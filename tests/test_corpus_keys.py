@@ -185,6 +185,8 @@ def test_a_hub_layout_parquet_ingests_and_scores(spark, tmp_path, tiny_checkpoin
     scored = run_score(spark, ScoreJobConfig(lake=lake, partitions=1, scorer=ScorerConfig(
         model_path=tiny_checkpoints["llava"], dtype="float32", image_root=str(tmp_path / "images"))), **QUIET)
     assert scored["rows_by_status"] == {"ok": 2}, scored
+    low, high = scored["vig_range"]
+    assert low <= high and (scored["warning"] is not None) == (max(abs(low), abs(high)) <= 0.001)
     # the scorer, told apart by `vig lake scorers` (read without Spark)
     from typer.testing import CliRunner
 

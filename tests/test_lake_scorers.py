@@ -27,3 +27,11 @@ def test_every_scorer_is_listed_with_model_family_counterfactual_options_rows_an
     assert lines[0] == (f"{'b' * 16}  /models/qwen  family qwen2_vl  counterfactual drop  rows 7  "
                         "last scored 2026-12-03 10:00:00")
     assert lines[1] == "    counterfactual=drop, max_length=2048"
+
+
+def test_a_scorer_whose_vigs_barely_move_is_flagged():
+    from vig_udf.lake.scorers import BLIND_WARNING, blind_warning
+
+    assert BLIND_WARNING in blind_warning(-0.0004, 0.0009)
+    assert "within +-0.001" in blind_warning(-0.0004, 0.0009)
+    assert blind_warning(-0.0004, 0.02) is None and blind_warning(None, None) is None

@@ -36,3 +36,15 @@ def scorer_lines(scorers: list[dict]) -> list[str]:
         if s["options"]:
             lines.append("    " + ", ".join(f"{k}={v}" for k, v in sorted(s["options"].items())))
     return lines
+
+
+BLIND_VIG = 0.001  # a scorer whose every ok sample VIG is within +-BLIND_VIG measures no image
+BLIND_WARNING = "this scorer may not see the images"
+
+
+def blind_warning(vig_min: float | None, vig_max: float | None) -> str | None:
+    """The warning for a scorer whose sample VIGs all lie within +-:data:`BLIND_VIG` (None when they spread)."""
+    if vig_min is None or vig_max is None or max(abs(vig_min), abs(vig_max)) > BLIND_VIG:
+        return None
+    return (f"{BLIND_WARNING}: every sample VIG is within +-{BLIND_VIG} ({vig_min:+.5f} to {vig_max:+.5f}); "
+            "run `vig check` on it")
