@@ -35,3 +35,16 @@ def test_a_scorer_whose_vigs_barely_move_is_flagged():
     assert BLIND_WARNING in blind_warning(-0.0004, 0.0009)
     assert "within +-0.001" in blind_warning(-0.0004, 0.0009)
     assert blind_warning(-0.0004, 0.02) is None and blind_warning(None, None) is None
+
+
+def test_select_names_the_scorers_next_to_their_hashes():
+    import pytest
+
+    from vig_udf.lake.scorers import scorer_names
+    from vig_udf.spark.select_job import _resolve_scorer
+
+    names = scorer_names([commit(2, "a" * 16, "llava", "blur", "llava"), commit(1, "b" * 16, "qwen", "drop", None)])
+    assert names == {"a" * 16: "/models/llava, llava, blur", "b" * 16: "/models/qwen, drop"}
+    with pytest.raises(ValueError, match=r"Set scorer_id=<one of them> \(a{16}: /models/llava, llava, blur; "
+                                         r"b{16}: /models/qwen, drop\) \(`vig lake scorers` lists them\)"):
+        _resolve_scorer(["a" * 16, "b" * 16], None, "lake/scores", 3, lambda: names)

@@ -48,3 +48,9 @@ def blind_warning(vig_min: float | None, vig_max: float | None) -> str | None:
         return None
     return (f"{BLIND_WARNING}: every sample VIG is within +-{BLIND_VIG} ({vig_min:+.5f} to {vig_max:+.5f}); "
             "run `vig check` on it")
+
+
+def scorer_names(commits: list[dict]) -> dict[str, str]:
+    """Scorer id -> ``model path, family, counterfactual`` from the score commits (:func:`list_scorers`)."""
+    return {s["scorer_id"]: ", ".join(str(v) for v in (s["model_path"], s["family"], s["counterfactual"]) if v)
+            for s in list_scorers(commits, {}) if s["model_path"]}
