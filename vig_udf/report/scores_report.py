@@ -212,13 +212,18 @@ def write_scores_report(spark, cfg: ReportConfig, *, out=print) -> dict:
     tables = _tables(statuses, by_source, by_scorer, selection)
     _write_md(paths, cfg, scores_path, version, scorer_id, tables, top, bottom)
     _write_html(paths, scores_path, version, scorer_id, tables, top, bottom)
+    from vig_udf.lake import table_history
+    from vig_udf.lake.scorers import scorer_names
+
+    names = scorer_names(table_history(spark, scores_path))
+    named = lambda sid: f"{sid} ({names[sid]})" if sid in names else str(sid)  # noqa: E731
     warnings = _blind_scorers(scores)
     if warnings:
         with open(paths["report.md"], "a") as md:
             md.write("\n## Warnings\n\n" + "".join(f"- scorer {k}: {w}\n" for k, w in warnings.items()))
     for blind, warning in warnings.items():
-        out(f"WARNING scorer {blind}: {warning}")
-    out(f"report: {paths['report.html']}")
+        out(f"WARNING scorer {named(blind)}: {warning}")
+    out(f"report: {paths['report.html']} (sample views: scorer {named(scorer_id)})")
     return {"paths": paths, "scorer_id": scorer_id, "statuses": statuses, "by_source": by_source,
             "by_scorer": by_scorer, "selection": selection, "top": top, "bottom": bottom, "warnings": warnings}
 
