@@ -169,7 +169,7 @@ def test_whole_input_mistakes_are_named_before_anything_runs(tmp_path):
     (tmp_path / "folder").mkdir()
     with pytest.raises(InputError, match="holds no .parquet files"):
         check_input(str(tmp_path / "folder"))
-    pa.parquet.write_table(pa.table({"id": ["1"]}), str(tmp_path / "folder" / "part-0.parquet"))
+    pa.parquet.write_table(pa.table({"id": ["1"], "conversations": ["[]"]}), str(tmp_path / "folder" / "part-0.parquet"))
     check_input(str(tmp_path / "folder"))
     check_input(written("ok.json", b'\n [{"id": "1"}]'))
     check_input(written("ok.jsonl", b'{"id": "1"}\n'))

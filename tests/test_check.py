@@ -127,3 +127,23 @@ def test_cli_check_on_a_jsonl_file_writes_every_section(tiny_checkpoints, tmp_pa
     assert (out / "check.png").read_bytes()[:8] == PNG_MAGIC
     data = json.loads((out / "check.json").read_text())
     assert data["n"] == 5 and data["verdict"] == verdict and data["passed"] == (result.exit_code == 0)
+
+
+def test_cli_check_without_a_readable_image_names_image_root_and_exits_2(tiny_checkpoints, tmp_path):
+    from vig_udf.cli import app
+
+    (tmp_path / "images").mkdir()
+    lines = []
+    for i, rec in enumerate(records(3)):
+        rec["image"].save(tmp_path / "images" / f"{i}.png")
+        lines.append(json.dumps({**rec, "image": f"{i}.png"}))
+    (tmp_path / "data.jsonl").write_text("\n".join(lines))
+    args = ["check", f"input={tmp_path / 'data.jsonl'}", f"out={tmp_path / 'check'}",
+            f"scorer.model_path={tiny_checkpoints['llava']}"]
+    unset = CliRunner().invoke(app, args)  # as a first try looks: no scorer.image_root
+    assert unset.exit_code == 2, unset.output
+    assert "none of the 3 sampled images can be read" in unset.output
+    assert "scorer.image_root is not set" in unset.output and "Traceback" not in unset.output
+    wrong = CliRunner().invoke(app, args + [f"scorer.image_root={tmp_path}"])
+    assert wrong.exit_code == 2 and f"is scorer.image_root={tmp_path} the folder" in wrong.output
+    assert not (tmp_path / "check").exists()

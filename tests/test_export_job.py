@@ -44,11 +44,12 @@ def write_records(root: Path) -> list[dict]:
     """Records with answers padded by whitespace (offsets into ``value`` differ from offsets into the answer),
     multi-turn, text-only, one without an id and one invalid; images saved under root/images."""
     records = [
-        {"id": "red", "image": "coco/red.png", "conversations": qa("What colour is the square?", " Red.\n")},
+        {"id": "red", "image": "coco/red.png", "conversations": qa("What colour is the square?", " Red.\n"),
+         "source": "coco", "metadata": {"licence": 3}},
         {"id": "multi", "image": "gqa/multi.png", "conversations": qa(
             "What colour is the circle?", "The circle is blue.", "  There are three circles on the left.", "Yes",
             questions=("How many circles are there?", "Is it on the left?"))},
-        {"id": "text", "conversations": qa("How do I reverse a list in Python?", " Use slicing: my_list[::-1].",
+        {"id": "text", "model": "", "conversations": qa("How do I reverse a list in Python?", " Use slicing: my_list[::-1].",
                                            image=False)},
         {"image": "coco/noid.png", "conversations": qa("Describe the image.",
                                                        "A small blue square above a large green triangle.")},
@@ -110,8 +111,15 @@ def test_export_round_trips_through_ingest_with_the_kept_records_in_input_order(
     assert summary["records"] == len(exported) == len(kept)
     input_order = [corpus[s]["sample_id"] for s in sorted(corpus, key=lambda s: corpus[s]["ingest_ordinal"])]
     assert [r["id"] for r in exported] == [s for s in input_order if s in kept]
-    assert all(set(r) == ({"id", "image", "conversations"} if r["id"] != "text" else {"id", "conversations"})
-               for r in exported)
+    # every key kept, in its order: a record that keeps its id is byte-equal to its input (LLaVA-665K's text-only
+    # records carry "model": "" between id and conversations)
+    by_id = {r.get("id"): r for r in chain["records"]}
+    lines = Path(summary["output"]).read_text().removeprefix("[\n").removesuffix("\n]\n").split(",\n")
+    assert len(lines) == len(exported)
+    for line, record in zip(lines, exported):
+        if record["id"] in by_id:
+            assert line == json.dumps(by_id[record["id"]]), record["id"]
+    assert list(next(r for r in exported if r["id"] == "text")) == ["id", "model", "conversations"]
 
     lake2 = str(root / "reingested")
     again = run_ingest(spark, IngestJobConfig(input=summary["output"], image_root=str(root / "out" / "images"),

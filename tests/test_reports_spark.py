@@ -85,6 +85,7 @@ def test_report_sections_tables_and_bounded_views(report):
     folder = Path(result["paths"]["report.html"]).parent
     assert {(r["status"], r["count"]) for r in result["statuses"]} == {("ok", 4), ("image_unreadable", 1)}
     assert result["scorer_id"] == "s1"
+    assert result["warnings"] == {}  # its VIGs spread: it sees the images
     assert {k: h["n"] for k, h in result["by_source"].items()} == {"coco": 2, "gqa": 2}
     assert sum(result["by_scorer"]["s1"]["counts"]) == 4
     assert [e["sample_id"] for e in result["top"]] == ["a", "b"] and [e["sample_id"] for e in result["bottom"]] == ["d", "c"]

@@ -176,7 +176,8 @@ def score_conditions(scorer, records: list[dict]) -> tuple[list[SampleConditions
     for record in records:
         try:
             image = load_image(record.get("image"), image_root=scorer.options.image_root,
-                               max_pixels=scorer.options.max_image_pixels)
+                               max_pixels=scorer.options.max_image_pixels,
+                               exif_transpose=scorer.options.exif_transpose)
         except SampleError as err:
             skipped[err.status] = skipped.get(err.status, 0) + 1
             continue

@@ -315,6 +315,34 @@ def lake_vacuum(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFI
                f"staging folders removed: {len(result['staging_removed'])}")
 
 
+@lake_app.command("scorers")
+@guarded("lake scorers")
+def lake_scorers(overrides: list[str] = OVERRIDES, config: Optional[Path] = CONFIG):
+    """Every scorer of the scores table: id, model path, family, counterfactual, rows, last scored, options."""
+    from vig_udf.lake import lake_table
+    from vig_udf.lake.scorers import list_scorers, scorer_lines
+
+    _logging(False)
+    cfg = load_config(LakeConfig, config, overrides, section="maintenance")
+    path = lake_table(cfg.lake, "scores")
+    if _read_engine(cfg.engine, cfg.lake, cfg.spark) == "local":
+        from vig_udf.lake.local_sql import query
+        from vig_udf.lake.local_tables import table_history as local_history
+
+        commits = local_history(path, spark_conf=cfg.spark.conf)
+        counted = query(cfg.lake, "SELECT scorer_id, count(*) AS n FROM scores GROUP BY scorer_id",
+                        spark_conf=cfg.spark.conf).read_all().to_pylist()
+    else:
+        from vig_udf.lake import read_table, table_history
+
+        spark = _read_session(cfg.spark, cfg.lake)
+        commits = table_history(spark, path)
+        counted = [r.asDict() for r in read_table(spark, path).groupBy("scorer_id").count()
+                   .withColumnRenamed("count", "n").collect()]
+    for line in scorer_lines(list_scorers(commits, {r["scorer_id"]: r["n"] for r in counted})):
+        typer.echo(line)
+
+
 @lake_app.command("history")
 @guarded("lake history")
 def lake_history(
@@ -461,24 +489,21 @@ def score_file(
     input: Path = typer.Argument(..., help="LLaVA-format JSON (a list) or JSONL"),
     out: Path = typer.Option(..., help="output JSONL, one result per input record, in input order"),
     overrides: list[str] = typer.Option(None, "--set", help="scorer options such as counterfactual=drop"),
-    chunk: int = typer.Option(256, help="records scored per call (bounds memory)"),
+    chunk: int = typer.Option(16, help="records scored, then written, at a time (bounds memory)"),
+    config: Optional[Path] = typer.Option(None, help="YAML config whose score.scorer section gives the options"),
 ):
-    """Score a LLaVA JSON/JSONL file in this process (no Spark) and write one JSON line per record."""
+    """Score a LLaVA JSON/JSONL file in this process (no Spark) and write one JSON line per record as it is done;
+    max_length defaults to the shipped configs' (2048) unless the config or --set gives one."""
     _logging(False)
+    from vig_udf.score_file import scorer_config, score_records
     from vig_udf.scoring.scorer import VIGScorer
 
-    cfg = load_config(ScorerConfig, None, [f"model_path={model}"] + list(overrides or []))
+    cfg = scorer_config(model, list(overrides or []), config)
     check_model_path(cfg.model_path)
     check_image_root(cfg.image_root)
     records = _read_records(input)
     scorer = VIGScorer.from_pretrained(cfg.model_path, cfg.options())
-    counts: dict[str, int] = {}
-    with out.open("w") as f:
-        for start in range(0, len(records), chunk):
-            for result in scorer.score(records[start:start + chunk]):
-                counts[result.status] = counts.get(result.status, 0) + 1
-                row = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in result.to_dict().items()}
-                f.write(json.dumps({"scorer_id": scorer.scorer_id, **row}) + "\n")
+    counts = score_records(scorer, records, out, chunk=chunk, progress=_to_stderr)
     typer.echo(f"scored {len(records)} records -> {out}; statuses {counts}")
 
 

@@ -138,6 +138,20 @@ def check_model_path(model_path: str | None, storage: Storage | None = None) -> 
 def _check_parquet_file(path: str, storage: Storage) -> None:
     if _parquet_rows(path, storage) == 0:
         raise InputError(f"input {path} is empty: its Parquet file has no rows")
+    _check_parquet_columns(path, path, storage)
+
+
+def _check_parquet_columns(path: str, file: str, storage: Storage) -> None:
+    """The Parquet input has a conversation column (LLaVA's ``conversations`` or Hugging Face ``messages``)."""
+    import pyarrow.parquet as pq
+
+    from vig_udf.corpus import CONVERSATION_KEYS
+
+    with storage.open(file) as f:
+        columns = pq.ParquetFile(f).schema_arrow.names
+    if not set(columns) & set(CONVERSATION_KEYS):
+        raise InputError(f"input {path} has no conversation column: its columns are {columns}, and one of "
+                         f"{list(CONVERSATION_KEYS)} is expected (LLaVA's turns or Hugging Face chat messages)")
 
 
 def _check_parquet_folder(path: str, storage: Storage) -> None:
@@ -145,8 +159,10 @@ def _check_parquet_folder(path: str, storage: Storage) -> None:
              and not any(part.startswith((".", "_")) for part in posixpath.relpath(e.uri, canonical(path)).split("/"))]
     if not files:
         raise InputError(f"input folder {path} holds no .parquet files")
-    if not any(_parquet_rows(file, storage) for file in files):  # stops at the first file with rows (one footer, usually)
+    first = next((file for file in files if _parquet_rows(file, storage)), None)  # one footer, usually
+    if first is None:
         raise InputError(f"input folder {path} is empty: none of its {len(files)} Parquet files has rows")
+    _check_parquet_columns(path, first, storage)
 
 
 def _parquet_rows(path: str, storage: Storage) -> int:

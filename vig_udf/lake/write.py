@@ -45,6 +45,7 @@ RETRY_PAUSE_MAX_S = 30.0
 USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 TXN_APP_ID_CONF = "spark.databricks.delta.write.txnAppId"
 TXN_VERSION_CONF = "spark.databricks.delta.write.txnVersion"
+AUTO_MERGE_CONF = "spark.databricks.delta.schema.autoMerge.enabled"
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ def insert_new_rows(
     staging: str | None = None,
     replace_when: str | None = None,
     staged_config: Callable | None = None,
+    add_columns: tuple[str, ...] = (),
 ) -> Commit | None:
     """Insert the rows of ``df`` whose ``keys`` the table at ``path`` does not hold; create it if missing.
 
@@ -131,6 +133,8 @@ def insert_new_rows(
             holds one row per key. The commit's ``rows_updated`` counts the replaced rows.
         staged_config: with ``staging``: a function of the staged rows whose dict is added to ``config`` before
             the commit (a summary of the rows that a rerun can read from the history instead of the table).
+        add_columns: columns of ``df`` that a table written before they existed may lack: the merge adds them
+            to its schema in the same commit (null in the rows it held).
 
     Example::
 
@@ -156,8 +160,8 @@ def insert_new_rows(
             if staged_config is not None:
                 config = {**config, **staged_config(source)}
         metadata = commit_metadata(job=job, config=config, write_id=write_id, app_id=app_id, app_version=app_version)
-        _retry_conflicts(lambda: _create_or_merge(source, uri, keys, metadata, app_id, app_version, replace_when), uri,
-                         exists=lambda: table_exists(spark, uri))
+        _retry_conflicts(lambda: _create_or_merge(source, uri, keys, metadata, app_id, app_version, replace_when,
+                                                  add_columns), uri, exists=lambda: table_exists(spark, uri))
     finally:
         if staged:
             delete_staged(spark, staged)
@@ -165,8 +169,9 @@ def insert_new_rows(
 
 
 def _create_or_merge(source, uri: str, keys: list[str], metadata: dict, app_id, app_version,
-                     replace_when: str | None = None) -> None:
+                     replace_when: str | None = None, add_columns: tuple[str, ...] = ()) -> None:
     from pyspark.errors import AnalysisException
+    from pyspark.sql.types import StructType
 
     spark = source.sparkSession
     if not table_exists(spark, uri):
@@ -177,13 +182,17 @@ def _create_or_merge(source, uri: str, keys: list[str], metadata: dict, app_id, 
             if not table_exists(spark, uri):
                 raise
             # another writer created the table between the check and this write: merge instead
-    columns = check_append(source.schema, spark.read.format("delta").load(spark_path(uri)).schema, path=uri)
+    table_schema = spark.read.format("delta").load(spark_path(uri)).schema
+    lacking = [f for f in source.schema if f.name in add_columns and f.name not in table_schema.fieldNames()]
+    columns = check_append(source.schema, StructType([*table_schema, *lacking]), path=uri)
     condition = " AND ".join(f"t.`{key}` <=> s.`{key}`" for key in keys)
     view = f"vig_merge_source_{uuid.uuid4().hex}"
     matched = f"WHEN MATCHED AND ({replace_when}) THEN UPDATE SET * " if replace_when is not None else ""
     statement = (f"MERGE INTO {delta_sql(uri)} AS t USING {view} AS s ON {condition} "
                  f"{matched}WHEN NOT MATCHED THEN INSERT *")
     confs = {USER_METADATA_CONF: json.dumps(metadata)}
+    if lacking:  # MERGE ... INSERT * adds the source's new columns to the table's schema in its own commit
+        confs[AUTO_MERGE_CONF] = "true"
     if app_id is not None:
         confs.update({TXN_APP_ID_CONF: app_id, TXN_VERSION_CONF: str(app_version)})
     source.select(*columns).createOrReplaceTempView(view)

@@ -212,9 +212,33 @@ def write_scores_report(spark, cfg: ReportConfig, *, out=print) -> dict:
     tables = _tables(statuses, by_source, by_scorer, selection)
     _write_md(paths, cfg, scores_path, version, scorer_id, tables, top, bottom)
     _write_html(paths, scores_path, version, scorer_id, tables, top, bottom)
-    out(f"report: {paths['report.html']}")
+    from vig_udf.lake import table_history
+    from vig_udf.lake.scorers import scorer_names
+
+    names = scorer_names(table_history(spark, scores_path))
+    named = lambda sid: f"{sid} ({names[sid]})" if sid in names else str(sid)  # noqa: E731
+    warnings = _blind_scorers(scores)
+    if warnings:
+        with open(paths["report.md"], "a") as md:
+            md.write("\n## Warnings\n\n" + "".join(f"- scorer {k}: {w}\n" for k, w in warnings.items()))
+    for blind, warning in warnings.items():
+        out(f"WARNING scorer {named(blind)}: {warning}")
+    out(f"report: {paths['report.html']} (sample views: scorer {named(scorer_id)})")
     return {"paths": paths, "scorer_id": scorer_id, "statuses": statuses, "by_source": by_source,
-            "by_scorer": by_scorer, "selection": selection, "top": top, "bottom": bottom}
+            "by_scorer": by_scorer, "selection": selection, "top": top, "bottom": bottom, "warnings": warnings}
+
+
+def _blind_scorers(scores) -> dict[str, str]:
+    """Scorer id -> :func:`vig_udf.lake.scorers.blind_warning` for each scorer whose ok VIGs barely move (one
+    aggregation, a row per scorer)."""
+    from pyspark.sql import functions as F
+
+    from vig_udf.lake.scorers import blind_warning
+
+    ranges = (scores.where(F.col("status") == "ok").groupBy("scorer_id")
+              .agg(F.min("vig").alias("low"), F.max("vig").alias("high")).collect())
+    found = {r["scorer_id"]: blind_warning(r["low"], r["high"]) for r in ranges}
+    return {k: w for k, w in sorted(found.items()) if w}
 
 
 def _fmt(value) -> str:

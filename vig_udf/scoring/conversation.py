@@ -15,11 +15,13 @@ placement:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from vig_udf.scoring.status import INVALID_CONVERSATION, NO_ANSWER_TOKENS, SampleError
 
 IMAGE_PLACEHOLDER = "<image>"
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 IMAGE_PLACEMENTS = ("first", "inline")
 DEFAULT_IMAGE_PLACEMENT = "first"
 USER, ASSISTANT, SYSTEM = "user", "assistant", "system"
@@ -107,6 +109,9 @@ def parse_conversation(conversations, *, has_image: bool) -> Conversation:
                 f"turn {i} has unknown role {raw.get('from')!r}; expected human/gpt (or user/assistant)",
             )
         value = raw["value"]
+        if _LONE_SURROGATE.search(value):
+            raise SampleError(INVALID_CONVERSATION, f"turn {i}'s text holds a lone surrogate (an unpaired "
+                                                    "\\ud800-\\udfff escape), which is not Unicode text")
         count = value.count(IMAGE_PLACEHOLDER)
         placeholders += count
         if count and role != USER:

@@ -30,9 +30,9 @@ import posixpath
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageStat
+from PIL import Image, ImageFilter, ImageOps, ImageStat
 
-from vig_udf.scoring.status import IMAGE_UNREADABLE, SampleError
+from vig_udf.scoring.status import IMAGE_UNREADABLE, IMAGE_UNSUPPORTED, SampleError
 from vig_udf.storage import canonical, local_path, scheme_of, split_uri
 
 COUNTERFACTUALS = ("blur", "drop", "blank", "noise")
@@ -42,8 +42,13 @@ DEFAULT_BLUR_SIGMA = 0.05
 
 
 def load_image(image: Any, *, image_root: str | None = None, max_pixels: int | None = None,
-               storage=None) -> Image.Image:
-    """Open ``image`` (a path or URI, raw bytes or a PIL image) as a fully decoded RGB image.
+               storage=None, exif_transpose: bool = False) -> Image.Image:
+    """Open ``image`` (a path or URI, raw bytes or a PIL image) as a fully decoded RGB image, turned as its EXIF
+    orientation says when ``exif_transpose``.
+
+    High-range pixels are scaled to 8 bits (:func:`_eight_bit`): 16-bit grey, 32-bit integers within 16 bits,
+    32-bit floats within 0..1; other ranges are refused (``image_unsupported``) rather than clipped to black
+    or white.
 
     A path on object storage (``s3a://...``, or relative to an ``image_root`` there) is read through
     ``storage`` (a :class:`vig_udf.storage.Storage`; default: the cloud SDKs' own credentials).
@@ -51,15 +56,16 @@ def load_image(image: Any, *, image_root: str | None = None, max_pixels: int | N
     truncated, corrupt, not an image, or larger than ``max_pixels``.
     """
     if isinstance(image, Image.Image):
-        return _decoded_rgb(image, "the given PIL image", max_pixels)
+        return _decoded_rgb(image, "the given PIL image", max_pixels, exif_transpose)
     if isinstance(image, (bytes, bytearray, memoryview)):
-        return _decoded_rgb(_open(io.BytesIO(bytes(image)), "image bytes"), "image bytes", max_pixels)
+        return _decoded_rgb(_open(io.BytesIO(bytes(image)), "image bytes"), "image bytes", max_pixels, exif_transpose)
     if isinstance(image, (str, os.PathLike)):
         path = resolve_image(os.fspath(image), image_root)
         if local_path(path) is None:
-            return _decoded_rgb(_open(io.BytesIO(_read_remote(path, storage)), path), path, max_pixels)
+            return _decoded_rgb(_open(io.BytesIO(_read_remote(path, storage)), path), path, max_pixels,
+                                exif_transpose)
         check_image_file(path)
-        return _decoded_rgb(_open(path, path), path, max_pixels)
+        return _decoded_rgb(_open(path, path), path, max_pixels, exif_transpose)
     raise SampleError(IMAGE_UNREADABLE, f"unsupported image value of type {type(image).__name__}")
 
 
@@ -146,7 +152,7 @@ def _open(source, name: str) -> Image.Image:
         raise SampleError(IMAGE_UNREADABLE, f"cannot open {name} as an image: {exc}") from exc
 
 
-def _decoded_rgb(img: Image.Image, name: str, max_pixels: int | None) -> Image.Image:
+def _decoded_rgb(img: Image.Image, name: str, max_pixels: int | None, exif_transpose: bool = False) -> Image.Image:
     width, height = img.size
     if max_pixels is not None and width * height > max_pixels:
         raise SampleError(
@@ -154,21 +160,40 @@ def _decoded_rgb(img: Image.Image, name: str, max_pixels: int | None) -> Image.I
         )
     try:
         img.load()  # decode now: a truncated file fails here, not inside the processor
-        return _eight_bit(img).convert("RGB")
+        if exif_transpose:
+            img = ImageOps.exif_transpose(img)
+        eight_bit = _eight_bit(img, name)
+        return eight_bit.convert("RGB")
+    except SampleError:
+        raise
     except Exception as exc:
         raise SampleError(IMAGE_UNREADABLE, f"cannot decode {name}: {exc}") from exc
 
 
-def _eight_bit(img: Image.Image) -> Image.Image:
-    """16-bit grey (PIL modes ``I;16*``, and ``I`` as 16-bit PNGs open) scaled to 8 bits, not clipped.
+def _eight_bit(img: Image.Image, name: str = "the image") -> Image.Image:
+    """High-range grey scaled to 8 bits, not clipped: 16-bit (PIL modes ``I;16*``, and ``I`` as 16-bit PNGs open,
+    with values within 0..65535) divided by 257, 32-bit float (``F``) within 0..1 times 255.
 
-    PIL's own ``convert`` clips those values at 255, so a 16-bit image comes out almost white. 16-bit RGB
-    and grey+alpha PNGs are already opened as 8-bit RGB / RGBA by PIL.
+    PIL's own ``convert`` clips those values at 255 (a 16-bit image comes out almost white, a 0..1 float one
+    black). An ``I`` image beyond 16 bits, a float image outside 0..1 or with NaN / infinity is refused
+    (``image_unsupported``): its scale is not known. 16-bit RGB and grey+alpha PNGs are already opened as 8-bit
+    RGB / RGBA by PIL.
     """
-    if not (img.mode.startswith("I;16") or img.mode == "I"):
+    if not (img.mode.startswith("I;16") or img.mode in ("I", "F")):
         return img
-    pixels = np.clip(np.asarray(img, dtype=np.float64), 0, 65535) / 257.0
-    return Image.fromarray(np.round(pixels).astype(np.uint8), "L")
+    pixels = np.asarray(img, dtype=np.float64)
+    low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
+    if img.mode == "F":
+        if not (np.isfinite(pixels).all() and low >= 0.0 and high <= 1.0):
+            raise SampleError(IMAGE_UNSUPPORTED, f"{name} is a 32-bit float image with values in [{low:g}, "
+                                                 f"{high:g}]; only float images within 0..1 are scaled to 8 bits")
+        scaled = pixels * 255.0
+    else:
+        if low < 0 or high > 65535:
+            raise SampleError(IMAGE_UNSUPPORTED, f"{name} is a 32-bit integer image with values in [{low:g}, "
+                                                 f"{high:g}]; only values within 0..65535 (16 bits) are scaled")
+        scaled = pixels / 257.0
+    return Image.fromarray(np.round(scaled).astype(np.uint8), "L")
 
 
 def make_counterfactual(

@@ -48,6 +48,10 @@ class ScorerOptions(BaseModel):
         "before the counterfactual is made; None = the checkpoint's (declared; else square for llava_v1 on LLaVA-1.5, "
         "none for the others)",
         json_schema_extra=_IDENTITY)
+    exif_transpose: bool = Field(
+        False, description="turn images as their EXIF orientation says before scoring; off: images as stored, as "
+        "LLaVA's Image.open(...).convert('RGB') and this project's training loader read them",
+        json_schema_extra=_IDENTITY)
     max_length: int | None = Field(None, gt=0, description="longer samples get status 'truncated'; None = no limit",
                                    json_schema_extra=_IDENTITY)
     dtype: str | None = Field(None, description="float32 | bfloat16 | float16; None = bf16 on GPU, fp32 on CPU",
@@ -139,4 +143,6 @@ class ScorerOptions(BaseModel):
         if self.counterfactual != "blur":
             values["blur_sigma"] = None
         values["prompt_format"] = formats.describe(self.prompt_format)
+        if not values["exif_transpose"]:  # EXIF ignored, as before the option existed: earlier scorer ids hold
+            del values["exif_transpose"]
         return values

@@ -210,7 +210,8 @@ class VIGScorer:
             _, tokens = self.inputs.build(conv, None, rendered=rendered)
             return ScoreResult.unscored(sample_id, self.options.counterfactual, st.TEXT_ONLY, None, tokens)
         image = self.inputs.prepare_image(load_image(image_ref, image_root=self.options.image_root,
-                                                     max_pixels=self.options.max_image_pixels, storage=self.storage))
+                                                     max_pixels=self.options.max_image_pixels, storage=self.storage,
+                                                     exif_transpose=self.options.exif_transpose))
         real, tokens = self._build_with_image(conv, image, rendered)
         if self.options.counterfactual == "drop":
             cf, cf_tokens = self.inputs.build(conv, None)

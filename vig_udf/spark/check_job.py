@@ -59,12 +59,18 @@ def sample_input(spark, path: str, *, n: int, seed: int) -> list[dict]:
     """``n`` records with an image drawn with ``seed`` from a LLaVA Parquet input (Spark)."""
     from pyspark.sql import functions as F
 
+    from vig_udf.corpus import parse_record
     from vig_udf.spark.ingest_job import read_records
 
+    has_image = F.col("_image_bytes").isNotNull() | (F.coalesce(F.get_json_object("_record", "$.image"), F.lit("")) != "")
     # limit(n): the driver holds the check's sample only (n records), never the input
-    rows = (read_records(spark, path).where(F.col("image").isNotNull() & (F.col("image") != ""))
-            .select("id", "image", "conversations").orderBy(F.rand(seed)).limit(n).collect())
-    return [row.asDict(recursive=True) for row in rows]
+    rows = read_records(spark, path).where(has_image).orderBy(F.rand(seed)).limit(n).collect()
+    records = []
+    for row in rows:
+        parsed = parse_record(row["_record"])
+        records.append({"id": parsed.id, "image": row["_image_bytes"] or parsed.image,
+                        "conversations": parsed.conversations})
+    return records
 
 
 def sample_corpus(spark, lake: str, *, n: int, seed: int, version: int | None = None,
@@ -92,6 +98,28 @@ def sample_corpus(spark, lake: str, *, n: int, seed: int, version: int | None = 
     return records
 
 
+def check_images_reachable(records: list[dict], image_root: str | None, storage=None) -> None:
+    """Raise :class:`~vig_udf.preflight.InputError` naming the setting to fix when not one sampled record's image
+    file is there (image bytes always are): the check would otherwise score nothing."""
+    from vig_udf.preflight import InputError
+    from vig_udf.scoring.images import check_image_file, resolve_image
+
+    first = None
+    for record in records:
+        image = record.get("image")
+        if not isinstance(image, str):
+            return
+        try:
+            check_image_file(resolve_image(image, image_root), storage)
+            return
+        except SampleError as err:
+            first = first or err.message
+    where = (f"scorer.image_root is not set, so the records' relative image paths are looked for under the working "
+             "directory; set scorer.image_root to the folder they are relative to" if image_root is None else
+             f"is scorer.image_root={image_root} the folder the records' image paths are relative to?")
+    raise InputError(f"none of the {len(records)} sampled images can be read ({first}): {where}")
+
+
 def run_check_job(cfg: CheckJobConfig, *, spark=None, out=print) -> dict:
     """Sample, check, write the report; returns ``{"passed", "verdict", "paths", "summary"}``."""
     from vig_udf.check import check_scorer, sample_records
@@ -116,6 +144,8 @@ def run_check_job(cfg: CheckJobConfig, *, spark=None, out=print) -> dict:
         source = cfg.input
     if len(records) < 2:
         raise ValueError(f"{source} has {len(records)} record(s) with an image; the check needs at least two")
+    check_images_reachable(records, cfg.scorer.image_root, Storage.from_conf(cfg.spark.conf) if spark is None
+                           else None)
     storage = Storage.from_conf(cfg.spark.conf)
     if spark is not None:  # a session's own settings (Spark is not needed for a file)
         from vig_udf.lake.read import lake_storage

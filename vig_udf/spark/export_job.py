@@ -56,6 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vig_udf.selection import policies as sel
 from vig_udf.config import SparkConfig
+from vig_udf.corpus import CONVERSATION_KEYS, default_keys, json_text
 from vig_udf.scoring.conversation import parse_conversation
 from vig_udf.lake.read import lake_storage
 from vig_udf.selection.spans import kept_char_spans
@@ -205,10 +206,10 @@ def export_lines(bytes_images_renamed: bool):
                         line["problem"] = str(error)
                     else:
                         record_id = _record_id(row)
-                        line.update(record_id=record_id, record=json.dumps(
-                            _record(record_id, image, _turns(row["conversations"])), ensure_ascii=False),
-                            mask=json.dumps(record_id, ensure_ascii=False) + ": " + json.dumps(
-                                [list(span) for span in spans]))
+                        line.update(record_id=record_id, record=json_text(
+                            exported_record(record_id, image, _turns(row["conversations"]), row["extra"],
+                                            row["key_order"])),
+                            mask=json_text(record_id) + ": " + json.dumps([list(span) for span in spans]))
                 out.append(line)
             yield pa.RecordBatch.from_pylist(out, schema=schema)
 
@@ -337,6 +338,7 @@ def _corpus_columns(corpus):
         optional("duplicate_id", "boolean").alias("duplicate_id"), "image_path", "conversations",
         optional("image_bytes", "binary").alias("image_bytes"),
         optional("image_bytes", "binary").isNotNull().alias("_has_bytes"),
+        optional("extra", "string").alias("extra"), optional("key_order", "array<string>").alias("key_order"),
         optional("ingest_ordinal", "long").alias("_ordinal"), F.lit(True).alias("_in_corpus"))
 
 
@@ -384,11 +386,28 @@ def _turns(conversations) -> list[dict]:
     return [{"from": turn["from"], "value": turn["value"]} for turn in conversations]
 
 
-def _record(record_id: str, image: str | None, conversations: list[dict]) -> dict:
-    record = {"id": record_id}
-    if image:
+def exported_record(record_id: str, image: str | None, conversations: list[dict], extra: str | None = None,
+                    key_order: list[str] | None = None) -> dict:
+    """The record as ingest read it: its keys in input order (``key_order``, else LLaVA's), ``id`` the export's
+    id (placed first where the record had none), ``image`` its exported path, the conversation under
+    ``conversations`` (also where it came as Hugging Face ``messages``) and every other key from ``extra``."""
+    others = json.loads(extra) if extra else {}
+    keys = list(key_order) if key_order else default_keys(image) + list(others)
+    if "id" not in keys:
+        keys.insert(0, "id")
+    record = {}
+    for key in keys:
+        if key == "id":
+            record["id"] = record_id
+        elif key == "image":
+            record["image"] = image
+        elif key in CONVERSATION_KEYS and key not in others:
+            record["conversations"] = conversations
+        elif key in others:
+            record[key] = others[key]
+    if image and "image" not in record:
         record["image"] = image
-    record["conversations"] = conversations
+    record.setdefault("conversations", conversations)
     return record
 
 

@@ -24,14 +24,11 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from vig_udf.config import SparkConfig
-from vig_udf.corpus import INVALID_RECORD, content_id, resolve_image, source_of, validate_record
+from vig_udf.corpus import INVALID_RECORD, content_id, parse_record, resolve_image, source_of, validate_record
 from vig_udf.preflight import check_image_root, check_input, is_local
 from vig_udf.storage import Storage, local_path
-from vig_udf.scoring.status import IMAGE_UNREADABLE, OK
+from vig_udf.scoring.status import IMAGE_UNREADABLE, INVALID_CONVERSATION, OK, TEXT_ONLY
 
-# conversations is read as its JSON text and parsed in Python: a schema with ``value: STRING`` would make
-# Spark turn a number (``"value": 42``) into the string "42", and such a record must be invalid_conversation
-INPUT_DDL = "id STRING, image STRING, conversations STRING, _corrupt_record STRING"
 CONVERSATIONS = pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))
 # where a raw record was read from: its file, the file split and its place in the task (input order, sortable)
 POSITION = ("_file", "_block", "_row")
@@ -40,7 +37,10 @@ VALIDATED_SCHEMA = pa.schema([
     ("source_id", pa.string()), ("content_id", pa.string()), ("source", pa.string()),
     ("image_path", pa.string()), ("image_bytes", pa.binary()), ("conversations", CONVERSATIONS),
     ("n_turns", pa.int32()), ("status", pa.string()), ("error", pa.string()),
+    ("extra", pa.string()), ("key_order", pa.list_(pa.string())),
 ])
+# columns a corpus written before they existed lacks: ingest adds them (null for its earlier rows)
+NEW_CORPUS_COLUMNS = ("extra", "key_order")
 
 
 class IngestJobConfig(BaseModel):
@@ -60,10 +60,13 @@ class IngestJobConfig(BaseModel):
 
 
 def read_records(spark, path: str, *, jsonl_folder: bool = False):
-    """The input as a DataFrame (id, image, conversations, _corrupt_record and the :data:`POSITION` columns);
-    malformed records kept. A one-array ``.json`` is read through its JSONL shards: ``path`` is then their
-    folder and ``jsonl_folder`` is true (see :func:`vig_udf.spark.json_shards.stage_json_array`)."""
+    """The input as a DataFrame of ``_record`` (each record's JSON text), ``_image_bytes`` (the bytes of a Hugging
+    Face Image struct column, else null) and the :data:`POSITION` columns. JSON lines are read as text, blank
+    lines skipped; a Parquet row becomes the JSON of its columns in column order (an ``image`` struct stands for
+    its ``path``; its ``bytes`` go to ``_image_bytes``). A one-array ``.json`` is read through its JSONL shards:
+    ``path`` is then their folder and ``jsonl_folder`` is true (see :func:`vig_udf.spark.json_shards.stage_json_array`)."""
     from pyspark.sql import functions as F
+    from pyspark.sql.types import StructType
 
     from vig_udf.lake.read import lake_storage
     from vig_udf.storage import spark_path
@@ -73,15 +76,17 @@ def read_records(spark, path: str, *, jsonl_folder: bool = False):
     if not jsonl_folder and (path.endswith(".parquet") or lake_storage(spark).is_dir(path)):
         df = spark.read.parquet(spark_path(path))
         position = _position(df)
-        cols = [F.col(c).cast("string") if c in ("id", "image") else F.col(c) for c in ("id", "image", "conversations")
-                if c in df.columns]
-        df = df.select(*cols, *position)
-        for missing in {"id", "image", "conversations"} - set(df.columns):
-            df = df.withColumn(missing, F.lit(None).cast("string"))
-        return df.withColumn("_corrupt_record", F.lit(None).cast("string"))
-    df = (spark.read.schema(INPUT_DDL).option("mode", "PERMISSIVE")
-          .option("columnNameOfCorruptRecord", "_corrupt_record").json(spark_path(path)))
-    return df.select(*df.columns, *_position(df))
+        image = df.schema["image"].dataType if "image" in df.columns else None
+        struct_image = isinstance(image, StructType) and {"bytes", "path"} <= set(image.fieldNames())
+        columns = [F.col(c).getField("path").alias(c) if c == "image" and struct_image else F.col(c)
+                   for c in df.columns]
+        as_json = F.to_json(F.struct(*columns), {"ignoreNullFields": "false"})
+        image_bytes = F.col("image").getField("bytes") if struct_image else F.lit(None).cast("binary")
+        return df.select(as_json.alias("_record"), image_bytes.alias("_image_bytes"), *position)
+    df = spark.read.text(spark_path(path))
+    return (df.select(F.col("value").alias("_record"), F.lit(None).cast("binary").alias("_image_bytes"),
+                      *_position(df))
+            .where(F.trim(F.col("_record")) != ""))
 
 
 def _position(df) -> list:
@@ -100,43 +105,46 @@ def validate_batches(image_root: str | None, image_storage: str, check_files: bo
     def validate(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             rows = []
-            for rec in batch.to_pylist():
-                conversations = _parsed_conversations(rec.get("conversations"))
-                if rec.get("_corrupt_record") is not None and conversations is None:
-                    status, error = INVALID_RECORD, f"not a LLaVA record: {rec['_corrupt_record'][:200]!r}"
-                elif rec.get("conversations") is not None and conversations is None:
+            for raw in batch.to_pylist():
+                rec = parse_record(raw["_record"])
+                conversations, data = rec.conversations, raw["_image_bytes"]
+                image = rec.image
+                if data is not None and not image:
+                    image = embedded_image_name(data)
+                if rec.error:
+                    status, error = INVALID_RECORD, rec.error
+                elif rec.conversations_given and conversations is None:
                     status, error = INVALID_RECORD, "'conversations' is not a list of {from, value} turns"
                 else:
-                    status, error = validate_record(rec.get("id"), rec.get("image"), conversations,
-                                                    image_root=image_root, check_files=check_files, storage=storage)
+                    status, error = validate_record(rec.id, image, conversations, image_root=image_root,
+                                                    check_files=check_files and data is None, storage=storage)
+                    if rec.text_error and status in (OK, TEXT_ONLY):
+                        status, error = INVALID_CONVERSATION, rec.text_error
                 conversations = _storable(conversations)
-                data = None
-                if image_storage == "bytes" and rec.get("image") and status == OK:
+                if data is None and image_storage == "bytes" and image and status == OK:
                     try:
-                        data = (storage or Storage()).read_bytes(resolve_image(rec["image"], image_root))
+                        data = (storage or Storage()).read_bytes(resolve_image(image, image_root))
                     except OSError as exc:
-                        status, error = IMAGE_UNREADABLE, f"cannot read {rec['image']}: {exc}"
+                        status, error = IMAGE_UNREADABLE, f"cannot read {image}: {exc}"
                 rows.append({
-                    "_file": rec["_file"], "_block": rec["_block"], "_row": rec["_row"], "source_id": rec.get("id"),
-                    "content_id": content_id(rec.get("id"), rec.get("image"), conversations or rec.get("_corrupt_record")),
-                    "source": source_of(rec.get("image")), "image_path": rec.get("image"), "image_bytes": data,
+                    "_file": raw["_file"], "_block": raw["_block"], "_row": raw["_row"], "source_id": rec.id,
+                    "content_id": content_id(rec.id, image, conversations or (rec.raw if rec.error else None)),
+                    "source": source_of(image), "image_path": image, "image_bytes": data,
                     "conversations": conversations, "n_turns": len(conversations or []), "status": status,
-                    "error": error,
+                    "error": error, "extra": rec.extra, "key_order": rec.key_order,
                 })
             yield pa.RecordBatch.from_pylist(rows, schema=VALIDATED_SCHEMA)
 
     return validate
 
 
-def _parsed_conversations(raw):
-    """The record's turns as JSON gave them (types kept), from the JSON text of a JSON/JSONL input or the
-    typed column of a Parquet input; None when there are none or they are not a JSON list."""
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError:
-            return None
-    return list(raw) if isinstance(raw, (list, tuple)) else None
+def embedded_image_name(data: bytes) -> str:
+    """The recorded path of an image that came as bytes only: ``embedded/<content hash>.<format>``; the export
+    writes it there."""
+    kinds = {b"\x89PNG": "png", b"\xff\xd8\xff": "jpg", b"GIF8": "gif", b"RIFF": "webp", b"BM": "bmp",
+             b"II*\x00": "tif", b"MM\x00*": "tif"}
+    suffix = next((kind for magic, kind in kinds.items() if data.startswith(magic)), "img")
+    return f"embedded/{hashlib.sha256(data).hexdigest()[:20]}.{suffix}"
 
 
 def _storable(conversations) -> list[dict] | None:
@@ -210,13 +218,14 @@ def run_ingest(spark, cfg: IngestJobConfig, *, out=print) -> dict:
                                                 F.concat("sample_id", F.lit("-"), F.col("_n").cast("string")))
                             .otherwise(F.col("sample_id")))
                 .select("sample_id", "source_id", "source", "image_path", "image_bytes", "conversations", "n_turns",
-                        "status", "error", "duplicate_id", *POSITION))
+                        "status", "error", "duplicate_id", "extra", "key_order", *POSITION))
         rows = rows.cache()  # validated once: the ordinals, the merge and the summary read the same rows
         try:
             first = next_ordinal(spark, corpus_path)
             rows_in_order = with_ingest_ordinal(rows, first).drop(*POSITION)
             commit = insert_new_rows(rows_in_order, corpus_path, keys=["sample_id"], job="ingest",
-                                     config=cfg.model_dump(mode="json"), app_id=app_id, app_version=0)
+                                     config=cfg.model_dump(mode="json"), app_id=app_id, app_version=0,
+                                     add_columns=NEW_CORPUS_COLUMNS)
             summary = _summary(rows)
         finally:
             rows.unpersist()

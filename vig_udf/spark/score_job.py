@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from vig_udf.scoring import status as st
 from vig_udf.config import ScorerConfig, SparkConfig
 from vig_udf.preflight import check_image_root, check_model_path, is_local
+from vig_udf.lake.scorers import blind_warning
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool, task_cpus: int = 1, storage=
     record = {"identity": identity_record(fingerprint, options, chat_template=chat_template),
               "chat_template": chat_template, "image_placement": options.image_placement,
               "prompt_format": describe(options.prompt_format), "image_pad": options.image_pad,
-              "library_versions": library_versions()}
+              "family": getattr(config, "model_type", None), "library_versions": library_versions()}
     return ScorerSpec(model_path=scorer.model_path, scorer_id=scorer_id, kwargs=kwargs, image_root=scorer.image_root,
                       record=record, fingerprint=fingerprint, weight_stamps=stamps,
                       load_log_dir=os.environ.get("VIG_LOAD_LOG_DIR"),
@@ -373,13 +374,17 @@ def _summary(scores, scorer_id: str, corpus_rows: int, n_pending: int, elapsed: 
 
     groups = (scores.where(F.col("scorer_id") == scorer_id).groupBy("status")  # one row per status: bounded
               .agg(F.count(F.lit(1)).alias("count"),
-                   F.percentile_approx("vig", [0.05, 0.25, 0.5, 0.75, 0.95], 10000).alias("q")).collect())
+                   F.percentile_approx("vig", [0.05, 0.25, 0.5, 0.75, 0.95], 10000).alias("q"),
+                   F.min("vig").alias("low"), F.max("vig").alias("high")).collect())
     by_status = {r["status"]: r["count"] for r in groups}
     quantiles = next((r["q"] for r in groups if r["status"] == "ok"), None)
+    ok = next((r for r in groups if r["status"] == "ok"), None)
+    vig_range = (ok["low"], ok["high"]) if ok is not None else (None, None)
     return {"scorer_id": scorer_id, "scored": n_pending, "seconds": elapsed,
             "samples_per_s": n_pending / elapsed if elapsed else None, "rows_by_status": by_status,
             "rows_for_scorer": sum(by_status.values()), "corpus_rows": corpus_rows,
-            "vig_quantiles": dict(zip(["p05", "p25", "p50", "p75", "p95"], quantiles or []))}
+            "vig_quantiles": dict(zip(["p05", "p25", "p50", "p75", "p95"], quantiles or [])),
+            "vig_range": list(vig_range), "warning": blind_warning(*vig_range)}
 
 
 def _print_summary(summary: dict, out) -> None:
@@ -391,5 +396,7 @@ def _print_summary(summary: dict, out) -> None:
         f"{summary['corpus_rows']} corpus rows)")
     quantiles = ", ".join(f"{k} {v:+.3f}" for k, v in summary["vig_quantiles"].items() if v is not None)
     out(f"sample VIG quantiles: {quantiles}")
+    if summary.get("warning"):
+        out(f"WARNING scorer {summary['scorer_id']}: {summary['warning']}")
     out(f"{summary['tasks']} tasks on {summary['workers']} Python workers, {summary['commits']} commits; model loads: "
         f"{summary['model_loads']} ({summary['load_seconds']:.1f} s: {'; '.join(summary['loads'])})")

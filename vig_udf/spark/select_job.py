@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from vig_udf.selection import policies as sel
 from vig_udf.config import SparkConfig
 from vig_udf.scoring.status import OK
+from vig_udf.lake.scorers import scorer_names
 
 # One row per scores row (of one scorer) and policy. token_keep is aligned with the scores row's token arrays
 # (empty when not kept); tau and p are the run's; params is the policy params' canonical JSON, params_hash its
@@ -195,7 +196,7 @@ def run_select(spark, cfg: SelectJobConfig, *, out=print) -> dict:
     from pyspark.sql.pandas.types import from_arrow_schema
 
     from vig_udf.lake import (insert_new_rows, lake_table, read_table, staging_folder, table_commit, table_exists,
-                              table_version)
+                              table_history, table_version)
     from vig_udf.spark.selection_inputs import recorded_selections, select_commits
 
     scores_path, selection_path = lake_table(cfg.lake, "scores"), lake_table(cfg.lake, "selection")
@@ -214,7 +215,8 @@ def run_select(spark, cfg: SelectJobConfig, *, out=print) -> dict:
     if ok_rows is None:
         ok_rows = {r["scorer_id"]: r["ok"] for r in scores.groupBy("scorer_id").agg(
             F.sum(F.when(valid_ok, 1).otherwise(0)).alias("ok")).collect()}
-    scorer_id = _resolve_scorer(sorted(ok_rows), cfg.scorer_id, scores_path, scores_version)
+    scorer_id = _resolve_scorer(sorted(ok_rows), cfg.scorer_id, scores_path, scores_version,
+                                lambda: scorer_names(table_history(spark, scores_path)))
     n_ok = ok_rows[scorer_id]
     corpus_version = None
     if cfg.budgets:
@@ -291,15 +293,22 @@ def _commit_mark(commit: dict | None) -> str | None:
     return commit["write_id"] or str(commit["timestamp"])
 
 
-def _resolve_scorer(present: list[str], scorer_id: str | None, path: str, version: int) -> str:
+def _resolve_scorer(present: list[str], scorer_id: str | None, path: str, version: int, names=dict) -> str:
+    """The scorer to select from; ``names()`` (read only for a message) gives each scorer id's description."""
     if scorer_id is not None:
         if scorer_id not in present:
-            raise ValueError(f"scorer_id {scorer_id!r} has no rows in {path} v{version}; scorers there: {present}")
+            raise ValueError(f"scorer_id {scorer_id!r} has no rows in {path} v{version}; scorers there: {present}"
+                             + _described(present, names()))
         return scorer_id
     if len(present) != 1:
-        raise ValueError(f"{path} v{version} holds {len(present)} scorers: {present}. Set scorer_id=<one of them> "
-                         "(see `vig sql \"SELECT scorer_id, counterfactual, count(*) FROM scores GROUP BY 1, 2\"`).")
+        raise ValueError(f"{path} v{version} holds {len(present)} scorers: {present}. Set scorer_id=<one of them>"
+                         f"{_described(present, names())} (`vig lake scorers` lists them).")
     return present[0]
+
+
+def _described(present: list[str], names: dict[str, str]) -> str:
+    known = [f"{s}: {names[s]}" for s in present if s in names]
+    return f" ({'; '.join(known)})" if known else ""
 
 
 def _tau_method(n_ok: int, cfg: SelectJobConfig) -> str:
