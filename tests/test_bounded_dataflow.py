@@ -36,7 +36,7 @@ def test_a_one_array_json_is_read_by_several_tasks(spark, tmp_path):
     raw = read_records(spark, str(tmp_path / "shards"), jsonl_folder=True)
     assert raw.rdd.getNumPartitions() > 1
     assert raw.select("_file").distinct().count() == 6
-    assert sorted(r["id"] for r in raw.collect()) == [r["id"] for r in records]
+    assert sorted(json.loads(r["_record"])["id"] for r in raw.collect()) == [r["id"] for r in records]
 
 
 @pytest.fixture(scope="module")
