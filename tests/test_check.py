@@ -96,14 +96,20 @@ def test_a_counterfactual_equal_to_the_real_image_is_flagged(tiny_checkpoints):
     assert not any("equals the real image" in f for f in blurred.failures)
 
 
+def image_record_lines(tmp_path, n: int) -> list[str]:
+    """``n`` records as JSON lines whose images are saved under ``tmp_path/images`` (paths relative to it)."""
+    (tmp_path / "images").mkdir()
+    lines = []
+    for i, rec in enumerate(records(n)):
+        rec["image"].save(tmp_path / "images" / f"{i}.png")
+        lines.append(json.dumps({**rec, "image": f"{i}.png"}))
+    return lines
+
+
 def test_cli_check_on_a_jsonl_file_writes_every_section(tiny_checkpoints, tmp_path):
     from vig_udf.cli import app
 
-    (tmp_path / "images").mkdir()
-    lines = []
-    for i, rec in enumerate(records(5)):
-        rec["image"].save(tmp_path / "images" / f"{i}.png")
-        lines.append(json.dumps({**rec, "image": f"{i}.png"}))
+    lines = image_record_lines(tmp_path, 5)
     lines.append(json.dumps(sample("text", [("Hi?", "Hello.")])))  # no image: never sampled
     (tmp_path / "data.jsonl").write_text("\n".join(lines))
     assert len(sample_records(tmp_path / "data.jsonl", n=3, seed=1)) == 3
@@ -132,11 +138,7 @@ def test_cli_check_on_a_jsonl_file_writes_every_section(tiny_checkpoints, tmp_pa
 def test_cli_check_without_a_readable_image_names_image_root_and_exits_2(tiny_checkpoints, tmp_path):
     from vig_udf.cli import app
 
-    (tmp_path / "images").mkdir()
-    lines = []
-    for i, rec in enumerate(records(3)):
-        rec["image"].save(tmp_path / "images" / f"{i}.png")
-        lines.append(json.dumps({**rec, "image": f"{i}.png"}))
+    lines = image_record_lines(tmp_path, 3)
     (tmp_path / "data.jsonl").write_text("\n".join(lines))
     args = ["check", f"input={tmp_path / 'data.jsonl'}", f"out={tmp_path / 'check'}",
             f"scorer.model_path={tiny_checkpoints['llava']}"]
