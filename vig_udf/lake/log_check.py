@@ -70,9 +70,7 @@ def read_log(storage: Storage, path) -> LogReport:
             report.damaged[version] = str(error).splitlines()[0] if str(error) else type(error).__name__
     checksums = {int(m.group(1)) for name in entries if (m := _CHECKSUM.match(name))}
     if versions or checksums:
-        first = max(checkpoints, default=min(versions, default=0))
-        if not checkpoints and versions:
-            first = min(versions)
+        first = max(checkpoints, default=min(versions, default=0))  # the log is complete from there on
         newest = max(set(versions) | checksums)
         report.missing = [v for v in range(first, newest + 1) if v not in versions and v not in checkpoints]
     if "_last_checkpoint" in entries:
