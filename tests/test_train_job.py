@@ -62,6 +62,8 @@ def test_train_job_logs_a_complete_mlflow_run(spark, scored_lake):
     assert params["training.steps"] == "8" and params["training.method"] == "full"
     assert params["resolved.selection_id"] == vig["selection_id"] and tags["vig.policy"] == "vig"
     assert tags["vig.scorer_id"] == select["scorer_id"]
+    # the scorer by name (model path, family, counterfactual) next to its hash, as vig lake scorers lists it
+    assert tags["vig.scorer"] == f"{summary['base_model']}, llava, blur", tags["vig.scorer"]
     assert (tags["vig.chat_template"], tags["vig.image_placement"]) == ("scores", "first")
     # the scores' template is not Vicuna's: the template format, unpadded, both from the scores' commit
     assert (tags["vig.prompt_format"], tags["vig.prompt_format_source"]) == ("template", "scores")

@@ -258,6 +258,7 @@ def _previous_run(output: str | None, cfg: TrainJobConfig, storage) -> dict | No
 def resolve_inputs(spark, cfg: TrainJobConfig) -> dict:
     """The selection id and policy, the scorer, the table paths and versions, and the default base model."""
     from vig_udf.lake import table_history
+    from vig_udf.lake.scorers import scorer_names
     from vig_udf.spark.selection_inputs import resolve_selection
 
     chosen = resolve_selection(spark, lake=cfg.lake, selection_id=cfg.selection_id, policy=cfg.policy,
@@ -266,7 +267,8 @@ def resolve_inputs(spark, cfg: TrainJobConfig) -> dict:
         raise ValueError(f"selection {chosen['selection_id']} keeps no sample: nothing to train on")
     paths = chosen["paths"]
     base_model, record = None, {}
-    for commit in table_history(spark, paths["scores"]):  # the newest commit of this scorer
+    history = table_history(spark, paths["scores"])
+    for commit in history:  # the newest commit of this scorer
         config = commit.get("config") or {}
         if (commit["version"] <= chosen["versions"]["scores"] and commit.get("job") == "score"
                 and config.get("scorer_id") == chosen["scorer_id"]):
@@ -275,7 +277,8 @@ def resolve_inputs(spark, cfg: TrainJobConfig) -> dict:
             break
     return {**{k: chosen[k] for k in ("selection_id", "policy", "scorer_id", "p", "params", "kept", "paths",
                                        "versions")},
-            "base_model": base_model, "scorer_chat_template": record.get("chat_template"),
+            "base_model": base_model, "scorer_name": scorer_names(history).get(chosen["scorer_id"]),
+            "scorer_chat_template": record.get("chat_template"),
             "scorer_image_placement": record.get("image_placement"),
             # scores that predate these settings were made with the chat template, unpadded images
             "scorer_prompt_format": record.get("prompt_format", TEMPLATE if record else None),
@@ -394,7 +397,8 @@ def _log_run_inputs(spark, cfg: TrainJobConfig, settings: TrainSettings, resolve
                        "resolved": {k: resolved[k] for k in ("selection_id", "policy", "scorer_id", "versions", "p")}})
     mlflow.log_params(params)
     mlflow.set_tags({"vig.policy": resolved["policy"], "vig.selection_id": resolved["selection_id"],
-                     "vig.scorer_id": resolved["scorer_id"], "vig.p": str(resolved["p"]),
+                     "vig.scorer_id": resolved["scorer_id"], "vig.scorer": resolved.get("scorer_name") or "",
+                     "vig.p": str(resolved["p"]),
                      "vig.base_model": settings.base_model, "vig.train_rows": str(rows),
                      "vig.chat_template": conventions["chat_template_source"],
                      "vig.prompt_format_source": conventions["prompt_format_source"],
