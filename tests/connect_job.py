@@ -2,7 +2,7 @@
 environment's SPARK_REMOTE selects it (over the config's local master). Used by tests/test_spark_connect.py.
 
 Usage: SPARK_REMOTE=sc://host:port python tests/connect_job.py <config.yaml> <out.json>
-Runs ingest, score, select, sql (a join, and a write it must refuse), report, check, export, train and
+Runs ingest, score, select, sql (a join, and a write and a file read it must refuse), report, check, export, train and
 lake history, each in this one process (one Connect session), and writes each command's exit code and output.
 """
 
@@ -23,6 +23,7 @@ def main(config: str, out: str) -> None:
         "ingest": ["ingest"], "score": ["score"], "select": ["select"],
         "sql": ["sql", "SELECT count(*) AS n FROM scores JOIN corpus USING (sample_id) WHERE scores.status = 'ok'"],
         "sql_write": ["sql", "FROM corpus INSERT INTO corpus SELECT *"],
+        "sql_file": ["sql", "SELECT * FROM text.`/etc/hostname`"],
         "report": ["report"], "check": ["check"], "export": ["export"], "train": ["train"],
         "history": ["lake", "history", "scores"],
     }
@@ -40,12 +41,16 @@ def main(config: str, out: str) -> None:
     from vig_udf.lake.readonly import ReadOnlyError, _check_printed_plan
 
     spark = SparkSession.builder.getOrCreate()
-    register_views(spark, yaml.safe_load(open(config))["lake"])
+    lake = yaml.safe_load(open(config))["lake"]
+    register_views(spark, lake)
     refused = {}
     for statement in ("INSERT INTO corpus SELECT * FROM corpus", "SELECT count(*) FROM corpus",
-                      "CREATE TABLE t AS SELECT 1", "SHOW TABLES", "DROP VIEW corpus"):
+                      "CREATE TABLE t AS SELECT 1", "SHOW TABLES", "DROP VIEW corpus",
+                      "SELECT * FROM text.`/etc/hostname`", "SELECT * FROM read_files('/etc/hostname')",
+                      f"SELECT * FROM json.`{lake}/corpus/_delta_log/00000000000000000000.json`",
+                      f"SELECT count(*) FROM delta.`{lake}/corpus`", "SELECT * FROM range(3)"):
         try:
-            _check_printed_plan(spark, statement, "")
+            _check_printed_plan(spark, statement, "", lake)
             refused[statement] = False
         except ReadOnlyError:
             refused[statement] = True

@@ -52,13 +52,18 @@ def test_every_command_runs_on_spark_connect_with_the_rows_of_a_classic_run(spar
     results = json.loads((tmp_path / "results.json").read_text())
     # vig sql refuses writes, the plan check reads EXPLAIN's parsed plan there; check's verdict on a random model
     # is FAIL (exit code 1): it sees nothing in the images, and the check says so
-    assert results.pop("plan_check") == {"INSERT INTO corpus SELECT * FROM corpus": True,
-                                         "SELECT count(*) FROM corpus": False, "CREATE TABLE t AS SELECT 1": True,
-                                         "SHOW TABLES": False, "DROP VIEW corpus": True}
+    # and refuses files outside the lake's tables (path-based sources, file-reading table functions) by reading it
+    assert results.pop("plan_check") == {
+        "INSERT INTO corpus SELECT * FROM corpus": True, "SELECT count(*) FROM corpus": False,
+        "CREATE TABLE t AS SELECT 1": True, "SHOW TABLES": False, "DROP VIEW corpus": True,
+        "SELECT * FROM text.`/etc/hostname`": True, "SELECT * FROM read_files('/etc/hostname')": True,
+        f"SELECT * FROM json.`{lake}/corpus/_delta_log/00000000000000000000.json`": True,
+        f"SELECT count(*) FROM delta.`{lake}/corpus`": False, "SELECT * FROM range(3)": False}
     for name, result in results.items():
-        expected = {"sql_write": 2, "check": 1}.get(name, 0)
+        expected = {"sql_write": 2, "sql_file": 2, "check": 1}.get(name, 0)
         assert result["exit_code"] == expected, f"{name}: {result['output'][-2000:]} {result['error']}"
     assert "Refused a statement" in results["sql_write"]["output"]
+    assert "Refused text.`/etc/hostname`" in results["sql_file"]["output"], results["sql_file"]["output"]
     assert "vig check FAIL" in results["check"]["output"] and (tmp_path / "check" / "check.json").exists()
     assert "trained" in results["train"]["output"] and (tmp_path / "export" / "vig.json").exists()
     assert (tmp_path / "report" / "report.html").exists()
