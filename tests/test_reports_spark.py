@@ -58,17 +58,19 @@ def lake(spark, tmp_path_factory):
     run_ingest(spark, IngestJobConfig(input=str(root / "data.jsonl"), image_root=str(root / "images"), lake=lake),
                out=lambda *_: None)
     rows = []
-    for sample_id, (_, answer, vigs) in ANSWERS.items():
-        spans = word_spans(answer)
-        n = len(spans)
-        rows.append((sample_id, "s1", "blur", "ok", None, float(np.mean(vigs)), 1.0, 1.0 + float(np.mean(vigs)), n,
-                     list(range(n)), vigs, [-1.0] * n, [-1.0 - v for v in vigs], [0] * n, [s for s, _ in spans],
-                     [e for _, e in spans], 0.01, dt.datetime(2026, 1, 1)))
+    for scorer, sign in (("s1", 1.0), ("s2", -1.0)):  # s2: another scorer, whose VIGs order the samples the other way
+        for sample_id, (_, answer, vigs) in ANSWERS.items():
+            spans = word_spans(answer)
+            n, vigs = len(spans), [sign * v for v in vigs]
+            rows.append((sample_id, scorer, "blur", "ok", None, float(np.mean(vigs)), 1.0, 1.0 + float(np.mean(vigs)),
+                         n, list(range(n)), vigs, [-1.0] * n, [-1.0 - v for v in vigs], [0] * n,
+                         [s for s, _ in spans], [e for _, e in spans], 0.01, dt.datetime(2026, 1, 1)))
     rows.append(("x", "s1", "blur", "image_unreadable", "missing", None, None, None, 0, [], [], [], [], [], [], [],
                  0.0, dt.datetime(2026, 1, 1)))
     write_table(spark.createDataFrame(rows, from_arrow_schema(SCORES_SCHEMA)), lake + "/scores", job="score",
                 config={})
-    run_select(spark, SelectJobConfig(lake=lake, policies=["vig", "sample"], p=50), out=lambda *_: None)
+    run_select(spark, SelectJobConfig(lake=lake, policies=["vig", "sample"], p=50, scorer_id="s1"),
+               out=lambda *_: None)
     return root
 
 
@@ -84,11 +86,12 @@ def test_report_sections_tables_and_bounded_views(report):
     result = report
     folder = Path(result["paths"]["report.html"]).parent
     assert {(r["status"], r["count"]) for r in result["statuses"]} == {("ok", 4), ("image_unreadable", 1)}
-    assert result["scorer_id"] == "s1"
-    assert result["warnings"] == {}  # its VIGs spread: it sees the images
+    assert result["scorer_id"] == "s1"  # the per-source distributions: the scorer with the most rows
+    assert result["warnings"] == {}  # their VIGs spread: they see the images
     assert {k: h["n"] for k, h in result["by_source"].items()} == {"coco": 2, "gqa": 2}
-    assert sum(result["by_scorer"]["s1"]["counts"]) == 4
-    assert [e["sample_id"] for e in result["top"]] == ["a", "b"] and [e["sample_id"] for e in result["bottom"]] == ["d", "c"]
+    assert sum(result["by_scorer"]["s1"]["counts"]) == 4 and sum(result["by_scorer"]["s2"]["counts"]) == 4
+    # with no scorer chosen, each scorer's own sample views, named
+    assert views(result) == {"s1": (["a", "b"], ["d", "c"]), "s2": (["d", "c"], ["a", "b"])}
     kept = {(r["policy"], r["source"]): (r["rows"], r["kept"]) for r in result["selection"]}
     assert sum(v[0] for k, v in kept.items() if k[0] == "vig") == 5  # every scores row, per policy
     assert sum(v[1] for k, v in kept.items() if k[0] == "sample") == 2  # p=50 of the four ok rows
@@ -96,8 +99,25 @@ def test_report_sections_tables_and_bounded_views(report):
     for anchor in ("statuses", "sources", "scorers", "samples", "selection"):
         assert f'id="{anchor}"' in page
     assert 'title="VIG +3.000">red.</span>' in page and 'title="VIG -3.000">is.</span>' in page
+    assert "<h3>Scorer s1</h3>" in page and "<h3>Scorer s2</h3>" in page
     md = (folder / "report.md").read_text()
     assert "| coco | 2 |" in md and "| vig |" in md
+
+
+def views(result) -> dict:
+    return {v["scorer_id"]: ([e["sample_id"] for e in v["top"]], [e["sample_id"] for e in v["bottom"]])
+            for v in result["views"]}
+
+
+def test_the_sample_views_follow_the_chosen_scorer(spark, lake, tmp_path):
+    from vig_udf.report.scores_report import ReportConfig, write_scores_report
+
+    lines = []
+    result = write_scores_report(spark, ReportConfig(lake=str(lake / "lake"), out=str(tmp_path), top_k=2,
+                                                     scorer_id="s2"), out=lines.append)
+    assert result["scorer_id"] == "s2" and views(result) == {"s2": (["d", "c"], ["a", "b"])}
+    assert result["by_source"]["coco"]["mean"] < 0 < result["by_source"]["gqa"]["mean"]  # s2's, not s1's
+    assert "sample views: s2" in lines[-1], lines
 
 
 def _screenshot(page, png) -> np.ndarray:

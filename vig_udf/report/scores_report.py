@@ -33,8 +33,12 @@ class ReportConfig(BaseModel):
 
     lake: str = Field("lake", description="lake root with the scores table (and corpus, selection)")
     out: str = Field("report", description="folder of report.html, report.md and the PNG plots")
-    scorer_id: str | None = Field(None, description="scorer of the sample and token views; None = the one with "
-                                                    "the most rows (distributions and statuses show every scorer)")
+    scorer_id: str | None = Field(None, description="scorer of the per-source distributions and the sample and "
+                                                    "token views; None = the per-source distributions of the scorer "
+                                                    "with the most rows and sample views of every scorer (up to "
+                                                    "view_scorers; statuses and per-scorer distributions show all)")
+    view_scorers: int = Field(8, gt=0, description="with no scorer_id: sample views for at most this many scorers, "
+                                                   "the ones with the most rows")
     top_k: int = Field(5, ge=0, le=100, description="highest and lowest VIG samples shown with coloured tokens")
     max_sources: int = Field(12, gt=0, description="sources shown apart (by row count); the rest are 'other'")
     spark: SparkConfig = SparkConfig(conf={"spark.ui.enabled": "false"})
@@ -202,7 +206,14 @@ def write_scores_report(spark, cfg: ReportConfig, *, out=print) -> dict:
     by_scorer = _histograms(scores, "scorer_id")
     plot_histograms(by_source, Path(paths["vig_by_source.png"]), f"Sample VIG per source (scorer {scorer_id})")
     plot_histograms(by_scorer, Path(paths["vig_by_scorer.png"]), "Sample VIG per scorer")
-    top, bottom = _examples(scores, corpus, scorer_id, cfg.top_k) if scorer_id else ([], [])
+    shown = [scorer_id] if cfg.scorer_id else sorted(per_scorer, key=lambda s: (-per_scorer[s], s))[:cfg.view_scorers]
+    from vig_udf.lake import table_history
+    from vig_udf.lake.scorers import scorer_names
+
+    names = scorer_names(table_history(spark, scores_path))
+    named = lambda sid: f"{sid} ({names[sid]})" if sid in names else str(sid)  # noqa: E731
+    views = [dict(zip(("top", "bottom"), _examples(scores, corpus, sid, cfg.top_k)), scorer_id=sid, name=named(sid))
+             for sid in shown]
     selection = _selection_rows(spark, cfg.lake, with_source)
     if selection:
         plot_selection(selection, Path(paths["selection.png"]))
@@ -210,22 +221,19 @@ def write_scores_report(spark, cfg: ReportConfig, *, out=print) -> dict:
         paths.pop("selection.png")
 
     tables = _tables(statuses, by_source, by_scorer, selection)
-    _write_md(paths, cfg, scores_path, version, scorer_id, tables, top, bottom)
-    _write_html(paths, scores_path, version, scorer_id, tables, top, bottom)
-    from vig_udf.lake import table_history
-    from vig_udf.lake.scorers import scorer_names
-
-    names = scorer_names(table_history(spark, scores_path))
-    named = lambda sid: f"{sid} ({names[sid]})" if sid in names else str(sid)  # noqa: E731
+    hidden = len(per_scorer) - len(shown)
+    _write_md(paths, scores_path, version, named(scorer_id), tables, views, hidden)
+    _write_html(paths, scores_path, version, named(scorer_id), tables, views, hidden)
     warnings = _blind_scorers(scores)
     if warnings:
         with open(paths["report.md"], "a") as md:
             md.write("\n## Warnings\n\n" + "".join(f"- scorer {k}: {w}\n" for k, w in warnings.items()))
     for blind, warning in warnings.items():
         out(f"WARNING scorer {named(blind)}: {warning}")
-    out(f"report: {paths['report.html']} (sample views: scorer {named(scorer_id)})")
+    out(f"report: {paths['report.html']} (per-source distributions: scorer {named(scorer_id)}; sample views: "
+        f"{'; '.join(v['name'] for v in views) or 'none'}{f'; {hidden} more scorers not shown' if hidden else ''})")
     return {"paths": paths, "scorer_id": scorer_id, "statuses": statuses, "by_source": by_source,
-            "by_scorer": by_scorer, "selection": selection, "top": top, "bottom": bottom, "warnings": warnings}
+            "by_scorer": by_scorer, "selection": selection, "views": views, "warnings": warnings}
 
 
 def _blind_scorers(scores) -> dict[str, str]:
@@ -265,15 +273,27 @@ def _tables(statuses, by_source, by_scorer, selection) -> dict[str, tuple[list[s
     }
 
 
-def _write_md(paths, cfg, scores_path, version, scorer_id, tables, top, bottom) -> None:
+def _hidden_note(hidden: int) -> str:
+    return (f"{hidden} more scorers have no sample views here; `vig report scorer_id=<id>` shows one of them."
+            if hidden else "")
+
+
+def _write_md(paths, scores_path, version, scorer, tables, views, hidden) -> None:
     md = ["# VIG report", "", f"- **scores table**: {scores_path} (version {version})",
-          f"- **scorer of the sample views**: {scorer_id}", "", "## Rows by status", ""]
+          f"- **scorer of the per-source distributions**: {scorer}",
+          f"- **scorers of the sample views**: {'; '.join(v['name'] for v in views) or 'none'}", "",
+          "## Rows by status", ""]
     md += md_table(*tables["statuses"])
     md += ["", "## VIG per source", ""] + md_table(*tables["by_source"]) + ["", "![per source](vig_by_source.png)"]
     md += ["", "## VIG per scorer", ""] + md_table(*tables["by_scorer"]) + ["", "![per scorer](vig_by_scorer.png)"]
-    md += ["", "## Top and bottom samples", "",
-           f"report.html shows the {len(top)} highest and {len(bottom)} lowest VIG samples with every answer token "
-           "coloured: " + ", ".join(f"{e['sample_id']} ({_fmt(e['vig'])})" for e in top + bottom) + "."]
+    md += ["", "## Top and bottom samples", ""]
+    for view in views:
+        top, bottom = view["top"], view["bottom"]
+        md.append(f"- scorer {view['name']}: report.html shows the {len(top)} highest and {len(bottom)} lowest VIG "
+                  "samples with every answer token coloured: "
+                  + ", ".join(f"{e['sample_id']} ({_fmt(e['vig'])})" for e in top + bottom) + ".")
+    if hidden:
+        md += ["", _hidden_note(hidden)]
     md += ["", "## Selection", ""]
     if "selection.png" in paths:
         md += md_table(*tables["selection"]) + ["", "![selection](selection.png)"]
@@ -282,20 +302,24 @@ def _write_md(paths, cfg, scores_path, version, scorer_id, tables, top, bottom) 
     Path(paths["report.md"]).write_text("\n".join(md) + "\n", encoding="utf-8")
 
 
-def _write_html(paths, scores_path, version, scorer_id, tables, top, bottom) -> None:
-    scale = token_scale(v for e in top + bottom for v in e["token_vig"])
+def _write_html(paths, scores_path, version, scorer, tables, views, hidden) -> None:
+    scale = token_scale(v for view in views for e in view["top"] + view["bottom"] for v in e["token_vig"])
     body = ["<h1>VIG report</h1>",
-            f"<p>Scores table {html.escape(scores_path)} (version {version}); sample views for scorer "
-            f"{html.escape(str(scorer_id))}.</p>",
+            f"<p>Scores table {html.escape(scores_path)} (version {version}); per-source distributions of scorer "
+            f"{html.escape(scorer)}; sample views of {len(views)} scorer(s).</p>",
             '<h2 id="statuses">Rows by status</h2>', html_table(*tables["statuses"]),
             '<h2 id="sources">VIG per source</h2>', html_table(*tables["by_source"]),
             '<img src="vig_by_source.png" alt="VIG per source">',
             '<h2 id="scorers">VIG per scorer</h2>', html_table(*tables["by_scorer"]),
             '<img src="vig_by_scorer.png" alt="VIG per scorer">',
-            '<h2 id="samples">Top and bottom samples</h2>', legend_html(scale), "<h3>Highest VIG</h3>"]
-    body += [conversation_html(e, scale, heading=f"{e['sample_id']}: VIG {_fmt(e['vig'])}") for e in top]
-    body.append("<h3>Lowest VIG</h3>")
-    body += [conversation_html(e, scale, heading=f"{e['sample_id']}: VIG {_fmt(e['vig'])}") for e in bottom]
+            '<h2 id="samples">Top and bottom samples</h2>', legend_html(scale)]
+    for view in views:
+        body.append(f"<h3>Scorer {html.escape(view['name'])}</h3>")
+        for title, examples in (("Highest VIG", view["top"]), ("Lowest VIG", view["bottom"])):
+            body.append(f"<h4>{title}</h4>")
+            body += [conversation_html(e, scale, heading=f"{e['sample_id']}: VIG {_fmt(e['vig'])}") for e in examples]
+    if hidden:
+        body.append(f"<p>{html.escape(_hidden_note(hidden))}</p>")
     body.append('<h2 id="selection">Selection</h2>')
     if "selection.png" in paths:
         body += [html_table(*tables["selection"]), '<img src="selection.png" alt="selection">']
