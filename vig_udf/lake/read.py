@@ -46,7 +46,9 @@ def has_delta_log(storage, path) -> bool:
 
 def log_version(storage, path) -> int | None:
     """The latest version in the ``_delta_log`` of ``path`` (the highest commit or checkpoint number), or None
-    when it holds neither (no table). Read through the storage layer: one listing, no Spark job."""
+    when it holds neither (no table). Read through the storage layer: one listing, no Spark job. (A table with
+    catalog-managed or coordinated commits, which the lake's path-based tables do not enable, may hold its
+    newest commits elsewhere until they are backfilled into the log.)"""
     log = join(table_uri(path), "_delta_log")
     return max((int(e.name[:20]) for e in storage.list(log) if not e.is_dir and _COMMIT_FILE.match(e.name)),
                default=None)
