@@ -62,6 +62,22 @@ def test_ingest_order_is_global_across_inputs_and_the_staging_is_removed(spark, 
     assert not any((Path(lake) / "_staging" / "ingest").iterdir())
 
 
+def test_ordinals_are_the_same_through_either_offsets_table_and_any_file_name(spark, tmp_path, monkeypatch):
+    import vig_udf.spark.ingest_job as ingest_job
+
+    records = text_records("c", 9)
+    source = tmp_path / "records.json"
+    source.write_text(json.dumps(records))
+    orders = []
+    for inline in (ingest_job.INLINE_SPLITS, 0):  # 0: the offsets as a DataFrame of Python rows
+        monkeypatch.setattr(ingest_job, "INLINE_SPLITS", inline)
+        lake = str(tmp_path / f"it's a lake, ünïcode {inline}")  # the shards' paths hold a quote and non-ASCII
+        run_ingest(spark, IngestJobConfig(input=str(source), lake=lake, json_shard_records=4), out=lambda *_: None)
+        rows = read_table(spark, f"{lake}/corpus").orderBy("ingest_ordinal").collect()
+        orders.append([(r["sample_id"], r["ingest_ordinal"]) for r in rows])
+    assert orders[0] == orders[1] == [(r["id"], n) for n, r in enumerate(records)]  # 3 shards, in array order
+
+
 def test_export_writes_ordered_parts_in_ingest_order_with_umask_permissions(spark, two_inputs, tmp_path):
     lake, records = two_inputs
     ids = [r["id"] for r in records]

@@ -153,6 +153,28 @@ def test_idempotent_append_adds_no_commit_and_no_files(spark, tmp_path):
     assert write_table(df, path, job="j", config={}, app_id="score/abc", app_version=2).version == 1
 
 
+def test_the_log_reads_agree_with_delta_history_and_a_missing_commit_file_falls_back(spark, tmp_path, monkeypatch):
+    import vig_udf.lake.write as lake_write
+    from vig_udf.lake.metadata import history_entry
+    from vig_udf.lake.read import history_rows, lake_storage, log_commit
+
+    path, keys = tmp_path / "scores", ["sample_id"]
+    assert table_version(spark, path) is None
+    write_table(frame(spark, ["a", "b"]), path, job="score", config={"n": 1}, app_id="score/x", app_version=0)
+    insert_new_rows(frame(spark, ["b", "c"]), path, keys=keys, job="score", config={"n": 2})
+    write_table(frame(spark, ["d"]), path, mode="overwrite", job="select", config={"n": 3})
+    storage = lake_storage(spark)
+    assert table_version(spark, path) == 2 == history_rows(spark, path, limit=1)[0]["version"]
+    for row in history_rows(spark, path):  # each version: the same entry from the log file as from DESCRIBE HISTORY
+        from_log = history_entry(log_commit(storage, path, row["version"]))
+        assert {**from_log, "timestamp": None} == {**history_entry(row), "timestamp": None}
+    assert log_commit(storage, path, 7) is None
+
+    monkeypatch.setattr(lake_write, "log_commit", lambda *_: None)  # as if log clean-up removed the commit files
+    merged = insert_new_rows(frame(spark, ["d", "e", "f"]), path, keys=keys, job="score", config={"n": 4})
+    assert (merged.version, merged.rows_added) == (3, 2)
+
+
 def test_insert_new_rows_never_writes_a_key_twice(spark, tmp_path):
     path, staging = tmp_path / "lake" / "scores", tmp_path / "lake" / "_staging" / "scores"
     first = spark.createDataFrame([("a", "s1", 1.0), ("b", "s1", 2.0)], "sample_id string, scorer_id string, vig double")

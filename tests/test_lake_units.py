@@ -201,3 +201,20 @@ def test_a_creator_that_loses_the_race_merges_at_once_and_every_retry_is_logged(
     assert "another writer created the table first (ProtocolChangedException: The protocol" in messages[0]
     assert "concurrent commit (ConcurrentAppendException: Files were added" in messages[1]
     assert messages[2] == "lake/corpus: committed on attempt 3 of 8"
+
+
+def test_each_pyspark_installation_has_its_own_class_archive(tmp_path, monkeypatch):
+    import pyspark
+
+    from vig_udf.spark import startup
+
+    if startup._java() is None:
+        pytest.skip("no Java")
+    jars = ["/ivy/jars/io.delta_delta-spark_2.13-4.0.0.jar"]
+    here = startup._archive_path(jars)
+    other = tmp_path / "other-venv" / "pyspark"
+    (other / "jars").mkdir(parents=True)
+    for jar in (Path(pyspark.__file__).parent / "jars").glob("*.jar"):  # the same jar names, another folder
+        (other / "jars" / jar.name).write_bytes(b"PK")
+    monkeypatch.setattr(pyspark, "__file__", str(other / "__init__.py"))
+    assert startup._archive_path(jars) != here  # the JVM would not map an archive of the other class path

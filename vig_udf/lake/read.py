@@ -1,9 +1,14 @@
 """Reading tables with Delta Lake's Spark engine: a DataFrame at a version (``versionAsOf``), and the
-table's latest version and history (``DESCRIBE HISTORY``). Everything here is Spark SQL or the DataFrame
-reader, so it runs alike on a classic session and on Spark Connect (Databricks standard and serverless)."""
+table's history (``DESCRIBE HISTORY``). Rows are read by Spark SQL or the DataFrame reader, so they read alike on a
+classic session and on Spark Connect (Databricks standard and serverless).
+
+Whether a table exists, its latest version and the commit info of one version are read from its ``_delta_log``
+through the session's storage layer instead (the log's file names and one commit file, as Delta's protocol
+lays them out): no Spark job, where ``DESCRIBE HISTORY`` takes about a second in a fresh JVM (BENCHMARKS.md)."""
 
 from __future__ import annotations
 
+import json
 import re
 
 from vig_udf.lake.metadata import history_entry
@@ -36,8 +41,33 @@ def table_exists(spark, path) -> bool:
 def has_delta_log(storage, path) -> bool:
     """Whether ``path`` holds a Delta table: its ``_delta_log`` has a commit or a checkpoint (a folder with
     only staged or temporary files in its log is not a table). Read through the storage layer: no Spark job."""
+    return log_version(storage, path) is not None
+
+
+def log_version(storage, path) -> int | None:
+    """The latest version in the ``_delta_log`` of ``path`` (the highest commit or checkpoint number), or None
+    when it holds neither (no table). Read through the storage layer: one listing, no Spark job. (A table with
+    catalog-managed or coordinated commits, which the lake's path-based tables do not enable, may hold its
+    newest commits elsewhere until they are backfilled into the log.)"""
     log = join(table_uri(path), "_delta_log")
-    return any(not e.is_dir and _COMMIT_FILE.match(e.name) for e in storage.list(log))
+    return max((int(e.name[:20]) for e in storage.list(log) if not e.is_dir and _COMMIT_FILE.match(e.name)),
+               default=None)
+
+
+def log_commit(storage, path, version: int) -> dict | None:
+    """The commit of ``version`` as a row of ``DESCRIBE HISTORY`` (``version``, ``timestamp`` in ms, ``operation``,
+    ``userMetadata``, ``operationMetrics``), read from that version's commit file in the ``_delta_log``; None when
+    the log no longer holds the file (removed by log clean-up) or it has no commit info."""
+    try:
+        text = storage.read_text(join(table_uri(path), "_delta_log", f"{version:020d}.json"))
+    except FileNotFoundError:
+        return None
+    for line in text.splitlines():
+        info = json.loads(line).get("commitInfo") if line.strip() else None
+        if isinstance(info, dict):
+            return {"version": version, "timestamp": info.get("timestamp"), "operation": info.get("operation"),
+                    "userMetadata": info.get("userMetadata"), "operationMetrics": info.get("operationMetrics")}
+    return None
 
 
 def _require(spark, uri: str) -> None:
@@ -94,8 +124,5 @@ def table_commit(spark, path, version: int | None = None) -> dict | None:
 
 
 def table_version(spark, path) -> int | None:
-    """The latest version of the table at ``path``, or ``None`` if there is no table."""
-    uri = table_uri(path)
-    if not table_exists(spark, uri):
-        return None
-    return history_rows(spark, uri, limit=1)[0]["version"]
+    """The latest version of the table at ``path``, or ``None`` if there is no table (:func:`log_version`)."""
+    return log_version(lake_storage(spark), path)

@@ -30,7 +30,7 @@ from typing import Callable
 from vig_udf.errors import ConcurrentWriteError
 from vig_udf.lake.metadata import commit_metadata, history_entry
 from vig_udf.lake.paths import delta_sql, table_uri
-from vig_udf.lake.read import history_rows, lake_storage, table_exists, table_version
+from vig_udf.lake.read import history_rows, lake_storage, log_commit, table_exists, table_version
 from vig_udf.lake.schema import check_append
 from vig_udf.lake.session_conf import session_confs
 from vig_udf.storage import spark_path
@@ -290,18 +290,35 @@ def _retry_conflicts(write, uri: str, exists: Callable[[], bool] | None = None) 
 
 def _find_commit(spark, uri: str, write_id: str, *, after: int | None) -> Commit | None:
     """The commit carrying ``write_id`` among those after version ``after`` (None: the table is new), or None
-    when this call committed nothing."""
+    when this call committed nothing. Read from the commit files in the log, newest first (no Spark job); from
+    ``DESCRIBE HISTORY`` when the log no longer holds one of them."""
     latest = table_version(spark, uri)
     if latest is None:
         return None
     newer = latest - (after if after is not None else -1)
     if newer <= 0:
         return None
+    storage = lake_storage(spark)
+    commits = (log_commit(storage, uri, version) for version in range(latest, latest - newer, -1))
+    for row in commits:
+        if row is None:  # a commit file gone: let Delta's history say
+            break
+        found = _commit_of(row, write_id)
+        if found is not None:
+            return found
+    else:
+        return None
     for row in history_rows(spark, uri, limit=newer):
-        entry = history_entry(row)
-        if entry["write_id"] == write_id:
-            metrics = entry["metrics"]
-            rows = metrics.get("numTargetRowsInserted", metrics.get("numOutputRows"))
-            updated = metrics.get("numTargetRowsUpdated")
-            return Commit(entry["version"], rows, updated)
+        found = _commit_of(row, write_id)
+        if found is not None:
+            return found
     return None
+
+
+def _commit_of(row: dict, write_id: str) -> Commit | None:
+    entry = history_entry(row)
+    if entry["write_id"] != write_id:
+        return None
+    metrics = entry["metrics"]
+    rows = metrics.get("numTargetRowsInserted", metrics.get("numOutputRows"))
+    return Commit(entry["version"], rows, metrics.get("numTargetRowsUpdated"))

@@ -41,6 +41,7 @@ VALIDATED_SCHEMA = pa.schema([
 ])
 # columns a corpus written before they existed lacks: ingest adds them (null for its earlier rows)
 NEW_CORPUS_COLUMNS = ("extra", "key_order")
+INLINE_SPLITS = 1000  # up to this many file splits, their ordinal offsets are an inline table (no Spark job)
 
 
 class IngestJobConfig(BaseModel):
@@ -221,12 +222,12 @@ def run_ingest(spark, cfg: IngestJobConfig, *, out=print) -> dict:
                         "status", "error", "duplicate_id", "extra", "key_order", *POSITION))
         rows = rows.cache()  # validated once: the ordinals, the merge and the summary read the same rows
         try:
-            first = next_ordinal(spark, corpus_path)
-            rows_in_order = with_ingest_ordinal(rows, first).drop(*POSITION)
+            groups = split_groups(rows)
+            rows_in_order = with_ingest_ordinal(rows, next_ordinal(spark, corpus_path), groups).drop(*POSITION)
             commit = insert_new_rows(rows_in_order, corpus_path, keys=["sample_id"], job="ingest",
                                      config=cfg.model_dump(mode="json"), app_id=app_id, app_version=0,
                                      add_columns=NEW_CORPUS_COLUMNS)
-            summary = _summary(rows)
+            summary = _summary(groups)
         finally:
             rows.unpersist()
     finally:
@@ -257,31 +258,54 @@ def next_ordinal(spark, corpus_path: str) -> int:
     return 0 if largest is None else largest + 1
 
 
-def with_ingest_ordinal(rows, first: int):
-    """``rows`` (with the :data:`POSITION` columns) numbered ``first, first + 1, ...`` in input order.
+def split_groups(rows) -> list[dict]:
+    """The rows counted by file split and by (status, source, shared id), with each split's first ``_row``: one
+    aggregation and one collect that both the ordinals and the summary read. Bounded by the input's splits (a few
+    per GB) times its statuses and sources, not by its rows."""
+    from pyspark.sql import functions as F
+
+    keys = ["_file", "_block", "status", "source", "duplicate_id"]
+    groups = rows.groupBy(*keys).agg(F.min("_row").alias("_first_row"), F.count(F.lit(1)).alias("count"))
+    return [group.asDict() for group in groups.collect()]
+
+
+def with_ingest_ordinal(rows, first: int, groups: list[dict]):
+    """``rows`` (with the :data:`POSITION` columns) numbered ``first, first + 1, ...`` in input order; ``groups``
+    are :func:`split_groups` of ``rows``.
 
     Each file split is read in file order by one task, so a row's ordinal is the rows of the splits before
-    its split plus its index within the split: one small aggregation (a row per split, a few per GB of
-    input), no sort of the rows.
+    its split plus its index within the split: the split sizes come from the small aggregation, no sort of the
+    rows.
     """
     from pyspark.sql import functions as F
 
-    spark = rows.sparkSession
-    # one row per file split: bounded by the input's size over the split size, not by its rows
-    splits = rows.groupBy("_file", "_block").agg(F.min("_row").alias("_first_row"), F.count(F.lit(1)).alias("_n"))
+    splits: dict[tuple, list[int]] = {}  # (file, block) -> [first _row, rows]
+    for group in groups:
+        split = splits.setdefault((group["_file"], group["_block"]), [group["_first_row"], 0])
+        split[0] = min(split[0], group["_first_row"])
+        split[1] += group["count"]
     starts, before = [], first
-    for split in splits.orderBy("_file", "_block").collect():
-        starts.append((split["_file"], split["_block"], before - split["_first_row"]))
-        before += split["_n"]
-    offsets = spark.createDataFrame(starts, "_file STRING, _block LONG, _offset LONG")
-    return (rows.join(F.broadcast(offsets), ["_file", "_block"])
+    for (file, block), (first_row, n) in sorted(splits.items()):
+        starts.append((file, block, before - first_row))
+        before += n
+    return (rows.join(F.broadcast(_offsets_table(rows.sparkSession, starts)), ["_file", "_block"])
             .withColumn("ingest_ordinal", F.col("_offset") + F.col("_row")).drop("_offset"))
 
 
-def _summary(rows) -> dict:
-    """Input rows, by status and by source, and rows with a shared id: one aggregation over the rows."""
-    # one row per (status, source, shared id): bounded by the statuses and sources, not by the corpus
-    groups = rows.groupBy("status", "source", "duplicate_id").count().collect()
+def _offsets_table(spark, starts: list[tuple]):
+    """The split offsets as a table of ``_file``, ``_block``, ``_offset``. Up to :data:`INLINE_SPLITS` splits it is
+    an inline table: a local relation that Spark broadcasts without a job, where a DataFrame made from Python rows
+    is a distributed dataset that takes a job and Python workers to read. Paths go in as hex binary literals, so
+    that no character of a file name needs SQL quoting."""
+    if not starts or len(starts) > INLINE_SPLITS:
+        return spark.createDataFrame(starts, "_file STRING, _block LONG, _offset LONG")
+    rows = ", ".join(f"(CAST(X'{file.encode().hex()}' AS STRING), CAST({int(block)} AS BIGINT), "
+                     f"CAST({int(offset)} AS BIGINT))" for file, block, offset in starts)
+    return spark.sql(f"SELECT * FROM VALUES {rows} AS t(_file, _block, _offset)")
+
+
+def _summary(groups: list[dict]) -> dict:
+    """Input rows, by status and by source, and rows with a shared id, from :func:`split_groups`."""
     by_status: dict[str, int] = {}
     by_source: dict[str, int] = {}
     for group in groups:

@@ -10,8 +10,9 @@ of the JVM's classes.
   classes; a dynamic class-data-sharing archive (JDK 13+, ``-XX:ArchiveClassesAtExit``) made once by a JVM
   that ran a small ingest lets later JVMs map them instead (start and first Delta write about 40% faster on
   2 cores, BENCHMARKS.md). ``make setup`` makes it (:func:`build_class_archive`); a local driver uses it when
-  one exists for its exact class path and Java (``-XX:SharedArchiveFile``). A JVM that cannot use it (another
-  Java build) starts as it would without; the archive is about 180 MB per class path.
+  one exists for its exact class path and Java (``-XX:SharedArchiveFile``): each installation of pyspark (each
+  virtual environment) has its own, since the JVM ignores an archive made with jars at other paths. A JVM that
+  cannot use it (another Java build) starts as it would without; the archive is about 200 MB per class path.
 
 The cache folder is ``~/.cache/vig-spark/spark-jars`` (``$VIG_SPARK_JARS_CACHE``). Its files name the jars a
 session loads, like Spark's Ivy cache itself, so it belongs to the user who runs the jobs.
@@ -110,8 +111,12 @@ def _archive_path(jars: list[str]) -> Path | None:
     if java is None:
         return None
     stat = os.stat(java)
-    spark_jars = sorted(p.name for p in (Path(pyspark.__file__).parent / "jars").glob("*.jar"))
-    return cache_folder() / f"{_key(java, stat.st_size, stat.st_mtime_ns, pyspark.__version__, spark_jars, jars)}.jsa"
+    # the JVM maps an archive only for the exact class path it was made with: the jars' folder is part of the key
+    # (two virtual environments with the same pyspark have the same jar names in different folders)
+    folder = (Path(pyspark.__file__).parent / "jars").resolve()
+    spark_jars = sorted(p.name for p in folder.glob("*.jar"))
+    key = _key(java, stat.st_size, stat.st_mtime_ns, pyspark.__version__, str(folder), spark_jars, jars)
+    return cache_folder() / f"{key}.jsa"
 
 
 def class_archive_options(jars: list[str]) -> str | None:
