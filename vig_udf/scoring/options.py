@@ -30,10 +30,15 @@ class ScorerOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    counterfactual: str = Field("blur", description="blur | drop | blank | noise (see vig_udf.scoring.images)",
-                                json_schema_extra=_IDENTITY)
+    counterfactual: str = Field("blur", description="blur | drop | blank | noise | mismatched (see "
+                                "vig_udf.scoring.images)", json_schema_extra=_IDENTITY)
     blur_sigma: float = Field(DEFAULT_BLUR_SIGMA, gt=0, description="Gaussian blur sigma as a fraction of the "
                               "image's shorter side (blur only)", json_schema_extra=_IDENTITY)
+    partner_seed: int = Field(0, description="seed of the mismatched counterfactual's partner order (mismatched "
+                              "only; vig_udf.scoring.partners)", json_schema_extra=_IDENTITY)
+    partner_scope: Literal["source", "corpus"] = Field(
+        "source", description="source: a partner from the sample's own source (the whole corpus for a source with "
+        "one image); corpus: from the whole corpus (mismatched only)", json_schema_extra=_IDENTITY)
     image_placement: str = Field(DEFAULT_IMAGE_PLACEMENT, description="first: the image before the turn's text "
                                  "(LLaVA-1.5's training rule); inline: where the <image> placeholder is",
                                  json_schema_extra=_IDENTITY)
@@ -136,12 +141,14 @@ class ScorerOptions(BaseModel):
         return self.model_copy(update={"prompt_format": prompt_format, "image_pad": image_pad})
 
     def identity_options(self) -> dict:
-        """The identity options and their values (blur_sigma only for the blur counterfactual; a conversation
-        format by its whole definition)."""
+        """The identity options and their values (blur_sigma only for the blur counterfactual, the partner rule's
+        only for mismatched; a conversation format by its whole definition)."""
         values = {name: getattr(self, name) for name, field in type(self).model_fields.items()
                   if (field.json_schema_extra or {}).get("identity")}
         if self.counterfactual != "blur":
             values["blur_sigma"] = None
+        if self.counterfactual != "mismatched":  # absent, as before mismatched existed: earlier scorer ids hold
+            del values["partner_seed"], values["partner_scope"]
         values["prompt_format"] = formats.describe(self.prompt_format)
         if not values["exif_transpose"]:  # EXIF ignored, as before the option existed: earlier scorer ids hold
             del values["exif_transpose"]

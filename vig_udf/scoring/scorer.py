@@ -15,6 +15,11 @@ and scored with logits at answer positions only. With ``prep_workers`` > 0 the n
 in background threads while the model runs the current one (``score_stream`` carries this across calls).
 A failing sample gets its status and message, whatever it raises while being prepared; the others are
 scored.
+
+``counterfactual=mismatched`` takes the counterfactual image from another sample: each record carries it as
+``counterfactual_image`` and names that sample in ``counterfactual_partner``
+(:func:`vig_udf.scoring.partners.assign_partners` adds both by the partner rule; the score job joins them from
+the corpus). A record without one gets ``no_partner``, as does one whose partner's image has the same pixels.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from vig_udf.scoring.images import load_image, make_counterfactual
 from vig_udf.scoring.inputs import InputBuilder
 from vig_udf.scoring.masking import AnswerTokens
 from vig_udf.scoring.options import ScorerOptions
+from vig_udf.scoring.partners import image_key
 from vig_udf.scoring.results import ScoreResult
 from vig_udf.scoring.status import SampleError
 from vig_udf.storage import model_folder
@@ -51,6 +57,7 @@ class _Prepared:
     tokens: AnswerTokens
     seqs: list[Sequence] = field(default_factory=list)  # [with, without]
     shared_layout: bool = False
+    partner: str | None = None  # the mismatched counterfactual's partner
 
 
 @dataclass
@@ -166,10 +173,11 @@ class VIGScorer:
             cf = self.options.counterfactual
             for item, logps in self._run(chunk.prepared):
                 if isinstance(logps, str):
-                    results[item.index] = ScoreResult.unscored(item.sample_id, cf, st.MODEL_ERROR, logps)
+                    results[item.index] = ScoreResult.unscored(item.sample_id, cf, st.MODEL_ERROR, logps,
+                                                               partner=item.partner)
                 else:
                     results[item.index] = ScoreResult.scored(item.sample_id, cf, item.tokens, logps[WITH],
-                                                             logps[WITHOUT])
+                                                             logps[WITHOUT], partner=item.partner)
             if chunk.last:
                 yield results
                 results = []
@@ -182,15 +190,18 @@ class VIGScorer:
         chunk = _Chunk(total=len(samples), last=last)
         for i in part:
             sample_id = _sample_id(samples[i], i)
+            partner = self._partner_of(samples[i])
             try:
                 item = self._prepare(i, sample_id, samples[i])
             except SampleError as err:
-                chunk.done[i] = ScoreResult.unscored(sample_id, self.options.counterfactual, err.status, err.message)
+                chunk.done[i] = ScoreResult.unscored(sample_id, self.options.counterfactual, err.status, err.message,
+                                                     partner=partner)
                 continue
             except Exception as exc:  # whatever else one sample raises is that sample's status, never the call's
                 log.warning("preparing sample %s failed: %s: %s", sample_id, type(exc).__name__, exc)
                 chunk.done[i] = ScoreResult.unscored(sample_id, self.options.counterfactual, st.MODEL_ERROR,
-                                                     f"preparing the sample failed: {type(exc).__name__}: {exc}")
+                                                     f"preparing the sample failed: {type(exc).__name__}: {exc}",
+                                                     partner=partner)
                 continue
             if isinstance(item, ScoreResult):
                 chunk.done[i] = item
@@ -209,12 +220,12 @@ class VIGScorer:
         if not has_image:
             _, tokens = self.inputs.build(conv, None, rendered=rendered)
             return ScoreResult.unscored(sample_id, self.options.counterfactual, st.TEXT_ONLY, None, tokens)
-        image = self.inputs.prepare_image(load_image(image_ref, image_root=self.options.image_root,
-                                                     max_pixels=self.options.max_image_pixels, storage=self.storage,
-                                                     exif_transpose=self.options.exif_transpose))
+        image = self._load(image_ref)
         real, tokens = self._build_with_image(conv, image, rendered)
         if self.options.counterfactual == "drop":
             cf, cf_tokens = self.inputs.build(conv, None)
+        elif self.options.counterfactual == "mismatched":
+            cf, cf_tokens = self._build_with_image(conv, self._partner_image(sample, image), rendered)
         else:
             cf_image = make_counterfactual(image, self.options.counterfactual, blur_sigma=self.options.blur_sigma,
                                            seed_key=sample_id)
@@ -223,7 +234,35 @@ class VIGScorer:
             raise SampleError(st.TEMPLATE_MISMATCH, "the answer tokens differ between the image and the "
                                                     "counterfactual prompt; they cannot be aligned")
         return _Prepared(index, sample_id, tokens, seqs=[real, cf],
-                         shared_layout=torch.equal(cf.input_ids, real.input_ids))
+                         shared_layout=torch.equal(cf.input_ids, real.input_ids), partner=self._partner_of(sample))
+
+    def _load(self, image_ref):
+        """The image as the model gets it (loaded, turned as asked, padded)."""
+        return self.inputs.prepare_image(load_image(image_ref, image_root=self.options.image_root,
+                                                    max_pixels=self.options.max_image_pixels, storage=self.storage,
+                                                    exif_transpose=self.options.exif_transpose))
+
+    def _partner_of(self, sample) -> str | None:
+        """The id of the record's mismatched partner (None for the other counterfactuals)."""
+        if self.options.counterfactual != "mismatched" or not isinstance(sample, dict):
+            return None
+        partner = sample.get("counterfactual_partner")
+        return None if partner is None else str(partner)
+
+    def _partner_image(self, sample: dict, image):
+        """The mismatched counterfactual: the partner's image, loaded like the sample's own."""
+        partner, ref = sample.get("counterfactual_partner"), sample.get("counterfactual_image")
+        if ref is None or (isinstance(ref, str) and not ref):
+            raise SampleError(st.NO_PARTNER, "no other sample with a different image to take the mismatched "
+                                             "counterfactual from (the record has no counterfactual_image; "
+                                             "vig_udf.scoring.partners.assign_partners adds it)")
+        try:
+            other = self._load(ref)
+        except SampleError as err:
+            raise SampleError(err.status, f"the image of counterfactual partner {partner}: {err.message}") from None
+        if image_key(other) == image_key(image):
+            raise SampleError(st.NO_PARTNER, f"counterfactual partner {partner} shows the same image (same pixels)")
+        return other
 
     def _build_with_image(self, conv, image, rendered):
         """``inputs.build`` with an image; the processor refusing the image is the sample's ``image_unsupported``."""

@@ -231,6 +231,10 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     else:
         corpus_rows = n_pending = corpus.count()
     out(f"scorer {spec.scorer_id}: {n_pending} of corpus v{corpus_version} rows to score")
+    if cfg.scorer.counterfactual == "mismatched":  # the partner's image on the row, so on the row's task
+        from vig_udf.spark.partners import with_partner_images
+
+        pending = with_partner_images(pending, corpus, seed=cfg.scorer.partner_seed, scope=cfg.scorer.partner_scope)
     if not n_pending:
         _print_summary({"scorer_id": spec.scorer_id, "scored": 0}, out)
         return {"scorer_id": spec.scorer_id, "scored": 0}
@@ -287,12 +291,12 @@ def commit_parts(spark, parts: list[str], scores_path: str, *, config: dict, rep
     from pyspark.sql.pandas.types import from_arrow_schema
 
     from vig_udf.lake import insert_new_rows
-    from vig_udf.spark.arrow import SCORES_SCHEMA
+    from vig_udf.spark.arrow import NEW_SCORES_COLUMNS, SCORES_SCHEMA
     from vig_udf.storage import spark_path
 
     rows = spark.read.schema(from_arrow_schema(SCORES_SCHEMA)).parquet(*[spark_path(p) for p in parts])
     return insert_new_rows(rows, scores_path, keys=["sample_id", "scorer_id"], job="score", config=config,
-                           replace_when=replace_when)
+                           replace_when=replace_when, add_columns=NEW_SCORES_COLUMNS)
 
 
 def scoring_profile(spark, cfg: ScoreJobConfig):

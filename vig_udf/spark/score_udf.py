@@ -251,18 +251,29 @@ def _finished_batch(entry: _Pending, spec: ScorerSpec) -> pa.RecordBatch:
 
 
 def corpus_record(row: dict, image_root: str | None) -> dict:
-    """A corpus row as a scorer record (image bytes win over the path when both are stored).
+    """A corpus row as a scorer record (image bytes win over the path when both are stored); a row that the
+    score job joined its mismatched partner onto (:func:`vig_udf.spark.partners.with_partner_images`) carries the
+    partner's id and image as ``counterfactual_partner`` and ``counterfactual_image``.
 
     A path is resolved under ``image_root`` by the rule ingest applies (:func:`vig_udf.scoring.images.resolve_image`):
     one that leaves the root raises :class:`SampleError`.
     """
-    image = row.get("image_bytes") or row.get("image_path")
-    if isinstance(image, str) and image_root:
-        image = resolve_image(image, image_root)
     record = {"id": row["sample_id"], "conversations": row.get("conversations")}
+    image = _row_image(row.get("image_bytes"), row.get("image_path"), image_root)
     if image:
         record["image"] = image
+    if row.get("counterfactual_partner") is not None:
+        record["counterfactual_partner"] = row["counterfactual_partner"]
+        record["counterfactual_image"] = _row_image(row.get("partner_image_bytes"), row.get("partner_image_path"),
+                                                    image_root)
     return record
+
+
+def _row_image(data, path, image_root: str | None):
+    image = data or path
+    if isinstance(image, str) and image_root:
+        image = resolve_image(image, image_root)
+    return image
 
 
 def score_to_part(spec: ScorerSpec, parts_dir: str):
