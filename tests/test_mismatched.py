@@ -122,6 +122,25 @@ def test_no_partner_and_a_partner_with_the_same_pixels_get_no_partner(tiny_check
     assert image_key(image) == image_key(image.copy())
 
 
+def test_score_file_draws_partners_among_the_files_records(tiny_checkpoints, tmp_path):
+    import json
+
+    from vig_udf.score_file import score_records
+
+    scorer = VIGScorer.from_pretrained(tiny_checkpoints["llava"], counterfactual="mismatched", dtype="float32")
+    paths = []
+    for i in range(3):
+        random_image(40, 40, i).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    records = [sample(f"r{i}", [("What?", "Red")], path) for i, path in enumerate(paths)]
+    counts = score_records(scorer, records, tmp_path / "out.jsonl", chunk=2, progress=lambda *_: None)
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert counts == {"ok": 3}
+    expected = assign_partners(records, seed=0)
+    assert [r["counterfactual_partner"] for r in rows] == [r["counterfactual_partner"] for r in expected]
+    assert all(r["counterfactual_partner"] != r["sample_id"] for r in rows)
+
+
 # -- Spark: the partners as a DataFrame job, and the score job ------------------------------------------------
 
 
@@ -152,9 +171,14 @@ def test_the_dataframe_job_gives_the_partners_of_the_rule_whatever_the_partition
     found = partners(ok_ids, job_keys, ok_sources, seed=5, scope="source")  # the corpus scope: the fallback's
     expected = {ok_ids[i]: ok_ids[p] for i, p in enumerate(found) if p >= 0}
     assert len(expected) == len(ok_ids)
-    for frame in frames:
-        got = {r.sample_id: r.counterfactual_partner for r in partner_ids(frame, seed=5, scope="source").collect()}
-        assert got == expected
+    from pyspark.sql import functions as F
+
+    both = (partner_ids(frames[0], seed=5, scope="source").withColumn("partitions", F.lit(1))
+            .unionByName(partner_ids(frames[1], seed=5, scope="source").withColumn("partitions", F.lit(3))))
+    got: dict[int, dict] = {1: {}, 3: {}}
+    for r in both.collect():  # one Spark job for both partitionings
+        got[r.partitions][r.sample_id] = r.counterfactual_partner
+    assert got[1] == expected and got[3] == expected
 
 
 @pytest.mark.spark

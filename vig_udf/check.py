@@ -143,7 +143,7 @@ def _with_image(record: dict, image: Image.Image) -> dict:
 
 def drop_variant(scorer):
     """The same model and processor scoring against the no-image prompt (``drop``)."""
-    return type(scorer)(scorer.model, scorer.processor, options=scorer.options.model_copy(update={"counterfactual": "drop"}),
+    return type(scorer)(scorer.model, scorer.processor, options=scorer.options.for_counterfactual("drop"),
                         model_ref=scorer._model_ref, device=scorer.device)
 
 

@@ -1,0 +1,56 @@
+"""Several counterfactuals in one job: one real-image pass per sample shared by k counterfactual passes, each
+counterfactual's rows under its own scorer id, equal to k separate scorers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import random_image, sample
+from vig_udf.scoring.options import ScorerOptions
+from vig_udf.scoring.partners import assign_partners
+from vig_udf.scoring.scorer import VIGScorer
+
+SEVERAL = ["blur", "mismatched", "drop"]
+
+
+def test_the_list_option_names_distinct_known_counterfactuals():
+    options = ScorerOptions(counterfactuals=SEVERAL)
+    assert options.counterfactual == "blur" and options.counterfactual_names() == SEVERAL
+    assert options.for_counterfactual("drop").identity_options() == ScorerOptions(counterfactual="drop").identity_options()
+    assert ScorerOptions().counterfactual_names() == ["blur"]
+    for bad in (["blur", "blur"], ["fog"], []):
+        with pytest.raises(ValueError, match="counterfactuals"):
+            ScorerOptions(counterfactuals=bad)
+    with pytest.raises(ValueError, match="not in counterfactuals"):
+        ScorerOptions(counterfactual="noise", counterfactuals=["drop", "blur"])
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_one_real_image_pass_per_sample_and_the_results_of_separate_scorers(tiny_checkpoints, family,
+                                                                            forward_batches):
+    records = assign_partners([
+        sample("a", [("What colour is the square?", "Red")], random_image(64, 48, 0)),
+        sample("b", [("How many circles?", "There are three."), ("Left?", "Yes")], random_image(40, 60, 1)),
+        sample("c", [("Describe it.", "A small blue square above a green triangle.")], random_image(48, 48, 2)),
+        sample("t", [("How do I reverse a list?", "Use slicing.")]),
+    ], seed=0) + [sample("alone", [("What?", "Red")], random_image(32, 32, 3))]  # no partner: mismatched fails
+    path = tiny_checkpoints[family]
+    several = VIGScorer.from_pretrained(path, counterfactuals=SEVERAL, dtype="float32")
+    got = several.score_all(records)
+    multi_passes = sum(forward_batches)
+    assert multi_passes == several.forwarded == 4 * (1 + 3) - 1  # 4 image samples; 'alone' has no mismatched pass
+    forward_batches.clear()
+    for cf in SEVERAL:
+        alone = VIGScorer.from_pretrained(path, counterfactual=cf, dtype="float32")
+        assert several.scorer_ids[cf] == alone.scorer_id
+        for a, b in zip(got[cf], alone.score(records)):
+            assert (a.sample_id, a.status, a.counterfactual, a.counterfactual_partner, a.error) == \
+                (b.sample_id, b.status, b.counterfactual, b.counterfactual_partner, b.error)
+            np.testing.assert_allclose(a.token_vig, b.token_vig, atol=1e-5)
+            np.testing.assert_allclose(a.logp_without, b.logp_without, atol=1e-5)
+            assert a.vig == pytest.approx(b.vig, abs=1e-5)
+    assert sum(forward_batches) == 3 * 2 * 4 - 2  # k separate scorers: a real-image pass each
+    assert [r.status for r in got["mismatched"]] == ["ok", "ok", "ok", "text_only", "no_partner"]
+    with pytest.raises(ValueError, match="scorer_ids"):
+        several.scorer_id
