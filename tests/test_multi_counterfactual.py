@@ -54,3 +54,44 @@ def test_one_real_image_pass_per_sample_and_the_results_of_separate_scorers(tiny
     assert [r.status for r in got["mismatched"]] == ["ok", "ok", "ok", "text_only", "no_partner"]
     with pytest.raises(ValueError, match="scorer_ids"):
         several.scorer_id
+
+
+@pytest.mark.spark
+def test_a_job_of_several_counterfactuals_equals_separate_scorers_in_one_commit(spark, tmp_path, tiny_checkpoints):
+    from tests.test_spark_jobs import scorer_config, score_rows, write_corpus
+    from vig_udf.lake import table_history
+    from vig_udf.lake.scorers import list_scorers
+    from vig_udf.spark.ingest_job import IngestJobConfig, run_ingest
+    from vig_udf.spark.score_job import ScoreJobConfig, run_score
+
+    records = write_corpus(tmp_path, n=8, seed=13)
+    lake = tmp_path / "lake"
+    run_ingest(spark, IngestJobConfig(input=str(tmp_path / "records.json"), image_root=str(tmp_path / "images"),
+                                      lake=str(lake)), out=lambda *_: None)
+    cfg = ScoreJobConfig(lake=str(lake), partitions=2, scorer=scorer_config(
+        tiny_checkpoints["llava"], tmp_path, counterfactuals=SEVERAL))
+    summary = run_score(spark, cfg, out=lambda *_: None)
+    with_image = [r for r in records if "image" in r]
+    assert summary["commits"] == 1 and summary["passes"] == len(with_image) * (1 + len(SEVERAL))
+    commit = table_history(spark, str(lake / "scores"))[0]
+    assert [s["counterfactual"] for s in commit["config"]["scorers"]] == SEVERAL
+    ids = summary["scorer_ids"]
+    listed = {s["scorer_id"]: s for s in list_scorers(table_history(spark, str(lake / "scores")), {})}
+    assert {cf: listed[i]["counterfactual"] for cf, i in ids.items()} == {cf: cf for cf in SEVERAL}
+    rows = {cf: score_rows(spark, lake, i) for cf, i in ids.items()}
+    partners = {s: r["counterfactual_partner"] for s, r in rows["mismatched"].items()}
+    images = {r["id"]: r.get("image") for r in records}
+    local = [{**r, "counterfactual_partner": partners[r["id"]], "counterfactual_image": images[partners[r["id"]]]}
+             if partners.get(r["id"]) else r for r in records]
+    for cf in SEVERAL:
+        alone = VIGScorer.from_pretrained(tiny_checkpoints["llava"], counterfactual=cf, dtype="float32",
+                                          image_root=str(tmp_path / "images"))
+        assert alone.scorer_id == ids[cf]
+        assert len(rows[cf]) == len(records)
+        for result in alone.score(local):
+            row = rows[cf][result.sample_id]
+            assert (row["status"], row["counterfactual"], row["counterfactual_partner"]) == \
+                (result.status, cf, result.counterfactual_partner)
+            if result.status == "ok":
+                np.testing.assert_allclose(row["token_vig"], result.token_vig, atol=1e-5)
+    assert run_score(spark, cfg, out=lambda *_: None)["scored"] == 0  # every scorer completed the corpus
