@@ -60,4 +60,9 @@ def scorer_config(model: str, overrides: list[str], config: Path | None = None):
         cfg = load_config(ScorerConfig, None, given)
         explicit = False
     explicit = explicit or any(o.split("=", 1)[0].strip() == "max_length" for o in overrides)
+    if len(cfg.counterfactual_names()) > 1:
+        from vig_udf.errors import InputError
+
+        raise InputError(f"vig score-file scores one counterfactual, not counterfactuals={cfg.counterfactuals}: set "
+                         "counterfactual=<name>, or score several at once with vig score")
     return cfg if explicit else cfg.model_copy(update={"max_length": DEFAULT_MAX_LENGTH})
