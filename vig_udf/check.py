@@ -300,6 +300,9 @@ def check_scorer(scorer, records: list[dict], *, thresholds: CheckThresholds = C
     >>> result = check_scorer(VIGScorer.from_pretrained(path), sample_records("data.jsonl", n=64))  # doctest: +SKIP
     >>> print(result.verdict())  # doctest: +SKIP
     """
+    if len(scorer.counterfactuals) > 1:
+        raise ValueError(f"vig check checks one counterfactual, not {scorer.counterfactuals}: check each with "
+                         "counterfactual=<name>")
     samples, skipped = score_conditions(scorer, records)
     summary = summarise(samples, top_k=top_k)
     return CheckResult(scorer_id=scorer.scorer_id, counterfactual=scorer.options.counterfactual, samples=samples,

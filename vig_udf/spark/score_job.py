@@ -21,6 +21,13 @@ forwards (:func:`default_prep_workers`). On a cluster whose executors have GPUs 
 resources (stage-level scheduling, :func:`scoring_profile`): a GPU and ``task_cpus`` CPUs per task, while the
 other stages run many tasks per executor.
 
+``counterfactual=mismatched``: the partners of the whole corpus version are computed by a DataFrame job and the
+partner's image is joined onto each pending row before the scoring stage (:mod:`vig_udf.spark.partners`).
+``counterfactuals=[...]``: one scoring stage for several counterfactuals, one real-image pass per sample; each
+task's part holds every counterfactual's rows under its scorer id, so each commit holds all of them, and the
+commit's config lists the scorers (``scorers``, :func:`commit_scorers_config`). A row is pending when some of
+the scorers lack it.
+
 ``rescore``: rows of this scorer with the given failure statuses (``image_unreadable`` after the images
 were fixed, ``model_error``) count as pending; the merge replaces them (``WHEN MATCHED AND t.status IN
 (...) THEN UPDATE SET *``), so the table still holds one row per key. While scoring, a line with rows scored and
