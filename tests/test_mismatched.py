@@ -1,5 +1,6 @@
 """The mismatched counterfactual: the partner rule (deterministic, never the sample itself nor the same image,
-same source first), its VIG against an independent two-pass computation, and the score job's partners."""
+same source first), its VIG against an independent two-pass computation, and the partners as a DataFrame job
+(the score job with mismatched: tests/test_multi_counterfactual.py)."""
 
 from __future__ import annotations
 
@@ -179,44 +180,3 @@ def test_the_dataframe_job_gives_the_partners_of_the_rule_whatever_the_partition
     for r in both.collect():  # one Spark job for both partitionings
         got[r.partitions][r.sample_id] = r.counterfactual_partner
     assert got[1] == expected and got[3] == expected
-
-
-@pytest.mark.spark
-def test_the_score_job_scores_mismatched_with_the_partners_image_and_adds_the_column(spark, tmp_path,
-                                                                                   tiny_checkpoints):
-    from pyspark.sql.pandas.types import from_arrow_schema
-
-    from tests.test_spark_jobs import scorer_config, score_rows, write_corpus
-    from vig_udf.lake import read_table, write_table
-    from vig_udf.spark.arrow import SCORES_SCHEMA
-    from vig_udf.spark.ingest_job import IngestJobConfig, run_ingest
-    from vig_udf.spark.score_job import ScoreJobConfig, run_score
-
-    records = write_corpus(tmp_path, n=10, seed=11)
-    lake = tmp_path / "lake"
-    run_ingest(spark, IngestJobConfig(input=str(tmp_path / "records.json"), image_root=str(tmp_path / "images"),
-                                      lake=str(lake)), out=lambda *_: None)
-    # a scores table from before the column existed: one row of another scorer
-    before = SCORES_SCHEMA.remove(SCORES_SCHEMA.get_field_index("counterfactual_partner"))
-    old = {"sample_id": records[0]["id"], "scorer_id": "old", "counterfactual": "blur", "status": "ok", "vig": 0.5}
-    write_table(spark.createDataFrame([old], from_arrow_schema(before)), str(lake / "scores"), job="score",
-                config={})
-    cfg = ScoreJobConfig(lake=str(lake), partitions=3, scorer=scorer_config(
-        tiny_checkpoints["llava"], tmp_path, counterfactual="mismatched", partner_seed=2))
-    summary = run_score(spark, cfg, out=lambda *_: None)
-    rows = score_rows(spark, lake, summary["scorer_id"])
-    assert len(rows) == len(records)
-    assert read_table(spark, str(lake / "scores")).where("scorer_id = 'old'").first()["counterfactual_partner"] is None
-    corpus = {r["id"]: r for r in records}
-    with_image = [r for r in records if "image" in r]
-    assert {rows[r["id"]]["status"] for r in with_image} == {"ok"}
-    assert all(rows[r["id"]]["counterfactual_partner"] is None for r in records if "image" not in r)
-    partner_of = {r["id"]: rows[r["id"]]["counterfactual_partner"] for r in with_image}
-    assert all(p != s and corpus[p]["image"] != corpus[s]["image"] for s, p in partner_of.items())
-    assert all(corpus[p]["image"].split("/")[0] == corpus[s]["image"].split("/")[0] for s, p in partner_of.items())
-    plain = VIGScorer.from_pretrained(tiny_checkpoints["llava"], counterfactual="drop", dtype="float32",
-                                      image_root=str(tmp_path / "images"))
-    own = plain.score(with_image)
-    swapped = plain.score([{**r, "image": corpus[partner_of[r["id"]]]["image"]} for r in with_image])
-    for record, a, b in zip(with_image, own, swapped):
-        np.testing.assert_allclose(rows[record["id"]]["token_vig"], a.logp_with - b.logp_with, atol=1e-5)

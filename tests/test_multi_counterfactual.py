@@ -1,5 +1,6 @@
 """Several counterfactuals in one job: one real-image pass per sample shared by k counterfactual passes, each
-counterfactual's rows under its own scorer id, equal to k separate scorers."""
+counterfactual's rows under its own scorer id, equal to k separate scorers; the score job's mismatched partners
+(joined from the corpus) and the new column added to a table made before it."""
 
 from __future__ import annotations
 
@@ -58,8 +59,11 @@ def test_one_real_image_pass_per_sample_and_the_results_of_separate_scorers(tiny
 
 @pytest.mark.spark
 def test_a_job_of_several_counterfactuals_equals_separate_scorers_in_one_commit(spark, tmp_path, tiny_checkpoints):
-    from tests.test_spark_jobs import scorer_config, score_rows, write_corpus
-    from vig_udf.lake import table_history
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    from tests.test_spark_jobs import scorer_config, write_corpus
+    from vig_udf.lake import read_table, table_history, write_table
+    from vig_udf.spark.arrow import SCORES_SCHEMA
     from vig_udf.lake.scorers import list_scorers
     from vig_udf.spark.ingest_job import IngestJobConfig, run_ingest
     from vig_udf.spark.score_job import ScoreJobConfig, run_score
@@ -68,19 +72,30 @@ def test_a_job_of_several_counterfactuals_equals_separate_scorers_in_one_commit(
     lake = tmp_path / "lake"
     run_ingest(spark, IngestJobConfig(input=str(tmp_path / "records.json"), image_root=str(tmp_path / "images"),
                                       lake=str(lake)), out=lambda *_: None)
+    # a scores table from before counterfactual_partner existed: one row of another scorer
+    before = SCORES_SCHEMA.remove(SCORES_SCHEMA.get_field_index("counterfactual_partner"))
+    old = {"sample_id": records[0]["id"], "scorer_id": "old", "counterfactual": "blur", "status": "ok", "vig": 0.5}
+    write_table(spark.createDataFrame([old], from_arrow_schema(before)), str(lake / "scores"), job="score",
+                config={})
     cfg = ScoreJobConfig(lake=str(lake), partitions=2, scorer=scorer_config(
         tiny_checkpoints["llava"], tmp_path, counterfactuals=SEVERAL))
     summary = run_score(spark, cfg, out=lambda *_: None)
     with_image = [r for r in records if "image" in r]
     assert summary["commits"] == 1 and summary["passes"] == len(with_image) * (1 + len(SEVERAL))
-    commit = table_history(spark, str(lake / "scores"))[0]
-    assert [s["counterfactual"] for s in commit["config"]["scorers"]] == SEVERAL
+    history = table_history(spark, str(lake / "scores"))
+    assert [s["counterfactual"] for s in history[0]["config"]["scorers"]] == SEVERAL
     ids = summary["scorer_ids"]
-    listed = {s["scorer_id"]: s for s in list_scorers(table_history(spark, str(lake / "scores")), {})}
+    listed = {s["scorer_id"]: s for s in list_scorers(history, {})}
     assert {cf: listed[i]["counterfactual"] for cf, i in ids.items()} == {cf: cf for cf in SEVERAL}
-    rows = {cf: score_rows(spark, lake, i) for cf, i in ids.items()}
+    table = [r.asDict() for r in read_table(spark, str(lake / "scores")).collect()]  # one read for every scorer
+    rows = {cf: {r["sample_id"]: r for r in table if r["scorer_id"] == i} for cf, i in ids.items()}
     partners = {s: r["counterfactual_partner"] for s, r in rows["mismatched"].items()}
     images = {r["id"]: r.get("image") for r in records}
+    assert [r["counterfactual_partner"] for r in table if r["scorer_id"] == "old"] == [None]
+    assert {s for s, p in partners.items() if p} == {r["id"] for r in with_image}  # the text-only rows have none
+    for s, p in partners.items():  # another sample, another image, the same source
+        assert p is None or (p != s and images[p] != images[s] and images[p].split("/")[0] == images[s].split("/")[0])
+    assert all(rows[cf][s]["counterfactual_partner"] is None for cf in ("blur", "drop") for s in rows[cf])
     local = [{**r, "counterfactual_partner": partners[r["id"]], "counterfactual_image": images[partners[r["id"]]]}
              if partners.get(r["id"]) else r for r in records]
     for cf in SEVERAL:
