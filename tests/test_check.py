@@ -13,9 +13,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tests.conftest import random_image, sample
-from vig_udf.check import (CheckThresholds, SampleConditions, check_scorer, decide, mismatch_partners,
+from vig_udf.check import (CheckThresholds, SampleConditions, check_scorer, decide,
                            partly_matching, sample_records, summarise)
 from vig_udf.report.check_report import SECTIONS
+from vig_udf.scoring.partners import next_different
 from vig_udf.scoring.scorer import VIGScorer
 from vig_udf.tiny import FAMILIES
 
@@ -64,9 +65,9 @@ def test_a_blind_scorer_and_a_counterfactual_that_keeps_the_image_fail_with_thei
     assert [f for f in decide(leaky, CheckThresholds()) if "keeps 89%" in f]
 
 
-def test_mismatch_partners_skip_identical_images_and_partial_takes_the_right_half():
-    assert mismatch_partners(["x", "x", "y", "z"]) == [2, 2, 3, 0]
-    assert mismatch_partners(["x", "x"]) == [-1, -1]
+def test_next_different_image_skips_identical_images_and_partial_takes_the_right_half():
+    assert next_different(["x", "x", "y", "z"]) == [2, 2, 3, 0]
+    assert next_different(["x", "x"]) == [-1, -1]
     left, right = Image.new("RGB", (10, 4), (255, 0, 0)), Image.new("RGB", (20, 8), (0, 0, 255))
     mixed = np.asarray(partly_matching(left, right))
     assert mixed.shape == (4, 10, 3)

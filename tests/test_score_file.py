@@ -49,3 +49,13 @@ def test_a_very_long_answer_is_truncated_by_default_not_run(tiny_checkpoints, tm
     [row] = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert row["status"] == "truncated"
     assert "scored 1/1 records" in result.output
+
+
+def test_several_counterfactuals_are_refused_with_the_job_that_takes_them():
+    import pytest
+
+    from vig_udf.errors import InputError
+
+    with pytest.raises(InputError, match="one counterfactual.*vig score"):
+        scorer_config("m", ["counterfactuals=[blur,drop]"])
+    assert scorer_config("m", ["counterfactuals=[drop]"]).counterfactual == "drop"

@@ -195,7 +195,7 @@ def test_a_worker_handed_another_gpu_releases_the_model_it_holds(monkeypatch):
 
     class FakeScorer:
         def __init__(self, device):
-            self.device, self.scorer_id = device, "s"
+            self.device, self.scorer_ids = device, {"blur": "s"}
             loaded.append(device)
 
     monkeypatch.setattr("vig_udf.scoring.scorer.VIGScorer.from_pretrained",

@@ -106,4 +106,4 @@ def test_a_sample_that_breaks_the_forward_pass_fails_alone(tiny_checkpoints):
 
 def test_status_names_are_the_documented_ones():
     assert set(ALL) == {"ok", "text_only", "image_unreadable", "image_unsupported", "invalid_conversation", "no_answer_tokens",
-                        "truncated", "template_mismatch", "model_error"}
+                        "truncated", "template_mismatch", "model_error", "no_partner"}

@@ -28,7 +28,6 @@ corpus table or Parquet, :func:`sample_records` a JSON or JSONL file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from vig_udf.scoring.images import load_image
+from vig_udf.scoring.partners import image_key, next_different
 from vig_udf.scoring.status import OK, SampleError
 
 CONDITIONS = ("real", "counterfactual", "partial", "mismatched", "none")
@@ -127,21 +127,6 @@ def _pct(value: float) -> str:
 # images of the conditions
 
 
-def image_digest(image: Image.Image) -> str:
-    return hashlib.sha256(image.tobytes() + repr(image.size).encode()).hexdigest()
-
-
-def mismatch_partners(digests: list[str]) -> list[int]:
-    """For each sample, the index of another sample with a different image (the next one in order that
-    differs, wrapping around); -1 when every image is the same."""
-    n = len(digests)
-    partners = []
-    for i in range(n):
-        partner = next((j % n for j in range(i + 1, i + n) if digests[j % n] != digests[i]), -1)
-        partners.append(partner)
-    return partners
-
-
 def partly_matching(real: Image.Image, other: Image.Image) -> Image.Image:
     """The real image with its right half replaced by the right half of ``other`` (resized to the same size)."""
     out = real.copy()
@@ -158,7 +143,7 @@ def _with_image(record: dict, image: Image.Image) -> dict:
 
 def drop_variant(scorer):
     """The same model and processor scoring against the no-image prompt (``drop``)."""
-    return type(scorer)(scorer.model, scorer.processor, options=scorer.options.model_copy(update={"counterfactual": "drop"}),
+    return type(scorer)(scorer.model, scorer.processor, options=scorer.options.for_counterfactual("drop"),
                         model_ref=scorer._model_ref, device=scorer.device)
 
 
@@ -183,7 +168,8 @@ def score_conditions(scorer, records: list[dict]) -> tuple[list[SampleConditions
             continue
         loaded.append({**record, "id": str(record.get("id", len(loaded)))})
         images.append(image)
-    partners = mismatch_partners([image_digest(im) for im in images])
+    # the samples' own order, not the corpus rule's rank: the check compares conditions on the same draw
+    partners = next_different([image_key(im) for im in images])
     if loaded and all(p < 0 for p in partners):
         raise ValueError("every sampled record has the same image: a mismatched image needs at least two images")
     real = [_with_image(r, im) for r, im in zip(loaded, images)]
@@ -314,6 +300,9 @@ def check_scorer(scorer, records: list[dict], *, thresholds: CheckThresholds = C
     >>> result = check_scorer(VIGScorer.from_pretrained(path), sample_records("data.jsonl", n=64))  # doctest: +SKIP
     >>> print(result.verdict())  # doctest: +SKIP
     """
+    if len(scorer.counterfactuals) > 1:
+        raise ValueError(f"vig check checks one counterfactual, not {scorer.counterfactuals}: check each with "
+                         "counterfactual=<name>")
     samples, skipped = score_conditions(scorer, records)
     summary = summarise(samples, top_k=top_k)
     return CheckResult(scorer_id=scorer.scorer_id, counterfactual=scorer.options.counterfactual, samples=samples,

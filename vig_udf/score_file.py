@@ -3,6 +3,8 @@
 The records are scored in lists of ``chunk`` (the next list is prepared while the model scores the current one,
 :meth:`vig_udf.scoring.scorer.VIGScorer.score_stream`); each list's results are written, in input order, and
 flushed as soon as it is scored, and a progress line (records done, rate, time left) goes to ``progress``.
+With ``counterfactual=mismatched`` the partners are drawn among the file's records by the partner rule
+(:func:`vig_udf.scoring.partners.assign_partners`), before any is scored.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ def score_records(scorer, records: list[dict], out: Path, *, chunk: int,
                   progress: Callable[[str], None]) -> dict[str, int]:
     """Score ``records`` with ``scorer`` into the JSONL file ``out`` (one line per record, in input order);
     returns the count of each status."""
+    from vig_udf.scoring.partners import assign_partners
+
+    options = scorer.options
+    if options.counterfactual == "mismatched":
+        records = assign_partners(records, seed=options.partner_seed, scope=options.partner_scope)
     counts: dict[str, int] = {}
     lists = (records[start:start + chunk] for start in range(0, len(records), chunk))
     started, done = time.monotonic(), 0
@@ -53,4 +60,9 @@ def scorer_config(model: str, overrides: list[str], config: Path | None = None):
         cfg = load_config(ScorerConfig, None, given)
         explicit = False
     explicit = explicit or any(o.split("=", 1)[0].strip() == "max_length" for o in overrides)
+    if len(cfg.counterfactual_names()) > 1:
+        from vig_udf.errors import InputError
+
+        raise InputError(f"vig score-file scores one counterfactual, not counterfactuals={cfg.counterfactuals}: set "
+                         "counterfactual=<name>, or score several at once with vig score")
     return cfg if explicit else cfg.model_copy(update={"max_length": DEFAULT_MAX_LENGTH})

@@ -4,23 +4,37 @@ its score commits recorded (``config.scorer`` and ``config.scorer_record``), its
 from __future__ import annotations
 
 
+def commit_scorers(config: dict) -> list[dict]:
+    """The scorers a score commit's ``config`` wrote rows of, each ``{"scorer_id", "scorer_record"}``: one
+    (``scorer_id``, ``scorer_record``) or several at once (``scorers``, a job of several counterfactuals)."""
+    if config.get("scorers"):
+        return [{"scorer_id": s.get("scorer_id"), "scorer_record": s.get("scorer_record") or {}}
+                for s in config["scorers"]]
+    if config.get("scorer_id"):
+        return [{"scorer_id": config["scorer_id"], "scorer_record": config.get("scorer_record") or {}}]
+    return []
+
+
 def list_scorers(commits: list[dict], rows: dict[str, int]) -> list[dict]:
     """One entry per scorer id of ``rows`` (scorer id -> rows in the table) or of the score commits in
     ``commits`` (:func:`vig_udf.lake.table_history` entries, newest first), described by its newest commit."""
     found: dict[str, dict] = {}
     for commit in commits:
         config = commit.get("config") or {}
-        scorer_id = config.get("scorer_id")
-        if commit.get("job") != "score" or not scorer_id or scorer_id in found:
+        if commit.get("job") != "score":
             continue
-        scorer, record = config.get("scorer") or {}, config.get("scorer_record") or {}
-        identity = record.get("identity") or {}
-        options = {k: v for k, v in identity.items() if k not in ("model", "files", "commit", "chat_template")
-                   and v is not None}
-        found[scorer_id] = {"scorer_id": scorer_id, "model_path": scorer.get("model_path"),
-                            "family": record.get("family"),
-                            "counterfactual": identity.get("counterfactual", scorer.get("counterfactual")),
-                            "options": options, "rows": rows.get(scorer_id, 0), "date": commit.get("timestamp")}
+        scorer = config.get("scorer") or {}
+        for written in commit_scorers(config):
+            scorer_id, record = written["scorer_id"], written["scorer_record"]
+            if not scorer_id or scorer_id in found:
+                continue
+            identity = record.get("identity") or {}
+            options = {k: v for k, v in identity.items() if k not in ("model", "files", "commit", "chat_template")
+                       and v is not None}
+            found[scorer_id] = {"scorer_id": scorer_id, "model_path": scorer.get("model_path"),
+                                "family": record.get("family"),
+                                "counterfactual": identity.get("counterfactual", scorer.get("counterfactual")),
+                                "options": options, "rows": rows.get(scorer_id, 0), "date": commit.get("timestamp")}
     for scorer_id, n in rows.items():  # rows whose commits the history no longer holds
         found.setdefault(scorer_id, {"scorer_id": scorer_id, "model_path": None, "family": None,
                                      "counterfactual": None, "options": {}, "rows": n, "date": None})

@@ -3,7 +3,8 @@
 Layers inside, lowest first: :mod:`metric` (token and sample VIG from log-probabilities), :mod:`status`
 (named per-sample outcomes), :mod:`conversation` and :mod:`masking` (LLaVA records to chat messages; the
 one answer-token masking function that scoring and training share), :mod:`inputs` (processor inputs),
-:mod:`images` (loading and counterfactual images), :mod:`batching` and :mod:`forward` (token-budget
+:mod:`images` (loading and counterfactual images), :mod:`partners` (the mismatched counterfactual's partner
+rule), :mod:`batching` and :mod:`forward` (token-budget
 batches, the answer-position forward pass), :mod:`options` and :mod:`identity` (what a scorer is), and
 :mod:`scorer` (:class:`~vig_udf.scoring.scorer.VIGScorer`).
 """

@@ -10,6 +10,9 @@ Counterfactuals (the image that carries (almost) no visual information):
 - ``noise``: Gaussian pixel noise around mid-grey (std 64), same size, seeded by the sample id so that
   a rescore gives the same numbers.
 - ``drop``: no image at all; the image tokens leave the prompt (handled by the scorer, not here).
+- ``mismatched``: another sample's image (its partner, :mod:`vig_udf.scoring.partners`), so that the prompt
+  keeps an image and VIG measures what this image shows rather than that there is one (handled by the
+  scorer: the record carries its partner's image).
 
 Blur, blank and noise keep the image size, so the processor produces the same token layout for both
 passes and they can run as one stacked batch.
@@ -35,7 +38,7 @@ from PIL import Image, ImageFilter, ImageOps, ImageStat
 from vig_udf.scoring.status import IMAGE_UNREADABLE, IMAGE_UNSUPPORTED, SampleError
 from vig_udf.storage import canonical, local_path, scheme_of, split_uri
 
-COUNTERFACTUALS = ("blur", "drop", "blank", "noise")
+COUNTERFACTUALS = ("blur", "drop", "blank", "noise", "mismatched")
 IMAGE_PADS = ("none", "square")
 SAME_LAYOUT_COUNTERFACTUALS = ("blur", "blank", "noise")
 DEFAULT_BLUR_SIGMA = 0.05

@@ -30,10 +30,18 @@ class ScorerOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    counterfactual: str = Field("blur", description="blur | drop | blank | noise (see vig_udf.scoring.images)",
-                                json_schema_extra=_IDENTITY)
+    counterfactual: str = Field("blur", description="blur | drop | blank | noise | mismatched (see "
+                                "vig_udf.scoring.images)", json_schema_extra=_IDENTITY)
+    counterfactuals: list[str] | None = Field(
+        None, description="several counterfactuals scored in one pass over the data (one real-image pass per sample "
+        "shared by all), each its own scorer id, e.g. [blur, mismatched, drop]; None = counterfactual alone")
     blur_sigma: float = Field(DEFAULT_BLUR_SIGMA, gt=0, description="Gaussian blur sigma as a fraction of the "
                               "image's shorter side (blur only)", json_schema_extra=_IDENTITY)
+    partner_seed: int = Field(0, description="seed of the mismatched counterfactual's partner order (mismatched "
+                              "only; vig_udf.scoring.partners)", json_schema_extra=_IDENTITY)
+    partner_scope: Literal["source", "corpus"] = Field(
+        "source", description="source: a partner from the sample's own source (the whole corpus for a source with "
+        "one image); corpus: from the whole corpus (mismatched only)", json_schema_extra=_IDENTITY)
     image_placement: str = Field(DEFAULT_IMAGE_PLACEMENT, description="first: the image before the turn's text "
                                  "(LLaVA-1.5's training rule); inline: where the <image> placeholder is",
                                  json_schema_extra=_IDENTITY)
@@ -81,6 +89,36 @@ class ScorerOptions(BaseModel):
         if value not in choices:
             raise ValueError(f"{info.field_name}={value!r}; choose one of {choices}")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _counterfactual_of_the_list(cls, data):
+        """With ``counterfactuals``, ``counterfactual`` is the list's first (a given one must be in the list)."""
+        if not isinstance(data, dict) or not data.get("counterfactuals"):
+            return data
+        names = list(data["counterfactuals"])
+        given = data.get("counterfactual")
+        if given is not None and given not in names and given != "blur":  # blur: the default, written back by dumps
+            raise ValueError(f"counterfactual={given!r} is not in counterfactuals={names}: give one of them")
+        return {**data, "counterfactual": given if given in names else names[0]}
+
+    @field_validator("counterfactuals")
+    @classmethod
+    def _known_counterfactuals(cls, names: list[str] | None) -> list[str] | None:
+        if names is None:
+            return None
+        unknown = [n for n in names if n not in COUNTERFACTUALS]
+        if unknown or not names or len(set(names)) != len(names):
+            raise ValueError(f"counterfactuals={names}: give distinct names among {COUNTERFACTUALS}")
+        return names
+
+    def counterfactual_names(self) -> list[str]:
+        """The counterfactuals these options score: ``counterfactuals``, else ``counterfactual`` alone."""
+        return list(self.counterfactuals or [self.counterfactual])
+
+    def for_counterfactual(self, name: str) -> "ScorerOptions":
+        """These options scoring ``name`` alone (the options of that counterfactual's scorer id)."""
+        return self.model_copy(update={"counterfactual": name, "counterfactuals": None})
 
     @field_validator("prompt_format")
     @classmethod
@@ -136,12 +174,14 @@ class ScorerOptions(BaseModel):
         return self.model_copy(update={"prompt_format": prompt_format, "image_pad": image_pad})
 
     def identity_options(self) -> dict:
-        """The identity options and their values (blur_sigma only for the blur counterfactual; a conversation
-        format by its whole definition)."""
+        """The identity options and their values (blur_sigma only for the blur counterfactual, the partner rule's
+        only for mismatched; a conversation format by its whole definition)."""
         values = {name: getattr(self, name) for name, field in type(self).model_fields.items()
                   if (field.json_schema_extra or {}).get("identity")}
         if self.counterfactual != "blur":
             values["blur_sigma"] = None
+        if self.counterfactual != "mismatched":  # absent, as before mismatched existed: earlier scorer ids hold
+            del values["partner_seed"], values["partner_scope"]
         values["prompt_format"] = formats.describe(self.prompt_format)
         if not values["exif_transpose"]:  # EXIF ignored, as before the option existed: earlier scorer ids hold
             del values["exif_transpose"]

@@ -21,13 +21,15 @@ class ScoreResult:
     ``token_turn`` is the answer-turn index (0 = first assistant turn) and ``token_char_start`` /
     ``token_char_end`` the token's character span inside that turn's answer text. ``vig``, ``nll_with``
     and ``nll_without`` are None unless ``status == "ok"``; a text-only sample still carries its answer
-    tokens (training keeps them whole).
+    tokens (training keeps them whole). ``counterfactual_partner``: the id of the sample whose image was the
+    ``mismatched`` counterfactual (None for the other counterfactuals).
     """
 
     sample_id: str
     status: str
     counterfactual: str
     error: str | None = None
+    counterfactual_partner: str | None = None
     vig: float | None = None
     nll_with: float | None = None
     nll_without: float | None = None
@@ -42,11 +44,11 @@ class ScoreResult:
 
     @classmethod
     def scored(cls, sample_id: str, counterfactual: str, tokens: AnswerTokens,
-               logp_with: np.ndarray, logp_without: np.ndarray) -> "ScoreResult":
+               logp_with: np.ndarray, logp_without: np.ndarray, *, partner: str | None = None) -> "ScoreResult":
         """An ``ok`` result from the two passes' log-probabilities of the answer tokens."""
         tv = token_vig(logp_with, logp_without)
         return cls(
-            sample_id=sample_id, status="ok", counterfactual=counterfactual,
+            sample_id=sample_id, status="ok", counterfactual=counterfactual, counterfactual_partner=partner,
             vig=sample_vig(tv), nll_with=mean_nll(logp_with), nll_without=mean_nll(logp_without),
             n_tokens=len(tokens), token_ids=tokens.token_ids, token_vig=tv.astype(np.float32),
             logp_with=np.asarray(logp_with, dtype=np.float32), logp_without=np.asarray(logp_without, dtype=np.float32),
@@ -55,9 +57,10 @@ class ScoreResult:
 
     @classmethod
     def unscored(cls, sample_id: str, counterfactual: str, status: str, error: str | None,
-                 tokens: AnswerTokens | None = None) -> "ScoreResult":
+                 tokens: AnswerTokens | None = None, *, partner: str | None = None) -> "ScoreResult":
         """A result without VIG (text-only or failed), with the answer tokens when they are known."""
-        result = cls(sample_id=sample_id, status=status, counterfactual=counterfactual, error=error)
+        result = cls(sample_id=sample_id, status=status, counterfactual=counterfactual, error=error,
+                     counterfactual_partner=partner)
         if tokens is not None:
             result.n_tokens = len(tokens)
             result.token_ids = tokens.token_ids

@@ -15,6 +15,11 @@ and scored with logits at answer positions only. With ``prep_workers`` > 0 the n
 in background threads while the model runs the current one (``score_stream`` carries this across calls).
 A failing sample gets its status and message, whatever it raises while being prepared; the others are
 scored.
+
+``counterfactual=mismatched`` takes the counterfactual image from another sample: each record carries it as
+``counterfactual_image`` and names that sample in ``counterfactual_partner``
+(:func:`vig_udf.scoring.partners.assign_partners` adds both by the partner rule; the score job joins them from
+the corpus). A record without one gets ``no_partner``, as does one whose partner's image has the same pixels.
 """
 
 from __future__ import annotations
@@ -36,12 +41,13 @@ from vig_udf.scoring.images import load_image, make_counterfactual
 from vig_udf.scoring.inputs import InputBuilder
 from vig_udf.scoring.masking import AnswerTokens
 from vig_udf.scoring.options import ScorerOptions
+from vig_udf.scoring.partners import image_key
 from vig_udf.scoring.results import ScoreResult
 from vig_udf.scoring.status import SampleError
 from vig_udf.storage import model_folder
 
 log = logging.getLogger(__name__)
-WITH, WITHOUT = 0, 1
+REAL = 0  # the real-image pass is a prepared sample's first sequence; its counterfactuals' follow in order
 
 
 @dataclass
@@ -49,8 +55,10 @@ class _Prepared:
     index: int
     sample_id: str
     tokens: AnswerTokens
-    seqs: list[Sequence] = field(default_factory=list)  # [with, without]
-    shared_layout: bool = False
+    seqs: list[Sequence | None] = field(default_factory=list)  # [real, one per counterfactual (None: failed)]
+    shared_layout: list[bool] = field(default_factory=list)  # per sequence: the real pass's token layout
+    errors: dict[str, SampleError] = field(default_factory=dict)  # counterfactual -> why it cannot be scored
+    partner: str | None = None  # the mismatched counterfactual's partner
 
 
 @dataclass
@@ -59,7 +67,7 @@ class _Chunk:
 
     total: int  # samples in the whole call
     last: bool  # the call's last chunk
-    done: dict[int, ScoreResult] = field(default_factory=dict)
+    done: dict[int, dict[str, ScoreResult]] = field(default_factory=dict)  # index -> counterfactual -> result
     prepared: list[_Prepared] = field(default_factory=list)
 
 
@@ -78,6 +86,8 @@ class VIGScorer:
         if dtype is not None:
             self.options = self.options.model_copy(update={"dtype": str(dtype).removeprefix("torch.")})
         self.dtype = getattr(torch, self.options.dtype)
+        self.counterfactuals = self.options.counterfactual_names()
+        self.forwarded = 0  # sequences through the model so far (a real-image pass and each counterfactual's)
         self.model = model
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
@@ -136,19 +146,40 @@ class VIGScorer:
 
     @property
     def scorer_id(self) -> str:
-        """Stable hash of everything that changes scores (see :mod:`vig_udf.scoring.identity`)."""
-        return scorer_identity(self._model_ref, self.options, chat_template=self.processor.chat_template)
+        """Stable hash of everything that changes scores (see :mod:`vig_udf.scoring.identity`); a scorer of
+        several counterfactuals has one per counterfactual (:attr:`scorer_ids`)."""
+        if len(self.counterfactuals) > 1:
+            raise ValueError(f"this scorer scores counterfactuals {self.counterfactuals}, each with its own id: "
+                             "use scorer_ids")
+        return self.scorer_ids[self.counterfactuals[0]]
+
+    @property
+    def scorer_ids(self) -> dict[str, str]:
+        """Counterfactual -> the scorer id of its scores (the id a scorer of that counterfactual alone has)."""
+        return {cf: scorer_identity(self._model_ref, self.options.for_counterfactual(cf),
+                                    chat_template=self.processor.chat_template) for cf in self.counterfactuals}
 
     def score(self, samples: list[dict]) -> list[ScoreResult]:
         """Score LLaVA-format records; one :class:`ScoreResult` per input, in input order."""
-        stream = self.score_stream([samples])
+        return self._single(self.score_all(samples))
+
+    def score_stream(self, sample_lists: Iterable[list[dict]]) -> Iterator[list[ScoreResult]]:
+        """Score lists of records one after another; yields each list's results like :meth:`score`
+        (:meth:`score_stream_all` for a scorer of several counterfactuals)."""
+        for by_counterfactual in self.score_stream_all(sample_lists):
+            yield self._single(by_counterfactual)
+
+    def score_all(self, samples: list[dict]) -> dict[str, list[ScoreResult]]:
+        """Score LLaVA-format records under every counterfactual: counterfactual -> one result per input."""
+        stream = self.score_stream_all([samples])
         try:
             return next(stream)
         finally:
             stream.close()
 
-    def score_stream(self, sample_lists: Iterable[list[dict]]) -> Iterator[list[ScoreResult]]:
-        """Score lists of records one after another; yields each list's results like :meth:`score`.
+    def score_stream_all(self, sample_lists: Iterable[list[dict]]) -> Iterator[dict[str, list[ScoreResult]]]:
+        """Score lists of records one after another; yields each list's results by counterfactual, like
+        :meth:`score_all`. A sample's real-image pass is run once and shared by its counterfactuals.
 
         With ``prep_workers`` > 0, the next chunks (of this list or the next ones) are prepared in the
         background while the model scores the current chunk and while the caller handles a yielded list,
@@ -157,22 +188,44 @@ class VIGScorer:
         """
         units = ((samples, part, part.stop == len(samples))
                  for samples in sample_lists for part in chunk_ranges(len(samples), self.options.prep_chunk))
-        results: list[ScoreResult | None] = []
+        results: dict[str, list[ScoreResult | None]] = {}
         for chunk in prefetched(units, self._prepare_chunk, workers=self.options.prep_workers):
             if not results:
-                results = [None] * chunk.total
-            for i, result in chunk.done.items():
-                results[i] = result
-            cf = self.options.counterfactual
+                results = {cf: [None] * chunk.total for cf in self.counterfactuals}
+            for i, by_cf in chunk.done.items():
+                for cf, result in by_cf.items():
+                    results[cf][i] = result
             for item, logps in self._run(chunk.prepared):
-                if isinstance(logps, str):
-                    results[item.index] = ScoreResult.unscored(item.sample_id, cf, st.MODEL_ERROR, logps)
-                else:
-                    results[item.index] = ScoreResult.scored(item.sample_id, cf, item.tokens, logps[WITH],
-                                                             logps[WITHOUT])
+                for cf, result in self._results(item, logps).items():
+                    results[cf][item.index] = result
             if chunk.last:
                 yield results
-                results = []
+                results = {}
+
+    def _single(self, by_counterfactual: dict[str, list[ScoreResult]]) -> list[ScoreResult]:
+        if len(self.counterfactuals) > 1:
+            raise ValueError(f"this scorer scores counterfactuals {self.counterfactuals}: use score_all / "
+                             "score_stream_all")
+        return by_counterfactual[self.counterfactuals[0]]
+
+    def _results(self, item: _Prepared, logps) -> dict[str, ScoreResult]:
+        """Counterfactual -> result of a forwarded sample (``logps``: its sequences' log-probs or an error)."""
+        out = {}
+        for j, cf in enumerate(self.counterfactuals, start=1):
+            partner = item.partner if cf == "mismatched" else None
+            if cf in item.errors:
+                err = item.errors[cf]
+                out[cf] = ScoreResult.unscored(item.sample_id, cf, err.status, err.message, partner=partner)
+            elif isinstance(logps, str):
+                out[cf] = ScoreResult.unscored(item.sample_id, cf, st.MODEL_ERROR, logps, partner=partner)
+            else:
+                out[cf] = ScoreResult.scored(item.sample_id, cf, item.tokens, logps[REAL], logps[j], partner=partner)
+        return out
+
+    def _unscored(self, sample, sample_id: str, status: str, message: str | None, tokens=None):
+        return {cf: ScoreResult.unscored(sample_id, cf, status, message, tokens,
+                                         partner=self._partner_of(sample) if cf == "mismatched" else None)
+                for cf in self.counterfactuals}
 
     # -- preparation (CPU): template, mask, images, processor ------------------------------------
 
@@ -185,15 +238,17 @@ class VIGScorer:
             try:
                 item = self._prepare(i, sample_id, samples[i])
             except SampleError as err:
-                chunk.done[i] = ScoreResult.unscored(sample_id, self.options.counterfactual, err.status, err.message)
+                chunk.done[i] = self._unscored(samples[i], sample_id, err.status, err.message)
                 continue
             except Exception as exc:  # whatever else one sample raises is that sample's status, never the call's
                 log.warning("preparing sample %s failed: %s: %s", sample_id, type(exc).__name__, exc)
-                chunk.done[i] = ScoreResult.unscored(sample_id, self.options.counterfactual, st.MODEL_ERROR,
-                                                     f"preparing the sample failed: {type(exc).__name__}: {exc}")
+                chunk.done[i] = self._unscored(samples[i], sample_id, st.MODEL_ERROR,
+                                               f"preparing the sample failed: {type(exc).__name__}: {exc}")
                 continue
-            if isinstance(item, ScoreResult):
+            if isinstance(item, dict):
                 chunk.done[i] = item
+            elif len(item.errors) == len(self.counterfactuals):  # no counterfactual to forward the real pass for
+                chunk.done[i] = self._results(item, None)
             else:
                 chunk.prepared.append(item)
         return chunk
@@ -208,22 +263,65 @@ class VIGScorer:
         rendered = self.inputs.render(conv, with_image=has_image)
         if not has_image:
             _, tokens = self.inputs.build(conv, None, rendered=rendered)
-            return ScoreResult.unscored(sample_id, self.options.counterfactual, st.TEXT_ONLY, None, tokens)
-        image = self.inputs.prepare_image(load_image(image_ref, image_root=self.options.image_root,
-                                                     max_pixels=self.options.max_image_pixels, storage=self.storage,
-                                                     exif_transpose=self.options.exif_transpose))
+            return {cf: ScoreResult.unscored(sample_id, cf, st.TEXT_ONLY, None, tokens) for cf in self.counterfactuals}
+        image = self._load(image_ref)
         real, tokens = self._build_with_image(conv, image, rendered)
-        if self.options.counterfactual == "drop":
-            cf, cf_tokens = self.inputs.build(conv, None)
+        item = _Prepared(index, sample_id, tokens, seqs=[real], shared_layout=[True], partner=self._partner_of(sample))
+        for cf in self.counterfactuals:
+            try:
+                seq = self._counterfactual_pass(cf, conv, image, rendered, sample, sample_id, tokens)
+            except SampleError as err:  # this counterfactual's alone: the sample's other counterfactuals go on
+                item.errors[cf], seq = err, None
+            except Exception as exc:
+                log.warning("preparing the %s counterfactual of sample %s failed: %s: %s", cf, sample_id,
+                            type(exc).__name__, exc)
+                item.errors[cf], seq = SampleError(st.MODEL_ERROR, f"preparing the sample failed: "
+                                                                   f"{type(exc).__name__}: {exc}"), None
+            item.seqs.append(seq)
+            item.shared_layout.append(seq is not None and torch.equal(seq.input_ids, real.input_ids))
+        return item
+
+    def _counterfactual_pass(self, cf: str, conv, image, rendered, sample: dict, sample_id: str, tokens):
+        """The sequence of counterfactual ``cf`` of a sample whose real-image pass has answer ``tokens``."""
+        if cf == "drop":
+            seq, cf_tokens = self.inputs.build(conv, None)
+        elif cf == "mismatched":
+            seq, cf_tokens = self._build_with_image(conv, self._partner_image(sample, image), rendered)
         else:
-            cf_image = make_counterfactual(image, self.options.counterfactual, blur_sigma=self.options.blur_sigma,
-                                           seed_key=sample_id)
-            cf, cf_tokens = self._build_with_image(conv, cf_image, rendered)
+            cf_image = make_counterfactual(image, cf, blur_sigma=self.options.blur_sigma, seed_key=sample_id)
+            seq, cf_tokens = self._build_with_image(conv, cf_image, rendered)
         if not np.array_equal(cf_tokens.token_ids, tokens.token_ids):
             raise SampleError(st.TEMPLATE_MISMATCH, "the answer tokens differ between the image and the "
                                                     "counterfactual prompt; they cannot be aligned")
-        return _Prepared(index, sample_id, tokens, seqs=[real, cf],
-                         shared_layout=torch.equal(cf.input_ids, real.input_ids))
+        return seq
+
+    def _load(self, image_ref):
+        """The image as the model gets it (loaded, turned as asked, padded)."""
+        return self.inputs.prepare_image(load_image(image_ref, image_root=self.options.image_root,
+                                                    max_pixels=self.options.max_image_pixels, storage=self.storage,
+                                                    exif_transpose=self.options.exif_transpose))
+
+    def _partner_of(self, sample) -> str | None:
+        """The id of the record's mismatched partner (None for the other counterfactuals)."""
+        if "mismatched" not in self.counterfactuals or not isinstance(sample, dict):
+            return None
+        partner = sample.get("counterfactual_partner")
+        return None if partner is None else str(partner)
+
+    def _partner_image(self, sample: dict, image):
+        """The mismatched counterfactual: the partner's image, loaded like the sample's own."""
+        partner, ref = sample.get("counterfactual_partner"), sample.get("counterfactual_image")
+        if ref is None or (isinstance(ref, str) and not ref):
+            raise SampleError(st.NO_PARTNER, "no other sample with a different image to take the mismatched "
+                                             "counterfactual from (the record has no counterfactual_image; "
+                                             "vig_udf.scoring.partners.assign_partners adds it)")
+        try:
+            other = self._load(ref)
+        except SampleError as err:
+            raise SampleError(err.status, f"the image of counterfactual partner {partner}: {err.message}") from None
+        if image_key(other) == image_key(image):
+            raise SampleError(st.NO_PARTNER, f"counterfactual partner {partner} shows the same image (same pixels)")
+        return other
 
     def _build_with_image(self, conv, image, rendered):
         """``inputs.build`` with an image; the processor refusing the image is the sample's ``image_unsupported``."""
@@ -239,17 +337,19 @@ class VIGScorer:
     # -- forward passes (GPU) ----------------------------------------------------------------------
 
     def _run(self, prepared: list[_Prepared]):
-        """Yield (item, [logp_with, logp_without]) or (item, error message) for every prepared sample."""
+        """Yield (item, [logp of each sequence]) or (item, error message) for every prepared sample.
+
+        A sample's sequences with the real pass's token layout run stacked in one group (``stack_passes``);
+        the others (``drop``, an image of another size) each in a group of their own."""
         groups, members = [], []
         for item in prepared:
-            if item.shared_layout and self.options.stack_passes:
-                groups.append((len(item.seqs[WITH]), 2))
-                members.append([(item, WITH), (item, WITHOUT)])
-            else:  # "drop" (two lengths) or passes batched apart: one group per sequence
-                for which in (WITH, WITHOUT):
-                    groups.append((len(item.seqs[which]), 1))
-                    members.append([(item, which)])
-        logps: dict[int, list] = {item.index: [None, None] for item in prepared}
+            present = [j for j, seq in enumerate(item.seqs) if seq is not None]
+            stacked = [j for j in present if item.shared_layout[j]] if self.options.stack_passes else [REAL]
+            apart = [[j] for j in present if j not in stacked]
+            for group in [stacked, *apart]:
+                groups.append((len(item.seqs[group[0]]), len(group)))
+                members.append([(item, j) for j in group])
+        logps: dict[int, list] = {item.index: [None] * len(item.seqs) for item in prepared}
         failed: dict[int, str] = {}
         for batch in self._batches(groups, members):
             flat = [m for g in batch for m in members[g]]
@@ -268,7 +368,7 @@ class VIGScorer:
         def kind(group_members):
             item, which = group_members[0]
             has_inputs = bool(item.seqs[which].extras)
-            return (not has_inputs, -1 if len(group_members) == 2 else which)
+            return (not has_inputs, -1 if len(group_members) > 1 else which)
 
         kinds = [kind(m) for m in members]
         for key in sorted(set(kinds)):
@@ -286,8 +386,10 @@ class VIGScorer:
         """
         seqs = [item.seqs[which] for item, which in flat]
         try:
-            return answer_logprobs(self.model, seqs, pad_token_id=self.pad_token_id, device=self.device,
-                                   dtype=self.dtype)
+            out = answer_logprobs(self.model, seqs, pad_token_id=self.pad_token_id, device=self.device,
+                                  dtype=self.dtype)
+            self.forwarded += len(seqs)
+            return out
         except Exception as exc:
             if _out_of_memory(exc):
                 return self._forward_halved(flat, failed, exc)
@@ -317,8 +419,8 @@ class VIGScorer:
                                   f"lower batch_tokens or max_length): {type(exc).__name__}: {exc}")
             return [None]
         log.warning("out of memory on a batch of %d sequences; retrying it in two halves", len(flat))
-        if len(samples) == 1:  # one sample's two stacked passes: run them apart
-            return self._forward_parts(flat, failed, [[[0]], [[1]]])
+        if len(samples) == 1:  # one sample's stacked passes: run them apart
+            return self._forward_parts(flat, failed, [[[p]] for p in range(len(flat))])
         half = len(samples) // 2
         return self._forward_parts(flat, failed, [samples[:half], samples[half:]])
 

@@ -9,6 +9,7 @@ NO_ANSWER_TOKENS = "no_answer_tokens"  # no assistant turn, or assistant turns t
 TRUNCATED = "truncated"  # the full sequence is longer than the scorer's max_length
 TEMPLATE_MISMATCH = "template_mismatch"  # an answer could not be located in the chat template's text
 MODEL_ERROR = "model_error"  # the model or its processor raised on this sample alone (not out of memory)
+NO_PARTNER = "no_partner"  # counterfactual=mismatched: no other sample with a different image to take it from
 
 FAILURES = (
     IMAGE_UNREADABLE,
@@ -18,6 +19,7 @@ FAILURES = (
     TRUNCATED,
     TEMPLATE_MISMATCH,
     MODEL_ERROR,
+    NO_PARTNER,
 )
 ALL = (OK, TEXT_ONLY, *FAILURES)
 

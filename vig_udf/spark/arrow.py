@@ -28,7 +28,11 @@ SCORES_SCHEMA = pa.schema([
     pa.field("token_char_end", pa.list_(pa.int32())),
     pa.field("score_seconds", pa.float64()),
     pa.field("scored_at", pa.timestamp("us", tz="UTC")),
+    pa.field("counterfactual_partner", pa.string()),  # last: added to tables made before it (NEW_SCORES_COLUMNS)
 ])
+
+# columns a scores table written before they existed lacks: the score job's merge adds them (null in its rows)
+NEW_SCORES_COLUMNS = ("counterfactual_partner",)
 
 _ARRAYS = {"token_ids": np.int32, "token_vig": np.float32, "logp_with": np.float32, "logp_without": np.float32,
            "token_turn": np.int16, "token_char_start": np.int32, "token_char_end": np.int32}

@@ -21,6 +21,13 @@ forwards (:func:`default_prep_workers`). On a cluster whose executors have GPUs 
 resources (stage-level scheduling, :func:`scoring_profile`): a GPU and ``task_cpus`` CPUs per task, while the
 other stages run many tasks per executor.
 
+``counterfactual=mismatched``: the partners of the whole corpus version are computed by a DataFrame job and the
+partner's image is joined onto each pending row before the scoring stage (:mod:`vig_udf.spark.partners`).
+``counterfactuals=[...]``: one scoring stage for several counterfactuals, one real-image pass per sample; each
+task's part holds every counterfactual's rows under its scorer id, so each commit holds all of them, and the
+commit's config lists the scorers (``scorers``, :func:`commit_scorers_config`). A row is pending when some of
+the scorers lack it.
+
 ``rescore``: rows of this scorer with the given failure statuses (``image_unreadable`` after the images
 were fixed, ``model_error``) count as pending; the merge replaces them (``WHEN MATCHED AND t.status IN
 (...) THEN UPDATE SET *``), so the table still holds one row per key. While scoring, a line with rows scored and
@@ -126,7 +133,8 @@ def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool, task_cpus: int = 1, storage=
     if not chat_template and resolve_format(options.prompt_format) is None:
         raise ValueError(f"{scorer.model_path} has no chat template; set scorer.chat_template (a Jinja template) or "
                          "scorer.prompt_format")
-    scorer_id = scorer_identity(fingerprint, options, chat_template=chat_template)
+    scorer_ids = {cf: scorer_identity(fingerprint, options.for_counterfactual(cf), chat_template=chat_template)
+                  for cf in options.counterfactual_names()}
     # image_root is joined in the UDF so that executors resolve paths the same way; the task decides the device
     # batch_tokens left unset stays the executor device's default (it changes no score)
     kwargs = {**scorer.options().model_dump(exclude={"image_root", "device"}), "dtype": options.dtype,
@@ -137,10 +145,14 @@ def resolve_spec(cfg: ScoreJobConfig, *, gpu: bool, task_cpus: int = 1, storage=
               "chat_template": chat_template, "image_placement": options.image_placement,
               "prompt_format": describe(options.prompt_format), "image_pad": options.image_pad,
               "family": getattr(config, "model_type", None), "library_versions": library_versions()}
-    return ScorerSpec(model_path=scorer.model_path, scorer_id=scorer_id, kwargs=kwargs, image_root=scorer.image_root,
-                      record=record, fingerprint=fingerprint, weight_stamps=stamps,
+    if len(scorer_ids) > 1:  # each counterfactual's scorer is recorded with its own identity
+        record["identities"] = {cf: identity_record(fingerprint, options.for_counterfactual(cf),
+                                                    chat_template=chat_template) for cf in scorer_ids}
+    return ScorerSpec(model_path=scorer.model_path, scorer_id="+".join(scorer_ids.values()), kwargs=kwargs,
+                      image_root=scorer.image_root, record=record, fingerprint=fingerprint, weight_stamps=stamps,
                       load_log_dir=os.environ.get("VIG_LOAD_LOG_DIR"),
-                      kill_worker_once=os.environ.get("VIG_FAULT_KILL_WORKER_ONCE"), storage=storage)
+                      kill_worker_once=os.environ.get("VIG_FAULT_KILL_WORKER_ONCE"), storage=storage,
+                      scorer_ids=scorer_ids if len(scorer_ids) > 1 else {})
 
 
 def local_gpu_count(master: str | None, task_gpu_amount: float) -> int:
@@ -211,18 +223,24 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     if corpus_version is None:
         raise FileNotFoundError(f"no corpus table at {corpus_path}: run `vig ingest` first")
     # a rescore looks at the rows themselves: a completed corpus version can still hold rows to score again
-    completed_in = None if cfg.rescore else completed_version(spark, scores_path, spec.scorer_id, corpus_version)
+    ids = list(spec.ids().values())
+    completed = [None if cfg.rescore else completed_version(spark, scores_path, i, corpus_version) for i in ids]
+    completed_in = None if None in completed else max(completed)
     if completed_in is not None:
         out(f"scorer {spec.scorer_id}: corpus v{corpus_version} was scored completely (scores v{completed_in}); "
             "nothing to score")
-        return {"scorer_id": spec.scorer_id, "scored": 0, "completed_in": completed_in}
+        return {"scorer_id": spec.scorer_id, "scorer_ids": spec.ids(), "scored": 0, "completed_in": completed_in}
     corpus = read_table(spark, corpus_path, version=corpus_version)
     pending, corpus_rows, n_pending = corpus, None, None
     if table_exists(spark, scores_path):
-        done = read_table(spark, scores_path).where(F.col("scorer_id") == spec.scorer_id)
+        done = read_table(spark, scores_path).where(F.col("scorer_id").isin(ids))
         if cfg.rescore:  # rows with these statuses count as not done: scored again, replaced by the merge
             done = done.where(~F.col("status").isin(cfg.rescore))
-        done = done.select("sample_id")
+        if len(ids) == 1:
+            done = done.select("sample_id")
+        else:  # a row is done when every counterfactual's scorer has it; the merge keeps the rows that exist
+            done = (done.groupBy("sample_id").agg(F.count_distinct("scorer_id").alias("_scorers"))
+                    .where(F.col("_scorers") == len(ids)).select("sample_id"))
         pending = corpus.join(done, "sample_id", "left_anti")
         # corpus rows and pending rows in one pass over the corpus
         counts = corpus.join(done.withColumn("_done", F.lit(True)), "sample_id", "left").agg(
@@ -231,9 +249,13 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     else:
         corpus_rows = n_pending = corpus.count()
     out(f"scorer {spec.scorer_id}: {n_pending} of corpus v{corpus_version} rows to score")
+    if "mismatched" in spec.ids():  # the partner's image on the row, so on the row's task
+        from vig_udf.spark.partners import with_partner_images
+
+        pending = with_partner_images(pending, corpus, seed=cfg.scorer.partner_seed, scope=cfg.scorer.partner_scope)
     if not n_pending:
         _print_summary({"scorer_id": spec.scorer_id, "scored": 0}, out)
-        return {"scorer_id": spec.scorer_id, "scored": 0}
+        return {"scorer_id": spec.scorer_id, "scorer_ids": spec.ids(), "scored": 0}
     tasks = cfg.partitions or task_partitions(n_pending, cfg.rows_per_task,
                                               task_slots(default_parallelism(spark), task_cpus))
     job_confs = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.arrow_batch_rows),
@@ -242,8 +264,7 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     profile = scoring_profile(spark, cfg)
     scoring = (pending.repartition(tasks, "sample_id")  # a partition's rows are the same in every task attempt
                .mapInArrow(score_to_part(spec, parts_dir), TASK_DDL, profile=profile))
-    config = {**cfg.model_dump(mode="json"), "scorer_id": spec.scorer_id, "corpus_version": corpus_version,
-              "scorer_record": spec.record}
+    config = {**cfg.model_dump(mode="json"), "corpus_version": corpus_version, **commit_scorers_config(spec)}
     # rescore: a row of this scorer with one of those statuses is replaced; any other existing row is kept
     replace_when = (f"t.status IN ({', '.join(repr(s) for s in cfg.rescore)})" if cfg.rescore else None)
 
@@ -265,20 +286,38 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
         with session_confs(spark, job_confs):  # the batch and file sizes of this job; the session left as it was
             task_rows = run_while_committing(
                 spark, scoring.collect, committer, poll_s=min(cfg.poll_s, cfg.progress_every_s or cfg.poll_s),
-                on_poll=lambda: progress.maybe_print(committer.scored_rows, committer.committed_rows))
+                on_poll=lambda: progress.maybe_print(committer.scored_rows // len(ids),
+                                                     committer.committed_rows // len(ids)))
     finally:
         delete_staged(spark, parts_dir)
     elapsed = time.perf_counter() - started
-    if committer.missing() or committer.scored_rows != n_pending:
-        raise RuntimeError(f"the scoring tasks wrote {committer.scored_rows} of the {n_pending} pending rows "
+    if committer.missing() or committer.scored_rows != n_pending * len(ids):
+        raise RuntimeError(f"the scoring tasks wrote {committer.scored_rows} of the {n_pending * len(ids)} rows "
                            f"(partitions without a part: {committer.missing()[:10]}); the rows committed stay, a "
                            "rerun scores the rest")
     if cfg.progress_every_s > 0:
-        out(progress.line(committer.scored_rows, committer.committed_rows))
-    summary = {**_summary(read_table(spark, scores_path), spec.scorer_id, corpus_rows, n_pending, elapsed),
-               **_worker_summary([row.asDict() for row in task_rows]), "commits": len(committer.commits)}
-    _print_summary(summary, out)
-    return summary
+        out(progress.line(committer.scored_rows // len(ids), committer.committed_rows // len(ids)))
+    workers = {**_worker_summary([row.asDict() for row in task_rows]), "commits": len(committer.commits)}
+    if len(ids) == 1:
+        summary = {**_summary(read_table(spark, scores_path), ids[0], corpus_rows, n_pending, elapsed), **workers}
+        _print_summary(summary, out)
+        return summary
+    by_scorer = {i: _summary(read_table(spark, scores_path), i, corpus_rows, n_pending, elapsed) for i in ids}
+    for i in ids:
+        _print_summary({**by_scorer[i], **workers}, out)
+    return {"scorer_ids": spec.ids(), "by_scorer": by_scorer, "scored": n_pending, "seconds": elapsed,
+            "samples_per_s": n_pending / elapsed if elapsed else None, "corpus_rows": corpus_rows, **workers}
+
+
+def commit_scorers_config(spec) -> dict:
+    """What a score commit records of its scorers: ``scorer_id`` and ``scorer_record`` for one, ``scorers`` (each
+    one's id, counterfactual and record) for several (:func:`vig_udf.lake.scorers.commit_scorers` reads both)."""
+    if not spec.scorer_ids:
+        return {"scorer_id": spec.scorer_id, "scorer_record": spec.record}
+    shared = {k: v for k, v in spec.record.items() if k != "identities"}
+    return {"scorers": [{"scorer_id": scorer_id, "counterfactual": cf,
+                         "scorer_record": {**shared, "identity": spec.record["identities"][cf]}}
+                        for cf, scorer_id in spec.scorer_ids.items()]}
 
 
 def commit_parts(spark, parts: list[str], scores_path: str, *, config: dict, replace_when: str | None):
@@ -287,12 +326,12 @@ def commit_parts(spark, parts: list[str], scores_path: str, *, config: dict, rep
     from pyspark.sql.pandas.types import from_arrow_schema
 
     from vig_udf.lake import insert_new_rows
-    from vig_udf.spark.arrow import SCORES_SCHEMA
+    from vig_udf.spark.arrow import NEW_SCORES_COLUMNS, SCORES_SCHEMA
     from vig_udf.storage import spark_path
 
     rows = spark.read.schema(from_arrow_schema(SCORES_SCHEMA)).parquet(*[spark_path(p) for p in parts])
     return insert_new_rows(rows, scores_path, keys=["sample_id", "scorer_id"], job="score", config=config,
-                           replace_when=replace_when)
+                           replace_when=replace_when, add_columns=NEW_SCORES_COLUMNS)
 
 
 def scoring_profile(spark, cfg: ScoreJobConfig):
@@ -322,12 +361,13 @@ def completed_version(spark, scores_path: str, scorer_id: str, corpus_version: i
     """The scores version whose commit scored the last pending rows of ``corpus_version`` for ``scorer_id``
     (after it, every row of that corpus version has a score of that scorer); None if there is none."""
     from vig_udf.lake import table_exists, table_history
+    from vig_udf.lake.scorers import commit_scorers
 
     if not table_exists(spark, scores_path):
         return None
     for commit in table_history(spark, scores_path):
         config = commit["config"] or {}
-        if (commit["job"] == "score" and config.get("scorer_id") == scorer_id
+        if (commit["job"] == "score" and scorer_id in {s["scorer_id"] for s in commit_scorers(config)}
                 and config.get("corpus_version") == corpus_version and config.get("completes_corpus_version")):
             return commit["version"]
     return None
@@ -361,7 +401,7 @@ def _worker_summary(tasks: list[dict]) -> dict:
     workers = {(t["host"], t["pid"]) for t in tasks}
     loads = [t for t in tasks if t["loads"]]
     return {"tasks": len(tasks), "task_records": tasks, "workers": len(workers),
-            "model_loads": sum(t["loads"] for t in tasks),
+            "model_loads": sum(t["loads"] for t in tasks), "passes": sum(t.get("passes") or 0 for t in tasks),
             "load_seconds": sum(t["load_seconds"] for t in loads),
             "loads": [f"{t['host']}:{t['pid']} on {t['device']}" + (f" (GPU {t['gpu']})" if t["gpu"] else "")
                       + (f", after releasing {t['released']}" if t["released"] else "") for t in loads],

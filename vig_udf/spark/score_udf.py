@@ -38,10 +38,11 @@ from vig_udf.storage import Storage, model_folder
 log = logging.getLogger(__name__)
 _HELD: dict = {"key": None, "scorer": None}  # this worker's one scorer
 LOADS: list[dict] = []  # this worker's model loads: scorer id, device, seconds, what was released first
+PASSES: list[int] = []  # sequences forwarded by each partition this worker scored (real-image and counterfactual)
 SCORABLE = (st.OK, st.TEXT_ONLY)
 # one row per task of the score job: its part file and what the task's worker did
 TASK_DDL = ("partition INT, attempt INT, part STRING, rows LONG, host STRING, pid INT, gpu STRING, device STRING, "
-            "loads INT, load_seconds DOUBLE, released STRING, started DOUBLE, ended DOUBLE")
+            "loads INT, load_seconds DOUBLE, released STRING, started DOUBLE, ended DOUBLE, passes LONG")
 PART_ROW_GROUP_ROWS = 1024
 
 
@@ -60,6 +61,8 @@ class ScorerSpec:
     kills its Python worker in the middle of scoring (tests check that Spark's retry recovers).
     ``storage``: how the workers reach a model, an image root or images on object storage (the driver's
     session settings, :func:`vig_udf.storage.session_storage`).
+    ``scorer_ids``: counterfactual -> scorer id when the spec scores several counterfactuals at once
+    (``counterfactuals``; ``scorer_id`` then names the set); empty for one.
     """
 
     model_path: str
@@ -72,6 +75,11 @@ class ScorerSpec:
     load_log_dir: str | None = None
     kill_worker_once: str | None = None
     storage: Storage = field(default_factory=Storage)
+    scorer_ids: dict = field(default_factory=dict)
+
+    def ids(self) -> dict[str, str]:
+        """Counterfactual -> scorer id of every counterfactual this spec scores."""
+        return dict(self.scorer_ids) or {self.kwargs.get("counterfactual", "blur"): self.scorer_id}
 
 
 def task_gpu() -> str | None:
@@ -116,10 +124,10 @@ def worker_scorer(spec: ScorerSpec, device: str | None):
         kwargs["device"] = device
     started = time.perf_counter()
     scorer = VIGScorer.from_pretrained(spec.model_path, storage=spec.storage, model_ref=verified_model(spec), **kwargs)
-    if scorer.scorer_id != spec.scorer_id:
+    if scorer.scorer_ids != spec.ids():
         raise RuntimeError(
-            f"the scorer loaded on this executor has id {scorer.scorer_id}, the driver expected "
-            f"{spec.scorer_id}: the model at {spec.model_path} differs between driver and executor"
+            f"the scorer loaded on this executor has ids {scorer.scorer_ids}, the driver expected "
+            f"{spec.ids()}: the model at {spec.model_path} differs between driver and executor"
         )
     _HELD.update(key=key, scorer=scorer)
     _check_versions(spec)
@@ -184,7 +192,7 @@ class _Pending:
     """One Arrow batch on its way through the scorer: its rows, results so far, and the rows to score."""
 
     rows: list[dict]
-    results: list
+    results: dict[str, list]  # counterfactual -> one result per row
     todo: list[int]
     started: float
     samples: list[dict] = field(default_factory=list)  # scorer records of the rows in ``todo``
@@ -193,9 +201,10 @@ class _Pending:
 def score_batches(spec: ScorerSpec):
     """The ``mapInArrow`` function: corpus record batches in, ``scores`` record batches out, row for row.
 
-    The batches of a task go through one :meth:`~vig_udf.VIGScorer.score_stream`, so the scorer prepares
+    The batches of a task go through one :meth:`~vig_udf.VIGScorer.score_stream_all`, so the scorer prepares
     the next batch's samples (images, templates, processor) while the model runs the current one. Output
-    batches keep the input order; batches with nothing to score pass straight through in their place.
+    batches keep the input order; batches with nothing to score pass straight through in their place. With
+    several counterfactuals an output batch holds each counterfactual's rows in turn (k rows per input row).
     """
     _finish = _finished_batch
 
@@ -214,13 +223,16 @@ def score_batches(spec: ScorerSpec):
         if first is not None:  # load the model only for a task that has something to score
             scorer = worker_scorer(spec, task_device())
             _maybe_kill_worker(spec)
-            for scored in scorer.score_stream(itertools.chain([first], lists)):
+            forwarded = scorer.forwarded
+            for scored in scorer.score_stream_all(itertools.chain([first], lists)):
                 while not pending[0].todo:
                     yield _finish(pending.popleft(), spec)
                 entry = pending.popleft()
-                for i, result in zip(entry.todo, scored):
-                    entry.results[i] = result
+                for cf, results in scored.items():
+                    for i, result in zip(entry.todo, results):
+                        entry.results[cf][i] = result
                 yield _finish(entry, spec)
+            PASSES.append(scorer.forwarded - forwarded)
         while pending:
             yield _finish(pending.popleft(), spec)
 
@@ -229,40 +241,56 @@ def score_batches(spec: ScorerSpec):
 
 def _pending(batch: pa.RecordBatch, spec: ScorerSpec) -> _Pending:
     rows = batch.to_pylist()
-    entry = _Pending(rows, [None] * len(rows), [], time.perf_counter())
-    counterfactual = spec.kwargs.get("counterfactual", "blur")
+    counterfactuals = list(spec.ids())
+    entry = _Pending(rows, {cf: [None] * len(rows) for cf in counterfactuals}, [], time.perf_counter())
     for i, row in enumerate(rows):
         if row.get("status") in SCORABLE:
             try:
                 entry.samples.append(corpus_record(row, spec.image_root))
             except SampleError as err:  # a path that leaves the image root (a corpus table not written by ingest)
-                entry.results[i] = ScoreResult.unscored(row["sample_id"], counterfactual, err.status, err.message)
+                for cf in counterfactuals:
+                    entry.results[cf][i] = ScoreResult.unscored(row["sample_id"], cf, err.status, err.message)
                 continue
             entry.todo.append(i)
         else:  # ingest already knows why this row cannot be scored
-            entry.results[i] = ScoreResult.unscored(row["sample_id"], counterfactual,
-                                                    row.get("status") or st.INVALID_CONVERSATION, row.get("error"))
+            for cf in counterfactuals:
+                entry.results[cf][i] = ScoreResult.unscored(row["sample_id"], cf,
+                                                            row.get("status") or st.INVALID_CONVERSATION,
+                                                            row.get("error"))
     return entry
 
 
 def _finished_batch(entry: _Pending, spec: ScorerSpec) -> pa.RecordBatch:
     seconds = (time.perf_counter() - entry.started) / max(1, len(entry.rows))
-    return results_to_arrow(entry.results, scorer_id=spec.scorer_id, seconds_per_row=seconds)
+    batches = [results_to_arrow(entry.results[cf], scorer_id=scorer_id, seconds_per_row=seconds)
+               for cf, scorer_id in spec.ids().items()]
+    return batches[0] if len(batches) == 1 else pa.concat_batches(batches)
 
 
 def corpus_record(row: dict, image_root: str | None) -> dict:
-    """A corpus row as a scorer record (image bytes win over the path when both are stored).
+    """A corpus row as a scorer record (image bytes win over the path when both are stored); a row that the
+    score job joined its mismatched partner onto (:func:`vig_udf.spark.partners.with_partner_images`) carries the
+    partner's id and image as ``counterfactual_partner`` and ``counterfactual_image``.
 
     A path is resolved under ``image_root`` by the rule ingest applies (:func:`vig_udf.scoring.images.resolve_image`):
     one that leaves the root raises :class:`SampleError`.
     """
-    image = row.get("image_bytes") or row.get("image_path")
-    if isinstance(image, str) and image_root:
-        image = resolve_image(image, image_root)
     record = {"id": row["sample_id"], "conversations": row.get("conversations")}
+    image = _row_image(row.get("image_bytes"), row.get("image_path"), image_root)
     if image:
         record["image"] = image
+    if row.get("counterfactual_partner") is not None:
+        record["counterfactual_partner"] = row["counterfactual_partner"]
+        record["counterfactual_image"] = _row_image(row.get("partner_image_bytes"), row.get("partner_image_path"),
+                                                    image_root)
     return record
+
+
+def _row_image(data, path, image_root: str | None):
+    image = data or path
+    if isinstance(image, str) and image_root:
+        image = resolve_image(image, image_root)
+    return image
 
 
 def score_to_part(spec: ScorerSpec, parts_dir: str):
@@ -284,7 +312,7 @@ def score_to_part(spec: ScorerSpec, parts_dir: str):
     def task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         ctx = TaskContext.get()
         partition, attempt = ctx.partitionId(), ctx.attemptNumber()
-        started, loads_before, rows = time.time(), len(worker_loads()), 0
+        started, loads_before, passes_before, rows = time.time(), len(worker_loads()), len(PASSES), 0
         part = f"{parts_dir}/part-{partition:05d}-a{attempt}-{uuid.uuid4().hex[:8]}.parquet"
         with spec.storage.write(part) as f, pq.ParquetWriter(f, SCORES_SCHEMA) as writer:
             held: list[pa.RecordBatch] = []
@@ -302,7 +330,7 @@ def score_to_part(spec: ScorerSpec, parts_dir: str):
             "pid": os.getpid(), "gpu": task_gpu(), "device": held_device(), "loads": len(new),
             "load_seconds": sum(load["seconds"] for load in new),
             "released": ", ".join(load["released"] for load in new if load["released"]) or None,
-            "started": started, "ended": time.time()}], schema=schema)
+            "started": started, "ended": time.time(), "passes": sum(PASSES[passes_before:])}], schema=schema)
 
     return task
 

@@ -258,7 +258,7 @@ def _previous_run(output: str | None, cfg: TrainJobConfig, storage) -> dict | No
 def resolve_inputs(spark, cfg: TrainJobConfig) -> dict:
     """The selection id and policy, the scorer, the table paths and versions, and the default base model."""
     from vig_udf.lake import table_history
-    from vig_udf.lake.scorers import scorer_names
+    from vig_udf.lake.scorers import commit_scorers, scorer_names
     from vig_udf.spark.selection_inputs import resolve_selection
 
     chosen = resolve_selection(spark, lake=cfg.lake, selection_id=cfg.selection_id, policy=cfg.policy,
@@ -270,10 +270,11 @@ def resolve_inputs(spark, cfg: TrainJobConfig) -> dict:
     history = table_history(spark, paths["scores"])
     for commit in history:  # the newest commit of this scorer
         config = commit.get("config") or {}
+        written = {s["scorer_id"]: s["scorer_record"] for s in commit_scorers(config)}
         if (commit["version"] <= chosen["versions"]["scores"] and commit.get("job") == "score"
-                and config.get("scorer_id") == chosen["scorer_id"]):
+                and chosen["scorer_id"] in written):
             base_model = (config.get("scorer") or {}).get("model_path")
-            record = config.get("scorer_record") or {}
+            record = written[chosen["scorer_id"]]
             break
     return {**{k: chosen[k] for k in ("selection_id", "policy", "scorer_id", "p", "params", "kept", "paths",
                                        "versions")},
