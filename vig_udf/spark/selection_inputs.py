@@ -44,12 +44,14 @@ def select_commits(spark, path: str, *, up_to: int | None = None) -> list[dict] 
 
 def recorded_selections(commits: list[dict]) -> dict[str, dict]:
     """selection_id -> the selection as its select commit recorded it (:data:`SELECTION_KEYS` plus ``p``,
-    ``tau``, ``scorer_id``, ``scores_version``), from :func:`select_commits`."""
+    ``tau``, ``taus`` (the per-source taus of ``tau_by=source``, else None), ``scorer_id``, ``scores_version``),
+    from :func:`select_commits`."""
     selections: dict[str, dict] = {}
     for commit in reversed(commits):  # oldest first: the commit that wrote a selection describes it
         for selection_id, recorded in commit["selections"].items():
             selections.setdefault(selection_id, {
                 "selection_id": selection_id, **recorded, "p": commit["p"], "tau": commit["tau"],
+                "taus": commit.get("taus"),
                 "scorer_id": commit["scorer_id"], "scores_version": commit["scores_version"]})
     return selections
 
