@@ -140,12 +140,7 @@ def test_tau_by_source_with_percentile_approx_takes_a_vig_of_each_source(spark, 
 def test_token_weight_vig_is_bounded_mean_one_and_remakes_from_its_params(spark, lake, tmp_path):
     cfg = SelectJobConfig(lake=str(lake), policies=["vig", "sample"], p=60, token_weight="vig",
                           token_weight_temperature=0.5, token_weight_max=2.0)
-    summary = run_select(spark, cfg, **QUIET)
-    hard = run_select(spark, SelectJobConfig(lake=str(lake), policies=["vig"], p=60), **QUIET)
-    assert "token_weight" not in json.loads(rows_of(spark, lake, hard["policies"]["vig"]["selection_id"])["coco-0"]
-                                            ["params"])
-    assert all(r["token_weight"] is None
-               for r in rows_of(spark, lake, hard["policies"]["vig"]["selection_id"]).values())
+    summary = run_select(spark, cfg, **QUIET)  # (the hard mask's rows, token_weight null: the first test)
     capped = 0
     for policy in ("vig", "sample"):
         rows = rows_of(spark, lake, summary["policies"][policy]["selection_id"])
