@@ -194,18 +194,19 @@ def test_recorded_paths_only_and_a_pinned_selection_id(spark, chain, tmp_path):
 
 
 def test_a_token_weighted_selection_exports_its_weights_as_weighted_spans(spark, chain, tmp_path):
-    """token_weight=vig (in a copy of the lake, so the module's one vig selection stays the only one): each span
+    """token_weight=vig with tau_by=source (in a copy of the lake, so the module's one vig selection stays the only one): each span
     carries a weight, and the spans give the scorer's kept tokens back with their stored weights."""
     lake = tmp_path / "lake"
     shutil.copytree(chain["lake"], lake)
     selected = run_select(spark, SelectJobConfig(lake=str(lake), policies=["sample"], p=50, token_weight="vig",
-                                                 token_weight_max=2.0), **QUIET)
+                                                 token_weight_max=2.0, tau_by="source"), **QUIET)
     selection_id = selected["policies"]["sample"]["selection_id"]
     output = tmp_path / "weighted.json"
     run_export(spark, ExportJobConfig(lake=str(lake), selection_id=selection_id, output=str(output), images_dir=None),
                **QUIET)
     sidecar = json.loads(Path(mask_path(str(output))).read_text())
     assert sidecar["params"]["token_weight"] == {"method": "vig", "temperature": 1.0, "w_max": 2.0}
+    assert sidecar["tau"] is None and sidecar["taus"] == selected["taus"] and len(selected["taus"]) == 2
     records = {r["id"]: r for r in json.loads(output.read_text())}
     kept = {r["sample_id"]: r.asDict() for r in read_table(spark, str(lake / "selection"))
             .where(f"selection_id = '{selection_id}' AND kept").collect()}

@@ -6,7 +6,7 @@ for text-only records), holding exactly the corpus records that the selection ke
 sidecar ``<name>.mask.json`` says which answer characters to train on:
 
     {"format": "vig-spark/token-mask", "format_version": 1, "selection_id": ..., "policy": ..., "params": {...},
-     "tau": ..., "scorer_id": ..., "tables": {...versions...}, "offsets": "...", "records_file": ...,
+     "tau": ..., ["taus": [{"source", "tau", "ok_rows"}, ...] for a tau_by=source selection,] "scorer_id": ..., "tables": {...versions...}, "offsets": "...", "records_file": ...,
      "images_dir": ..., "masks": {"<id>": [[assistant_turn_index, start, end], ...], ...},
      "records_sha256": ..., "totals": {"records": ..., "tokens_kept": ..., ...},
      "records_stat": {"size": ..., "mtime_ns": ...}}
@@ -152,6 +152,8 @@ def run_export(spark, cfg: ExportJobConfig, *, out=print) -> dict:
               "policy": chosen["policy"], "params": json.loads(chosen["params"]), "p": chosen["p"],
               "tau": chosen["tau"], "scorer_id": chosen["scorer_id"], "tables": tables, "offsets": OFFSETS,
               "records_file": name, "images_dir": cfg.images_dir}
+    if chosen.get("taus") is not None:  # tau_by=source: no one tau; each source's, as the select commit recorded
+        header["taus"] = chosen["taus"]
     sidecar = mask_path(output)
     totals, unchanged, parts = earlier_export(storage, output, sidecar, header), True, []
     if totals is None:
