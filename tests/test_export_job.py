@@ -194,8 +194,8 @@ def test_recorded_paths_only_and_a_pinned_selection_id(spark, chain, tmp_path):
 
 
 def test_a_token_weighted_selection_exports_its_weights_as_weighted_spans(spark, chain, tmp_path):
-    """token_weight=vig with tau_by=source (in a copy of the lake, so the module's one vig selection stays the only one): each span
-    carries a weight, and the spans give the scorer's kept tokens back with their stored weights."""
+    """token_weight=vig with tau_by=source (in a copy of the lake, so the module's one vig selection stays the only
+    one): each span carries a weight, and the spans give the scorer's kept tokens back with their stored weights."""
     lake = tmp_path / "lake"
     shutil.copytree(chain["lake"], lake)
     selected = run_select(spark, SelectJobConfig(lake=str(lake), policies=["sample"], p=50, token_weight="vig",

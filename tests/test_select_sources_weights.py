@@ -90,7 +90,8 @@ def test_tau_by_source_is_numpys_percentile_within_each_source_and_remakes_from_
     assert summary["tau"] is None and summary["tau_by"] == "source"
     assert [t["source"] for t in summary["taus"]] == [None, "coco", "gqa"]  # ocr has no ok row: no tau
     for t in summary["taus"]:
-        assert t["tau"] == pytest.approx(expected[t["source"]], abs=1e-12) and t["ok_rows"] == OK_PER_SOURCE[t["source"]]
+        assert t["tau"] == pytest.approx(expected[t["source"]], abs=1e-12)
+        assert t["ok_rows"] == OK_PER_SOURCE[t["source"]]
     assert len(set(expected.values())) == 3  # the sources really differ
     vig = summary["policies"]["vig"]
     rows = rows_of(spark, lake, vig["selection_id"])

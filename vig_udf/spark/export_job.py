@@ -6,7 +6,8 @@ for text-only records), holding exactly the corpus records that the selection ke
 sidecar ``<name>.mask.json`` says which answer characters to train on:
 
     {"format": "vig-spark/token-mask", "format_version": 1, "selection_id": ..., "policy": ..., "params": {...},
-     "tau": ..., ["taus": [{"source", "tau", "ok_rows"}, ...] for a tau_by=source selection,] "scorer_id": ..., "tables": {...versions...}, "offsets": "...", "records_file": ...,
+     "tau": ..., ["taus": [{"source", "tau", "ok_rows"}, ...] for a tau_by=source selection,]
+     "scorer_id": ..., "tables": {...versions...}, "offsets": "...", "records_file": ...,
      "images_dir": ..., "masks": {"<id>": [[assistant_turn_index, start, end], ...], ...},
      "records_sha256": ..., "totals": {"records": ..., "tokens_kept": ..., ...},
      "records_stat": {"size": ..., "mtime_ns": ...}}

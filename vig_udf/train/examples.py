@@ -19,7 +19,9 @@ a loss weight per kept token (``token_weight``); the example then holds ``weight
 position (the stored weight at a kept answer token, 1 at an end-of-turn token, 0 elsewhere), which the loss
 applies (:func:`vig_udf.train.loss.selected_token_loss`). Weights realigned to another tokenizer are the
 character-weighted means of the scorer tokens' weights (:func:`vig_udf.selection.spans.weights_from_spans`),
-renormalised to mean 1 over the sample's kept tokens, as the selection made them. With ``supervise_end_of_turn`` (the training
+renormalised to mean 1 over the sample's kept tokens, as the selection made them.
+
+With ``supervise_end_of_turn`` (the training
 default) the end-of-turn text after each answer that keeps at least one token is labelled too, as
 LLaVA-1.5's ``preprocess_v1`` and TRL's completion-only training do, so that the model learns to stop:
 ``</s>`` with ``llava_v1``, ``<|im_end|>\\n`` with a ChatML template, the template's stop token otherwise
