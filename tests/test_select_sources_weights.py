@@ -16,6 +16,7 @@ from tests.test_select_job import score_row
 from vig_udf.lake import read_table
 from vig_udf.selection import policies as sel
 from vig_udf.spark.select_job import SELECTION_SCHEMA, SelectJobConfig, config_from_params, run_select
+from vig_udf.spark.selection_inputs import resolve_selection
 
 pytestmark = pytest.mark.spark
 QUIET = {"out": lambda *_: None}
@@ -84,8 +85,8 @@ def numpy_taus(p: float) -> dict:
 
 def test_tau_by_source_is_numpys_percentile_within_each_source_and_remakes_from_its_params(spark, lake, tmp_path):
     lines: list[str] = []
-    summary = run_select(spark, SelectJobConfig(lake=str(lake), policies=["vig", "random"], p=60, tau_by="source",
-                                                seed=3), out=lines.append)
+    cfg = SelectJobConfig(lake=str(lake), policies=["vig", "random"], p=60, tau_by="source", seed=3)
+    summary = run_select(spark, cfg, out=lines.append)
     expected = numpy_taus(60)
     assert summary["tau"] is None and summary["tau_by"] == "source"
     assert [t["source"] for t in summary["taus"]] == [None, "coco", "gqa"]  # ocr has no ok row: no tau
@@ -121,6 +122,10 @@ def test_tau_by_source_is_numpys_percentile_within_each_source_and_remakes_from_
         if r["reason"] == sel.RANDOM_KEPT:
             drawn[SAMPLES[sample_id][3]] = drawn.get(SAMPLES[sample_id][3], 0) + 1
     assert drawn == {s: k for s, k in kept_per_source.items() if k}
+    # a rerun finds the per-source taus and counts in the history
+    rerun = run_select(spark, cfg, **QUIET)
+    assert not rerun["policies"]["vig"]["written"] and rerun["taus"] == summary["taus"]
+    assert rerun["policies"]["vig"]["by_source"] == vig["by_source"]
     # the same selection, from its params alone, in another lake
     again, again_rows = remade(spark, lake, tmp_path, rows["coco-0"])
     assert again["policies"]["vig"]["selection_id"] == vig["selection_id"] and again_rows == rows
@@ -170,10 +175,17 @@ def test_token_weight_vig_is_bounded_mean_one_and_remakes_from_its_params_with_a
 
 
 def test_a_selection_table_without_token_weight_gets_the_column_on_the_next_write(spark, tmp_path):
+    """A table written before the column (by delta-rs here, so its history is not all select commits)."""
     root = tmp_path / "lake"
-    write_inputs(root, {k: v for k, v in list(SAMPLES.items())[:6]})
+    write_inputs(root, {k: SAMPLES[k] for k in ("coco-0", "coco-1", "coco-2", "gqa-0", "gqa-1", "gqa-2")})
     old = pa.schema([f for f in SELECTION_SCHEMA if f.name != "token_weight"])
     write_deltalake(str(root / "selection"), old.empty_table())
-    summary = run_select(spark, SelectJobConfig(lake=str(root), policies=["vig"], token_weight="vig"), **QUIET)
-    rows = rows_of(spark, root, summary["policies"]["vig"]["selection_id"])
+    summary = run_select(spark, SelectJobConfig(lake=str(root), policies=["vig"], token_weight="vig", tau_by="source"),
+                         **QUIET)
+    selection_id = summary["policies"]["vig"]["selection_id"]
+    rows = rows_of(spark, root, selection_id)
     assert len(rows) == 6 and all(r["token_weight"] is not None for r in rows.values())
+    # a history that is not all select commits: the selection is found from its rows, with no one tau (two sources)
+    chosen = resolve_selection(spark, lake=str(root), selection_id=selection_id, policy=None)
+    assert (chosen["selection_id"], chosen["tau"], chosen["kept"]) == (selection_id, None,
+                                                                     sum(r["kept"] for r in rows.values()))
