@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from tests.conftest import random_image
 from vig_udf.config import ScorerConfig
 from vig_udf.lake import read_table
-from vig_udf.selection.spans import keep_from_spans
+from vig_udf.selection.spans import keep_from_spans, weights_from_spans
 from vig_udf.spark.export_job import (ExportJobConfig, Part, _write_export, image_writer, mask_path, part_writer,
                                      run_export)
 from vig_udf.spark.ingest_job import IngestJobConfig, run_ingest
@@ -191,6 +191,40 @@ def test_recorded_paths_only_and_a_pinned_selection_id(spark, chain, tmp_path):
     assert {r["id"]: r.get("image") for r in exported} == {s: corpus[s]["image_path"] for s in kept}
     masks = json.loads(Path(mask_path(str(output))).read_text())["masks"]
     assert set(masks) == set(kept) and summary["tokens_kept"] == sum(sum(r["token_keep"]) for r in kept.values())
+
+
+def test_a_token_weighted_selection_exports_its_weights_as_weighted_spans(spark, chain, tmp_path):
+    """token_weight=vig with tau_by=source (in a copy of the lake, so the module's one vig selection stays the only
+    one): each span carries a weight, and the spans give the scorer's kept tokens back with their stored weights."""
+    lake = tmp_path / "lake"
+    shutil.copytree(chain["lake"], lake)
+    selected = run_select(spark, SelectJobConfig(lake=str(lake), policies=["sample"], p=50, token_weight="vig",
+                                                 token_weight_max=2.0, tau_by="source"), **QUIET)
+    selection_id = selected["policies"]["sample"]["selection_id"]
+    output = tmp_path / "weighted.json"
+    run_export(spark, ExportJobConfig(lake=str(lake), selection_id=selection_id, output=str(output), images_dir=None),
+               **QUIET)
+    sidecar = json.loads(Path(mask_path(str(output))).read_text())
+    assert sidecar["params"]["token_weight"] == {"method": "vig", "temperature": 1.0, "w_max": 2.0}
+    assert sidecar["tau"] is None and sidecar["taus"] == selected["taus"] and len(selected["taus"]) == 2
+    records = {r["id"]: r for r in json.loads(output.read_text())}
+    kept = {r["sample_id"]: r.asDict() for r in read_table(spark, str(lake / "selection"))
+            .where(f"selection_id = '{selection_id}' AND kept").collect()}
+    scores = table_rows(spark, str(lake / "scores"))
+    assert set(sidecar["masks"]) == set(kept) and "text" in kept
+    varied = 0
+    for sample_id, spans in sidecar["masks"].items():
+        assert spans and all(len(span) == 4 and 0 <= span[3] <= 2.0 for span in spans)
+        keep, stored = np.asarray(kept[sample_id]["token_keep"]), np.asarray(kept[sample_id]["token_weight"])
+        answers = answers_of(records[sample_id])
+        lead = np.array([len(v) - len(v.lstrip()) for v in answers])
+        turn = np.asarray(scores[sample_id]["token_turn"])
+        start = np.asarray(scores[sample_id]["token_char_start"]) + lead[turn]
+        end = np.asarray(scores[sample_id]["token_char_end"]) + lead[turn]
+        np.testing.assert_array_equal(keep_from_spans(turn, start, end, [span[:3] for span in spans]), keep)
+        np.testing.assert_allclose(weights_from_spans(turn, start, end, spans)[keep], stored[keep], rtol=1e-6)
+        varied += int(len({span[3] for span in spans}) > 1)
+    assert {span[3] for span in sidecar["masks"]["text"]} == {1.0} and varied
 
 
 def test_cli_exports_from_the_config_section(spark, chain, tmp_path):

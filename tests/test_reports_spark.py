@@ -71,6 +71,9 @@ def lake(spark, tmp_path_factory):
                 config={})
     run_select(spark, SelectJobConfig(lake=lake, policies=["vig", "sample"], p=50, scorer_id="s1"),
                out=lambda *_: None)
+    weighted = run_select(spark, SelectJobConfig(lake=lake, policies=["token"], p=50, scorer_id="s1", tau_by="source",
+                                                 token_weight="vig", token_weight_max=1.5), out=lambda *_: None)
+    (root / "weighted.json").write_text(json.dumps(weighted["taus"]))
     return root
 
 
@@ -102,6 +105,14 @@ def test_report_sections_tables_and_bounded_views(report):
     assert "<h3>Scorer s1</h3>" in page and "<h3>Scorer s2</h3>" in page
     md = (folder / "report.md").read_text()
     assert "| coco | 2 |" in md and "| vig |" in md
+    # the per-source, token-weighted selection: listed with its options, each source's tau and its largest weight
+    taus = {t["source"]: t["tau"] for t in json.loads((folder.parent / "weighted.json").read_text())}
+    token = {r["source"]: r for r in result["selection"] if r["policy"] == "token"}
+    assert set(token) >= set(taus) and {s: token[s]["tau"] for s in taus} == taus
+    assert all(r["options"] == "tau per source; token weights vig (T=1, w_max=1.5)" for r in token.values())
+    assert all(0 < r["max_weight"] <= 1.5 for r in token.values() if r["kept"])
+    assert {r["options"] for r in result["selection"] if r["policy"] == "vig"} == {"one tau; hard token mask"}
+    assert "tau per source; token weights vig (T=1, w_max=1.5)" in md
 
 
 def views(result) -> dict:

@@ -180,3 +180,49 @@ def test_params_hash_and_selection_id_are_stable_and_record_what_matters():
     assert one == sel.selection_id(scorer_id="s1", scores_version=2, params_hash=h)
     assert one != sel.selection_id(scorer_id="s1", scores_version=3, params_hash=h)
     assert one != sel.selection_id(scorer_id="s2", scores_version=2, params_hash=h)
+
+
+def test_token_weights_are_bounded_mean_one_ordered_by_vig_and_zero_off_the_mask():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 12))
+        vig, keep = rng.normal(0, 3, n), rng.random(n) < 0.7
+        temperature, w_max = float(rng.uniform(0.1, 3)), float(rng.uniform(1, 5))
+        w = sel.token_weights(vig, keep, temperature=temperature, w_max=w_max)
+        assert w.dtype == np.float32 and w.shape == (n,) and np.all(w[~keep] == 0)
+        if keep.any():
+            assert np.all(w >= 0) and np.all(w <= w_max * (1 + 1e-6))
+            assert w[keep].mean() == pytest.approx(1.0, abs=1e-5)
+            order = np.argsort(vig[keep], kind="stable")
+            assert np.all(np.diff(w[keep][order]) >= -1e-6)  # a higher token VIG never weighs less
+    # equal VIGs, or w_max = 1: the hard mask again
+    keep = np.array([True, False, True])
+    assert sel.token_weights(np.zeros(3), keep, temperature=1.0, w_max=4.0).tolist() == [1.0, 0.0, 1.0]
+    assert sel.token_weights(np.array([5.0, 0.0, -5.0]), keep, temperature=1.0, w_max=1.0).tolist() == [1.0, 0.0, 1.0]
+    # uncapped it is m * softmax(g / T)
+    g = np.array([0.0, np.log(2.0)])
+    assert sel.token_weights(g, np.ones(2, bool), temperature=1.0, w_max=4.0).tolist() == pytest.approx([2 / 3, 4 / 3])
+    with pytest.raises(ValueError, match="w_max"):
+        sel.token_weights(g, np.ones(2, bool), temperature=1.0, w_max=0.5)
+    with pytest.raises(ValueError, match="temperature"):
+        sel.token_weights(g, np.ones(2, bool), temperature=0.0, w_max=2.0)
+
+
+def test_row_token_weights_text_only_weigh_one_and_unkept_rows_none():
+    text = sel.select_row("text_only", None, None, 3, policy="vig", tau=0.0)
+    assert sel.row_token_weights(text, "text_only", None, temperature=1.0, w_max=4.0).tolist() == [1.0, 1.0, 1.0]
+    dropped = sel.select_row("ok", -1.0, np.array([-1.0]), 1, policy="vig", tau=0.0)
+    assert sel.row_token_weights(dropped, "ok", np.array([-1.0]), temperature=1.0, w_max=4.0).size == 0
+
+
+def test_new_options_enter_the_params_only_when_set():
+    base = dict(p=70, drop_negative=False, tau_method="percentile", corpus_version=3)
+    plain = sel.policy_params("vig", **base)
+    assert plain == sel.policy_params("vig", **base, tau_by="global", token_weight="mask", temperature=9.0)
+    by_source = sel.policy_params("vig", **base, tau_by="source")
+    assert (by_source["tau_by"], by_source["corpus_version"]) == ("source", 3)
+    weighted = sel.policy_params("vig", **base, token_weight="vig", temperature=0.5, w_max=2.0)
+    assert weighted["token_weight"] == {"method": "vig", "temperature": 0.5, "w_max": 2.0}
+    assert len({sel.params_hash(q) for q in (plain, by_source, weighted)}) == 3
+    with pytest.raises(ValueError, match="tau_by"):
+        sel.policy_params("vig", **base, tau_by="scorer")

@@ -218,6 +218,71 @@ def test_gradient_accumulation_normalises_by_the_supervised_tokens_of_the_whole_
         torch.testing.assert_close(grads[name], expected[name], rtol=1e-4, atol=1e-7)
 
 
+def weighted_row(processor, record: dict, seed: int) -> dict:
+    """A training-set row of a token_weight=vig selection: alternate tokens kept, weights from random token VIGs."""
+    from vig_udf.selection import policies as sel
+
+    row = scored_row(processor, record, keep=alternate)
+    keep = np.asarray(row["token_keep"])
+    vig = np.random.default_rng(seed).normal(0, 2, keep.size)
+    return {**row, "token_weight": sel.token_weights(vig, keep, temperature=1.0, w_max=3.0).tolist()}
+
+
+def test_token_weights_make_a_step_minimise_the_weighted_mean_computed_by_hand(llava, tmp_path):
+    """Two accumulated forward passes of weighted rows: every labelled position carries its stored weight (1 at
+    end-of-turn tokens), num_items_in_batch is the weights' sum, and the gradient is that of
+    sum(w_i * nll_i) / sum(w_i) over the step's supervised tokens, by hand from the full logits."""
+    import copy
+
+    from transformers import AutoModelForImageTextToText
+
+    from vig_udf.scoring.inputs import InputBuilder
+    from vig_udf.train.data import TrainSetStream
+    from vig_udf.train.examples import IGNORE_INDEX, build_example
+    from vig_udf.train.trainer import SelectiveTrainer, training_arguments
+
+    path, processor, _ = llava
+    builder = InputBuilder(processor)
+    rows = [weighted_row(processor, r, seed) for seed, r in enumerate(records())]
+    micro = []
+    for part in (rows[:1], rows[1:]):
+        examples = [build_example(builder, row, supervise_end_of_turn=True) for row in part]
+        for row, e in zip(part, examples):
+            keep = np.asarray(row["token_keep"])
+            positions = e.seq.positions[keep]
+            np.testing.assert_array_equal(e.weights[positions], np.asarray(row["token_weight"])[keep])
+            others = np.setdiff1d(np.nonzero(e.labels != IGNORE_INDEX)[0], positions)
+            assert len(others) == e.n_end_of_turn and np.all(e.weights[others] == 1.0)
+            assert np.all(e.weights[e.labels == IGNORE_INDEX] == 0)
+        micro.append(TrainSetStream._batch(examples, processor.tokenizer.pad_token_id, examples[0]))
+    weights = [b["label_weights"] for b in micro]
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    reference = copy.deepcopy(model)
+    args = training_arguments(settings(path, gradient_accumulation_steps=2), tmp_path, precision="float32", processes=1)
+    trainer = SelectiveTrainer(model=model, args=args, processing_class=processor)
+    _, num_items = trainer.get_batch_samples(iter([dict(b) for b in micro]), 2, torch.device("cpu"))
+    assert float(num_items) == pytest.approx(sum(float(w.sum()) for w in weights), rel=1e-6)
+    for batch in micro:
+        trainer.training_step(model, dict(batch), num_items)
+    weighted, plain, count = 0.0, 0.0, 0
+    for batch, w in zip(micro, weights):
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "label_weights", "n_samples", "end_of_turn",
+                                                              "realigned", "skipped", "truncated")}
+        logits = reference(**inputs).logits.float()
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                batch["labels"][:, 1:].reshape(-1), reduction="none")
+        weighted = weighted + (nll * w[:, 1:].reshape(-1)).sum()
+        plain, count = plain + nll.sum().item(), count + int(batch["labels"].ne(IGNORE_INDEX).sum())
+    total = sum(w.sum() for w in weights)
+    assert (weighted / total).item() != pytest.approx(plain / count, rel=1e-3)  # the weights change the loss
+    (weighted / total).backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    expected = {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
+    assert grads.keys() == expected.keys() and len(grads) > 10
+    for name in grads:
+        torch.testing.assert_close(grads[name], expected[name], rtol=1e-4, atol=1e-7)
+
+
 def test_unselected_positions_get_no_gradient(llava):
     """The gradient reaching the final hidden states is zero everywhere except just before a selected token."""
     from vig_udf.scoring.forward import collate

@@ -157,8 +157,31 @@ def _examples(scores, corpus, scorer_id: str, k: int) -> tuple[list[dict], list[
     return [example(r) for r in top], [example(r) for r in bottom]
 
 
+def selection_options(params: str | None) -> str:
+    """What a selection's params set beyond its policy and p, in words: the threshold (one tau, or per source),
+    the token loss (hard mask, or VIG weights with their temperature and cap), drop_negative, budgets, seed."""
+    import json
+
+    if not params:
+        return ""
+    q = json.loads(params)
+    words = ["tau per source" if q.get("tau_by") == "source" else "one tau"]
+    weight = q.get("token_weight")
+    words.append(f"token weights vig (T={weight['temperature']:g}, w_max={weight['w_max']:g})" if weight
+                 else "hard token mask")
+    if q.get("drop_negative"):
+        words.append("drop VIG<0")
+    if q.get("budgets"):
+        words.append("budgets " + ", ".join(f"{k}={v}" for k, v in q["budgets"].items()))
+    if q.get("seed") is not None:
+        words.append(f"seed {q['seed']}")
+    return "; ".join(words)
+
+
 def _selection_rows(spark, lake: str, scored) -> list[dict]:
-    """Per selection and source: rows, kept rows, answer tokens, kept tokens (empty without a selection table)."""
+    """Per selection and source: rows, kept rows, answer tokens, kept tokens, the tau the source's rows were
+    decided against and the mean kept-token loss weight where the selection has weights (empty without a
+    selection table)."""
     from pyspark.sql import functions as F
 
     from vig_udf.lake import lake_table, read_table, table_exists
@@ -166,14 +189,17 @@ def _selection_rows(spark, lake: str, scored) -> list[dict]:
     path = lake_table(lake, "selection")
     if not table_exists(spark, path):
         return []
-    selection = read_table(spark, path).join(scored.select("sample_id", "scorer_id", "source"),
-                                             ["sample_id", "scorer_id"], "left")
+    selection = read_table(spark, path)
+    weight_columns = [F.lit(None).cast("double").alias("max_weight")]
+    if "token_weight" in selection.columns:  # absent from tables written before token weights
+        weight_columns = [F.max(F.array_max("token_weight")).alias("max_weight")]
+    selection = selection.join(scored.select("sample_id", "scorer_id", "source"), ["sample_id", "scorer_id"], "left")
     rows = (selection.groupBy("policy", "selection_id", "scorer_id", "source")
             .agg(F.count(F.lit(1)).alias("rows"), F.sum(F.col("kept").cast("int")).alias("kept"),
                  F.sum("n_tokens").alias("tokens"), F.sum("n_tokens_kept").alias("tokens_kept"),
-                 F.first("params").alias("params")).collect())
-    return [{k: (v if v is not None else 0) if k in ("rows", "kept", "tokens", "tokens_kept") else v
-             for k, v in r.asDict().items()} for r in rows]
+                 F.max("tau").alias("tau"), F.first("params").alias("params"), *weight_columns).collect())
+    return [{**{k: (v if v is not None else 0) if k in ("rows", "kept", "tokens", "tokens_kept") else v
+                for k, v in r.asDict().items()}, "options": selection_options(r["params"])} for r in rows]
 
 
 def write_scores_report(spark, cfg: ReportConfig, *, out=print) -> dict:
@@ -265,11 +291,12 @@ def _tables(statuses, by_source, by_scorer, selection) -> dict[str, tuple[list[s
                      [[r["scorer_id"], r["counterfactual"], r["status"], r["count"]] for r in statuses]),
         "by_source": (["source", "ok rows", "mean VIG"] + qhead, dist(by_source)),
         "by_scorer": (["scorer", "ok rows", "mean VIG"] + qhead, dist(by_scorer)),
-        "selection": (["policy", "selection", "source", "rows", "kept", "share kept", "answer tokens",
-                       "tokens kept", "share of tokens"],
-                      [[r["policy"], r["selection_id"][:12], r["source"], r["rows"], r["kept"],
-                        f"{r['kept'] / max(1, r['rows']):.1%}", r["tokens"], r["tokens_kept"],
-                        f"{r['tokens_kept'] / max(1, r['tokens']):.1%}"] for r in sel]),
+        "selection": (["policy", "selection", "options", "source", "tau", "rows", "kept", "share kept",
+                       "answer tokens", "tokens kept", "share of tokens", "max token weight"],
+                      [[r["policy"], r["selection_id"][:12], r["options"], r["source"], _fmt(r["tau"]), r["rows"],
+                        r["kept"], f"{r['kept'] / max(1, r['rows']):.1%}", r["tokens"], r["tokens_kept"],
+                        f"{r['tokens_kept'] / max(1, r['tokens']):.1%}",
+                        _fmt(r["max_weight"]) if r["max_weight"] is not None else ""] for r in sel]),
     }
 
 

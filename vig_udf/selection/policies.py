@@ -37,6 +37,22 @@ it drops the samples none of whose tokens reach tau.
 
 Token VIGs (float32 in the scores table) are compared with tau after widening to float64.
 
+Per-source thresholds (``tau_by="source"``). tau is then computed as above within each corpus source, over that
+source's ok VIGs, and every row is decided against its own source's tau: each source keeps (about) its top p%,
+so a source whose answers score low as a whole is not dropped whole. A null source (a corpus row without one,
+or a scores row missing from the corpus version) is one group of its own; a source with no ok row has no tau
+(its text-only rows are kept, its failed rows are not, as always).
+
+Token weights (``token_weight="vig"``). Instead of training on the kept tokens with weight 1 each, each kept
+token gets a loss weight from its token VIG (:func:`token_weights`): over the m kept tokens of a sample with
+token VIGs g_1..g_m, ``w_k = m * softmax(g / temperature)_k``, then the weights above ``w_max`` are set to
+``w_max`` and the others scaled up so that the mean stays 1, until none exceeds ``w_max`` (the unique
+``w_k = min(w_max, c * exp(g_k / temperature))`` with mean 1). So the weights lie in ``[0, w_max]`` with mean
+exactly 1 over the kept tokens, and a sample carries the same total weight (its kept-token count) as under
+the hard mask: only the split inside the sample changes, towards the tokens the image helps most (with
+temperature 1, ``w`` is proportional to ``p(token | image) / p(token | counterfactual)``, up to the cap). Not
+kept tokens weigh 0; text-only samples weigh 1 on every answer token. The mask (``token_keep``) is unchanged.
+
 >>> import numpy as np
 >>> tau = tau_for([-0.5, 0.125, 0.25, 0.25, 0.5, 1.0], p=70)
 >>> tau
@@ -61,6 +77,10 @@ from vig_udf.scoring.status import OK, TEXT_ONLY
 VIG, SAMPLE, TOKEN, RANDOM, RANDOM_TOKENS, ALL = "vig", "sample", "token", "random", "random_tokens", "all"
 POLICIES = (VIG, SAMPLE, TOKEN, RANDOM, RANDOM_TOKENS, ALL)
 RANDOM_DRAWS = (RANDOM, RANDOM_TOKENS)  # the policies that keep the seeded uniform draw of samples
+TAU_GLOBAL, TAU_BY_SOURCE = "global", "source"  # tau_by: one tau over the table, or one per corpus source
+TAU_BY = (TAU_GLOBAL, TAU_BY_SOURCE)
+HARD_MASK, VIG_WEIGHT = "mask", "vig"  # token_weight: 0/1 mask, or loss weights from token VIG
+TOKEN_WEIGHTS = (HARD_MASK, VIG_WEIGHT)
 
 # Reasons: why a row is kept or not. Every row of a selection carries exactly one.
 VIG_AT_LEAST_TAU = "vig>=tau"  # vig, sample: sample VIG reached tau
@@ -178,6 +198,45 @@ def select_row(
     return RowSelection(True, VIG_AT_LEAST_TAU if policy == VIG else TOKEN_VIG_AT_LEAST_TAU, mask)
 
 
+def token_weights(token_vig, keep, *, temperature: float, w_max: float) -> np.ndarray:
+    """float32 loss weights over a sample's answer tokens: 0 off ``keep``; over the kept tokens the capped
+    softmax of token VIG / ``temperature`` with mean 1 (see the module docstring), each in ``[0, w_max]``.
+
+    >>> token_weights(np.array([0.0, 0.0, 1.0, 5.0]), np.array([True, True, False, True]), temperature=1.0,
+    ...               w_max=2.0).round(4).tolist()
+    [0.5, 0.5, 0.0, 2.0]
+    """
+    if not temperature > 0:
+        raise ValueError(f"token weight temperature must be > 0, got {temperature!r}")
+    if not w_max >= 1:
+        raise ValueError(f"token weight w_max must be >= 1 (the weights' mean is 1), got {w_max!r}")
+    keep = np.asarray(keep, dtype=bool)
+    weights = np.zeros(keep.shape, dtype=np.float64)
+    m = int(keep.sum())
+    if m:
+        g = np.asarray(token_vig, dtype=np.float64)[keep] / temperature
+        e = np.exp(g - g.max())
+        capped = np.zeros(m, dtype=bool)
+        w = m * e / e.sum()
+        while (over := (w > w_max) & ~capped).any():  # at most m rounds: each caps one token more
+            capped |= over
+            free = ~capped
+            w = np.where(capped, w_max, (m - w_max * capped.sum()) * e / e[free].sum())
+        weights[keep] = w
+    return weights.astype(np.float32)
+
+
+def row_token_weights(decision: RowSelection, status: str, token_vig, *, temperature: float,
+                      w_max: float) -> np.ndarray:
+    """The ``token_weight`` of one decided row under ``token_weight="vig"``: empty when not kept, 1 on every
+    token of a text-only row, :func:`token_weights` over the kept tokens of a multimodal row."""
+    if not decision.kept:
+        return np.zeros(0, dtype=np.float32)
+    if status == TEXT_ONLY:
+        return np.ones(decision.token_keep.shape, dtype=np.float32)
+    return token_weights(token_vig, decision.token_keep, temperature=temperature, w_max=w_max)
+
+
 def _random_tokens(n: int, chosen: bool, token_draw, token_share: float | None) -> RowSelection:
     if not chosen:
         return _dropped(RANDOM_NOT_CHOSEN)
@@ -214,18 +273,32 @@ def policy_params(
     budgets: dict[str, int] | None = None,
     corpus_version: int | None = None,
     seed: int | None = None,
+    tau_by: str = TAU_GLOBAL,
+    token_weight: str = HARD_MASK,
+    temperature: float = 1.0,
+    w_max: float = 4.0,
 ) -> dict:
     """Everything that decides a policy's rows besides the scores themselves (stored as JSON per row).
 
-    ``seed`` only matters to the random draws and ``corpus_version`` (where the sources come from) only with
-    budgets, so each is recorded only where it changes the result.
+    ``seed`` only matters to the random draws, ``corpus_version`` (where the sources come from) only with
+    budgets or ``tau_by="source"``, ``tau_by`` only when per source and ``temperature`` and ``w_max`` only with
+    ``token_weight="vig"``, so each is recorded only where it changes the result (and the params of a
+    selection made without the newer options are those it always had).
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown selection policy {policy!r}; choose from {POLICIES}")
+    if tau_by not in TAU_BY:
+        raise ValueError(f"unknown tau_by {tau_by!r}; choose from {TAU_BY}")
+    if token_weight not in TOKEN_WEIGHTS:
+        raise ValueError(f"unknown token_weight {token_weight!r}; choose from {TOKEN_WEIGHTS}")
     params: dict = {"policy": policy, "p": float(p), "drop_negative": bool(drop_negative), "tau_method": tau_method,
                     "budgets": dict(sorted(budgets.items())) if budgets else None}
-    if budgets:
+    if budgets or tau_by == TAU_BY_SOURCE:
         params["corpus_version"] = corpus_version
+    if tau_by == TAU_BY_SOURCE:
+        params["tau_by"] = tau_by
+    if token_weight == VIG_WEIGHT:
+        params["token_weight"] = {"method": token_weight, "temperature": float(temperature), "w_max": float(w_max)}
     if policy in RANDOM_DRAWS:
         params["seed"] = seed
     return params

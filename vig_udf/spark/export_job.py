@@ -6,7 +6,8 @@ for text-only records), holding exactly the corpus records that the selection ke
 sidecar ``<name>.mask.json`` says which answer characters to train on:
 
     {"format": "vig-spark/token-mask", "format_version": 1, "selection_id": ..., "policy": ..., "params": {...},
-     "tau": ..., "scorer_id": ..., "tables": {...versions...}, "offsets": "...", "records_file": ...,
+     "tau": ..., ["taus": [{"source", "tau", "ok_rows"}, ...] for a tau_by=source selection,]
+     "scorer_id": ..., "tables": {...versions...}, "offsets": "...", "records_file": ...,
      "images_dir": ..., "masks": {"<id>": [[assistant_turn_index, start, end], ...], ...},
      "records_sha256": ..., "totals": {"records": ..., "tokens_kept": ..., ...},
      "records_stat": {"size": ..., "mtime_ns": ...}}
@@ -16,6 +17,12 @@ of that record's ``conversations``, exactly as exported. The spans are the kept 
 merged with :func:`vig_udf.selection.spans.kept_char_spans`; another tokenizer keeps a token when it overlaps a span
 (:func:`vig_udf.selection.spans.keep_from_spans`). Text-only records are kept whole: their spans cover all their
 answer tokens.
+
+A selection made with ``token_weight=vig`` (its ``params`` hold ``token_weight``) also carries each kept token's
+loss weight: its spans are then ``[k, start, end, weight]``, the kept tokens' spans with their weights, touching
+spans of equal weight merged (:func:`vig_udf.selection.spans.weighted_char_spans`; a text-only answer is one
+span of weight 1). Another tokenizer's token takes the character-weighted mean weight of the spans it overlaps
+(:func:`vig_udf.selection.spans.weights_from_spans`); the weights have mean 1 over a record's kept tokens.
 
 The job reads the selection (pinned or latest version), the scores version the selection was made from
 (recorded in its rows) and the corpus (pinned or latest) and joins the kept rows in Spark; the executors
@@ -59,7 +66,7 @@ from vig_udf.config import SparkConfig
 from vig_udf.corpus import CONVERSATION_KEYS, default_keys, json_text
 from vig_udf.scoring.conversation import parse_conversation
 from vig_udf.lake.read import lake_storage
-from vig_udf.selection.spans import kept_char_spans
+from vig_udf.selection.spans import kept_char_spans, weighted_char_spans
 from vig_udf.storage import Storage, canonical, join
 
 FORMAT, FORMAT_VERSION = "vig-spark/token-mask", 1
@@ -131,8 +138,9 @@ def run_export(spark, cfg: ExportJobConfig, *, out=print) -> dict:
               .where(F.col("scorer_id") == chosen["scorer_id"])
               .select("sample_id", "token_turn", "token_char_start", "token_char_end", F.lit(True).alias("_scored")))
     corpus = _corpus_columns(read_table(spark, paths["corpus"], version=corpus_version))
+    weight = F.col("token_weight") if "token_weight" in selection.columns else F.lit(None).cast("array<float>")
     kept = (selection.where((F.col("selection_id") == chosen["selection_id"]) & F.col("kept"))
-            .select("sample_id", "reason", "token_keep", "n_tokens", "n_tokens_kept")
+            .select("sample_id", "reason", "token_keep", weight.alias("token_weight"), "n_tokens", "n_tokens_kept")
             .join(scores, "sample_id", "left").join(corpus, "sample_id", "left"))
     storage = lake_storage(spark)
     output = canonical(cfg.output)
@@ -145,6 +153,8 @@ def run_export(spark, cfg: ExportJobConfig, *, out=print) -> dict:
               "policy": chosen["policy"], "params": json.loads(chosen["params"]), "p": chosen["p"],
               "tau": chosen["tau"], "scorer_id": chosen["scorer_id"], "tables": tables, "offsets": OFFSETS,
               "records_file": name, "images_dir": cfg.images_dir}
+    if chosen.get("taus") is not None:  # tau_by=source: no one tau; each source's, as the select commit recorded
+        header["taus"] = chosen["taus"]
     sidecar = mask_path(output)
     totals, unchanged, parts = earlier_export(storage, output, sidecar, header), True, []
     if totals is None:
@@ -297,9 +307,10 @@ def part_writer(staging: str, storage: Storage):
     return parts
 
 
-def record_spans(row) -> list[tuple[int, int, int]]:
+def record_spans(row) -> list[tuple]:
     """Merged ``(assistant_turn, start, end)`` spans of one kept row's kept tokens, as offsets into the
-    assistant messages' ``value`` strings.
+    assistant messages' ``value`` strings; ``(assistant_turn, start, end, weight)`` when the row carries loss
+    weights (``token_weight``).
 
     The scores table's token spans are offsets into the answer text that the chat template locates, which is
     the message's ``value`` stripped of surrounding whitespace (:func:`vig_udf.scoring.masking.render_with_answer_spans`);
@@ -311,15 +322,22 @@ def record_spans(row) -> list[tuple[int, int, int]]:
     values = [conversations[i]["value"] for i in conv.answer_turns]
     lead = np.array([len(v) - len(v.lstrip()) for v in values], dtype=np.int64)
     keep = np.asarray(row["token_keep"] or [], dtype=bool)
+    weights = row.get("token_weight")
     turn, start, end = (np.asarray(row[c] or [], dtype=np.int64)
                         for c in ("token_turn", "token_char_start", "token_char_end"))
     if len(turn) == len(keep) and len(keep):
         if turn.min() < 0 or turn.max() >= len(values):
             raise ValueError(f"sample {row['sample_id']}: token turns {sorted(set(turn.tolist()))} do not match its "
                              f"{len(values)} assistant messages")
+        if weights is not None:
+            if len(weights) != len(keep):
+                raise ValueError(f"sample {row['sample_id']}: token_weight has {len(weights)} entries for "
+                                 f"{len(keep)} token_keep entries")
+            return weighted_char_spans(turn, start + lead[turn], end + lead[turn], keep, weights)
         return kept_char_spans(turn, start + lead[turn], end + lead[turn], keep)
     if row["reason"] == sel.TEXT_ONLY_KEPT and not len(turn):
-        return [(k, int(lead[k]), int(lead[k]) + len(v.strip())) for k, v in enumerate(values) if v.strip()]
+        weight = () if weights is None else (1.0,)
+        return [(k, int(lead[k]), int(lead[k]) + len(v.strip()), *weight) for k, v in enumerate(values) if v.strip()]
     raise ValueError(f"sample {row['sample_id']}: the selection's token mask has {len(keep)} entries but the scores "
                      f"row has {len(turn)} tokens; was the selection made from another scores version?")
 

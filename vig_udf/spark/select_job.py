@@ -6,10 +6,15 @@ Cheap and CPU-only: trying another p or policy never touches a GPU. The job
 1. reads ``<lake>/scores`` at a pinned version (default: the latest) and keeps one scorer's rows;
 2. computes tau over the multimodal (``ok``) sample VIGs with Spark's ``percentile`` (exact) or, above
    ``exact_percentile_max_rows``, ``percentile_approx`` (see ``vig_udf.selection.policies`` for what "top p%" means);
+   with ``tau_by="source"``, one tau per corpus source (a ``groupBy`` of the same aggregate, the method chosen by
+   the table's ok-row count for every source), each row then decided against its source's tau (its ``tau``
+   column);
 3. for ``random`` and ``random_tokens``, draws as many samples as ``vig`` keeps: the ones with the smallest
-   ``xxhash64(seed, sample_id)`` (uniform, and the same on every run and partitioning); for
-   ``random_tokens`` also the token share: ``vig``'s kept multimodal tokens over the drawn samples' tokens;
-4. decides every row with the pure ``vig_udf.selection.policies.select_row`` inside ``mapInArrow``;
+   ``xxhash64(seed, sample_id)`` (uniform, and the same on every run and partitioning; with ``tau_by="source"``,
+   as many per source as ``vig`` keeps in it); for ``random_tokens`` also the token share: ``vig``'s kept
+   multimodal tokens over the drawn samples' tokens;
+4. decides every row with the pure ``vig_udf.selection.policies.select_row`` inside ``mapInArrow`` (and, with
+   ``token_weight="vig"``, its kept tokens' loss weights, ``policies.row_token_weights``);
 5. applies per-source budgets (a window over the kept multimodal rows of each source, highest VIG first);
 6. writes every new policy in one Delta commit (job ``select``).
 
@@ -46,16 +51,20 @@ from vig_udf.scoring.status import OK
 from vig_udf.lake.scorers import scorer_names
 
 # One row per scores row (of one scorer) and policy. token_keep is aligned with the scores row's token arrays
-# (empty when not kept); tau and p are the run's; params is the policy params' canonical JSON, params_hash its
-# hash, selection_id the hash of (scorer_id, scores_version, params_hash).
+# (empty when not kept); token_weight likewise, the loss weights under token_weight=vig (null under the hard mask;
+# tables written before it existed lack it until a select run adds it); tau is the threshold the row was decided
+# against (the run's, or its source's with tau_by=source), p the run's; params is the policy params' canonical
+# JSON, params_hash its hash, selection_id the hash of (scorer_id, scores_version, params_hash).
 SELECTION_SCHEMA = pa.schema([
     ("sample_id", pa.string()), ("scorer_id", pa.string()), ("policy", pa.string()),
     ("selection_id", pa.string()), ("params_hash", pa.string()), ("params", pa.string()),
     ("kept", pa.bool_()), ("reason", pa.string()), ("token_keep", pa.list_(pa.bool_())),
+    ("token_weight", pa.list_(pa.float32())),
     ("n_tokens", pa.int32()), ("n_tokens_kept", pa.int32()), ("tau", pa.float64()), ("p", pa.float64()),
     ("scores_version", pa.int64()),
 ])
 SELECTION_KEY = ("selection_id", "sample_id")
+NEW_SELECTION_COLUMNS = ("token_weight",)  # columns a selection table written before them gets on its next write
 # carried through mapInArrow for the budget window, then dropped
 _PASSTHROUGH = [("_vig", pa.float64()), ("_rand_key", pa.int64()), ("_source", pa.string())]
 _UDF_SCHEMA = pa.schema(list(SELECTION_SCHEMA) + [pa.field(n, t) for n, t in _PASSTHROUGH])
@@ -78,7 +87,16 @@ class SelectJobConfig(BaseModel):
     budgets: dict[str, int] | None = Field(
         None, description="source -> max kept multimodal samples (highest VIG first; random: draw order); "
                           "unnamed sources unlimited; text-only samples not counted")
-    corpus_version: int | None = Field(None, description="corpus version giving each sample's source (budgets only)")
+    corpus_version: int | None = Field(None, description="corpus version giving each sample's source (budgets, "
+                                                         "tau_by=source); None = latest")
+    tau_by: Literal["global", "source"] = Field(
+        "global", description="global: one tau over all ok VIGs; source: the (100-p)th percentile within each corpus "
+                              "source (a null source is a group of its own)")
+    token_weight: Literal["mask", "vig"] = Field(
+        "mask", description="mask: train on the kept tokens with weight 1; vig: per-token loss weights from token "
+                            "VIG (capped softmax with mean 1 over a sample's kept tokens)")
+    token_weight_temperature: float = Field(1.0, gt=0, description="token_weight=vig: softmax temperature (nats)")
+    token_weight_max: float = Field(4.0, ge=1, description="token_weight=vig: the largest weight (the mean is 1)")
     seed: int = Field(0, description="seed of the random policies' draws")
     exact_percentile_max_rows: int = Field(1_000_000, ge=0, description="exact percentile up to this many ok rows")
     percentile_accuracy: int = Field(100_000, gt=0, description="percentile_approx accuracy (rank error <= n/accuracy)")
@@ -99,6 +117,25 @@ class SelectJobConfig(BaseModel):
         if negative:
             raise ValueError(f"budgets are maximum sample counts and cannot be negative: {negative}")
         return value
+
+
+def config_from_params(params: dict | str, *, lake: str, scorer_id: str, scores_version: int) -> SelectJobConfig:
+    """The select config that makes a selection again from its stored ``params`` (the selection table's
+    ``params`` column, or the export sidecar's): the same params, hence the same ``selection_id`` and rows, given
+    the same scores and corpus versions."""
+    import json
+    import re
+
+    q = json.loads(params) if isinstance(params, str) else params
+    approx = re.fullmatch(r"percentile_approx\(accuracy=(\d+)\)", q["tau_method"])
+    weight = q.get("token_weight") or {}
+    return SelectJobConfig(
+        lake=lake, scorer_id=scorer_id, scores_version=scores_version, policies=[q["policy"]], p=q["p"],
+        drop_negative=q["drop_negative"], budgets=q.get("budgets"), corpus_version=q.get("corpus_version"),
+        tau_by=q.get("tau_by", sel.TAU_GLOBAL), token_weight=weight.get("method", sel.HARD_MASK),
+        token_weight_temperature=weight.get("temperature", 1.0), token_weight_max=weight.get("w_max", 4.0),
+        seed=q.get("seed", 0), **({"exact_percentile_max_rows": 0, "percentile_accuracy": int(approx.group(1))}
+                                  if approx else {"exact_percentile_max_rows": 2 ** 62}))
 
 
 @dataclass(frozen=True)
@@ -123,11 +160,15 @@ class SelectSpec:
     runs: tuple[PolicyRun, ...]
     seed: int = 0
     token_share: float | None = None  # random_tokens: the probability of keeping a drawn sample's token
+    token_weight: str = sel.HARD_MASK
+    temperature: float = 1.0
+    w_max: float = 4.0
 
 
 def select_batches(spec: SelectSpec):
-    """``mapInArrow`` function: scores rows (sample_id, status, vig, n_tokens, token_vig, _chosen, _rand_key,
-    _source) -> one row per input row and policy of ``spec``, in :data:`SELECTION_SCHEMA` plus passthrough."""
+    """``mapInArrow`` function: scores rows (sample_id, status, vig, n_tokens, token_vig, _tau, _chosen, _rand_key,
+    _source) -> one row per input row and policy of ``spec``, in :data:`SELECTION_SCHEMA` plus passthrough.
+    ``_tau`` is the threshold of the row (the run's tau, or its source's)."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -143,6 +184,7 @@ def select_batch(batch: pa.RecordBatch, spec: SelectSpec) -> pa.RecordBatch:
     vigs = batch.column("vig").to_pylist()
     n_tokens = [int(n or 0) for n in batch.column("n_tokens").to_pylist()]
     chosen = batch.column("_chosen").to_pylist()
+    taus = batch.column("_tau").to_pylist()
     token_vig = batch.column("token_vig")
     offsets = token_vig.offsets.to_numpy()
     values = token_vig.values.to_numpy(zero_copy_only=False)
@@ -152,17 +194,21 @@ def select_batch(batch: pa.RecordBatch, spec: SelectSpec) -> pa.RecordBatch:
     out: dict[str, list] = {"policy": [], "selection_id": [], "params_hash": [], "params": [], "kept": [],
                             "reason": [], "n_tokens_kept": []}
     masks: list[np.ndarray] = []
+    weights: list[np.ndarray | None] = []
+    weighted = spec.token_weight == sel.VIG_WEIGHT
     for run in spec.runs:
         draws = run.policy == sel.RANDOM_TOKENS
         for i in rows:
             token_draw = sel.random_token_draw(spec.seed, sample_ids[i], n_tokens[i]) if draws and chosen[i] else None
-            decision = sel.select_row(statuses[i], vigs[i], arrays[i], n_tokens[i], policy=run.policy, tau=spec.tau,
+            decision = sel.select_row(statuses[i], vigs[i], arrays[i], n_tokens[i], policy=run.policy, tau=taus[i],
                                       drop_negative=spec.drop_negative, chosen=bool(chosen[i]),
                                       token_draw=token_draw, token_share=spec.token_share)
             out["kept"].append(decision.kept)
             out["reason"].append(decision.reason)
             out["n_tokens_kept"].append(decision.n_tokens_kept)
             masks.append(decision.token_keep)
+            weights.append(sel.row_token_weights(decision, statuses[i], arrays[i], temperature=spec.temperature,
+                                                 w_max=spec.w_max) if weighted else None)
         for key in ("policy", "selection_id", "params_hash", "params"):
             out[key] += [getattr(run, key)] * batch.num_rows
     k, n = len(spec.runs), batch.num_rows
@@ -170,8 +216,9 @@ def select_batch(batch: pa.RecordBatch, spec: SelectSpec) -> pa.RecordBatch:
     columns = {
         "sample_id": repeat("sample_id"), "scorer_id": pa.array([spec.scorer_id] * (k * n), pa.string()),
         **{key: pa.array(out[key], SELECTION_SCHEMA.field(key).type) for key in out},
-        "token_keep": _bool_lists(masks), "n_tokens": pa.array(n_tokens * k, pa.int32()),
-        "tau": pa.array([spec.tau] * (k * n), pa.float64()), "p": pa.array([spec.p] * (k * n), pa.float64()),
+        "token_keep": _bool_lists(masks), "token_weight": pa.array(weights, pa.list_(pa.float32())),
+        "n_tokens": pa.array(n_tokens * k, pa.int32()),
+        "tau": pa.array(taus * k, pa.float64()), "p": pa.array([spec.p] * (k * n), pa.float64()),
         "scores_version": pa.array([spec.scores_version] * (k * n), pa.int64()),
         "_vig": repeat("vig").cast(pa.float64()), "_rand_key": repeat("_rand_key").cast(pa.int64()),
         "_source": repeat("_source").cast(pa.string()),
@@ -219,17 +266,21 @@ def run_select(spark, cfg: SelectJobConfig, *, out=print) -> dict:
                                 lambda: scorer_names(table_history(spark, scores_path)))
     n_ok = ok_rows[scorer_id]
     corpus_version = None
-    if cfg.budgets:
+    by_source = cfg.tau_by == sel.TAU_BY_SOURCE
+    if cfg.budgets or by_source:
         corpus_path = lake_table(cfg.lake, "corpus")
         corpus_version = cfg.corpus_version if cfg.corpus_version is not None else table_version(spark, corpus_path)
         if corpus_version is None:
-            raise FileNotFoundError(f"budgets need each sample's source from {corpus_path}, but there is no table "
+            needs = "budgets" if cfg.budgets else "tau_by=source"
+            raise FileNotFoundError(f"{needs} needs each sample's source from {corpus_path}, but there is no table "
                                     "there")
     tau_method = _tau_method(n_ok, cfg)
     runs = []
     for policy in cfg.policies:
         params = sel.policy_params(policy, p=cfg.p, drop_negative=cfg.drop_negative, tau_method=tau_method,
-                                   budgets=cfg.budgets, corpus_version=corpus_version, seed=cfg.seed)
+                                   budgets=cfg.budgets, corpus_version=corpus_version, seed=cfg.seed,
+                                   tau_by=cfg.tau_by, token_weight=cfg.token_weight,
+                                   temperature=cfg.token_weight_temperature, w_max=cfg.token_weight_max)
         digest = sel.params_hash(params)
         runs.append(PolicyRun(policy, sel.params_json(params), digest, sel.selection_id(
             scorer_id=scorer_id, scores_version=scores_version, params_hash=digest)))
@@ -240,31 +291,47 @@ def run_select(spark, cfg: SelectJobConfig, *, out=print) -> dict:
         present = {r[0] for r in read_table(spark, selection_path).where(F.col("selection_id").isin(ids))
                    .select("selection_id").distinct().collect()}
     new = tuple(run for run in runs if run.selection_id not in present)
-    version, stats = None, {}
+    version, stats, taus = None, {}, None
     if not new:  # a rerun: tau is recorded with the selections; nothing else is computed
-        tau = recorded[ids[0]]["tau"] if recorded is not None else _recorded_tau(read_table(spark, selection_path), ids)
+        if recorded is not None:
+            tau, taus = recorded[ids[0]]["tau"], recorded[ids[0]].get("taus")
+        else:
+            tau = None if by_source else _recorded_tau(read_table(spark, selection_path), ids)
     else:
         base = scores.where(F.col("scorer_id") == scorer_id).select("sample_id", "status", "vig", "n_tokens",
                                                                     "token_vig")
         if cfg.partitions:
             base = base.repartition(cfg.partitions)
-        ok = base.where(valid_ok)
-        if cfg.budgets:
-            base = _with_sources(spark, base, cfg, corpus_version)
+        sources = None
+        if cfg.budgets or by_source:
+            base, sources = _with_sources(spark, base, cfg, corpus_version)
         else:
             base = base.withColumn("_source", F.lit(None).cast("string"))
-        tau = _tau(ok, n_ok, cfg)
+        ok = base.where(valid_ok)
+        if by_source:
+            tau, taus = None, _taus_by_source(ok, n_ok, cfg)
+            base = _with_source_taus(spark, base, taus)
+            ok = base.where(valid_ok)
+        else:
+            tau = _tau(ok, n_ok, cfg)
+            base = base.withColumn("_tau", F.lit(tau).cast("double"))
+            ok = base.where(valid_ok)
         base = _with_random_draw(base, ok, tau, cfg)
-        token_share = _token_share(base, ok, tau, cfg) if sel.RANDOM_TOKENS in cfg.policies else None
-        spec = SelectSpec(scorer_id, scores_version, tau, cfg.p, cfg.drop_negative, new, cfg.seed, token_share)
+        token_share = _token_share(base, ok, cfg) if sel.RANDOM_TOKENS in cfg.policies else None
+        spec = SelectSpec(scorer_id, scores_version, tau, cfg.p, cfg.drop_negative, new, cfg.seed, token_share,
+                          cfg.token_weight, cfg.token_weight_temperature, cfg.token_weight_max)
         rows = base.mapInArrow(select_batches(spec), from_arrow_schema(_UDF_SCHEMA))
         rows = _apply_budgets(rows, cfg.budgets) if cfg.budgets else rows
         config = {**cfg.model_dump(mode="json"), "scorer_id": scorer_id, "scores_version": scores_version,
                   "scores_commit": scores_mark, "scorer_ok_rows": ok_rows, "corpus_version": corpus_version,
-                  "tau": tau, "tau_method": tau_method}
+                  "tau": tau, "tau_method": tau_method, "taus": taus}
 
         def record_selections(staged) -> dict:  # what a rerun, export and train read instead of the rows
-            stats.update(_selection_stats(staged, [run.selection_id for run in new]))
+            new_ids = [run.selection_id for run in new]
+            stats.update(_selection_stats(staged, new_ids))
+            if taus is not None:
+                for selection_id, counts in _source_stats(staged, sources, new_ids, taus).items():
+                    stats[selection_id]["by_source"] = counts
             return {"selections": {run.selection_id: {"policy": run.policy, "params": run.params,
                                                       "params_hash": run.params_hash, **stats[run.selection_id]}
                                    for run in new}}
@@ -272,18 +339,24 @@ def run_select(spark, cfg: SelectJobConfig, *, out=print) -> dict:
         app_id = "select/" + hashlib.sha256(",".join(sorted(r.selection_id for r in new)).encode()).hexdigest()[:16]
         commit = insert_new_rows(rows.select(*SELECTION_SCHEMA.names), selection_path, keys=list(SELECTION_KEY),
                                  job="select", config=config, app_id=app_id, app_version=0,
-                                 staging=staging_folder(cfg.lake, "selection"), staged_config=record_selections)
+                                 staging=staging_folder(cfg.lake, "selection"), staged_config=record_selections,
+                                 add_columns=NEW_SELECTION_COLUMNS)
         version = commit.version if commit else None
     if recorded is not None:
         stats.update({i: recorded[i] for i in present})
     else:
         stats.update(_selection_stats(read_table(spark, selection_path), sorted(present)) if present else {})
     summary = {"scorer_id": scorer_id, "scores_version": scores_version, "selection_version": version,
-               "tau": tau, "tau_method": tau_method, "p": cfg.p, "ok_rows": n_ok,
+               "tau": tau, "tau_method": tau_method, "p": cfg.p, "ok_rows": n_ok, "tau_by": cfg.tau_by,
+               "taus": taus, "token_weight": cfg.token_weight,
                "policies": {run.policy: _policy_summary(run, stats[run.selection_id], run.selection_id not in present)
                             for run in runs}}
     _print_summary(summary, out)
     return summary
+
+
+def _source_name(source: str | None) -> str:
+    return "(null source)" if source is None else source
 
 
 def _commit_mark(commit: dict | None) -> str | None:
@@ -331,6 +404,30 @@ def _tau(ok, n_ok: int, cfg: SelectJobConfig) -> float | None:
     return float(tau) if tau is not None else None
 
 
+def _taus_by_source(ok, n_ok: int, cfg: SelectJobConfig) -> list[dict]:
+    """tau within each source of the ok rows (``_source``; null is a group of its own), by :func:`_tau_method`:
+    ``[{"source", "tau", "ok_rows"}]`` sorted by source (null first). Sources with no ok row are absent."""
+    from pyspark.sql import functions as F
+
+    q = sel.tau_quantile(cfg.p)
+    if _tau_method(n_ok, cfg) == "percentile":
+        column = F.percentile("vig", F.lit(q))
+    else:
+        column = F.percentile_approx("vig", q, cfg.percentile_accuracy)
+    rows = ok.groupBy("_source").agg(column.alias("tau"), F.count(F.lit(1)).alias("ok_rows")).collect()
+    return [{"source": r["_source"], "tau": float(r["tau"]), "ok_rows": int(r["ok_rows"])}
+            for r in sorted(rows, key=lambda r: (r["_source"] is not None, r["_source"] or ""))]
+
+
+def _with_source_taus(spark, base, taus: list[dict]):
+    """``base`` with ``_tau``, its source's tau (null-safe on the source; null for a source with no ok row)."""
+    from pyspark.sql import functions as F
+
+    table = spark.createDataFrame([(t["source"], t["tau"]) for t in taus], "_tau_source string, _tau double")
+    joined = base.join(F.broadcast(table), base["_source"].eqNullSafe(table["_tau_source"]), "left")
+    return joined.drop("_tau_source")
+
+
 def _recorded_tau(table, selection_ids: list[str]) -> float | None:
     """The tau recorded in the rows of these selections (one run's selections share it)."""
     from pyspark.sql import functions as F
@@ -340,7 +437,8 @@ def _recorded_tau(table, selection_ids: list[str]) -> float | None:
 
 
 def _with_sources(spark, base, cfg: SelectJobConfig, corpus_version: int):
-    """``base`` with each sample's corpus ``source`` as ``_source``; checks that every budget names a source."""
+    """``base`` with each sample's corpus ``source`` as ``_source`` (null where the corpus has none, or not the
+    sample), and the ``(sample_id, _source)`` rows; checks that every budget names a source."""
     from pyspark.sql import functions as F
 
     from vig_udf.lake import lake_table, read_table
@@ -348,38 +446,47 @@ def _with_sources(spark, base, cfg: SelectJobConfig, corpus_version: int):
     sources = (read_table(spark, lake_table(cfg.lake, "corpus"), version=corpus_version)
                .select("sample_id", F.col("source").alias("_source")))
     known = {r[0] for r in sources.select("_source").distinct().collect()}
-    unknown = sorted(set(cfg.budgets) - known)
+    unknown = sorted(set(cfg.budgets or {}) - known)
     if unknown:
         raise ValueError(f"budgets name sources {unknown} that corpus v{corpus_version} does not have; its sources: "
                          f"{sorted(s for s in known if s is not None)}")
-    return base.join(sources, "sample_id", "left")
+    return base.join(sources, "sample_id", "left"), sources
 
 
 def _with_random_draw(base, ok, tau: float | None, cfg: SelectJobConfig):
     """``_rand_key`` and ``_chosen``: the random policy keeps the K eligible samples with the smallest keys,
-    K being the number that ``vig`` keeps before budgets."""
+    K being the number that ``vig`` keeps before budgets; with ``tau_by=source``, within each source the K of
+    that source (the same keys, so the draw is still uniform inside every source)."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     if not set(sel.RANDOM_DRAWS) & set(cfg.policies):
         return base.withColumn("_rand_key", F.lit(None).cast("long")).withColumn("_chosen", F.lit(False))
     base = base.withColumn("_rand_key", F.xxhash64(F.lit(cfg.seed), "sample_id"))
     eligible = ok.where(F.col("vig") >= 0) if cfg.drop_negative else ok
-    k = eligible.where(F.col("vig") >= tau).count() if tau is not None else 0
-    chosen = (eligible.select("sample_id", F.xxhash64(F.lit(cfg.seed), "sample_id").alias("_key"))
-              .orderBy("_key", "sample_id").limit(k).select("sample_id", F.lit(True).alias("_chosen")))
+    keyed = eligible.select("sample_id", "_source", "vig", "_tau",
+                            F.xxhash64(F.lit(cfg.seed), "sample_id").alias("_key"))
+    if cfg.tau_by == sel.TAU_BY_SOURCE:
+        source = Window.partitionBy("_source")
+        chosen = (keyed.withColumn("_k", F.count_if(F.col("vig") >= F.col("_tau")).over(source))
+                  .withColumn("_rank", F.row_number().over(source.orderBy("_key", "sample_id")))
+                  .where(F.col("_rank") <= F.col("_k")))
+    else:
+        k = eligible.where(F.col("vig") >= tau).count() if tau is not None else 0
+        chosen = keyed.orderBy("_key", "sample_id").limit(k)
+    chosen = chosen.select("sample_id", F.lit(True).alias("_chosen"))
     return base.join(chosen, "sample_id", "left").withColumn("_chosen", F.coalesce("_chosen", F.lit(False)))
 
 
-def _token_share(base, ok, tau: float | None, cfg: SelectJobConfig) -> float | None:
+def _token_share(base, ok, cfg: SelectJobConfig) -> float | None:
     """``random_tokens``' probability of keeping a token: the multimodal tokens ``vig`` keeps (tokens with VIG >=
-    tau inside samples with VIG >= tau) over the tokens of the drawn samples, at most 1 (before budgets)."""
+    tau inside samples with VIG >= tau, each against its row's tau) over the tokens of the drawn samples, at most
+    1 (before budgets); one share for the whole table, also with ``tau_by=source``."""
     from pyspark.sql import functions as F
 
-    if tau is None:
-        return None
     eligible = ok.where(F.col("vig") >= 0) if cfg.drop_negative else ok
-    vig_tokens = eligible.where(F.col("vig") >= tau).select(
-        F.sum(F.size(F.filter("token_vig", lambda t: t.cast("double") >= F.lit(tau)))).alias("n")).first()["n"]
+    vig_tokens = eligible.where(F.col("vig") >= F.col("_tau")).select(
+        F.sum(F.size(F.filter("token_vig", lambda t: t.cast("double") >= F.col("_tau")))).alias("n")).first()["n"]
     drawn_tokens = base.where("_chosen").select(F.sum("n_tokens").alias("n")).first()["n"]
     if not drawn_tokens:
         return None
@@ -434,24 +541,60 @@ def _selection_stats(table, selection_ids: list[str]) -> dict[str, dict]:
     return stats
 
 
+def _source_stats(staged, sources, selection_ids: list[str], taus: list[dict]) -> dict[str, list[dict]]:
+    """selection_id -> per source (null included; every source with a row): its tau and ok rows, and the
+    selection's multimodal rows and kept multimodal samples there (one aggregation over the staged rows)."""
+    from pyspark.sql import functions as F
+
+    multimodal = ~F.col("reason").startswith(sel.FAILED) & (F.col("reason") != sel.TEXT_ONLY_KEPT)
+    counts = (staged.where(F.col("selection_id").isin(selection_ids)).join(sources, "sample_id", "left")
+              .groupBy("selection_id", "_source")
+              .agg(F.count_if(multimodal).alias("multimodal_rows"),
+                   F.count_if(multimodal & F.col("kept")).alias("kept_multimodal")).collect())
+    by_source = {t["source"]: t for t in taus}
+    out: dict[str, list[dict]] = {i: [] for i in selection_ids}
+    for r in counts:
+        t = by_source.get(r["_source"], {})
+        out[r["selection_id"]].append({"source": r["_source"], "tau": t.get("tau"), "ok_rows": t.get("ok_rows", 0),
+                                       "multimodal_rows": r["multimodal_rows"],
+                                       "kept_multimodal": r["kept_multimodal"]})
+    for rows in out.values():
+        rows.sort(key=lambda r: (r["source"] is not None, r["source"] or ""))
+    return out
+
+
 def _policy_summary(run: PolicyRun, stats: dict, written: bool) -> dict:
     counts = {k: stats[k] for k in ("rows", "failed_rows", "text_only_rows", "kept_multimodal", "kept_text_only",
                                     "tokens_kept", "answer_tokens")}
-    return {"selection_id": run.selection_id, "params_hash": run.params_hash, "written": written, **counts,
-            "multimodal_rows": counts["rows"] - counts["failed_rows"] - counts["text_only_rows"],
-            "supervision_kept": counts["tokens_kept"] / counts["answer_tokens"] if counts["answer_tokens"] else None,
-            "reasons": dict(stats["reasons"])}
+    summary = {"selection_id": run.selection_id, "params_hash": run.params_hash, "written": written, **counts,
+               "multimodal_rows": counts["rows"] - counts["failed_rows"] - counts["text_only_rows"],
+               "supervision_kept": counts["tokens_kept"] / counts["answer_tokens"] if counts["answer_tokens"] else None,
+               "reasons": dict(stats["reasons"])}
+    if stats.get("by_source") is not None:
+        summary["by_source"] = stats["by_source"]
+    return summary
 
 
 def _print_summary(summary: dict, out) -> None:
-    tau = f"{summary['tau']:+.4f}" if summary["tau"] is not None else "none (no ok rows)"
-    out(f"scorer {summary['scorer_id']}, scores v{summary['scores_version']}: tau {tau} "
-        f"(p={summary['p']:g}, {summary['tau_method']} over {summary['ok_rows']} ok rows)")
+    weights = " with token VIG loss weights" if summary["token_weight"] == sel.VIG_WEIGHT else ""
+    if summary["tau_by"] == sel.TAU_BY_SOURCE:
+        taus = summary["taus"]
+        listed = ", ".join(f"{_source_name(t['source'])} {t['tau']:+.4f} ({t['ok_rows']} ok)" for t in taus or [])
+        out(f"scorer {summary['scorer_id']}, scores v{summary['scores_version']}: tau per source (p={summary['p']:g}, "
+            f"{summary['tau_method']} within each source of {summary['ok_rows']} ok rows){weights}: "
+            + (listed or ("none (no ok rows)" if taus is not None else "recorded in the rows' tau")))
+    else:
+        tau = f"{summary['tau']:+.4f}" if summary["tau"] is not None else "none (no ok rows)"
+        out(f"scorer {summary['scorer_id']}, scores v{summary['scores_version']}: tau {tau} "
+            f"(p={summary['p']:g}, {summary['tau_method']} over {summary['ok_rows']} ok rows){weights}")
     for policy, s in summary["policies"].items():
         where = "written" if s["written"] else "already in the table"
         fraction = f"{s['supervision_kept']:.1%}" if s["supervision_kept"] is not None else "n/a"
         out(f"{policy} [{s['selection_id']}, {where}]: kept {s['kept_multimodal']}/{s['multimodal_rows']} multimodal "
             f"and {s['kept_text_only']}/{s['text_only_rows']} text-only samples; tokens {s['tokens_kept']}/"
             f"{s['answer_tokens']} ({fraction} of supervision); failed rows {s['failed_rows']}; reasons {s['reasons']}")
+        if s.get("by_source"):
+            out("  per source: " + "; ".join(f"{_source_name(r['source'])} kept {r['kept_multimodal']}/"
+                                             f"{r['multimodal_rows']}" for r in s["by_source"]))
     if summary["selection_version"] is not None:
         out(f"committed selection v{summary['selection_version']}")

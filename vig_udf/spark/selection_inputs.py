@@ -44,12 +44,14 @@ def select_commits(spark, path: str, *, up_to: int | None = None) -> list[dict] 
 
 def recorded_selections(commits: list[dict]) -> dict[str, dict]:
     """selection_id -> the selection as its select commit recorded it (:data:`SELECTION_KEYS` plus ``p``,
-    ``tau``, ``scorer_id``, ``scores_version``), from :func:`select_commits`."""
+    ``tau``, ``taus`` (the per-source taus of ``tau_by=source``, else None), ``scorer_id``, ``scores_version``),
+    from :func:`select_commits`."""
     selections: dict[str, dict] = {}
     for commit in reversed(commits):  # oldest first: the commit that wrote a selection describes it
         for selection_id, recorded in commit["selections"].items():
             selections.setdefault(selection_id, {
                 "selection_id": selection_id, **recorded, "p": commit["p"], "tau": commit["tau"],
+                "taus": commit.get("taus"),
                 "scorer_id": commit["scorer_id"], "scores_version": commit["scores_version"]})
     return selections
 
@@ -77,12 +79,16 @@ def resolve_selection(spark, *, lake: str, selection_id: str | None, policy: str
     keys = ["selection_id", "policy", "params", "p", "tau", "scorer_id", "scores_version"]
     commits = select_commits(spark, paths["selection"], up_to=versions["selection"])
     if commits is not None:
-        available = [{**{k: s[k] for k in keys}, "kept": s["kept_multimodal"] + s["kept_text_only"]}
-                     for _, s in sorted(recorded_selections(commits).items())]
+        available = [{**{k: s[k] for k in keys}, "kept": s["kept_multimodal"] + s["kept_text_only"],
+                      "taus": s["taus"]} for _, s in sorted(recorded_selections(commits).items())]
     else:  # one row per selection in the table (a handful), not per sample
         selection = read_table(spark, paths["selection"], version=versions["selection"])
-        available = [r.asDict() for r in selection.groupBy(*keys).agg(F.sum(F.col("kept").cast("int")).alias("kept"))
-                     .orderBy("selection_id").collect()]
+        grouped = selection.groupBy(*[k for k in keys if k != "tau"]).agg(
+            F.sum(F.col("kept").cast("int")).alias("kept"), F.min("tau").alias("_low"), F.max("tau").alias("_high"))
+        # a tau_by=source selection's rows hold their sources' taus: no one tau, as its select commit records
+        available = [{**{k: r[k] for k in keys if k != "tau"}, "kept": r["kept"],
+                      "tau": r["_low"] if r["_low"] == r["_high"] else None, "taus": None}
+                     for r in grouped.orderBy("selection_id").collect()]
     if selection_id is not None:
         matches = [s for s in available if s["selection_id"] == selection_id]
         wanted = f"selection_id {selection_id!r}"

@@ -36,8 +36,8 @@ CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", 
                         "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH",
                         "MLFLOW_TRACKING_CLIENT_CERT_PATH", "DATABRICKS_HOST", "DATABRICKS_TOKEN",
                         "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET")
-TRAIN_SET_COLUMNS = ["sample_id", "image_path", "image_bytes", "conversations", "token_keep", "token_ids",
-                     "token_turn", "token_char_start", "token_char_end"]
+TRAIN_SET_COLUMNS = ["sample_id", "image_path", "image_bytes", "conversations", "token_keep", "token_weight",
+                     "token_ids", "token_turn", "token_char_start", "token_char_end"]
 
 
 class MlflowConfig(BaseModel):
@@ -328,15 +328,18 @@ def training_conventions(settings: TrainSettings, resolved: dict) -> tuple[Train
 
 
 def training_rows(spark, resolved: dict):
-    """The kept rows of the selection, with the scorer's token arrays and the corpus record."""
+    """The kept rows of the selection (mask and loss weights), with the scorer's token arrays and the corpus
+    record."""
     from pyspark.sql import functions as F
 
     from vig_udf.lake import read_table
 
     paths, versions = resolved["paths"], resolved["versions"]
-    kept = (read_table(spark, paths["selection"], version=versions["selection"])
-            .where((F.col("selection_id") == resolved["selection_id"]) & F.col("kept"))
-            .select("sample_id", "token_keep"))
+    selection = read_table(spark, paths["selection"], version=versions["selection"])
+    # token_weight: the loss weights of a token_weight=vig selection (null otherwise; absent from older tables)
+    weight = F.col("token_weight") if "token_weight" in selection.columns else F.lit(None).cast("array<float>")
+    kept = (selection.where((F.col("selection_id") == resolved["selection_id"]) & F.col("kept"))
+            .select("sample_id", "token_keep", weight.alias("token_weight")))
     scores = (read_table(spark, paths["scores"], version=versions["scores"])
               .where(F.col("scorer_id") == resolved["scorer_id"])
               .select("sample_id", "token_ids", "token_turn", "token_char_start", "token_char_end"))

@@ -99,7 +99,9 @@ class TrainSetStream(torch.utils.data.IterableDataset):
     """Batches of one rank's share of the training set, ready for the model (see the module docstring).
 
     Each item is ``{"input_ids", "attention_mask", <processor tensors>, "labels", "n_samples", "skipped",
-    "truncated", "realigned", "end_of_turn"}``: ``skipped`` lists ``"sample_id: status: message"`` of the
+    "truncated", "realigned", "end_of_turn", "label_weights"}`` (``label_weights``: float32, the shape of
+    ``labels``, the loss weight of each label, 1 unless the selection carries token loss weights, 0 off the
+    labels): ``skipped`` lists ``"sample_id: status: message"`` of the
     batch's samples that could not be built or keep no label, ``truncated`` ``(sample_id, supervised tokens
     cut)`` of its samples cut at ``max_length``, ``realigned`` counts the samples whose mask moved through
     character spans. ``prompt_format``, ``image_pad`` and ``image_placement`` are the scores' (see
@@ -225,6 +227,14 @@ class TrainSetStream(torch.utils.data.IterableDataset):
         for i, example in enumerate(good):  # the fallback keeps no label
             labels[i, : len(example.labels)] = torch.as_tensor(example.labels)
         batch["labels"] = labels
+        # every batch carries the loss weights (1 at each label without token_weight), so that every rank and
+        # accumulation step counts the same way (the trainer's divisor is their sum)
+        weights = torch.zeros(labels.shape, dtype=torch.float32)
+        for i, example in enumerate(good):
+            weights[i, : len(example.labels)] = torch.as_tensor(
+                example.weights if example.weights is not None else (example.labels != IGNORE_INDEX),
+                dtype=torch.float32)
+        batch["label_weights"] = weights
         batch["n_samples"] = torch.tensor(len(good))
         batch["end_of_turn"] = torch.tensor(sum(e.n_end_of_turn for e in good))
         batch["realigned"] = torch.tensor(sum(e.realigned for e in good))

@@ -14,7 +14,14 @@ settings, the trainer applies them to the processor and the builder), so the sco
 tokens come from the same prompt.
 
 Labels are the token id at kept answer positions and -100 everywhere else: unselected answer tokens and
-the prompt stay in the input as context but get no loss. With ``supervise_end_of_turn`` (the training
+the prompt stay in the input as context but get no loss. A selection made with ``token_weight=vig`` also carries
+a loss weight per kept token (``token_weight``); the example then holds ``weights``, the weight of each labelled
+position (the stored weight at a kept answer token, 1 at an end-of-turn token, 0 elsewhere), which the loss
+applies (:func:`vig_udf.train.loss.selected_token_loss`). Weights realigned to another tokenizer are the
+character-weighted means of the scorer tokens' weights (:func:`vig_udf.selection.spans.weights_from_spans`),
+renormalised to mean 1 over the sample's kept tokens, as the selection made them.
+
+With ``supervise_end_of_turn`` (the training
 default) the end-of-turn text after each answer that keeps at least one token is labelled too, as
 LLaVA-1.5's ``preprocess_v1`` and TRL's completion-only training do, so that the model learns to stop:
 ``</s>`` with ``llava_v1``, ``<|im_end|>\\n`` with a ChatML template, the template's stop token otherwise
@@ -38,7 +45,7 @@ from vig_udf.scoring.forward import Sequence
 from vig_udf.scoring.images import load_image
 from vig_udf.scoring.inputs import InputBuilder
 from vig_udf.scoring.masking import AnswerTokens, labels_for
-from vig_udf.selection.spans import keep_from_spans, kept_char_spans
+from vig_udf.selection.spans import keep_from_spans, kept_char_spans, weighted_char_spans, weights_from_spans
 
 IGNORE_INDEX = -100
 
@@ -54,6 +61,7 @@ class TrainExample:
     n_end_of_turn: int = 0  # labelled end-of-turn tokens (included in n_supervised)
     cut_tokens: int = 0  # supervised tokens lost to max_length
     cut_reason: str | None = None  # why a cut example has no label left
+    weights: np.ndarray | None = None  # float32 [L]: loss weight per position (token_weight=vig), else None
 
     @property
     def n_supervised(self) -> int:
@@ -86,6 +94,24 @@ def token_keep_for(tokens: AnswerTokens, row: dict) -> tuple[np.ndarray, bool]:
     return keep_from_spans(tokens.turn, tokens.char_start, tokens.char_end, spans), True
 
 
+def token_weight_for(tokens: AnswerTokens, row: dict, keep: np.ndarray, realigned: bool) -> np.ndarray | None:
+    """The loss weights over ``tokens`` (this tokenizer's answer tokens, kept by ``keep``), or None for a row
+    without ``token_weight`` (the hard mask: every kept token weighs 1)."""
+    if row.get("token_weight") is None:
+        return None
+    stored = np.asarray(row["token_weight"], dtype=np.float32)
+    if stored.shape != np.asarray(row["token_keep"]).shape:
+        raise ValueError(f"sample {row.get('sample_id')}: token_weight has {stored.size} entries for "
+                         f"{len(row['token_keep'])} token_keep entries")
+    if not realigned:
+        return np.where(keep, stored, 0).astype(np.float32)
+    spans = weighted_char_spans(row["token_turn"], row["token_char_start"], row["token_char_end"],
+                                row["token_keep"], stored)
+    weights = np.where(keep, weights_from_spans(tokens.turn, tokens.char_start, tokens.char_end, spans), 0)
+    mean = weights[keep].mean() if keep.any() else 0.0
+    return (weights / mean if mean > 0 else weights).astype(np.float32)
+
+
 def end_of_turn_positions(tokens: AnswerTokens, keep: np.ndarray) -> np.ndarray:
     """Positions of the end-of-turn tokens to supervise: those of every answer turn with a kept token."""
     kept_turns = np.unique(tokens.turn[np.asarray(keep, dtype=bool)])
@@ -110,12 +136,19 @@ def build_example(builder: InputBuilder, row: dict, *, image_root: str | None = 
     keep, realigned = token_keep_for(tokens, row)
     ids = seq.input_ids.numpy()
     labels = labels_for(ids, tokens, keep, ignore_index=IGNORE_INDEX)
+    token_weight = token_weight_for(tokens, row, keep, realigned)
+    weights = None
+    if token_weight is not None:
+        weights = np.zeros(ids.shape, dtype=np.float32)
+        weights[tokens.positions[keep]] = token_weight[keep]
     n_eot = 0
     if supervise_end_of_turn:
         eot = end_of_turn_positions(tokens, keep)
         labels[eot] = ids[eot]
         n_eot = len(eot)
-    example = TrainExample(row["sample_id"], seq, labels, realigned, n_eot)
+        if weights is not None:
+            weights[eot] = 1.0
+    example = TrainExample(row["sample_id"], seq, labels, realigned, n_eot, weights=weights)
     if max_length is not None and len(ids) > max_length:
         example = _cut(example, max_length, builder.image_token_ids, eot if supervise_end_of_turn else ())
     return example
@@ -123,7 +156,7 @@ def build_example(builder: InputBuilder, row: dict, *, image_root: str | None = 
 
 def _cut(example: TrainExample, max_length: int, image_token_ids: set[int], eot) -> TrainExample:
     """``example`` cut to its first ``max_length`` tokens (LLaVA's truncation), counting the labels lost."""
-    ids, labels = example.seq.input_ids, example.labels
+    ids, labels, weights = example.seq.input_ids, example.labels, example.weights
     cut_tokens = int((labels[max_length:] != IGNORE_INDEX).sum())
     reason = None
     image_ids = np.isin(ids.numpy(), list(image_token_ids))
@@ -132,7 +165,9 @@ def _cut(example: TrainExample, max_length: int, image_token_ids: set[int], eot)
                   "nothing of it can be trained")
         cut_tokens = int((labels != IGNORE_INDEX).sum())
         labels = np.full(max_length, IGNORE_INDEX, dtype=np.int64)
+        weights = None if weights is None else np.zeros(max_length, dtype=np.float32)
     else:
+        weights = None if weights is None else weights[:max_length].copy()
         labels = labels[:max_length].copy()
         if not (labels != IGNORE_INDEX).any():
             reason = f"max_length={max_length} cuts every selected token (the sequence is {len(ids)} tokens)"
@@ -141,4 +176,4 @@ def _cut(example: TrainExample, max_length: int, image_token_ids: set[int], eot)
     positions = example.seq.positions[example.seq.positions < max_length]
     seq = Sequence(ids[:max_length], extras, positions)
     n_eot = int(np.sum(np.asarray(eot, dtype=np.int64) < max_length)) if reason is None else 0
-    return TrainExample(example.sample_id, seq, labels, example.realigned, n_eot, cut_tokens, reason)
+    return TrainExample(example.sample_id, seq, labels, example.realigned, n_eot, cut_tokens, reason, weights)

@@ -7,8 +7,10 @@ The model is still called through its own ``forward`` (so DDP's and FSDP's hooks
 ``[batch, length, vocab]`` logits tensor is built, which matters for 32K-150K vocabularies. The model's
 logits are then ``[n, vocab]`` (final-logit soft-capping, where the family has it, is applied by the model).
 
-:func:`selected_token_loss` is the *sum* of token losses in float32; the trainer divides it by the number
-of supervised tokens of the global batch (every rank, every accumulated forward pass).
+:func:`selected_token_loss` is the *sum* of token losses in float32, each times its loss weight where the
+selection has them (``token_weight=vig``); the trainer divides it by the number of supervised tokens of the
+global batch (every rank, every accumulated forward pass), or with weights by their sum over it, so that a
+step minimises ``sum(w_i * nll_i) / sum(w_i)`` over its supervised tokens (the plain mean when every w_i is 1).
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ class LabelledPositionsHead:
             self.index = None
 
 
-def selected_token_loss(model, head: LabelledPositionsHead, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of ``model`` (possibly wrapped by DDP/FSDP) on the labelled tokens of ``labels``."""
+def selected_token_loss(model, head: LabelledPositionsHead, inputs: dict, labels: torch.Tensor,
+                        weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed cross-entropy of ``model`` (possibly wrapped by DDP/FSDP) on the labelled tokens of ``labels``;
+    with ``weights`` (the shape of ``labels``), each token's cross-entropy times its weight."""
     rows, pos = torch.nonzero(labels != IGNORE_INDEX, as_tuple=True)
     if rows.numel() and bool((pos == 0).any()):
         raise ValueError("a labelled token at position 0 has no preceding state to predict it")
@@ -60,5 +64,8 @@ def selected_token_loss(model, head: LabelledPositionsHead, inputs: dict, labels
         targets, weight = labels[rows, pos], 1.0
     with head.positions(rows, pos):
         logits = model(**inputs, use_cache=False, return_dict=True).logits
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.to(logits.device),
-                           reduction="sum") * weight
+    losses = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.to(logits.device),
+                             reduction="none")
+    if weights is not None and weight:
+        losses = losses * weights[rows, pos].to(device=losses.device, dtype=losses.dtype)
+    return losses.sum() * weight

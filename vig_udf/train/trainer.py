@@ -12,7 +12,10 @@ rank by pyspark's ``TorchDistributor`` or ``torchrun`` (the environment's ``RANK
 - the loss (:class:`SelectiveTrainer.compute_loss`): the summed cross-entropy at the labelled positions only
   (:mod:`vig_udf.train.loss`), divided by the Trainer's ``num_items_in_batch``, the supervised tokens of the
   global batch (every rank, every accumulated forward pass), so that an optimizer step minimises the mean over
-  exactly the supervised tokens of the step whatever the split into processes and accumulation steps;
+  exactly the supervised tokens of the step whatever the split into processes and accumulation steps; with
+  token loss weights (a ``token_weight=vig`` selection) the token losses are weighted and ``num_items_in_batch``
+  is the sum of the weights over the same global batch (:meth:`SelectiveTrainer.get_batch_samples`), so a step
+  minimises the weighted mean;
 - the run record (``<output_dir>/vig_run.json``): the settings that change the weights, the training set's
   identity, the number of processes and the precision; a resume with any of them different is refused,
   naming the difference;
@@ -231,8 +234,20 @@ class SelectiveTrainer(Trainer):
                                            pin_memory=self.args.dataloader_pin_memory,
                                            persistent_workers=workers > 0, prefetch_factor=2 if workers else None)
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The Trainer's accumulated batches and token count, replaced by the sum of the batches' loss weights
+        (over the ranks too, as the Trainer sums its count): the weighted mean's divisor, the token count itself
+        when every weight is 1. The stream puts ``label_weights`` in every batch, so every rank takes this path."""
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if num_items is not None and batches and "label_weights" in batches[0]:
+            num_items = sum(b["label_weights"].double().sum() for b in batches).to(device)
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                num_items = self.accelerator.gather(num_items).sum()
+        return batches, num_items
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
+        weights = inputs.pop("label_weights", None)
         counts = torch.stack([labels.ne(-100).sum(), inputs.pop("n_samples"), inputs.pop("end_of_turn"),
                               inputs.pop("realigned")]).to(torch.float64)
         for entry in inputs.pop("skipped"):
@@ -242,8 +257,9 @@ class SelectiveTrainer(Trainer):
             self.new_truncated[sample_id] = int(cut)
         if model.training:  # summed on the device: no host synchronisation per forward pass
             self.window = self.window.to(counts.device) + counts
-        loss_sum = selected_token_loss(model, self.head, inputs, labels)
-        supervised = num_items_in_batch if num_items_in_batch is not None else labels.ne(-100).sum()
+        loss_sum = selected_token_loss(model, self.head, inputs, labels, weights)
+        supervised = num_items_in_batch if num_items_in_batch is not None else (
+            labels.ne(-100).sum() if weights is None else weights.sum())
         # DDP and FSDP average gradients over the ranks: times the number of processes gives sum / supervised
         loss = loss_sum / torch.clamp(torch.as_tensor(supervised, dtype=loss_sum.dtype, device=loss_sum.device),
                                       min=1) * self.accelerator.num_processes
