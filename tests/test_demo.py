@@ -15,6 +15,7 @@ from vig_udf.lake import read_table, table_history
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 POLICIES = ["all", "vig", "random_tokens"]  # the select job's tests cover the others
+ARMS = ["vig@mismatched", "vig+token_weight"]  # issue 24's comparisons, trained next to vig
 DRAWN = ("random", "random_tokens")
 
 
@@ -26,26 +27,32 @@ def test_demo_produces_every_table_run_and_report(spark, tmp_path):
     # gate=report: this few-step model fails the scorer gate (tests/test_demo_gate.py tests the refusal)
     cfg = DemoConfig(workdir=str(tmp_path), samples=24, test_samples=6, seeds=[0], epochs=1, batch_size=8, policies=POLICIES,
                      schedules=["equal_epochs", "equal_steps"],
-                     examples=2, system_metrics=False, gate="report", gate_items=6)
+                     examples=2, system_metrics=False, gate="report", gate_items=6,
+                     comparisons=["mismatched", "token_weight"])
     summary = run_demo(cfg, model_config=model, spark=spark, out=lines.append)
     lake = summary["lake"]
 
     corpus = read_table(spark, lake + "/corpus")
     scores = read_table(spark, lake + "/scores")
     selection = read_table(spark, lake + "/selection")
-    assert corpus.count() == 24 and scores.count() == 24
+    # one score job for both counterfactuals: drop (the main scorer) and mismatched, 24 rows each
+    assert corpus.count() == 24 and scores.count() == 48
+    assert set(summary["scorer_ids"]) == {"drop", "mismatched"}
+    assert {r["scorer_id"]: r["count"] for r in scores.groupBy("scorer_id").count().collect()} == {
+        summary["scorer_ids"]["drop"]: 24, summary["scorer_ids"]["mismatched"]: 24}
     assert summary["rows_for_scorer"] == 24 and set(summary["rows_by_status"]) <= {"ok", "text_only"}
     ids = {policy: s["selection_id"] for (policy, _), s in summary["selections"].items()}
-    assert sorted(ids) == sorted(POLICIES)
+    assert sorted(ids) == sorted(POLICIES + ARMS)
+    assert summary["selections"][("vig@mismatched", None)]["selection_id"] != ids["vig"] != ids["vig+token_weight"]
     for policy, selection_id in ids.items():
         assert selection.where(f"selection_id = '{selection_id}'").count() == 24, policy
     assert table_history(spark, lake + "/selection")[0]["job"] == "select"
 
     client = MlflowClient(summary["tracking"]["tracking_uri"])
     assert sorted((r["schedule"], r["policy"]) for r in summary["runs"]) == sorted(
-        (s, p) for s in ("equal_epochs", "equal_steps") for p in POLICIES)
+        (s, p) for s in ("equal_epochs", "equal_steps") for p in POLICIES + ARMS)
     by_schedule = {(r["schedule"], r["policy"]): r for r in summary["runs"]}
-    for policy in POLICIES:  # one run stands for both schedules exactly when it trains the same steps
+    for policy in POLICIES + ARMS:  # one run stands for both schedules exactly when it trains the same steps
         epochs, steps = by_schedule[("equal_epochs", policy)], by_schedule[("equal_steps", policy)]
         assert (epochs["run_id"] == steps["run_id"]) == (epochs["steps"] == steps["steps"]), policy
         assert steps["steps"] == by_schedule[("equal_steps", "all")]["steps"]
@@ -71,7 +78,10 @@ def test_demo_produces_every_table_run_and_report(spark, tmp_path):
 
     report = summary["report"]
     text = open(report["report"]).read()
-    assert all(f"| {p}" in text for p in POLICIES) and "## Differences" in text
+    assert all(f"| {p}" in text for p in POLICIES + ARMS) and "## Differences" in text
+    assert "vig@mismatched - vig" in text and "vig+token_weight - vig" in text
+    assert "## Counterfactuals and token weights (issue 24)" in text and "### Turn VIG per answer kind" in text
+    assert "### Scorer gate, counterfactual mismatched" in text and "### Token weights" in text
     assert "## Scorer gate" in text and "FAILS the gate" in text and not summary["gate"].passed
     report_runs = client.search_runs([client.get_experiment_by_name("vig-demo").experiment_id],
                                      filter_string="tags.`vig.kind` = 'report'")

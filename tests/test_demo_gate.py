@@ -70,3 +70,29 @@ def test_the_demo_refuses_a_policy_comparison_with_a_blind_scorer(blind_checkpoi
     assert "## Policy comparison: refused" in report and "No policy was trained" in report
     assert "| real image |" in report and (tmp_path / "report" / "check" / "check.html").exists()
     assert not (tmp_path / "lake").exists() and not (tmp_path / "runs").exists()
+
+
+def test_the_mismatched_gate_takes_criterion_3m_and_scores_an_items_candidates_against_one_partner(
+        blind_checkpoint):
+    from vig_udf.demo.gate import item_partners
+    from vig_udf.scoring.options import ScorerOptions
+
+    items = check_split(8, seed=7)
+    partners = item_partners(items, seed=0)
+    assert set(partners) == {i["id"] for i in items}  # every item has another item's image as its partner
+    assert all(p["counterfactual_partner"] != item_id for item_id, p in partners.items())
+    records = candidate_records(items, partners)
+    assert len({r["counterfactual_partner"] for r in records[:len(COLOURS)]}) == 1  # an item's four candidates
+
+    scorer = VIGScorer.from_pretrained(blind_checkpoint, ScorerOptions(counterfactual="mismatched"))
+    lax = dict(min_acc_consistent=0, min_acc_conflicting=0, max_prior_distance=0)  # criterion 3 is not used here
+    strict = measure_gate(scorer, items, thresholds=GateThresholds(**lax, max_p_true_mismatched_conflicting=0))
+    n = strict.numbers
+    # the blind model answers alike with any image: the partner's leaves p(true colour) where the real one has it
+    assert n["counterfactual"] == "mismatched"
+    assert n["p_true_counterfactual_conflicting"] == pytest.approx(n["p_true_real_conflicting"], abs=1e-5)
+    assert [f for f in strict.failures if not f.startswith("vig check fails")] == [
+        next(f for f in strict.failures if "partner's image" in f)]
+    assert "p(true colour) with the partner's image" in strict.verdict()
+    loose = measure_gate(scorer, items, thresholds=GateThresholds(**lax, max_p_true_mismatched_conflicting=1))
+    assert [f for f in loose.failures if not f.startswith("vig check fails")] == []

@@ -16,7 +16,7 @@ from typing import Literal, TypeVar
 import re
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vig_udf.errors import InputError
 from vig_udf.scoring.options import ScorerOptions
@@ -105,6 +105,11 @@ class DemoConfig(BaseModel):
         description="equal_epochs: `epochs` passes over each policy's kept samples (fewer steps when it keeps "
                     "fewer); equal_steps: every policy trains as many steps as `all` does in `epochs` passes "
                     "(both: about 20 minutes on 2 cores, docs/demo_benchmark.md)")
+    comparisons: list[Literal["mismatched", "token_weight"]] = Field(
+        default_factory=list,
+        description="issue 24's comparisons, each an arm trained per seed next to vig (docs/demo_benchmark.md): "
+                    "mismatched = vig selected with the mismatched-image scorer (scored in the same job, gated "
+                    "too); token_weight = vig's samples with token_weight=vig; [] = neither (make demo)")
     p: float = Field(70.0, gt=0, le=100, description="percent of multimodal samples kept by vig/sample/random")
     epochs: float = Field(3.0, gt=0, description="passes over each policy's kept samples (equal_epochs)")
     batch_size: int = Field(16, gt=0, description="samples per training step")
@@ -124,6 +129,12 @@ class DemoConfig(BaseModel):
     system_metrics: bool = Field(True, description="log CPU/memory usage in every training run")
     scorer: ScorerConfig = ScorerConfig(counterfactual="drop")  # the scorer gate's choice: docs/demo_benchmark.md
     spark: SparkConfig = SparkConfig(conf={"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4"})
+
+    @model_validator(mode="after")
+    def _comparisons_need_vig(self) -> "DemoConfig":
+        if self.comparisons and "vig" not in self.policies:
+            raise ValueError(f"comparisons={self.comparisons} compare arms with vig: add vig to policies")
+        return self
 
 
 SHARED_SECTIONS = ("lake", "spark")

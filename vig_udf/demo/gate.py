@@ -29,6 +29,9 @@ class GateThresholds:
     min_acc_consistent: float = 0.90
     min_acc_conflicting: float = 0.75
     max_prior_distance: float = 0.25  # mean total variation distance, counterfactual vs no image
+    # criterion 3m, for counterfactual=mismatched in place of 3 (fixed 2026-12-02 before any run of it): the mean
+    # probability of the true colour with the partner's image on prior-conflicting items
+    max_p_true_mismatched_conflicting: float = 0.35
 
 
 @dataclass
@@ -44,12 +47,15 @@ class GateResult:
         return not self.failures
 
     def verdict(self) -> str:
-        n = self.numbers
+        n, t = self.numbers, self.numbers["thresholds"]
+        third = (f"p(true colour) with the partner's image on conflicting items {n['p_true_counterfactual_conflicting']:.3f} "
+                 f"(need <= {t['max_p_true_mismatched_conflicting']:.2f}; total variation from no image "
+                 f"{n['prior_distance']:.3f}, not a criterion here)" if n.get("counterfactual") == "mismatched" else
+                 f"counterfactual vs no image: total variation {n['prior_distance']:.3f} "
+                 f"(need <= {t['max_prior_distance']:.2f})")
         line = (f"scorer gate {'PASS' if self.passed else 'FAIL'} on {n['items']} check items: accuracy with the "
                 f"real image {n['acc_real_consistent']:.3f} consistent / {n['acc_real_conflicting']:.3f} conflicting "
-                f"(need >= {n['thresholds']['min_acc_consistent']:.2f} / {n['thresholds']['min_acc_conflicting']:.2f}); "
-                f"counterfactual vs no image: total variation {n['prior_distance']:.3f} "
-                f"(need <= {n['thresholds']['max_prior_distance']:.2f}); vig check "
+                f"(need >= {t['min_acc_consistent']:.2f} / {t['min_acc_conflicting']:.2f}); {third}; vig check "
                 f"{'passes' if n['check_passed'] else 'fails'}")
         if self.failures:
             line += ". Failed: " + "; ".join(self.failures)
@@ -61,11 +67,24 @@ def check_split(n: int, *, seed: int, config: WorldConfig = WorldConfig()) -> li
     return generate_test(n, seed=seed + GATE_SEED_OFFSET, config=config)
 
 
-def candidate_records(items: list[dict]) -> list[dict]:
-    """One LLaVA record per (item, colour), item-major, in :data:`COLOURS` order."""
+def candidate_records(items: list[dict], partners: dict[str, dict] | None = None) -> list[dict]:
+    """One LLaVA record per (item, colour), item-major, in :data:`COLOURS` order; with ``partners`` (item id ->
+    the mismatched counterfactual's keys, :func:`item_partners`) every candidate of an item carries its item's."""
     return [{"id": f"{item['id']}:{colour}", "image": item["image"], "conversations": [
         {"from": "human", "value": "<image>\n" + item["question"]},
-        {"from": "gpt", "value": colour_answer(item["shape"], colour)}]} for item in items for colour in COLOURS]
+        {"from": "gpt", "value": colour_answer(item["shape"], colour)}], **(partners or {}).get(item["id"], {})}
+        for item in items for colour in COLOURS]
+
+
+def item_partners(items: list[dict], *, seed: int) -> dict[str, dict]:
+    """Item id -> ``counterfactual_partner`` and ``counterfactual_image``: one partner per item by the corpus's
+    partner rule (:func:`vig_udf.scoring.partners.assign_partners`), so that an item's four candidates are scored
+    against the same other image."""
+    from vig_udf.scoring.partners import assign_partners
+
+    found = assign_partners(true_answer_records(items), seed=seed, scope="corpus")
+    return {r["id"]: {k: r[k] for k in ("counterfactual_partner", "counterfactual_image")}
+            for r in found if "counterfactual_image" in r}
 
 
 def true_answer_records(items: list[dict]) -> list[dict]:
@@ -89,7 +108,8 @@ def _softmax(scores: np.ndarray) -> np.ndarray:
 
 def measure_gate(scorer, items: list[dict], *, thresholds: GateThresholds = GateThresholds()) -> GateResult:
     """Score the check split's candidates under real / counterfactual / no image, run ``vig check``, decide."""
-    records = candidate_records(items)
+    mismatched = scorer.options.counterfactual == "mismatched"
+    records = candidate_records(items, item_partners(items, seed=scorer.options.partner_seed) if mismatched else None)
     scored = scorer.score(records)
     dropped = drop_variant(scorer).score(records)
     cond = {"real": _totals(scored, len(items), "with"), "counterfactual": _totals(scored, len(items), "without"),
@@ -98,7 +118,8 @@ def measure_gate(scorer, items: list[dict], *, thresholds: GateThresholds = Gate
     truth = np.asarray([item["answer"] for item in items])
     conflict = np.asarray([item["conflict"] for item in items], dtype=bool)
     typical = np.asarray([TYPICAL_COLOUR[item["shape"]] for item in items])
-    numbers: dict = {"items": len(items), "thresholds": asdict(thresholds)}
+    numbers: dict = {"items": len(items), "thresholds": asdict(thresholds),
+                     "counterfactual": scorer.options.counterfactual}
     for name, scores in cond.items():
         predicted = colours[scores.argmax(axis=1)]
         correct = predicted == truth
@@ -107,7 +128,9 @@ def measure_gate(scorer, items: list[dict], *, thresholds: GateThresholds = Gate
         numbers[f"prior_rate_{name}_conflicting"] = (float((predicted[conflict] == typical[conflict]).mean())
                                                     if conflict.any() else math.nan)
         true_index = np.asarray([list(COLOURS).index(c) for c in truth])
-        numbers[f"p_true_{name}"] = float(_softmax(scores)[np.arange(len(items)), true_index].mean())
+        p_true = _softmax(scores)[np.arange(len(items)), true_index]
+        numbers[f"p_true_{name}"] = float(p_true.mean())
+        numbers[f"p_true_{name}_conflicting"] = float(p_true[conflict].mean()) if conflict.any() else math.nan
     numbers["prior_distance"] = float(0.5 * np.abs(_softmax(cond["counterfactual"]) - _softmax(cond["none"]))
                                       .sum(axis=1).mean())
     check = check_scorer(scorer, true_answer_records(items))
@@ -120,7 +143,13 @@ def measure_gate(scorer, items: list[dict], *, thresholds: GateThresholds = Gate
     if not numbers["acc_real_conflicting"] >= thresholds.min_acc_conflicting:
         failures.append(f"real-image accuracy on prior-conflicting items {numbers['acc_real_conflicting']:.3f} "
                         f"< {thresholds.min_acc_conflicting:.2f}: the scorer does not read the colours")
-    if not numbers["prior_distance"] <= thresholds.max_prior_distance:
+    if mismatched:
+        if not numbers["p_true_counterfactual_conflicting"] <= thresholds.max_p_true_mismatched_conflicting:
+            failures.append(f"with the partner's image the true colour of prior-conflicting items keeps probability "
+                            f"{numbers['p_true_counterfactual_conflicting']:.3f} > "
+                            f"{thresholds.max_p_true_mismatched_conflicting:.2f}: the mismatched image still tells "
+                            "the colour")
+    elif not numbers["prior_distance"] <= thresholds.max_prior_distance:
         failures.append(f"the counterfactual's answers are {numbers['prior_distance']:.3f} (total variation) from "
                         f"the no-image prompt's, > {thresholds.max_prior_distance:.2f}: it leaves colour information "
                         f"in the image (conflicting accuracy {numbers['acc_counterfactual_conflicting']:.3f} with it, "

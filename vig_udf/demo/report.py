@@ -33,6 +33,7 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from vig_udf.demo.stats import RESAMPLES, format_interval, interval, paired_difference
+from vig_udf.demo.variants import VIG_MISMATCHED, VIG_WEIGHTED
 from vig_udf.report.views import plot_distributions, pyplot, token_view_html
 
 POLICY_ORDER = ("all", "vig", "sample", "token", "random", "random_tokens")
@@ -54,6 +55,8 @@ COMPARISONS = (
     ("vig", "random_tokens", "as many samples and supervised tokens, drawn at random"),
     ("sample", "all", "ablation: sample selection alone"),
     ("token", "all", "ablation: token selection alone"),
+    (VIG_MISMATCHED, "vig", "the demo's counterfactual (issue 24: mismatched-image VIG)"),
+    (VIG_WEIGHTED, "vig", "the 0/1 token mask (issue 24: soft token weights)"),
 )
 POWER_TARGET = 0.03  # the difference the design must resolve (issue 10): MDE at 80% power <= 0.03
 

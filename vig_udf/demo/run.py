@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from vig_udf.config import DemoConfig, ScorerConfig
+from vig_udf.demo import variants
 from vig_udf.demo.model import DemoModelConfig, build_demo_model
 from vig_udf.demo.world import ATTRIBUTE_WORDS, generate, generate_test
 
@@ -57,6 +58,10 @@ def run_demo(cfg: DemoConfig, *, model_config: DemoModelConfig = DemoModelConfig
     model_path = cfg.scorer.model_path or build_demo_model(workdir / "model", model_config)
     out(f"aligned model: {model_path} (ready after {time.perf_counter() - started:.0f}s)")
     gate = scorer_gate(cfg, model_path, model_config, workdir / "report", out)
+    gates = {cfg.scorer.counterfactual: gate}
+    if variants.MISMATCHED in cfg.comparisons:
+        gates[variants.MISMATCHED] = scorer_gate(cfg, model_path, model_config, workdir / "report", out,
+                                                 counterfactual=variants.MISMATCHED)
     if not gate.passed and cfg.gate == "enforce":
         report = write_refusal(workdir / "report", gate, cfg, model_path)
         out("policy comparison refused: the scorer fails the gate (docs/demo_benchmark.md, \"The scorer gate\"): "
@@ -70,12 +75,20 @@ def run_demo(cfg: DemoConfig, *, model_config: DemoModelConfig = DemoModelConfig
     spark = spark or spark_session(cfg.spark)
     image_root = str(corpus_dir / "images")
     ingest = run_ingest(spark, IngestJobConfig(input=str(records_path), image_root=image_root, lake=lake), out=out)
-    scorer = ScorerConfig(**{**cfg.scorer.model_dump(), "model_path": model_path, "image_root": image_root})
+    names = variants.counterfactuals(cfg.scorer.counterfactual, cfg.comparisons)
+    scorer = ScorerConfig(**{**cfg.scorer.model_dump(), "model_path": model_path, "image_root": image_root,
+                             **({"counterfactuals": names} if len(names) > 1 else {})})
     scored = run_score(spark, ScoreJobConfig(lake=lake, scorer=scorer, spark=cfg.spark), out=out)
-    selections = _select(spark, cfg, lake, out)
+    scorer_ids = scored.get("scorer_ids") or {cfg.scorer.counterfactual: scored["scorer_id"]}
+    if len(names) > 1:  # the main scorer's summary; the others are compared in the report's issue-24 section
+        scored = {**scored["by_scorer"][scorer_ids[cfg.scorer.counterfactual]], "scorer_ids": scorer_ids}
+    selections = _select(spark, cfg, lake, scored["scorer_id"], out)
+    trained_arms = [arm for arm in variants.arms(cfg.comparisons) if arm != variants.VIG_MISMATCHED
+                    or gates[variants.MISMATCHED].passed or cfg.gate == "report"]
+    selections.update(_select_arms(spark, cfg, lake, scorer_ids, trained_arms, out))
     tracking = _mlflow_settings(cfg, workdir)
     test_inputs = _test_sequences(model_path, test_items)
-    plan = training_plan(cfg, selections)
+    plan = training_plan(cfg, selections, trained_arms)
     shared = " (a policy that keeps every sample trains the same steps under both and runs once)" \
         if len(cfg.schedules) > 1 else ""
     out(f"training plan: {len(plan)} runs ({len(cfg.seeds)} seeds; schedules {', '.join(cfg.schedules)}){shared}")
@@ -87,27 +100,34 @@ def run_demo(cfg: DemoConfig, *, model_config: DemoModelConfig = DemoModelConfig
             runs.append({**row, "schedule": schedule})
             outcomes[(schedule, planned.policy, planned.seed)] = items
     report = _report(spark, cfg, lake, scored, selections, runs, outcomes, test_items, corpus_dir, tracking,
-                     workdir, started, ingest, model_path, gate)
+                     workdir, started, ingest, model_path, gates, scorer_ids)
     _print_table(report, out)
     out(f"\nreport: {report['report']}  (MLflow: {tracking['tracking_uri']}, experiment {tracking['experiment']})")
     out(f"tables: {lake}/corpus, scores, selection  (query them: vig sql \"SELECT ...\" --lake {lake})")
     out(f"demo finished in {time.perf_counter() - started:.0f}s")
     return {"lake": lake, "scorer_id": scored["scorer_id"], "rows_by_status": scored["rows_by_status"],
             "rows_for_scorer": scored["rows_for_scorer"], "corpus_version": ingest["corpus_version"],
-            "selections": selections, "runs": runs, "report": report, "tracking": tracking, "gate": gate}
+            "selections": selections, "runs": runs, "report": report, "tracking": tracking, "gate": gate,
+            "gates": gates, "scorer_ids": scorer_ids}
 
 
-def scorer_gate(cfg: DemoConfig, model_path: str, model_config: DemoModelConfig, report_dir: Path, out):
-    """Measure the scorer gate on the check split; its ``vig check`` report goes to ``report_dir/check``."""
+def scorer_gate(cfg: DemoConfig, model_path: str, model_config: DemoModelConfig, report_dir: Path, out, *,
+                counterfactual: str | None = None):
+    """Measure the scorer gate on the check split (with ``counterfactual`` in place of the configured one, whose
+    ``vig check`` report then goes to ``report_dir/check_<counterfactual>``; else to ``report_dir/check``)."""
     from vig_udf.demo.gate import check_split, measure_gate
     from vig_udf.report.check_report import write_check_report
     from vig_udf.scoring.scorer import VIGScorer
 
     started = time.perf_counter()
-    scorer = VIGScorer.from_pretrained(model_path, cfg.scorer.options(), device="cpu")
+    options = cfg.scorer.options()
+    if counterfactual:
+        options = options.model_copy(update={"counterfactual": counterfactual})
+    scorer = VIGScorer.from_pretrained(model_path, options, device="cpu")
     gate = measure_gate(scorer, check_split(cfg.gate_items, seed=cfg.seed, config=model_config.world))
-    write_check_report(gate.check, report_dir / "check", context={"model": model_path, "input": "the demo's "
-                       f"check split ({cfg.gate_items} colour items, seed {cfg.seed} + 3000)"})
+    folder = report_dir / (f"check_{counterfactual}" if counterfactual else "check")
+    write_check_report(gate.check, folder, context={"model": model_path, "input": "the demo's check split "
+                       f"({cfg.gate_items} colour items, seed {cfg.seed} + 3000)", "counterfactual": options.counterfactual})
     out(gate.verdict() + f" ({time.perf_counter() - started:.0f}s)")
     return gate
 
@@ -130,8 +150,9 @@ def write_refusal(report_dir: Path, gate, cfg: DemoConfig, model_path: str) -> s
     return str(path)
 
 
-def _select(spark, cfg: DemoConfig, lake: str, out) -> dict:
-    """One select run for the deterministic policies and one per seed for the random draws."""
+def _select(spark, cfg: DemoConfig, lake: str, scorer_id: str, out) -> dict:
+    """One select run for the deterministic policies and one per seed for the random draws (of the main
+    scorer's rows)."""
     from vig_udf.selection.policies import RANDOM_DRAWS
     from vig_udf.spark.select_job import SelectJobConfig, run_select
 
@@ -140,10 +161,26 @@ def _select(spark, cfg: DemoConfig, lake: str, out) -> dict:
     selections: dict = {}
     runs = ([(fixed, None)] if fixed else []) + ([(drawn, seed) for seed in cfg.seeds] if drawn else [])
     for policies, seed in runs:
-        summary = run_select(spark, SelectJobConfig(lake=lake, policies=policies, p=cfg.p, seed=seed or 0), out=out)
+        summary = run_select(spark, SelectJobConfig(lake=lake, policies=policies, p=cfg.p, seed=seed or 0,
+                                                    scorer_id=scorer_id), out=out)
         for policy in policies:
             selections[(policy, seed)] = {**summary["policies"][policy], "tau": summary["tau"],
                                           "scores_version": summary["scores_version"]}
+    return selections
+
+
+def _select_arms(spark, cfg: DemoConfig, lake: str, scorer_ids: dict[str, str], arms: list[str], out) -> dict:
+    """The selections of the issue-24 arms (:mod:`vig_udf.demo.variants`): ``vig`` with the mismatched scorer,
+    ``vig`` with soft token weights."""
+    from vig_udf.spark.select_job import SelectJobConfig, run_select
+
+    settings = {variants.VIG_MISMATCHED: {"scorer_id": scorer_ids.get(variants.MISMATCHED)},
+                variants.VIG_WEIGHTED: {"scorer_id": scorer_ids[cfg.scorer.counterfactual], "token_weight": "vig"}}
+    selections = {}
+    for arm in arms:
+        summary = run_select(spark, SelectJobConfig(lake=lake, policies=["vig"], p=cfg.p, **settings[arm]), out=out)
+        selections[(arm, None)] = {**summary["policies"]["vig"], "tau": summary["tau"],
+                                   "scores_version": summary["scores_version"]}
     return selections
 
 
@@ -159,14 +196,15 @@ class PlannedRun:
     schedules: tuple[str, ...]
 
 
-def training_plan(cfg: DemoConfig, selections: dict) -> list[PlannedRun]:
-    """The runs of the benchmark, seed by seed. ``equal_epochs``: ``epochs`` passes over the policy's kept
-    samples; ``equal_steps``: the steps that ``epochs`` passes over every scorable sample take (vanilla's)."""
+def training_plan(cfg: DemoConfig, selections: dict, arms: list[str] = ()) -> list[PlannedRun]:
+    """The runs of the benchmark, seed by seed, for every policy and then every issue-24 arm in ``arms``.
+    ``equal_epochs``: ``epochs`` passes over the policy's kept samples; ``equal_steps``: the steps that ``epochs``
+    passes over every scorable sample take (vanilla's)."""
     from vig_udf.selection.policies import RANDOM_DRAWS
 
     plan = []
     for seed in cfg.seeds:
-        for policy in cfg.policies:
+        for policy in [*cfg.policies, *arms]:
             key = (policy, seed if policy in RANDOM_DRAWS else None)
             selection = selections[key]
             kept = selection["kept_multimodal"] + selection["kept_text_only"]
@@ -260,7 +298,7 @@ def scored_turns_and_tokens(scores, conversations: dict, meta: dict):
 
 def _report(spark, cfg: DemoConfig, lake: str, scored: dict, selections: dict, runs: list[dict], outcomes: dict,
             test_items: list[dict], corpus_dir: Path, tracking: dict, workdir: Path, started: float, ingest: dict,
-            model_path: str, gate) -> dict:
+            model_path: str, gates: dict, scorer_ids: dict[str, str]) -> dict:
     import mlflow
 
     from vig_udf.demo.gate import gate_lines
@@ -286,6 +324,7 @@ def _report(spark, cfg: DemoConfig, lake: str, scored: dict, selections: dict, r
                "scores version": vig_selection.get("scores_version"),
                "seconds until the report": round(time.perf_counter() - started),
                **kept_rates}
+    gate = gates[cfg.scorer.counterfactual]
     gate_md = gate_lines(gate) + ([] if gate.passed else [
         "", "**This scorer FAILS the gate; the policy comparison below was made anyway (gate=report) and does not "
             "test the method.**"])
@@ -298,6 +337,10 @@ def _report(spark, cfg: DemoConfig, lake: str, scored: dict, selections: dict, r
         md.write("\n\n## The lake\n\n[lake/report.html](lake/report.html): `vig report` of the demo's lake (rows by "
                  "status, VIG per source, top and bottom samples, what each selection keeps).\n")
     result["paths"]["lake/report.html"] = lake_report["paths"]["report.html"]
+    if cfg.comparisons:
+        lines = _variants_section(spark, cfg, lake, selections, gates, scorer_ids, conversations, meta, turns)
+        with open(result["paths"]["report.md"], "a", encoding="utf-8") as md:
+            md.write("\n".join(lines) + "\n")
     mlflow.set_tracking_uri(tracking["tracking_uri"])
     with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name(tracking["experiment"]).experiment_id,
                           run_name="report"):
@@ -306,6 +349,49 @@ def _report(spark, cfg: DemoConfig, lake: str, scored: dict, selections: dict, r
                            "test_samples": cfg.test_samples, "schedules": ",".join(cfg.schedules)})
         mlflow.log_artifacts(str(workdir / "report"), artifact_path="report")
     return {**result, "report": result["paths"]["report.md"]}
+
+
+def _variants_section(spark, cfg: DemoConfig, lake: str, selections: dict, gates: dict, scorer_ids: dict,
+                      conversations: dict, meta: dict, main_turns) -> list[str]:
+    """The report's issue-24 section: the gates, per-kind VIG and kept rates per scorer, the token weights."""
+    from pyspark.sql import functions as F
+
+    from vig_udf.demo.gate import gate_lines
+    from vig_udf.lake import read_table
+
+    main = cfg.scorer.counterfactual
+    vig_by_kind, kept_by_kind, weights = {main: variants.kind_vig(main_turns)}, {}, None
+    keys = {main: ("vig", None)}
+    if variants.MISMATCHED in scorer_ids:
+        scores = read_table(spark, lake + "/scores").where(
+            F.col("scorer_id") == scorer_ids[variants.MISMATCHED]).toPandas()
+        turns, _ = scored_turns_and_tokens(scores, conversations, meta)
+        vig_by_kind[variants.MISMATCHED] = variants.kind_vig(turns)
+        if (variants.VIG_MISMATCHED, None) in selections:
+            keys[variants.MISMATCHED] = (variants.VIG_MISMATCHED, None)
+    selection = read_table(spark, lake + "/selection")
+    for name, key in keys.items():
+        if key in selections:
+            rows = (selection.where((F.col("selection_id") == selections[key]["selection_id"])
+                                    & ~F.col("reason").startswith("text_only")).select("sample_id", "kept").collect())
+            kept_by_kind[name] = variants.kind_kept({r.sample_id: bool(r.kept) for r in rows}, meta)
+    if (variants.VIG_WEIGHTED, None) in selections:
+        weighted = selections[(variants.VIG_WEIGHTED, None)]
+        totals = (selection.where((F.col("selection_id") == weighted["selection_id"]) & F.col("kept")
+                                  & F.col("token_weight").isNotNull())
+                  .select(F.explode("token_weight").alias("w"))
+                  .agg(F.sum("w").alias("mass"), F.count(F.lit(1)).alias("tokens"), F.max("w").alias("largest"))
+                  .first())
+        weights = {"temperature": weighted.get("params", {}).get("token_weight_temperature", "?"),
+                   "max": weighted.get("params", {}).get("token_weight_max", "?"), "mass": float(totals.mass or 0),
+                   "tokens": int(selections[("vig", None)]["tokens_kept"]), "largest": float(totals.largest or 0)}
+    failed = ("the {arm} arm was trained anyway (gate=report): its comparison with vig does not test the method"
+              if cfg.gate == "report" else "the {arm} arm was not trained, and its comparison with vig is not made")
+    gate_md = {name: gate_lines(g) + ([] if g.passed else [
+        "", f"**This scorer fails the gate: {failed.format(arm=variants.ARMS[name])}.**"])
+        for name, g in gates.items() if name != main}
+    return variants.section(main_cf=main, vig_by_kind=vig_by_kind, kept_by_kind=kept_by_kind, gates=gate_md,
+                            weights=weights)
 
 
 def _print_table(report: dict, out) -> None:
