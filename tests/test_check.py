@@ -87,6 +87,15 @@ def test_check_runs_on_every_family(tiny_checkpoints, family):
     assert len(result.summary["negative_tokens"]) == min(15, sum(len(s.token_turn) for s in result.samples))
 
 
+def test_check_of_a_mismatched_scorer_compares_each_condition_with_another_image(tiny_checkpoints):
+    scorer = VIGScorer.from_pretrained(tiny_checkpoints["llava"], counterfactual="mismatched")
+    result = check_scorer(scorer, records(3))
+    assert result.summary["n"] == 3 and not result.skipped  # no condition lacks its partner
+    # the real image's counterfactual is the next other image, which the mismatched condition shows
+    for s in result.samples:
+        np.testing.assert_allclose(s.logp["counterfactual"], s.logp["mismatched"], atol=1e-5)
+
+
 def test_a_counterfactual_equal_to_the_real_image_is_flagged(tiny_checkpoints):
     # a blur of 1e-6 of the shorter side is the identity on these images: the counterfactual IS the image
     same = check_scorer(VIGScorer.from_pretrained(tiny_checkpoints["llava"], blur_sigma=1e-6), records(4))

@@ -137,8 +137,12 @@ def partly_matching(real: Image.Image, other: Image.Image) -> Image.Image:
     return out
 
 
-def _with_image(record: dict, image: Image.Image) -> dict:
-    return {**record, "image": image}
+def _with_image(record: dict, image: Image.Image, partner: tuple[str, Image.Image] | None = None) -> dict:
+    """``record`` showing ``image``; with ``partner`` (id, image), also the other image that a scorer of the
+    ``mismatched`` counterfactual compares it with."""
+    if partner is None:
+        return {**record, "image": image}
+    return {**record, "image": image, "counterfactual_partner": partner[0], "counterfactual_image": partner[1]}
 
 
 def drop_variant(scorer):
@@ -172,9 +176,12 @@ def score_conditions(scorer, records: list[dict]) -> tuple[list[SampleConditions
     partners = next_different([image_key(im) for im in images])
     if loaded and all(p < 0 for p in partners):
         raise ValueError("every sampled record has the same image: a mismatched image needs at least two images")
-    real = [_with_image(r, im) for r, im in zip(loaded, images)]
-    mismatched = [_with_image(r, images[p]) for r, p in zip(loaded, partners)]
-    partial = [_with_image(r, partly_matching(im, images[p])) for r, im, p in zip(loaded, images, partners)]
+    # a scorer whose own counterfactual is mismatched compares each condition's image with the next other one
+    other = ((lambda i: (loaded[i]["id"], images[i])) if scorer.options.counterfactual == "mismatched"
+             else (lambda i: None))
+    real = [_with_image(r, im, other(p)) for r, im, p in zip(loaded, images, partners)]
+    mismatched = [_with_image(r, images[p], other(partners[p])) for r, p in zip(loaded, partners)]
+    partial = [_with_image(r, partly_matching(im, images[p]), other(p)) for r, im, p in zip(loaded, images, partners)]
     runs = {"real": scorer.score(real), "partial": scorer.score(partial), "mismatched": scorer.score(mismatched),
             "none": drop_variant(scorer).score(real)}
     samples = []
