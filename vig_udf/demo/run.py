@@ -178,9 +178,12 @@ def _select_arms(spark, cfg: DemoConfig, lake: str, scorer_ids: dict[str, str], 
                 variants.VIG_WEIGHTED: {"scorer_id": scorer_ids[cfg.scorer.counterfactual], "token_weight": "vig"}}
     selections = {}
     for arm in arms:
-        summary = run_select(spark, SelectJobConfig(lake=lake, policies=["vig"], p=cfg.p, **settings[arm]), out=out)
+        job = SelectJobConfig(lake=lake, policies=["vig"], p=cfg.p, **settings[arm])
+        summary = run_select(spark, job, out=out)
         selections[(arm, None)] = {**summary["policies"]["vig"], "tau": summary["tau"],
-                                   "scores_version": summary["scores_version"]}
+                                   "scores_version": summary["scores_version"],
+                                   "token_weight": {"temperature": job.token_weight_temperature,
+                                                    "max": job.token_weight_max}}
     return selections
 
 
@@ -382,8 +385,7 @@ def _variants_section(spark, cfg: DemoConfig, lake: str, selections: dict, gates
                   .select(F.explode("token_weight").alias("w"))
                   .agg(F.sum("w").alias("mass"), F.count(F.lit(1)).alias("tokens"), F.max("w").alias("largest"))
                   .first())
-        weights = {"temperature": weighted.get("params", {}).get("token_weight_temperature", "?"),
-                   "max": weighted.get("params", {}).get("token_weight_max", "?"), "mass": float(totals.mass or 0),
+        weights = {**weighted["token_weight"], "mass": float(totals.mass or 0),
                    "tokens": int(selections[("vig", None)]["tokens_kept"]), "largest": float(totals.largest or 0)}
     failed = ("the {arm} arm was trained anyway (gate=report): its comparison with vig does not test the method"
               if cfg.gate == "report" else "the {arm} arm was not trained, and its comparison with vig is not made")
