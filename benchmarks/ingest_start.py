@@ -20,25 +20,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from lake_overhead import SPARK, write_small_corpus  # noqa: E402
-from read_path import BARE_SESSION, COUNT  # noqa: E402
-
-
-def run(command: list[str], tree: Path, log: Path, env: dict) -> float:
-    """Seconds of one command run in ``tree`` with ``tree`` first on the path (and ``env``); fails on an error."""
-    env = {**os.environ, "PYTHONPATH": str(tree), "SPARK_LOCAL_IP": "127.0.0.1", "HF_HUB_OFFLINE": "1", **env}
-    started = time.perf_counter()
-    with open(log, "w") as out:
-        done = subprocess.run(command, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed in {tree}; see {log}")
-    return seconds
+from read_path import BARE_SESSION, COUNT, run  # noqa: E402
 
 
 def main() -> None:

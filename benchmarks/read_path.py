@@ -58,9 +58,10 @@ spark.stop()
 """
 
 
-def run(command: list[str], tree: Path, log: Path) -> float:
-    """Seconds of one command run in ``tree`` with ``tree`` first on the path; fails on a non-zero exit."""
-    env = {**os.environ, "PYTHONPATH": str(tree), "SPARK_LOCAL_IP": "127.0.0.1", "HF_HUB_OFFLINE": "1"}
+def run(command: list[str], tree: Path, log: Path, env: dict | None = None) -> float:
+    """Seconds of one command run in ``tree`` with ``tree`` first on the path (and ``env``); fails on a non-zero
+    exit."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "SPARK_LOCAL_IP": "127.0.0.1", "HF_HUB_OFFLINE": "1", **(env or {})}
     started = time.perf_counter()
     with open(log, "w") as out:
         done = subprocess.run(command, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -155,6 +155,18 @@ def mounted(tmp_path):
         subprocess.run(["umount", "-l", str(point)], check=False)
 
 
+def _fill(folder: Path) -> None:
+    """Take the last free blocks of ``folder``'s file system."""
+    filler = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(filler, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(filler)
+
+
 def test_a_read_only_lake(lake, mounted):
     ro = mounted(["--bind", str(lake)])
     subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], check=True)
@@ -169,14 +181,7 @@ def test_a_full_disk_leaves_no_staging(lake, mounted):
     size = sum(-(-p.stat().st_size // 4096) * 4096 for p in files) + 4096 * len(list(lake.rglob("*")))
     small = mounted(["-t", "tmpfs", "-o", f"size={size + (1 << 20)}", "tmpfs"])
     shutil.copytree(lake, small / "lake")
-    filler = os.open(small / "filler", os.O_WRONLY | os.O_CREAT)  # takes the file system's last free blocks
-    try:
-        while os.write(filler, b"\0" * 4096):
-            pass
-    except OSError:
-        pass
-    finally:
-        os.close(filler)
+    _fill(small)
     before = snapshot(small / "lake")
     result, lines = invoke("select", f"lake={small / 'lake'}", "policies=[vig]")
     assert_one_line_failure(result, lines, 4, "select", "the disk is full", "No space left on device")
@@ -184,18 +189,6 @@ def test_a_full_disk_leaves_no_staging(lake, mounted):
     assert {k: v for k, v in after.items() if not k.startswith("selection/")} == before
     assert not any(k.startswith("selection/_delta_log/") and k.endswith(".json") for k in after)  # no table made
     assert not any(k.startswith("_staging/") for k in after), sorted(after)
-
-
-def _fill(folder: Path) -> None:
-    """Take the last free blocks of ``folder``'s file system."""
-    filler = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
-    try:
-        while os.write(filler, b"\0" * 4096):
-            pass
-    except OSError:
-        pass
-    finally:
-        os.close(filler)
 
 
 @pytest.fixture(scope="module")
