@@ -113,6 +113,12 @@ def test_sessions_get_delta_lakes_jars_and_s3a_its_hadoop_aws(monkeypatch, tmp_p
                        uris=["/local/lake", "s3a://bucket/input.json"])._options
     assert on_s3["spark.jars.packages"].split(",") == [delta, hadoop_aws_package()]
     assert on_s3["spark.driver.host"] == "h" and "spark.driver.bindAddress" not in on_s3
+    # the local JVM compiles with the quick compiler only, beside the user's own options; a cluster's is left alone
+    assert local["spark.driver.extraJavaOptions"] == "-XX:TieredStopAtLevel=1"
+    mine = with_delta(SparkSession.builder, SparkConfig(conf={"spark.driver.extraJavaOptions": "-Xss4m"}))._options
+    assert mine["spark.driver.extraJavaOptions"].split() == ["-XX:TieredStopAtLevel=1", "-Xss4m"]
+    full = with_delta(SparkSession.builder, SparkConfig(quick_jit=False))._options
+    assert "spark.driver.extraJavaOptions" not in on_s3 and "spark.driver.extraJavaOptions" not in full
 
 
 class _Conf:

@@ -49,6 +49,10 @@ class SparkConfig(BaseModel):
     packages: list[str] = Field(default_factory=list, description="Maven coordinates added to Delta Lake's "
                                                                    "(spark.jars.packages); hadoop-aws is added "
                                                                    "for an s3a:// lake")
+    quick_jit: bool = Field(True, description="a local master's JVM compiles with the quick compiler only "
+                                             "(-XX:TieredStopAtLevel=1): a job of seconds to minutes no longer waits "
+                                             "on the optimising compiler's threads (BENCHMARKS.md); false for a long "
+                                             "local job whose JVM side is the bottleneck")
 
 
 ReadEngine = Literal["auto", "local", "spark"]

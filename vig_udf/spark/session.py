@@ -46,6 +46,8 @@ LOCAL_DEFAULTS = {
     "spark.driver.bindAddress": "127.0.0.1",
 }
 DRIVER_JAVA_OPTIONS = "spark.driver.extraJavaOptions"
+# C1 only: the optimising compiler's threads cost a short job on few cores more than its faster code saves
+QUICK_JIT = "-XX:TieredStopAtLevel=1"
 
 
 def connect_url(cfg: SparkConfig) -> str | None:
@@ -95,7 +97,8 @@ def with_delta(builder, cfg: SparkConfig, *, uris=()):
     """``builder`` configured with Delta Lake's Spark engine, its jars and the lake's file system jars: the
     jar files resolved for these packages before (``spark.jars``), else the packages to resolve
     (``spark.jars.packages``), whose jars :func:`remember_resolved_jars` then records. A local driver JVM
-    starts from the class-data archive of its class path when ``make setup`` made one."""
+    starts from the class-data archive of its class path when ``make setup`` made one, and with the quick
+    compiler only (:data:`QUICK_JIT`) unless ``cfg.quick_jit`` is false."""
     local = (cfg.master or "").startswith("local")
     conf = {**DELTA_CONF, **SESSION_DEFAULTS}
     if local:
@@ -111,6 +114,8 @@ def with_delta(builder, cfg: SparkConfig, *, uris=()):
             conf[DRIVER_JAVA_OPTIONS] = " ".join(filter(None, [archive, conf.get(DRIVER_JAVA_OPTIONS)]))
     else:
         conf["spark.jars.packages"] = ",".join(packages)
+    if local and cfg.quick_jit:
+        conf[DRIVER_JAVA_OPTIONS] = " ".join(filter(None, [QUICK_JIT, conf.get(DRIVER_JAVA_OPTIONS)]))
     for key, value in conf.items():
         builder = builder.config(key, value)
     return builder
