@@ -13,9 +13,9 @@ demo: setup
 	$(PY) -m vig_udf.cli demo --config conf/demo.yaml
 
 # two test processes (pytest-xdist), each with its own Spark session; a test file stays in one process, so the
-# files' module-scoped lakes and servers are made once; the files go out longest first (tests/file_order.py)
+# files' module-scoped lakes and servers are made once
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not spark"

@@ -101,6 +101,5 @@ def mixed_samples() -> list[dict]:
     ]
 
 
-# Spark fixtures (one session per test session) live in their own module; the order of the files in `make test`'s
-# processes (the longest first) in another.
-pytest_plugins = ["tests.spark_fixtures", "tests.file_order"]
+# Spark fixtures (one session per test session) live in their own module.
+pytest_plugins = ["tests.spark_fixtures"]
