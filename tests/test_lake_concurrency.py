@@ -162,10 +162,11 @@ def test_score_jobs_killed_while_scoring_and_committing_rerun_to_the_clean_resul
     commit: the table holds the commits made before the kill, and a rerun gives a clean run's rows; VACUUM then
     clears what the killed runs left staged."""
     write_corpus(tmp_path, n=8, seed=35)
-    lakes = [*FAULTS, "clean"]
-    for lake in lakes:
-        run_ingest(spark, IngestJobConfig(input=str(tmp_path / "records.json"), image_root=str(tmp_path / "images"),
-                                          lake=str(tmp_path / lake)), out=QUIET)
+    # one ingest, copied: the four lakes start from the same corpus (a Delta table's paths are relative)
+    run_ingest(spark, IngestJobConfig(input=str(tmp_path / "records.json"), image_root=str(tmp_path / "images"),
+                                      lake=str(tmp_path / "clean")), out=QUIET)
+    for lake in FAULTS:
+        shutil.copytree(tmp_path / "clean", tmp_path / lake)
     scorer = scorer_config(tiny_checkpoints["llava"], tmp_path)
     # one task at a time (local[1]), a commit per part: the first part commits while the second task scores
     job = {"scorer": scorer.model_dump(exclude_none=True), "rows_per_commit": 1, "partitions": 2, "poll_s": 0.2}
