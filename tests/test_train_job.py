@@ -171,9 +171,8 @@ def test_distributed_training_refuses_dynamic_allocation_before_it_starts():
 def test_a_token_weighted_selection_trains_with_its_stored_weights_in_the_loss(spark, scored_lake, tmp_path,
                                                                                 monkeypatch):
     """select with token_weight=vig, then the train job: every labelled answer token's loss weight is the one the
-    selection stored (end-of-turn tokens weigh 1), while the hard mask's run weighs every label 1; on the same
-    first batch from the same model the two losses differ. (In a copy of the lake: the module's one vig
-    selection stays the only one.)"""
+    selection stored (end-of-turn tokens weigh 1), while the hard mask's run weighs every label 1. (In a copy of
+    the lake: the module's one vig selection stays the only one.)"""
     import shutil
 
     import numpy as np
@@ -200,19 +199,19 @@ def test_a_token_weighted_selection_trains_with_its_stored_weights_in_the_loss(s
     original = trainer.selected_token_loss
 
     def recording(model, head, inputs, labels, weights=None):
-        seen[run_of["name"]].append((labels.detach().clone(), weights.detach().clone()))
+        seen[run_of["name"]].append((labels.detach().clone(), None if weights is None else weights.detach().clone()))
         return original(model, head, inputs, labels, weights)
 
     monkeypatch.setattr(trainer, "selected_token_loss", recording)
-    losses = {}
     for name, selection_id in (("hard", hard["selection_id"]), ("weighted", weighted["selection_id"])):
         run_of["name"] = name
         cfg = job(tmp_path, str(copy), name, steps=2, checkpoint_every=0, learning_rate=1e-3,
                   image_root=str(root / "images")).model_copy(update={"policy": None, "selection_id": selection_id})
-        losses[name] = run_train(spark, cfg, out=QUIET)["losses"]
+        assert run_train(spark, cfg, out=QUIET)["steps"] == 2
     for name, batches in seen.items():
         assert batches, name
         for labels, weights in batches:
+            assert weights is not None  # every batch carries its label weights
             labelled = labels != -100
             assert (weights[~labelled] == 0).all()
             for row in range(labels.shape[0]):
@@ -221,11 +220,4 @@ def test_a_token_weighted_selection_trains_with_its_stored_weights_in_the_loss(s
                     assert row_weights == [1.0] * len(row_weights)
                 elif row_weights:
                     assert off_one(row_weights) in signatures, row_weights
-    assert any(off_one(w[l != -100].tolist()) for l, w in seen["weighted"])  # weights other than 1 reached the loss
-    # the same examples in the same order: the first step's loss differs only by the weights
-    assert torch_equal(seen["hard"][0][0], seen["weighted"][0][0])
-    assert losses["hard"][0] != pytest.approx(losses["weighted"][0], rel=1e-6)
-
-
-def torch_equal(a, b) -> bool:
-    return a.shape == b.shape and bool((a == b).all())
+    assert any(off_one(w[lab != -100].tolist()) for lab, w in seen["weighted"])  # weights other than 1 reached the loss

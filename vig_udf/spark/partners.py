@@ -8,8 +8,8 @@ corpus), the candidates are ordered by rank; consecutive rows with the same imag
 the first row of the next run, wrapping around (the last run's next is the first run, or the second when the
 first shows the same image as the last); a group of one run has none.
 
-No step over the samples holds a group (nor the corpus) in one partition. The rank is a SHA-256, uniform, so its first 32 bits cut
-each group into ``buckets`` contiguous stretches of the order (bucket b holds the ranks in
+No step over the samples holds a group (nor the corpus) in one partition. The rank is a SHA-256, uniform, so its
+first 32 bits cut each group into ``buckets`` contiguous stretches of the order (bucket b holds the ranks in
 [b / buckets, (b + 1) / buckets) of the hash range): the runs are numbered within each (group, bucket) by windows
 partitioned by both, each stretch is summarised in one row (its first run's image and first row, its second
 run's first row, its last run's image, its number of runs), and a stretch's last run finds its next run in the
