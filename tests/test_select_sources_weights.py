@@ -189,3 +189,35 @@ def test_a_selection_table_without_token_weight_gets_the_column_on_the_next_writ
     chosen = resolve_selection(spark, lake=str(root), selection_id=selection_id, policy=None)
     assert (chosen["selection_id"], chosen["tau"], chosen["kept"]) == (selection_id, None,
                                                                      sum(r["kept"] for r in rows.values()))
+
+
+DRAWN = (sel.RANDOM_TOKENS_KEPT, sel.NO_TOKEN_DRAWN)  # the rows of random_tokens' draw
+
+
+def test_random_tokens_by_source_keeps_each_sources_token_share_and_remakes_from_its_params(spark, lake, tmp_path):
+    cfg = SelectJobConfig(lake=str(lake), policies=["vig", "random_tokens"], p=60, tau_by="source", seed=4)
+    summary = run_select(spark, cfg, **QUIET)
+    vig_rows = rows_of(spark, lake, summary["policies"]["vig"]["selection_id"])
+    rows = rows_of(spark, lake, summary["policies"]["random_tokens"]["selection_id"])
+    # the share within each source: vig's kept multimodal tokens there over the tokens of its drawn samples
+    kept, drawn = {}, {}
+    for sample_id, (status, _, _, source) in SAMPLES.items():
+        if status == "ok":
+            kept[source] = kept.get(source, 0) + vig_rows[sample_id]["n_tokens_kept"]
+        if rows[sample_id]["reason"] in DRAWN:
+            drawn[source] = drawn.get(source, 0) + rows[sample_id]["n_tokens"]
+    shares = {s: min(1.0, kept[s] / drawn[s]) for s in drawn}
+    assert len(set(shares.values())) == 3  # the sources' shares differ: one table-wide share would be wrong
+    assert {t["source"]: t["token_share"] for t in summary["token_shares"]} == pytest.approx(shares, abs=1e-12)
+    assert json.loads(rows["coco-0"]["params"])["token_share_by"] == "source"
+    for sample_id, r in rows.items():
+        if r["reason"] not in DRAWN:
+            continue
+        mask = sel.random_token_draw(4, sample_id, r["n_tokens"]) < shares[SAMPLES[sample_id][3]]
+        if r["reason"] == sel.NO_TOKEN_DRAWN:
+            assert not mask.any() and not r["kept"], sample_id
+        else:
+            assert (r["reason"], list(r["token_keep"])) == (sel.RANDOM_TOKENS_KEPT, mask.tolist()), sample_id
+    again, again_rows = remade(spark, lake, tmp_path, rows["coco-0"])
+    assert again["policies"]["random_tokens"]["selection_id"] == summary["policies"]["random_tokens"]["selection_id"]
+    assert again_rows == rows

@@ -166,3 +166,58 @@ def test_distributed_training_refuses_dynamic_allocation_before_it_starts():
     check_distributed(Session({"spark.dynamicAllocation.enabled": "false"}), DistributedConfig(num_processes=2))
     check_distributed(Session({"spark.dynamicAllocation.enabled": "true"}),  # the driver's node: no barrier stage
                       DistributedConfig(num_processes=2, local_mode=True))
+
+
+def test_a_token_weighted_selection_trains_with_its_stored_weights_in_the_loss(spark, scored_lake, tmp_path,
+                                                                                monkeypatch):
+    """select with token_weight=vig, then the train job: every labelled answer token's loss weight is the one the
+    selection stored (end-of-turn tokens weigh 1), while the hard mask's run weighs every label 1. (In a copy of
+    the lake: the module's one vig selection stays the only one.)"""
+    import shutil
+
+    import numpy as np
+    from pyspark.sql import functions as F
+
+    import vig_udf.train.trainer as trainer
+    from vig_udf.lake import read_table
+
+    root, lake, select = scored_lake
+    copy = tmp_path / "lake"
+    shutil.copytree(lake, copy)
+    weighted = run_select(spark, SelectJobConfig(lake=str(copy), policies=["vig"], p=50, token_weight="vig",
+                                                 token_weight_max=2.0), out=QUIET)["policies"]["vig"]
+    hard = select["policies"]["vig"]
+    assert weighted["selection_id"] != hard["selection_id"] and weighted["kept_multimodal"] == hard["kept_multimodal"]
+    stored = read_table(spark, str(copy / "selection")).where(
+        (F.col("selection_id") == weighted["selection_id"]) & F.col("kept")).collect()
+    off_one = lambda values: tuple(sorted(round(float(v), 5) for v in values if abs(v - 1.0) > 1e-6))  # noqa: E731
+    signatures = {off_one(np.asarray(r.token_weight)[np.asarray(r.token_keep, dtype=bool)]) for r in stored}
+    assert any(signatures)  # the stored weights are not all 1
+
+    seen: dict[str, list] = {"hard": [], "weighted": []}
+    run_of = {"name": None}
+    original = trainer.selected_token_loss
+
+    def recording(model, head, inputs, labels, weights=None):
+        seen[run_of["name"]].append((labels.detach().clone(), None if weights is None else weights.detach().clone()))
+        return original(model, head, inputs, labels, weights)
+
+    monkeypatch.setattr(trainer, "selected_token_loss", recording)
+    for name, selection_id in (("hard", hard["selection_id"]), ("weighted", weighted["selection_id"])):
+        run_of["name"] = name
+        cfg = job(tmp_path, str(copy), name, steps=2, checkpoint_every=0, learning_rate=1e-3,
+                  image_root=str(root / "images")).model_copy(update={"policy": None, "selection_id": selection_id})
+        assert run_train(spark, cfg, out=QUIET)["steps"] == 2
+    for name, batches in seen.items():
+        assert batches, name
+        for labels, weights in batches:
+            assert weights is not None  # every batch carries its label weights
+            labelled = labels != -100
+            assert (weights[~labelled] == 0).all()
+            for row in range(labels.shape[0]):
+                row_weights = weights[row][labelled[row]].tolist()
+                if name == "hard":
+                    assert row_weights == [1.0] * len(row_weights)
+                elif row_weights:
+                    assert off_one(row_weights) in signatures, row_weights
+    assert any(off_one(w[lab != -100].tolist()) for lab, w in seen["weighted"])  # weights other than 1 reached the loss

@@ -26,7 +26,8 @@ def score_records(scorer, records: list[dict], out: Path, *, chunk: int,
 
     options = scorer.options
     if options.counterfactual == "mismatched":
-        records = assign_partners(records, seed=options.partner_seed, scope=options.partner_scope)
+        records = assign_partners(records, seed=options.partner_seed, scope=options.partner_scope,
+                                  image_root=options.image_root, storage=scorer.storage)
     counts: dict[str, int] = {}
     lists = (records[start:start + chunk] for start in range(0, len(records), chunk))
     started, done = time.monotonic(), 0

@@ -26,7 +26,8 @@ random   keep as many multimodal samples as ``vig`` keeps, drawn uniformly (fixe
 random_tokens
          the samples of ``random``'s draw, and inside them each answer token with probability
          ``token_share``: ``vig``'s kept multimodal tokens over the draw's tokens, so that it matches
-         ``vig`` in samples and, in expectation, in supervised tokens (the control for token selection)
+         ``vig`` in samples and, in expectation, in supervised tokens (the control for token selection);
+         with ``tau_by="source"``, each source's share (its kept tokens over its drawn tokens)
 all      keep every multimodal sample with all its tokens (vanilla training, as a selection to compare)
 ======== ============================================================================================
 
@@ -283,7 +284,9 @@ def policy_params(
     ``seed`` only matters to the random draws, ``corpus_version`` (where the sources come from) only with
     budgets or ``tau_by="source"``, ``tau_by`` only when per source and ``temperature`` and ``w_max`` only with
     ``token_weight="vig"``, so each is recorded only where it changes the result (and the params of a
-    selection made without the newer options are those it always had).
+    selection made without the newer options are those it always had). ``random_tokens`` with
+    ``tau_by="source"`` also records ``token_share_by="source"``: its token share is each source's, which it was
+    not before (one share for the table), so such a selection gets another id than one made that way.
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown selection policy {policy!r}; choose from {POLICIES}")
@@ -301,6 +304,8 @@ def policy_params(
         params["token_weight"] = {"method": token_weight, "temperature": float(temperature), "w_max": float(w_max)}
     if policy in RANDOM_DRAWS:
         params["seed"] = seed
+    if policy == RANDOM_TOKENS and tau_by == TAU_BY_SOURCE:  # each source's token share (one share before)
+        params["token_share_by"] = TAU_BY_SOURCE
     return params
 
 

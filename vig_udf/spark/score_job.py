@@ -21,8 +21,9 @@ forwards (:func:`default_prep_workers`). On a cluster whose executors have GPUs 
 resources (stage-level scheduling, :func:`scoring_profile`): a GPU and ``task_cpus`` CPUs per task, while the
 other stages run many tasks per executor.
 
-``counterfactual=mismatched``: the partners of the whole corpus version are computed by a DataFrame job and the
-partner's image is joined onto each pending row before the scoring stage (:mod:`vig_udf.spark.partners`).
+``counterfactual=mismatched``: the partners of the whole corpus version are computed by a DataFrame job (each
+image path's file hashed once, so copies of one picture under two paths are one image) and the partner's image is
+joined onto each pending row before the scoring stage (:mod:`vig_udf.spark.partners`).
 ``counterfactuals=[...]``: one scoring stage for several counterfactuals, one real-image pass per sample; each
 task's part holds every counterfactual's rows under its scorer id, so each commit holds all of them, and the
 commit's config lists the scorers (``scorers``, :func:`commit_scorers_config`). A row is pending when some of
@@ -252,7 +253,8 @@ def run_score(spark, cfg: ScoreJobConfig, *, out=print) -> dict:
     if "mismatched" in spec.ids():  # the partner's image on the row, so on the row's task
         from vig_udf.spark.partners import with_partner_images
 
-        pending = with_partner_images(pending, corpus, seed=cfg.scorer.partner_seed, scope=cfg.scorer.partner_scope)
+        pending = with_partner_images(pending, corpus, seed=cfg.scorer.partner_seed, scope=cfg.scorer.partner_scope,
+                                      image_root=spec.image_root, storage=spec.storage)
     if not n_pending:
         _print_summary({"scorer_id": spec.scorer_id, "scored": 0}, out)
         return {"scorer_id": spec.scorer_id, "scorer_ids": spec.ids(), "scored": 0}

@@ -12,7 +12,8 @@ Cheap and CPU-only: trying another p or policy never touches a GPU. The job
 3. for ``random`` and ``random_tokens``, draws as many samples as ``vig`` keeps: the ones with the smallest
    ``xxhash64(seed, sample_id)`` (uniform, and the same on every run and partitioning; with ``tau_by="source"``,
    as many per source as ``vig`` keeps in it); for ``random_tokens`` also the token share: ``vig``'s kept
-   multimodal tokens over the drawn samples' tokens;
+   multimodal tokens over the drawn samples' tokens (with ``tau_by="source"``, each source's: its kept tokens
+   over its drawn samples' tokens, a ``groupBy``);
 4. decides every row with the pure ``vig_udf.selection.policies.select_row`` inside ``mapInArrow`` (and, with
    ``token_weight="vig"``, its kept tokens' loss weights, ``policies.row_token_weights``);
 5. applies per-source budgets (a window over the kept multimodal rows of each source, highest VIG first);
@@ -167,8 +168,9 @@ class SelectSpec:
 
 def select_batches(spec: SelectSpec):
     """``mapInArrow`` function: scores rows (sample_id, status, vig, n_tokens, token_vig, _tau, _chosen, _rand_key,
-    _source) -> one row per input row and policy of ``spec``, in :data:`SELECTION_SCHEMA` plus passthrough.
-    ``_tau`` is the threshold of the row (the run's tau, or its source's)."""
+    _source, and optionally _token_share) -> one row per input row and policy of ``spec``, in
+    :data:`SELECTION_SCHEMA` plus passthrough. ``_tau`` is the threshold of the row (the run's tau, or its
+    source's), ``_token_share`` its ``random_tokens`` share (its source's; without the column, ``spec.token_share``)."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -185,6 +187,8 @@ def select_batch(batch: pa.RecordBatch, spec: SelectSpec) -> pa.RecordBatch:
     n_tokens = [int(n or 0) for n in batch.column("n_tokens").to_pylist()]
     chosen = batch.column("_chosen").to_pylist()
     taus = batch.column("_tau").to_pylist()
+    shares = (batch.column("_token_share").to_pylist() if "_token_share" in batch.schema.names
+              else [spec.token_share] * batch.num_rows)
     token_vig = batch.column("token_vig")
     offsets = token_vig.offsets.to_numpy()
     values = token_vig.values.to_numpy(zero_copy_only=False)
@@ -202,7 +206,7 @@ def select_batch(batch: pa.RecordBatch, spec: SelectSpec) -> pa.RecordBatch:
             token_draw = sel.random_token_draw(spec.seed, sample_ids[i], n_tokens[i]) if draws and chosen[i] else None
             decision = sel.select_row(statuses[i], vigs[i], arrays[i], n_tokens[i], policy=run.policy, tau=taus[i],
                                       drop_negative=spec.drop_negative, chosen=bool(chosen[i]),
-                                      token_draw=token_draw, token_share=spec.token_share)
+                                      token_draw=token_draw, token_share=shares[i])
             out["kept"].append(decision.kept)
             out["reason"].append(decision.reason)
             out["n_tokens_kept"].append(decision.n_tokens_kept)
@@ -291,7 +295,7 @@ def run_select(spark, cfg: SelectJobConfig, *, out=print) -> dict:
         present = {r[0] for r in read_table(spark, selection_path).where(F.col("selection_id").isin(ids))
                    .select("selection_id").distinct().collect()}
     new = tuple(run for run in runs if run.selection_id not in present)
-    version, stats, taus = None, {}, None
+    version, stats, taus, token_share, token_shares = None, {}, None, None, None
     if not new:  # a rerun: tau is recorded with the selections; nothing else is computed
         if recorded is not None:
             tau, taus = recorded[ids[0]]["tau"], recorded[ids[0]].get("taus")
@@ -317,14 +321,21 @@ def run_select(spark, cfg: SelectJobConfig, *, out=print) -> dict:
             base = base.withColumn("_tau", F.lit(tau).cast("double"))
             ok = base.where(valid_ok)
         base = _with_random_draw(base, ok, tau, cfg)
-        token_share = _token_share(base, ok, cfg) if sel.RANDOM_TOKENS in cfg.policies else None
+        token_share = token_shares = None
+        if sel.RANDOM_TOKENS in cfg.policies and by_source:
+            token_shares = _token_shares_by_source(base, ok, cfg)
+            base = _with_source_values(spark, base, [(t["source"], t["token_share"]) for t in token_shares],
+                                       "_token_share")
+        elif sel.RANDOM_TOKENS in cfg.policies:
+            token_share = _token_share(base, ok, cfg)
         spec = SelectSpec(scorer_id, scores_version, tau, cfg.p, cfg.drop_negative, new, cfg.seed, token_share,
                           cfg.token_weight, cfg.token_weight_temperature, cfg.token_weight_max)
         rows = base.mapInArrow(select_batches(spec), from_arrow_schema(_UDF_SCHEMA))
         rows = _apply_budgets(rows, cfg.budgets) if cfg.budgets else rows
         config = {**cfg.model_dump(mode="json"), "scorer_id": scorer_id, "scores_version": scores_version,
                   "scores_commit": scores_mark, "scorer_ok_rows": ok_rows, "corpus_version": corpus_version,
-                  "tau": tau, "tau_method": tau_method, "taus": taus}
+                  "tau": tau, "tau_method": tau_method, "taus": taus, "token_share": token_share,
+                  "token_shares": token_shares}
 
         def record_selections(staged) -> dict:  # what a rerun, export and train read instead of the rows
             new_ids = [run.selection_id for run in new]
@@ -348,7 +359,7 @@ def run_select(spark, cfg: SelectJobConfig, *, out=print) -> dict:
         stats.update(_selection_stats(read_table(spark, selection_path), sorted(present)) if present else {})
     summary = {"scorer_id": scorer_id, "scores_version": scores_version, "selection_version": version,
                "tau": tau, "tau_method": tau_method, "p": cfg.p, "ok_rows": n_ok, "tau_by": cfg.tau_by,
-               "taus": taus, "token_weight": cfg.token_weight,
+               "taus": taus, "token_weight": cfg.token_weight, "token_share": token_share, "token_shares": token_shares,
                "policies": {run.policy: _policy_summary(run, stats[run.selection_id], run.selection_id not in present)
                             for run in runs}}
     _print_summary(summary, out)
@@ -423,9 +434,17 @@ def _with_source_taus(spark, base, taus: list[dict]):
     """``base`` with ``_tau``, its source's tau (null-safe on the source; null for a source with no ok row)."""
     from pyspark.sql import functions as F
 
-    table = spark.createDataFrame([(t["source"], t["tau"]) for t in taus], "_tau_source string, _tau double")
-    joined = base.join(F.broadcast(table), base["_source"].eqNullSafe(table["_tau_source"]), "left")
-    return joined.drop("_tau_source")
+    return _with_source_values(spark, base, [(t["source"], t["tau"]) for t in taus], "_tau")
+
+
+def _with_source_values(spark, base, values: list[tuple], name: str):
+    """``base`` with column ``name``: the value of the row's source in ``values`` (``(source, value)`` pairs, one
+    per source, few), null-safe on the source; null for a source not in ``values``."""
+    from pyspark.sql import functions as F
+
+    table = spark.createDataFrame(values, f"_value_source string, {name} double")
+    joined = base.join(F.broadcast(table), base["_source"].eqNullSafe(table["_value_source"]), "left")
+    return joined.drop("_value_source")
 
 
 def _recorded_tau(table, selection_ids: list[str]) -> float | None:
@@ -481,7 +500,8 @@ def _with_random_draw(base, ok, tau: float | None, cfg: SelectJobConfig):
 def _token_share(base, ok, cfg: SelectJobConfig) -> float | None:
     """``random_tokens``' probability of keeping a token: the multimodal tokens ``vig`` keeps (tokens with VIG >=
     tau inside samples with VIG >= tau, each against its row's tau) over the tokens of the drawn samples, at most
-    1 (before budgets); one share for the whole table, also with ``tau_by=source``."""
+    1 (before budgets); one share for the whole table (``tau_by=global``; per source:
+    :func:`_token_shares_by_source`)."""
     from pyspark.sql import functions as F
 
     eligible = ok.where(F.col("vig") >= 0) if cfg.drop_negative else ok
@@ -491,6 +511,21 @@ def _token_share(base, ok, cfg: SelectJobConfig) -> float | None:
     if not drawn_tokens:
         return None
     return min(1.0, float(vig_tokens or 0) / float(drawn_tokens))
+
+
+def _token_shares_by_source(base, ok, cfg: SelectJobConfig) -> list[dict]:
+    """``random_tokens``' share per source (``tau_by=source``): within each source, :func:`_token_share`'s ratio
+    (its kept tokens against its rows' taus over its drawn samples' tokens, at most 1), as
+    ``[{"source", "token_share"}]`` sorted by source (null first); a source with no drawn token has none."""
+    from pyspark.sql import functions as F
+
+    eligible = ok.where(F.col("vig") >= 0) if cfg.drop_negative else ok
+    vig_tokens = {r["_source"]: r["n"] for r in eligible.where(F.col("vig") >= F.col("_tau")).groupBy("_source").agg(
+        F.sum(F.size(F.filter("token_vig", lambda t: t.cast("double") >= F.col("_tau")))).alias("n")).collect()}
+    drawn = base.where("_chosen").groupBy("_source").agg(F.sum("n_tokens").alias("n")).collect()
+    shares = [{"source": r["_source"], "token_share": min(1.0, float(vig_tokens.get(r["_source"]) or 0) / r["n"])}
+              for r in drawn if r["n"]]
+    return sorted(shares, key=lambda t: (t["source"] is not None, t["source"] or ""))
 
 
 def _apply_budgets(rows, budgets: dict[str, int]):
