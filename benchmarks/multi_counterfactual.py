@@ -9,7 +9,9 @@ under two sources, so that ``mismatched`` finds partners within each) is ingeste
   counterfactual passes (k + 1 passes), one model load.
 
 Forward passes are the sequences the tasks' scorers ran (the summary's ``passes``); the expected share of the
-work is (k + 1) / 2k. Both sides run on ``local[2]`` with ``spark.task.cpus=2`` and one scoring task. The scores
+work is (k + 1) / 2k. FLOPs are counted by PyTorch's ``FlopCounterMode`` around the same scorer in this process
+(no Spark: the tasks' workers cannot be instrumented from here) over the same records, once per counterfactual
+and once with all of them: every matrix multiplication and attention the forward passes run, padding included. Both sides run on ``local[2]`` with ``spark.task.cpus=2`` and one scoring task. The scores
 of the two sides are compared row for row. A first, untimed job on four records warms the JVM and the Python
 worker, so that neither side pays for them.
 
@@ -72,6 +74,23 @@ def vig_by_key(spark, lake: Path) -> dict[tuple[str, str], float | None]:
             .select("sample_id", "scorer_id", "vig").collect()}
 
 
+def forward_flops(model: str, records: list[dict], image_root: Path, batch_rows: int, **options) -> int:
+    """FLOPs of scoring ``records`` with the in-process scorer under ``options`` (PyTorch's FlopCounterMode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vig_udf.scoring.partners import assign_partners
+    from vig_udf.scoring.scorer import VIGScorer
+
+    scorer = VIGScorer.from_pretrained(model, image_root=str(image_root), dtype="float32", **options)
+    if "mismatched" in scorer.counterfactuals:
+        records = assign_partners(records, seed=scorer.options.partner_seed, scope=scorer.options.partner_scope)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        for start in range(0, len(records), batch_rows):
+            scorer.score_all(records[start:start + batch_rows])
+    return counter.get_total_flops()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=48)
@@ -112,20 +131,25 @@ def main() -> None:
     assert all((a[k] is None) == (b[k] is None) for k in a)
 
     k = len(counterfactuals)
+    flops_separate = {cf: forward_flops(model, records, work / "images", args.batch_rows, counterfactual=cf)
+                      for cf in counterfactuals}
+    flops_multi = forward_flops(model, records, work / "images", args.batch_rows, counterfactuals=counterfactuals)
     sep_seconds = sum(s for _, s, _ in separate)
     sep_passes = sum(m["passes"] for _, _, m in separate)
     sep_load = sum(m["load_seconds"] for _, _, m in separate)
-    rows = [f"| separate job, {cf} | {s:.1f} | {m['load_seconds']:.1f} | {m['passes']} |" for cf, s, m in separate]
+    sep_flops = sum(flops_separate.values())
+    rows = [f"| separate job, {cf} | {s:.1f} | {m['load_seconds']:.1f} | {m['passes']} | {flops_separate[cf]:.3e} |"
+            for cf, s, m in separate]
     table = (
-        "| job | seconds | of which model loads | forward passes (sequences) |\n|---|---|---|---|\n"
+        "| job | seconds | of which model loads | forward passes (sequences) | forward FLOPs |\n|---|---|---|---|---|\n"
         + "\n".join(rows) + "\n"
-        f"| **{k} separate jobs** | **{sep_seconds:.1f}** | {sep_load:.1f} | **{sep_passes}** |\n"
+        f"| **{k} separate jobs** | **{sep_seconds:.1f}** | {sep_load:.1f} | **{sep_passes}** | **{sep_flops:.3e}** |\n"
         f"| **one job, counterfactuals=[{','.join(counterfactuals)}]** | **{multi_seconds:.1f}** | "
-        f"{multi['load_seconds']:.1f} | **{multi['passes']}** |\n\n"
+        f"{multi['load_seconds']:.1f} | **{multi['passes']}** | **{flops_multi:.3e}** |\n\n"
         f"One job / {k} jobs: time {multi_seconds / sep_seconds:.2f}, time without model loads "
         f"{(multi_seconds - multi['load_seconds']) / (sep_seconds - sep_load):.2f}, passes "
-        f"{multi['passes'] / sep_passes:.2f} (expected (k+1)/2k = {(k + 1) / (2 * k):.2f}); the same "
-        f"{len(a)} scores rows, largest |VIG| difference {gap:.1e}.\n"
+        f"{multi['passes'] / sep_passes:.2f}, FLOPs {flops_multi / sep_flops:.2f} (expected (k+1)/2k = "
+        f"{(k + 1) / (2 * k):.2f}); the same {len(a)} scores rows, largest |VIG| difference {gap:.1e}.\n"
     )
     print(table)
     if not args.no_write:

@@ -14,6 +14,10 @@ Counterfactuals (the image that carries (almost) no visual information):
   keeps an image and VIG measures what this image shows rather than that there is one (handled by the
   scorer: the record carries its partner's image).
 
+A record with several images (one ``<image>`` placeholder each; :func:`image_refs`) gets every image replaced:
+blur, blank and noise make each image's own counterfactual (noise seeded by the sample id and the image's
+position), ``drop`` removes them all, ``mismatched`` puts the partner's (first) image in every slot.
+
 Blur, blank and noise keep the image size, so the processor produces the same token layout for both
 passes and they can run as one stacked batch.
 
@@ -42,6 +46,17 @@ COUNTERFACTUALS = ("blur", "drop", "blank", "noise", "mismatched")
 IMAGE_PADS = ("none", "square")
 SAME_LAYOUT_COUNTERFACTUALS = ("blur", "blank", "noise")
 DEFAULT_BLUR_SIGMA = 0.05
+
+
+def image_refs(value: Any) -> list:
+    """A record's ``image`` value as the list of its images: ``[]`` for none (None, ``""``, an empty list), the
+    list itself for a list of refs (one per ``<image>`` placeholder, in order), else ``[value]``. A ref is a
+    path or URI, raw bytes or a PIL image."""
+    if value is None or (isinstance(value, str) and not value):
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
 
 
 def load_image(image: Any, *, image_root: str | None = None, max_pixels: int | None = None,

@@ -52,15 +52,29 @@ class InputBuilder:
         self.image_pad = image_pad
         self.pad_fill = processor_fill(processor) if image_pad == "square" else None
 
+    def check_images(self, conv: Conversation) -> None:
+        """Refuse a conversation with more images than the prompt format takes: a conversation format is
+        LLaVA's single-image layout (``tokenizer_image_token`` around one image token), so a multi-image
+        record gets ``image_unsupported``; the chat-template path leaves it to the processor."""
+        if self.format is not None and conv.n_images > 1:
+            raise SampleError(st.IMAGE_UNSUPPORTED, f"the sample has {conv.n_images} images, but prompt_format="
+                              f"{self.format.name} takes one per sample (LLaVA-1.5's training layout); score "
+                              "multi-image records with prompt_format=template (the processor's chat template "
+                              "takes several)")
+
     def prepare_image(self, image):
         """The image as the model gets it: padded to a square with ``image_pad=square`` (a square image, or a
         padded one, is returned as it is). The scorer makes counterfactuals from this image."""
         return pad_to_square(image, self.pad_fill) if self.pad_fill is not None else image
 
-    def render(self, conv: Conversation, *, with_image: bool):
-        """The prompt text and the character spans of its answers (and of their end-of-turn texts)."""
+    def render(self, conv: Conversation, *, with_image=True):
+        """The prompt text and the character spans of its answers (and of their end-of-turn texts).
+
+        ``with_image``: True (every image), False (none) or one flag per image (see
+        :meth:`Conversation.to_messages`)."""
         if self.format is not None:
-            return formats.render(self.format, conv, with_image=with_image)
+            self.check_images(conv)
+            return formats.render(self.format, conv, with_image=all(conv.image_mask(with_image)) and conv.has_image)
         answers = [conv.turns[i].text for i in conv.answer_turns]
         messages = conv.to_messages(with_image=with_image, placement=self.image_placement)
         return render_with_answer_spans(self.processor, messages, answers)
@@ -90,16 +104,19 @@ class InputBuilder:
         return bool(bos) and text.startswith(bos)
 
     def build(self, conv: Conversation, image=None, *, rendered=None) -> tuple[Sequence, AnswerTokens]:
-        """Encode ``conv`` with ``image`` (None: no image item in the prompt; padded here when asked).
+        """Encode ``conv`` with ``image``: None (no image item in the prompt), one image, or a list of images
+        (one per image item the prompt has; each padded here when asked). Without ``rendered``, the prompt
+        has an item for every image of the conversation when images are given, none otherwise.
 
         Raises ``truncated`` past ``max_length`` and the masking errors of :mod:`vig_udf.scoring.masking`.
         """
-        text, spans = rendered or self.render(conv, with_image=image is not None)
-        image = self.prepare_image(image) if image is not None else None
+        images = [] if image is None else list(image) if isinstance(image, (list, tuple)) else [image]
+        text, spans = rendered or self.render(conv, with_image=bool(images))
+        images = [self.prepare_image(im) for im in images]
         if self.format is not None:
-            ids, extras, tokens = self._encode_format(text, spans, image)
+            ids, extras, tokens = self._encode_format(text, spans, images[0] if images else None)
         else:
-            ids, extras, tokens = self._encode_template(text, spans, image)
+            ids, extras, tokens = self._encode_template(text, spans, images)
         if self.max_length is not None and len(ids) > self.max_length:
             raise SampleError(st.TRUNCATED, f"the sample is {len(ids)} tokens (image included), above "
                                             f"max_length={self.max_length}; raise max_length to score it")
@@ -107,8 +124,8 @@ class InputBuilder:
             raise SampleError(st.TEMPLATE_MISMATCH, "an answer token is the first token: nothing predicts it")
         return Sequence(ids, extras, tokens.positions), tokens
 
-    def _encode_template(self, text, spans, image):
-        kwargs = {"images": [[image]]} if image is not None else {}
+    def _encode_template(self, text, spans, images: list):
+        kwargs = {"images": [images]} if images else {}
         if self.writes_bos(text):
             kwargs["add_special_tokens"] = False
         enc = self.processor(text=[text], return_tensors="pt", **kwargs)

@@ -60,6 +60,10 @@ class ScorerOptions(BaseModel):
         False, description="turn images as their EXIF orientation says before scoring; off: images as stored, as "
         "LLaVA's Image.open(...).convert('RGB') and this project's training loader read them",
         json_schema_extra=_IDENTITY)
+    image_attribution: bool = Field(
+        False, description="also score each image of a multi-image record alone: one extra pass per image with that "
+        "image alone replaced by the counterfactual; the scores' image_vig holds each one's sample VIG",
+        json_schema_extra=_IDENTITY)
     max_length: int | None = Field(None, gt=0, description="longer samples get status 'truncated'; None = no limit",
                                    json_schema_extra=_IDENTITY)
     dtype: str | None = Field(None, description="float32 | bfloat16 | float16; None = bf16 on GPU, fp32 on CPU",
@@ -185,4 +189,6 @@ class ScorerOptions(BaseModel):
         values["prompt_format"] = formats.describe(self.prompt_format)
         if not values["exif_transpose"]:  # EXIF ignored, as before the option existed: earlier scorer ids hold
             del values["exif_transpose"]
+        if not values["image_attribution"]:  # off, as before the option existed: earlier scorer ids hold
+            del values["image_attribution"]
         return values

@@ -28,6 +28,7 @@ import hashlib
 from typing import Any
 
 from vig_udf.corpus import source_of
+from vig_udf.scoring.images import image_refs
 
 PARTNER_SCOPES = ("source", "corpus")
 
@@ -96,9 +97,9 @@ def assign_partners(records: list[dict], *, seed: int = 0, scope: str = "source"
     among these records; records without an image, or without a partner, are returned as they are.
 
     A record's id is its ``id`` (as the scorer names it, ``#<index>`` without one)."""
-    with_image = [i for i, r in enumerate(records) if isinstance(r, dict) and _has_image(r.get("image"))]
+    with_image = [i for i, r in enumerate(records) if isinstance(r, dict) and image_refs(r.get("image"))]
     ids = [str(records[i]["id"]) if records[i].get("id") is not None else f"#{i}" for i in with_image]
-    images = [records[i]["image"] for i in with_image]
+    images = [image_refs(records[i]["image"])[0] for i in with_image]  # a multi-image record: its first image
     found = partners(ids, [image_key(im) for im in images], [image_source(im) for im in images],
                      seed=seed, scope=scope)
     out = list(records)
@@ -107,6 +108,3 @@ def assign_partners(records: list[dict], *, seed: int = 0, scope: str = "source"
             out[i] = {**records[i], "counterfactual_partner": ids[p], "counterfactual_image": images[p]}
     return out
 
-
-def _has_image(image) -> bool:
-    return image is not None and not (isinstance(image, str) and not image)

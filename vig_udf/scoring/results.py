@@ -22,7 +22,9 @@ class ScoreResult:
     ``token_char_end`` the token's character span inside that turn's answer text. ``vig``, ``nll_with``
     and ``nll_without`` are None unless ``status == "ok"``; a text-only sample still carries its answer
     tokens (training keeps them whole). ``counterfactual_partner``: the id of the sample whose image was the
-    ``mismatched`` counterfactual (None for the other counterfactuals).
+    ``mismatched`` counterfactual (None for the other counterfactuals). ``image_vig``: with
+    ``image_attribution``, one sample VIG per image of the record, that image alone replaced by the
+    counterfactual (None otherwise).
     """
 
     sample_id: str
@@ -41,10 +43,12 @@ class ScoreResult:
     token_turn: np.ndarray = field(default_factory=lambda: _empty(np.int32))
     token_char_start: np.ndarray = field(default_factory=lambda: _empty(np.int32))
     token_char_end: np.ndarray = field(default_factory=lambda: _empty(np.int32))
+    image_vig: np.ndarray | None = None
 
     @classmethod
     def scored(cls, sample_id: str, counterfactual: str, tokens: AnswerTokens,
-               logp_with: np.ndarray, logp_without: np.ndarray, *, partner: str | None = None) -> "ScoreResult":
+               logp_with: np.ndarray, logp_without: np.ndarray, *, partner: str | None = None,
+               image_vig: list[float] | None = None) -> "ScoreResult":
         """An ``ok`` result from the two passes' log-probabilities of the answer tokens."""
         tv = token_vig(logp_with, logp_without)
         return cls(
@@ -53,6 +57,7 @@ class ScoreResult:
             n_tokens=len(tokens), token_ids=tokens.token_ids, token_vig=tv.astype(np.float32),
             logp_with=np.asarray(logp_with, dtype=np.float32), logp_without=np.asarray(logp_without, dtype=np.float32),
             token_turn=tokens.turn, token_char_start=tokens.char_start, token_char_end=tokens.char_end,
+            image_vig=None if image_vig is None else np.asarray(image_vig, dtype=np.float32),
         )
 
     @classmethod

@@ -20,6 +20,12 @@ scored.
 ``counterfactual_image`` and names that sample in ``counterfactual_partner``
 (:func:`vig_udf.scoring.partners.assign_partners` adds both by the partner rule; the score job joins them from
 the corpus). A record without one gets ``no_partner``, as does one whose partner's image has the same pixels.
+
+A record's ``image`` may be a list (one image per ``<image>`` placeholder): every image is loaded, each
+counterfactual replaces all of them (:mod:`vig_udf.scoring.images`), and sample and token VIG keep their
+definitions. With ``image_attribution=true`` each counterfactual also runs one pass per image with that image
+alone replaced (``drop``: removed with its item), and ``image_vig`` holds the sample VIG of each such pass
+(for a one-image record, its VIG, without an extra pass).
 """
 
 from __future__ import annotations
@@ -37,9 +43,10 @@ from vig_udf.scoring.batching import chunk_ranges, plan_batches, prefetched
 from vig_udf.scoring.conversation import parse_conversation
 from vig_udf.scoring.forward import Sequence, answer_logprobs
 from vig_udf.scoring.identity import model_fingerprint, scorer_identity
-from vig_udf.scoring.images import load_image, make_counterfactual
+from vig_udf.scoring.images import image_refs, load_image, make_counterfactual
 from vig_udf.scoring.inputs import InputBuilder
 from vig_udf.scoring.masking import AnswerTokens
+from vig_udf.scoring.metric import sample_vig, token_vig
 from vig_udf.scoring.options import ScorerOptions
 from vig_udf.scoring.partners import image_key
 from vig_udf.scoring.results import ScoreResult
@@ -59,6 +66,7 @@ class _Prepared:
     shared_layout: list[bool] = field(default_factory=list)  # per sequence: the real pass's token layout
     errors: dict[str, SampleError] = field(default_factory=dict)  # counterfactual -> why it cannot be scored
     partner: str | None = None  # the mismatched counterfactual's partner
+    attribution: dict[str, list[int]] = field(default_factory=dict)  # counterfactual -> its per-image passes (seqs)
 
 
 @dataclass
@@ -219,7 +227,10 @@ class VIGScorer:
             elif isinstance(logps, str):
                 out[cf] = ScoreResult.unscored(item.sample_id, cf, st.MODEL_ERROR, logps, partner=partner)
             else:
-                out[cf] = ScoreResult.scored(item.sample_id, cf, item.tokens, logps[REAL], logps[j], partner=partner)
+                image_vig = ([sample_vig(token_vig(logps[REAL], logps[a])) for a in item.attribution[cf]]
+                             if cf in item.attribution else None)
+                out[cf] = ScoreResult.scored(item.sample_id, cf, item.tokens, logps[REAL], logps[j], partner=partner,
+                                             image_vig=image_vig)
         return out
 
     def _unscored(self, sample, sample_id: str, status: str, message: str | None, tokens=None):
@@ -257,19 +268,23 @@ class VIGScorer:
         if not isinstance(sample, dict):
             raise SampleError(st.INVALID_CONVERSATION, f"the record is a {type(sample).__name__}, not a JSON object "
                                                        "with 'conversations'")
-        image_ref = sample.get("image")
-        has_image = image_ref is not None and not (isinstance(image_ref, str) and not image_ref)
-        conv = parse_conversation(sample.get("conversations"), has_image=has_image)
-        rendered = self.inputs.render(conv, with_image=has_image)
-        if not has_image:
-            _, tokens = self.inputs.build(conv, None, rendered=rendered)
+        refs = image_refs(sample.get("image"))
+        conv = parse_conversation(sample.get("conversations"), n_images=len(refs))
+        if not refs:
+            _, tokens = self.inputs.build(conv, None)
             return {cf: ScoreResult.unscored(sample_id, cf, st.TEXT_ONLY, None, tokens) for cf in self.counterfactuals}
-        image = self._load(image_ref)
-        real, tokens = self._build_with_image(conv, image, rendered)
+        images = self._load_all(refs)
+        rendered = self.inputs.render(conv, with_image=True)
+        real, tokens = self._build_with_image(conv, images, rendered)
         item = _Prepared(index, sample_id, tokens, seqs=[real], shared_layout=[True], partner=self._partner_of(sample))
+        attribution = {}
         for cf in self.counterfactuals:
             try:
-                seq = self._counterfactual_pass(cf, conv, image, rendered, sample, sample_id, tokens)
+                cf_images = self._counterfactual_images(cf, images, sample, sample_id)
+                seq = self._counterfactual_pass(conv, images, cf_images, rendered, tokens)
+                if self.options.image_attribution and len(images) > 1:
+                    attribution[cf] = [self._counterfactual_pass(conv, images, cf_images, rendered, tokens, only=i)
+                                       for i in range(len(images))]
             except SampleError as err:  # this counterfactual's alone: the sample's other counterfactuals go on
                 item.errors[cf], seq = err, None
             except Exception as exc:
@@ -278,22 +293,54 @@ class VIGScorer:
                 item.errors[cf], seq = SampleError(st.MODEL_ERROR, f"preparing the sample failed: "
                                                                    f"{type(exc).__name__}: {exc}"), None
             item.seqs.append(seq)
-            item.shared_layout.append(seq is not None and torch.equal(seq.input_ids, real.input_ids))
+            if self.options.image_attribution and seq is not None and len(images) == 1:
+                item.attribution[cf] = [len(item.seqs) - 1]  # one image: the counterfactual pass is its own
+        for cf, passes in attribution.items():
+            if cf not in item.errors:
+                item.attribution[cf] = list(range(len(item.seqs), len(item.seqs) + len(passes)))
+                item.seqs.extend(passes)
+        item.shared_layout = [seq is not None and torch.equal(seq.input_ids, real.input_ids) for seq in item.seqs]
         return item
 
-    def _counterfactual_pass(self, cf: str, conv, image, rendered, sample: dict, sample_id: str, tokens):
-        """The sequence of counterfactual ``cf`` of a sample whose real-image pass has answer ``tokens``."""
+    def _counterfactual_images(self, cf: str, images: list, sample: dict, sample_id: str) -> list | None:
+        """The counterfactual of each image (None for ``drop``: no image at all)."""
         if cf == "drop":
+            return None
+        if cf == "mismatched":
+            return [self._partner_image(sample, images)] * len(images)
+        return [make_counterfactual(image, cf, blur_sigma=self.options.blur_sigma,
+                                    seed_key=sample_id if k == 0 else f"{sample_id}#{k}")
+                for k, image in enumerate(images)]
+
+    def _counterfactual_pass(self, conv, images: list, cf_images: list | None, rendered, tokens, *,
+                             only: int | None = None):
+        """The sequence with every image replaced by its counterfactual (``only``: image ``only`` alone), for a
+        sample whose real-image pass has answer ``tokens``."""
+        if cf_images is None and only is None:
             seq, cf_tokens = self.inputs.build(conv, None)
-        elif cf == "mismatched":
-            seq, cf_tokens = self._build_with_image(conv, self._partner_image(sample, image), rendered)
+        elif cf_images is None:
+            kept = [k != only for k in range(len(images))]
+            seq, cf_tokens = self.inputs.build(conv, [im for k, im in enumerate(images) if k != only],
+                                               rendered=self.inputs.render(conv, with_image=tuple(kept)))
         else:
-            cf_image = make_counterfactual(image, cf, blur_sigma=self.options.blur_sigma, seed_key=sample_id)
-            seq, cf_tokens = self._build_with_image(conv, cf_image, rendered)
+            replaced = [cf_images[k] if only is None or k == only else im for k, im in enumerate(images)]
+            seq, cf_tokens = self._build_with_image(conv, replaced, rendered)
         if not np.array_equal(cf_tokens.token_ids, tokens.token_ids):
             raise SampleError(st.TEMPLATE_MISMATCH, "the answer tokens differ between the image and the "
                                                     "counterfactual prompt; they cannot be aligned")
         return seq
+
+    def _load_all(self, refs: list) -> list:
+        """Every image of a record, loaded (an unreadable one named by its position when there are several)."""
+        images = []
+        for k, ref in enumerate(refs):
+            try:
+                images.append(self._load(ref))
+            except SampleError as err:
+                if len(refs) == 1:
+                    raise
+                raise SampleError(err.status, f"image {k + 1} of {len(refs)}: {err.message}") from None
+        return images
 
     def _load(self, image_ref):
         """The image as the model gets it (loaded, turned as asked, padded)."""
@@ -308,9 +355,10 @@ class VIGScorer:
         partner = sample.get("counterfactual_partner")
         return None if partner is None else str(partner)
 
-    def _partner_image(self, sample: dict, image):
-        """The mismatched counterfactual: the partner's image, loaded like the sample's own."""
-        partner, ref = sample.get("counterfactual_partner"), sample.get("counterfactual_image")
+    def _partner_image(self, sample: dict, images: list):
+        """The mismatched counterfactual: the partner's (first) image, loaded like the sample's own."""
+        partner, refs = sample.get("counterfactual_partner"), image_refs(sample.get("counterfactual_image"))
+        ref = refs[0] if refs else None
         if ref is None or (isinstance(ref, str) and not ref):
             raise SampleError(st.NO_PARTNER, "no other sample with a different image to take the mismatched "
                                              "counterfactual from (the record has no counterfactual_image; "
@@ -319,19 +367,20 @@ class VIGScorer:
             other = self._load(ref)
         except SampleError as err:
             raise SampleError(err.status, f"the image of counterfactual partner {partner}: {err.message}") from None
-        if image_key(other) == image_key(image):
+        if image_key(other) in {image_key(image) for image in images}:
             raise SampleError(st.NO_PARTNER, f"counterfactual partner {partner} shows the same image (same pixels)")
         return other
 
-    def _build_with_image(self, conv, image, rendered):
-        """``inputs.build`` with an image; the processor refusing the image is the sample's ``image_unsupported``."""
+    def _build_with_image(self, conv, images: list, rendered):
+        """``inputs.build`` with images; the processor refusing them is the sample's ``image_unsupported``."""
         try:
-            return self.inputs.build(conv, image, rendered=rendered)
+            return self.inputs.build(conv, images, rendered=rendered)
         except SampleError:
             raise
         except Exception as exc:  # e.g. Qwen2-VL: "absolute aspect ratio must be smaller than 200"
-            width, height = image.size
-            raise SampleError(st.IMAGE_UNSUPPORTED, f"the processor refused the {width}x{height} image: "
+            sizes = ", ".join(f"{im.size[0]}x{im.size[1]}" for im in images)
+            what = f"the {sizes} image" if len(images) == 1 else f"the {len(images)} images ({sizes})"
+            raise SampleError(st.IMAGE_UNSUPPORTED, f"the processor refused {what}: "
                                                     f"{type(exc).__name__}: {exc}") from exc
 
     # -- forward passes (GPU) ----------------------------------------------------------------------
