@@ -217,10 +217,10 @@ def chain_records(root: Path) -> list[dict]:
     return [
         {"id": "pair", "image": ["coco/a.png", "coco/b.png"], "conversations": qa("Which is wider?", "The second.", 2)},
         {"id": "triple", "images": ["gqa/c.png", "coco/a.png", "coco/b.png"], "source": "mantis",
-         "conversations": [{"from": "human", "value": "<image>\n<image>\nCompare them."},
+         "conversations": [{"from": "human", "value": "<image>\n<image>\n<image>\nCompare them."},
                            {"from": "gpt", "value": "They are alike."},
-                           {"from": "human", "value": "<image>\nAnd this one?"},
-                           {"from": "gpt", "value": "It is wider."}]},
+                           {"from": "human", "value": "Which is wider?"},
+                           {"from": "gpt", "value": "The first."}]},
         {"id": "single", "image": "coco/b.png", "conversations": qa("Describe it.", "Coloured blocks.")},
         {"id": "text", "model": "", "conversations": qa("Name a prime.", "Seven.", 0)},
     ]
