@@ -64,9 +64,9 @@ def lake(spark, tmp_path_factory):
             n, vigs = len(spans), [sign * v for v in vigs]
             rows.append((sample_id, scorer, "blur", "ok", None, float(np.mean(vigs)), 1.0, 1.0 + float(np.mean(vigs)),
                          n, list(range(n)), vigs, [-1.0] * n, [-1.0 - v for v in vigs], [0] * n,
-                         [s for s, _ in spans], [e for _, e in spans], 0.01, dt.datetime(2026, 1, 1), None))
+                         [s for s, _ in spans], [e for _, e in spans], 0.01, dt.datetime(2026, 1, 1), None, None))
     rows.append(("x", "s1", "blur", "image_unreadable", "missing", None, None, None, 0, [], [], [], [], [], [], [],
-                 0.0, dt.datetime(2026, 1, 1), None))
+                 0.0, dt.datetime(2026, 1, 1), None, None))
     write_table(spark.createDataFrame(rows, from_arrow_schema(SCORES_SCHEMA)), lake + "/scores", job="score",
                 config={})
     run_select(spark, SelectJobConfig(lake=lake, policies=["vig", "sample"], p=50, scorer_id="s1"),

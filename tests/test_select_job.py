@@ -59,7 +59,7 @@ def score_row(sample_id: str, status: str, vig, tokens, scorer_id: str = "s1") -
     logp = [-1.0] * k
     return (sample_id, scorer_id, "blur", status, None if status in ("ok", "text_only") else "broken", vig,
             1.0 if vig is not None else None, None if vig is None else 1.0 + vig, n, list(range(n or 0)),
-            token_vig, logp, [-1.0 - v for v in token_vig], [0] * k, list(range(k)), list(range(1, k + 1)), 0.01, T0, None)
+            token_vig, logp, [-1.0 - v for v in token_vig], [0] * k, list(range(k)), list(range(1, k + 1)), 0.01, T0, None, None)
 
 
 @pytest.fixture(scope="module")

@@ -41,6 +41,7 @@ from vig_udf.scoring.status import OK, SampleError
 
 CONDITIONS = ("real", "counterfactual", "partial", "mismatched", "none")
 PAPER_TABLE1 = {"matching": 0.923, "partly matching": 0.409, "conflicting": -0.520}
+MULTI_IMAGE = "several images (the check's conditions replace a record's one image)"  # a skip reason
 IDENTICAL_TOLERANCE = 1e-6  # |token VIG| below this everywhere: the counterfactual did not change the answer's odds
 
 
@@ -163,8 +164,13 @@ def score_conditions(scorer, records: list[dict]) -> tuple[list[SampleConditions
     skipped: dict[str, int] = {}
     loaded, images = [], []
     for record in records:
+        image = one_image(record)
+        if isinstance(image, list):  # the partly matching and mismatched conditions replace one image
+            skipped[MULTI_IMAGE] = skipped.get(MULTI_IMAGE, 0) + 1
+            continue
+        record = {k: v for k, v in record.items() if k != "images"}
         try:
-            image = load_image(record.get("image"), image_root=scorer.options.image_root,
+            image = load_image(image, image_root=scorer.options.image_root,
                                max_pixels=scorer.options.max_image_pixels,
                                exif_transpose=scorer.options.exif_transpose)
         except SampleError as err:
@@ -172,6 +178,8 @@ def score_conditions(scorer, records: list[dict]) -> tuple[list[SampleConditions
             continue
         loaded.append({**record, "id": str(record.get("id", len(loaded)))})
         images.append(image)
+    if not loaded:
+        return [], skipped
     # the samples' own order, not the corpus rule's rank: the check compares conditions on the same draw
     partners = next_different([image_key(im) for im in images])
     if loaded and all(p < 0 for p in partners):
@@ -320,9 +328,16 @@ def check_scorer(scorer, records: list[dict], *, thresholds: CheckThresholds = C
 # input
 
 
+def one_image(record: dict):
+    """A record's image: LLaVA's ``image`` or, failing that, ``images``; a list of one stands for its element, a
+    longer list is returned as it is (the check skips such records: :data:`MULTI_IMAGE`)."""
+    image = record.get("image") if record.get("image") is not None else record.get("images")
+    return image[0] if isinstance(image, list) and len(image) == 1 else image
+
+
 def _has_image(record: dict) -> bool:
-    image = record.get("image")
-    return image is not None and not (isinstance(image, str) and not image)
+    image = one_image(record)
+    return image is not None and not (isinstance(image, (str, list)) and not image)
 
 
 def _stream_records(path: str, storage):

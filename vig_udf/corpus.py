@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 from vig_udf.scoring.conversation import parse_conversation
 from vig_udf.scoring.images import check_image_file, resolve_image
-from vig_udf.scoring.status import INVALID_CONVERSATION, OK, TEXT_ONLY, SampleError
+from vig_udf.scoring.status import IMAGE_UNREADABLE, INVALID_CONVERSATION, OK, TEXT_ONLY, SampleError
 
 INVALID_RECORD = "invalid_record"  # not a JSON object of the LLaVA layout at all
-CORE_KEYS = ("id", "image", "conversations")
+IMAGE_KEYS = ("image", "images")  # LLaVA's image (a path, or a list of them), or LLaVA-OneVision / Mantis images
 CONVERSATION_KEYS = ("conversations", "messages")  # LLaVA's turns, or Hugging Face chat messages
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -31,20 +31,42 @@ def source_of(image_path: str | None) -> str:
 
 
 def validate_record(record_id, image_path, conversations, *, image_root: str | None,
-                    check_files: bool = True, storage=None) -> tuple[str, str | None]:
+                    check_files=True, storage=None) -> tuple[str, str | None]:
     """(status, error) of one record: ``ok``, ``text_only`` or the reason it cannot be scored. ``storage`` (a
-    :class:`vig_udf.storage.Storage`) reaches images on object storage."""
+    :class:`vig_udf.storage.Storage`) reaches images on object storage.
+
+    ``image_path``: None, the record's one image path, or a list of them (one per ``<image>`` placeholder, in
+    order; a list of one is one image). ``check_files``: check that each image file exists; a list of booleans
+    says it per image (False for an image whose bytes came with the record). A problem with one image of
+    several names it (``image 2 of 3: image file not found: ...``)."""
     if conversations is None:
         return INVALID_RECORD, "the record has no 'conversations' list (or it is not a list of {from, value})"
+    images = as_image_list(image_path)
+    checks = check_files if isinstance(check_files, (list, tuple)) else [check_files] * len(images)
     try:
-        parse_conversation(list(conversations), has_image=bool(image_path))
-        if image_path:
-            full = resolve_image(image_path, image_root)
-            if check_files:
-                check_image_file(full, storage)
+        parse_conversation(list(conversations), has_image=bool(images), n_images=len(images))
+        for k, (path, check) in enumerate(zip(images, checks)):
+            try:
+                if not path:
+                    raise SampleError(IMAGE_UNREADABLE, "the record gives neither a path nor bytes for it")
+                full = resolve_image(path, image_root)
+                if check:
+                    check_image_file(full, storage)
+            except SampleError as err:
+                if len(images) == 1:
+                    raise
+                raise SampleError(err.status, f"image {k + 1} of {len(images)}: {err.message}") from None
     except SampleError as err:
         return err.status, err.message
-    return (OK if image_path else TEXT_ONLY), None
+    return (OK if images else TEXT_ONLY), None
+
+
+def as_image_list(image) -> list:
+    """A record's images as a list: ``[]`` for None (or an empty path, LLaVA's text-only ``"image": ""``),
+    ``[image]`` for one path (or bytes), a list as it is."""
+    if image is None or isinstance(image, str) and not image:
+        return []
+    return list(image) if isinstance(image, (list, tuple)) else [image]
 
 
 @dataclass
@@ -53,12 +75,16 @@ class ParsedRecord:
 
     ``conversations`` is the raw list of turns (None when absent or not a list), ``extra`` the JSON text of the
     record's other keys in input order (None when it has none) and ``key_order`` the record's keys as they came,
-    None when they are the default layout (:func:`default_keys`). ``error`` names a whole-record problem
-    (invalid_record), ``text_error`` a string with a lone surrogate (invalid_conversation; such strings are
-    stored with U+FFFD in its place)."""
+    None when they are the default layout (:func:`default_keys`). ``images`` are the record's image paths in
+    order (``image`` its first; an element is None where only bytes stand for it), from ``image`` or, failing
+    that, ``images`` (:data:`IMAGE_KEYS`); ``image_list`` is true when they came as a JSON list. ``error``
+    names a whole-record problem (invalid_record), ``text_error`` a string with a lone surrogate
+    (invalid_conversation; such strings are stored with U+FFFD in its place)."""
 
     id: str | None = None
     image: str | None = None
+    images: list = field(default_factory=list)
+    image_list: bool = False
     conversations: list | None = None
     conversations_given: bool = False
     extra: str | None = None
@@ -76,7 +102,8 @@ def default_keys(image) -> list[str]:
 def parse_record(text: str) -> ParsedRecord:
     """One record's JSON text (a JSONL line, a staged array element, or a Parquet row as JSON) -> its parts.
 
-    ``id`` and ``image`` are kept as text (another JSON type as its JSON text); ``conversations`` is LLaVA's
+    ``id`` and each image path are kept as text (another JSON type as its JSON text); the images are LLaVA's
+    ``image`` (a path or a list of paths) or, failing that, ``images`` (a list); ``conversations`` is LLaVA's
     ``conversations`` or, failing that, Hugging Face ``messages`` (turned into LLaVA turns by
     :func:`llava_turns`); every other key goes to ``extra``."""
     try:
@@ -88,15 +115,23 @@ def parse_record(text: str) -> ParsedRecord:
     parsed = ParsedRecord(raw=text)
     found = []
     parsed.id, bad_id = _clean(_as_text(record.get("id")))
-    parsed.image, bad_image = _clean(_as_text(_image_path(record.get("image"))))
-    found += [bad_id, bad_image]
+    found.append(bad_id)
+    image_key = next((k for k in IMAGE_KEYS if record.get(k) is not None), None)
+    if image_key is not None:
+        value = record[image_key]
+        parsed.image_list = isinstance(value, list)
+        for element in (value if parsed.image_list else [value]):
+            path, bad_image = _clean(_as_text(_image_path(element)))
+            parsed.images.append(path)
+            found.append(bad_image)
+        parsed.image = parsed.images[0] if parsed.images else None
     turns_key = next((k for k in CONVERSATION_KEYS if record.get(k) is not None), None)
     if turns_key is not None:
         parsed.conversations_given = True
         turns = record[turns_key]
         if isinstance(turns, list):
             parsed.conversations = llava_turns(turns) if turns_key == "messages" else turns
-    extra = {k: v for k, v in record.items() if k not in CORE_KEYS and k != turns_key}
+    extra = {k: v for k, v in record.items() if k not in ("id", image_key or "image", turns_key)}
     if extra:
         parsed.extra = json_text(extra)
     keys = list(record)
@@ -171,9 +206,13 @@ def _clean_turns(turns: list) -> tuple[list, str | None]:
 
 
 def content_id(record_id, image_path, conversations) -> str:
-    """A stable id from the record's content, for records whose id is missing or not unique."""
+    """A stable id from the record's content, for records whose id is missing or not unique. ``image_path``: the
+    one image path, or the list of every image's (a list of one counts as that one path)."""
+    if isinstance(image_path, (list, tuple)):
+        image_path = image_path[0] if len(image_path) == 1 else (list(image_path) or None)
     payload = json.dumps([record_id, image_path, conversations], sort_keys=True, default=str)
     return "h" + hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-__all__ = ["INVALID_CONVERSATION", "INVALID_RECORD", "content_id", "resolve_image", "source_of", "validate_record"]
+__all__ = ["INVALID_CONVERSATION", "INVALID_RECORD", "as_image_list", "content_id", "resolve_image", "source_of",
+           "validate_record"]

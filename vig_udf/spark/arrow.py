@@ -29,17 +29,20 @@ SCORES_SCHEMA = pa.schema([
     pa.field("score_seconds", pa.float64()),
     pa.field("scored_at", pa.timestamp("us", tz="UTC")),
     pa.field("counterfactual_partner", pa.string()),  # last: added to tables made before it (NEW_SCORES_COLUMNS)
+    # the sample VIG with each image alone replaced by the counterfactual (scorer option image_attribution)
+    pa.field("image_vig", pa.list_(pa.float32())),
 ])
 
 # columns a scores table written before they existed lacks: the score job's merge adds them (null in its rows)
-NEW_SCORES_COLUMNS = ("counterfactual_partner",)
+NEW_SCORES_COLUMNS = ("counterfactual_partner", "image_vig")
 
 _ARRAYS = {"token_ids": np.int32, "token_vig": np.float32, "logp_with": np.float32, "logp_without": np.float32,
            "token_turn": np.int16, "token_char_start": np.int32, "token_char_end": np.int32}
 
 
 def results_to_arrow(results: list[ScoreResult], *, scorer_id: str, seconds_per_row: float) -> pa.RecordBatch:
-    """One record batch in :data:`SCORES_SCHEMA`; token arrays are empty lists when there are none."""
+    """One record batch in :data:`SCORES_SCHEMA`; token arrays are empty lists when there are none, ``image_vig``
+    null unless the result has it."""
     now = dt.datetime.now(dt.timezone.utc)
     columns: dict[str, list] = {name: [] for name in SCORES_SCHEMA.names}
     for result in results:
@@ -53,6 +56,9 @@ def results_to_arrow(results: list[ScoreResult], *, scorer_id: str, seconds_per_
                 value = now
             elif name in _ARRAYS:
                 value = np.asarray(row[name], dtype=_ARRAYS[name])
+            elif name == "image_vig":  # None unless the scorer ran with image_attribution
+                attribution = getattr(result, "image_vig", None)
+                value = None if attribution is None else np.asarray(attribution, dtype=np.float32).tolist()
             else:
                 value = row[name]
             columns[name].append(value)

@@ -62,13 +62,18 @@ def sample_input(spark, path: str, *, n: int, seed: int) -> list[dict]:
     from vig_udf.corpus import parse_record
     from vig_udf.spark.ingest_job import read_records
 
-    has_image = F.col("_image_bytes").isNotNull() | (F.coalesce(F.get_json_object("_record", "$.image"), F.lit("")) != "")
+    has_image = ((F.coalesce(F.size("_images_bytes"), F.lit(0)) > 0)
+                 | ~F.coalesce(F.get_json_object("_record", "$.image"), F.lit("")).isin("", "[]")
+                 | F.get_json_object("_record", "$.images[0]").isNotNull())
     # limit(n): the driver holds the check's sample only (n records), never the input
     rows = read_records(spark, path).where(has_image).orderBy(F.rand(seed)).limit(n).collect()
     records = []
     for row in rows:
         parsed = parse_record(row["_record"])
-        records.append({"id": parsed.id, "image": row["_image_bytes"] or parsed.image,
+        embedded = row["_images_bytes"] or []
+        images = [embedded[k] if k < len(embedded) and embedded[k] is not None else path
+                  for k, path in enumerate(parsed.images)]  # bytes win over the path, image by image
+        records.append({"id": parsed.id, "image": images if len(images) > 1 else images[0] if images else None,
                         "conversations": parsed.conversations})
     return records
 
@@ -85,9 +90,10 @@ def sample_corpus(spark, lake: str, *, n: int, seed: int, version: int | None = 
     if not table_exists(spark, path):
         raise FileNotFoundError(f"no corpus table at {path}: run `vig ingest` first, or give input=<file.jsonl>")
     # limit(n): the driver holds the check's sample only (n records), never the table
-    rows = (read_table(spark, path, version=version)
-            .where((F.col("status") == "ok") & (F.col("image_path").isNotNull() | F.col("image_bytes").isNotNull()))
-            .select("sample_id", "image_path", "image_bytes", "conversations")
+    corpus = read_table(spark, path, version=version)
+    has_image = F.col("image_path").isNotNull() | F.col("image_bytes").isNotNull()
+    rows = (corpus.where((F.col("status") == "ok") & has_image)
+            .select("sample_id", "image_path", "image_bytes", _more_images(corpus), "conversations")
             .orderBy(F.rand(seed)).limit(n).collect())
     records = []
     for row in rows:
@@ -98,15 +104,27 @@ def sample_corpus(spark, lake: str, *, n: int, seed: int, version: int | None = 
     return records
 
 
+def _more_images(corpus):
+    """The corpus's ``more_images`` column, or a null one for a corpus written before it."""
+    from pyspark.sql import functions as F
+
+    if "more_images" in corpus.columns:
+        return F.col("more_images")
+    return F.lit(None).cast("array<struct<path:string,bytes:binary>>").alias("more_images")
+
+
 def check_images_reachable(records: list[dict], image_root: str | None, storage=None) -> None:
     """Raise :class:`~vig_udf.preflight.InputError` naming the setting to fix when not one sampled record's image
     file is there (image bytes always are): the check would otherwise score nothing."""
     from vig_udf.preflight import InputError
     from vig_udf.scoring.images import check_image_file, resolve_image
 
+    from vig_udf.check import one_image
+
     first = None
     for record in records:
-        image = record.get("image")
+        image = one_image(record)
+        image = image[0] if isinstance(image, list) and image else image  # a multi-image record: its first
         if not isinstance(image, str):
             return
         try:

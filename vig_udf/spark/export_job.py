@@ -2,7 +2,8 @@
 
 For training with other stacks (the LLaVA repo, LLaMA-Factory, TRL): the JSON is a single file in the
 layout of ``llava_v1_5_mix665k.json`` (a list of ``{"id", "image", "conversations"}``, ``image`` omitted
-for text-only records), holding exactly the corpus records that the selection keeps, unchanged. The
+for text-only records; a multi-image record's images as the list they came as, under ``image`` or ``images``),
+holding exactly the corpus records that the selection keeps, unchanged. The
 sidecar ``<name>.mask.json`` says which answer characters to train on:
 
     {"format": "vig-spark/token-mask", "format_version": 1, "selection_id": ..., "policy": ..., "params": {...},
@@ -63,7 +64,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vig_udf.selection import policies as sel
 from vig_udf.config import SparkConfig
-from vig_udf.corpus import CONVERSATION_KEYS, default_keys, json_text
+from vig_udf.corpus import CONVERSATION_KEYS, IMAGE_KEYS, default_keys, json_text
 from vig_udf.scoring.conversation import parse_conversation
 from vig_udf.lake.read import lake_storage
 from vig_udf.selection.spans import kept_char_spans, weighted_char_spans
@@ -79,6 +80,7 @@ LINE_DDL = ("_ordinal LONG, sample_id STRING, record_id STRING, record STRING, m
 SHARED_STORAGE = ("the output's folder (or staging_dir) and the images folder must be on storage that the driver and "
                   "the executors share")
 MARKER = ".vig-export-staging"  # the driver's file in the staging folder that each executor checks it sees
+MORE_IMAGES_DDL = "array<struct<path:string,bytes:binary>>"  # the corpus's images 2..n of a record
 IMAGE_BATCH_ROWS = 256  # images per Arrow batch when the executors write them: tens of MB, not gigabytes
 OFFSETS = ("each mask span [k, start, end] is value[start:end] of the k-th assistant message (from gpt/assistant, "
            "k = 0 first) of the record's conversations as exported; train on the answer tokens that overlap a span")
@@ -159,15 +161,15 @@ def run_export(spark, cfg: ExportJobConfig, *, out=print) -> dict:
     totals, unchanged, parts = earlier_export(storage, output, sidecar, header), True, []
     if totals is None:
         unchanged = False
-        lines = kept.drop("image_bytes").mapInArrow(export_lines(images_root is not None), LINE_DDL).persist()
+        lines = (kept.drop("image_bytes").withColumn("more_images", _without_bytes("more_images"))
+                 .mapInArrow(export_lines(images_root is not None), LINE_DDL).persist())
         staging = join(canonical(cfg.staging_dir or folder), f".{name}.parts-{uuid.uuid4().hex}")
         try:
             totals = _check_lines(lines, corpus_version, scores_version)
             images = totals.pop("records_with_image_bytes")
             totals["images_written"] = 0
             if images_root is not None and images:
-                totals["images_written"] = write_images(
-                    spark, kept.where(F.col("_has_bytes")).select("image_path", "image_bytes"), images_root, storage)
+                totals["images_written"] = write_images(spark, bytes_images(kept), images_root, storage)
             parts = write_parts(lines, staging, totals["records"], cfg.part_rows, storage)
             _write_export(storage, output, sidecar, parts, header, totals)
         finally:
@@ -180,6 +182,38 @@ def run_export(spark, cfg: ExportJobConfig, *, out=print) -> dict:
                "largest_part_rows": max((part.rows for part in parts), default=0), "unchanged": unchanged}
     _print_summary(summary, out)
     return summary
+
+
+def _without_bytes(column: str):
+    """``more_images`` with each image's bytes replaced by whether it has them (``{path, has_bytes}``): the lines
+    carry no image data."""
+    from pyspark.sql import functions as F
+
+    return F.transform(column, lambda m: F.struct(m.getField("path").alias("path"),
+                                                  m.getField("bytes").isNotNull().alias("has_bytes")))
+
+
+def bytes_images(kept):
+    """``(image_path, image_bytes)`` of every image of the kept rows stored as bytes: the first images and those
+    of ``more_images``."""
+    from pyspark.sql import functions as F
+
+    more = (kept.select(F.explode("more_images").alias("m")).where(F.col("m.bytes").isNotNull())
+            .select(F.col("m.path").alias("image_path"), F.col("m.bytes").alias("image_bytes")))
+    return kept.where(F.col("_has_bytes")).select("image_path", "image_bytes").unionByName(more)
+
+
+def exported_images(row: dict, bytes_images_renamed: bool):
+    """The ``image`` value a kept row's record is exported with: its one path (or None), or the list of every
+    image's where the record gave a list (``image_list``); a bytes-stored image's path is the one it is written
+    at under the images folder (:func:`_image_name`)."""
+    more = row.get("more_images") or []
+    paths = ([row["image_path"]] if row["image_path"] is not None else []) + [m["path"] for m in more]
+    stored = [bool(row["_has_bytes"])] + [bool(m["has_bytes"]) for m in more]
+    paths = [_image_name(p) if p and has_bytes and bytes_images_renamed else p for p, has_bytes in zip(paths, stored)]
+    if row.get("image_list") or len(paths) > 1:
+        return paths
+    return paths[0] if paths else None
 
 
 def export_lines(bytes_images_renamed: bool):
@@ -200,7 +234,9 @@ def export_lines(bytes_images_renamed: bool):
             for row in batch.to_pylist():
                 line = {"_ordinal": row["_ordinal"], "sample_id": row["sample_id"], "record_id": None,
                         "record": None, "mask": None, "problem": None,
-                        "text_only": row["reason"] == sel.TEXT_ONLY_KEPT, "image_bytes": bool(row["_has_bytes"]),
+                        "text_only": row["reason"] == sel.TEXT_ONLY_KEPT,
+                        "image_bytes": bool(row["_has_bytes"]) or any(m["has_bytes"] for m in row.get("more_images")
+                                                                     or []),
                         "n_tokens": row["n_tokens"] or 0, "n_tokens_kept": row["n_tokens_kept"] or 0}
                 if not row["_in_corpus"]:
                     line["problem"] = "not_in_corpus"
@@ -209,9 +245,7 @@ def export_lines(bytes_images_renamed: bool):
                 else:
                     try:
                         spans = record_spans(row)
-                        image = row["image_path"]
-                        if image and row["_has_bytes"] and bytes_images_renamed:
-                            image = _image_name(image)
+                        image = exported_images(row, bytes_images_renamed)
                     except ValueError as error:
                         line["problem"] = str(error)
                     else:
@@ -318,7 +352,8 @@ def record_spans(row) -> list[tuple]:
     whole: one span per answer.
     """
     conversations = _turns(row["conversations"])
-    conv = parse_conversation(conversations, has_image=bool(row["image_path"]))
+    n_images = (1 + len(row.get("more_images") or [])) if row["image_path"] else 0
+    conv = parse_conversation(conversations, has_image=bool(n_images), n_images=n_images)
     values = [conversations[i]["value"] for i in conv.answer_turns]
     lead = np.array([len(v) - len(v.lstrip()) for v in values], dtype=np.int64)
     keep = np.asarray(row["token_keep"] or [], dtype=bool)
@@ -355,6 +390,8 @@ def _corpus_columns(corpus):
         "sample_id", optional("source_id", "string").alias("source_id"),
         optional("duplicate_id", "boolean").alias("duplicate_id"), "image_path", "conversations",
         optional("image_bytes", "binary").alias("image_bytes"),
+        optional("more_images", MORE_IMAGES_DDL).alias("more_images"),
+        optional("image_list", "boolean").alias("image_list"),
         optional("image_bytes", "binary").isNotNull().alias("_has_bytes"),
         optional("extra", "string").alias("extra"), optional("key_order", "array<string>").alias("key_order"),
         optional("ingest_ordinal", "long").alias("_ordinal"), F.lit(True).alias("_in_corpus"))
@@ -404,27 +441,30 @@ def _turns(conversations) -> list[dict]:
     return [{"from": turn["from"], "value": turn["value"]} for turn in conversations]
 
 
-def exported_record(record_id: str, image: str | None, conversations: list[dict], extra: str | None = None,
+def exported_record(record_id: str, image, conversations: list[dict], extra: str | None = None,
                     key_order: list[str] | None = None) -> dict:
     """The record as ingest read it: its keys in input order (``key_order``, else LLaVA's), ``id`` the export's
-    id (placed first where the record had none), ``image`` its exported path, the conversation under
-    ``conversations`` (also where it came as Hugging Face ``messages``) and every other key from ``extra``."""
+    id (placed first where the record had none), its images under the key they came under (``image`` or
+    ``images``: the first of them in ``key_order`` that ``extra`` does not hold) as their exported path, or the
+    list of them (``image`` a list), the conversation under ``conversations`` (also where it came as Hugging
+    Face ``messages``) and every other key from ``extra``."""
     others = json.loads(extra) if extra else {}
     keys = list(key_order) if key_order else default_keys(image) + list(others)
     if "id" not in keys:
         keys.insert(0, "id")
+    image_key = next((k for k in keys if k in IMAGE_KEYS and k not in others), "image")
     record = {}
     for key in keys:
         if key == "id":
             record["id"] = record_id
-        elif key == "image":
-            record["image"] = image
+        elif key == image_key:
+            record[key] = image
         elif key in CONVERSATION_KEYS and key not in others:
             record["conversations"] = conversations
         elif key in others:
             record[key] = others[key]
-    if image and "image" not in record:
-        record["image"] = image
+    if image and image_key not in record:
+        record[image_key] = image
     record.setdefault("conversations", conversations)
     return record
 

@@ -4,7 +4,9 @@ Every input record becomes one row. A one-array ``.json`` is first streamed into
 ``<lake>/_staging/ingest`` (:mod:`vig_udf.spark.json_shards`), so that no task holds the whole file.
 ``sample_id`` is the record's id, or a content hash when the id is missing or shared by several records
 (reported; exact duplicates get a ``-<n>`` suffix in input order).
-Rows are checked with the scorer's own conversation parser; invalid ones keep a status and a message.
+Rows are checked with the scorer's own conversation parser; invalid ones keep a status and a message. A record
+with several images (a list under ``image`` or ``images``) keeps the first as ``image_path`` / ``image_bytes`` and
+the others, in order, in ``more_images``; ``image_list`` says the images came as a list.
 Rows are added with ``MERGE ... WHEN NOT MATCHED THEN INSERT`` on ``sample_id``, so concurrent or
 overlapping ingests never write a sample twice. Each input is a Delta app transaction (its files, sizes and
 modification times, and the options that change rows): a rerun of an ingested input finds it in the table
@@ -24,23 +26,27 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from vig_udf.config import SparkConfig
-from vig_udf.corpus import INVALID_RECORD, content_id, parse_record, resolve_image, source_of, validate_record
+from vig_udf.corpus import (IMAGE_KEYS, INVALID_RECORD, content_id, parse_record, resolve_image, source_of,
+                            validate_record)
 from vig_udf.preflight import check_image_root, check_input, is_local
 from vig_udf.storage import Storage, local_path
 from vig_udf.scoring.status import IMAGE_UNREADABLE, INVALID_CONVERSATION, OK, TEXT_ONLY
 
+# images 2..n of a record with several (the first is image_path / image_bytes), in order
+MORE_IMAGES = pa.list_(pa.struct([("path", pa.string()), ("bytes", pa.binary())]))
 CONVERSATIONS = pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))
 # where a raw record was read from: its file, the file split and its place in the task (input order, sortable)
 POSITION = ("_file", "_block", "_row")
 VALIDATED_SCHEMA = pa.schema([
     ("_file", pa.string()), ("_block", pa.int64()), ("_row", pa.int64()),
     ("source_id", pa.string()), ("content_id", pa.string()), ("source", pa.string()),
-    ("image_path", pa.string()), ("image_bytes", pa.binary()), ("conversations", CONVERSATIONS),
+    ("image_path", pa.string()), ("image_bytes", pa.binary()), ("more_images", MORE_IMAGES),
+    ("image_list", pa.bool_()), ("conversations", CONVERSATIONS),
     ("n_turns", pa.int32()), ("status", pa.string()), ("error", pa.string()),
     ("extra", pa.string()), ("key_order", pa.list_(pa.string())),
 ])
 # columns a corpus written before they existed lacks: ingest adds them (null for its earlier rows)
-NEW_CORPUS_COLUMNS = ("extra", "key_order")
+NEW_CORPUS_COLUMNS = ("extra", "key_order", "more_images", "image_list")
 INLINE_SPLITS = 1000  # up to this many file splits, their ordinal offsets are an inline table (no Spark job)
 
 
@@ -49,7 +55,8 @@ class IngestJobConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input: str = Field(..., description="LLaVA JSON (a list), JSONL, or Parquet with id, image, conversations")
+    input: str = Field(..., description="LLaVA JSON (a list), JSONL, or Parquet with id, image (one or a list; or "
+                                        "images), conversations (or messages)")
     image_root: str | None = Field(None, description="folder that the records' relative image paths live under")
     lake: str = Field("lake", description="lake root; the table is <lake>/corpus")
     image_storage: Literal["path", "bytes"] = Field("path", description="store the image path, or the file's bytes")
@@ -61,13 +68,16 @@ class IngestJobConfig(BaseModel):
 
 
 def read_records(spark, path: str, *, jsonl_folder: bool = False):
-    """The input as a DataFrame of ``_record`` (each record's JSON text), ``_image_bytes`` (the bytes of a Hugging
-    Face Image struct column, else null) and the :data:`POSITION` columns. JSON lines are read as text, blank
-    lines skipped; a Parquet row becomes the JSON of its columns in column order (an ``image`` struct stands for
-    its ``path``; its ``bytes`` go to ``_image_bytes``). A one-array ``.json`` is read through its JSONL shards:
-    ``path`` is then their folder and ``jsonl_folder`` is true (see :func:`vig_udf.spark.json_shards.stage_json_array`)."""
+    """The input as a DataFrame of ``_record`` (each record's JSON text), ``_images_bytes`` (the bytes of the
+    record's Hugging Face Image values, one per image, else null) and the :data:`POSITION` columns. JSON lines
+    are read as text, blank lines skipped; a Parquet row becomes the JSON of its columns in column order. An
+    image column (``image`` or ``images``, :data:`vig_udf.corpus.IMAGE_KEYS`) holding a struct ``{bytes, path}``
+    (the ``datasets`` Image feature) or a list of them (``Sequence(Image())``) stands for its paths in the JSON
+    (``{"path": ...}`` each); its bytes go to ``_images_bytes``, from the first such column that is not null (the
+    one :func:`vig_udf.corpus.parse_record` takes the images from). A one-array ``.json`` is read through its
+    JSONL shards: ``path`` is then their folder and ``jsonl_folder`` is true (see
+    :func:`vig_udf.spark.json_shards.stage_json_array`)."""
     from pyspark.sql import functions as F
-    from pyspark.sql.types import StructType
 
     from vig_udf.lake.read import lake_storage
     from vig_udf.storage import spark_path
@@ -77,17 +87,39 @@ def read_records(spark, path: str, *, jsonl_folder: bool = False):
     if not jsonl_folder and (path.endswith(".parquet") or lake_storage(spark).is_dir(path)):
         df = spark.read.parquet(spark_path(path))
         position = _position(df)
-        image = df.schema["image"].dataType if "image" in df.columns else None
-        struct_image = isinstance(image, StructType) and {"bytes", "path"} <= set(image.fieldNames())
-        columns = [F.col(c).getField("path").alias(c) if c == "image" and struct_image else F.col(c)
-                   for c in df.columns]
+        columns, image_bytes = [], []
+        for c in df.columns:
+            kind = _image_column(df.schema[c].dataType) if c in IMAGE_KEYS else None
+            if kind == "struct":  # a struct with neither bytes nor a path is no image, as a null one
+                given = F.col(c).getField("path").isNotNull() | F.col(c).getField("bytes").isNotNull()
+                columns.append(F.when(given, F.struct(F.col(c).getField("path").alias("path"))).alias(c))
+                image_bytes.append(F.when(given, F.array(F.col(c).getField("bytes"))))
+            elif kind == "list":
+                columns.append(F.transform(c, lambda x: F.struct(x.getField("path").alias("path"))).alias(c))
+                image_bytes.append(F.transform(c, lambda x: x.getField("bytes")))
+            else:
+                columns.append(F.col(c))
         as_json = F.to_json(F.struct(*columns), {"ignoreNullFields": "false"})
-        image_bytes = F.col("image").getField("bytes") if struct_image else F.lit(None).cast("binary")
-        return df.select(as_json.alias("_record"), image_bytes.alias("_image_bytes"), *position)
+        embedded = (F.coalesce(*image_bytes) if len(image_bytes) > 1 else image_bytes[0] if image_bytes
+                    else F.lit(None).cast("array<binary>"))
+        return df.select(as_json.alias("_record"), embedded.alias("_images_bytes"), *position)
     df = spark.read.text(spark_path(path))
-    return (df.select(F.col("value").alias("_record"), F.lit(None).cast("binary").alias("_image_bytes"),
+    return (df.select(F.col("value").alias("_record"), F.lit(None).cast("array<binary>").alias("_images_bytes"),
                       *_position(df))
             .where(F.trim(F.col("_record")) != ""))
+
+
+def _image_column(kind) -> str | None:
+    """``struct`` for a Hugging Face Image column (a struct with ``bytes`` and ``path``), ``list`` for a list of
+    them, None for another type."""
+    from pyspark.sql.types import ArrayType, StructType
+
+    def image(t) -> bool:
+        return isinstance(t, StructType) and {"bytes", "path"} <= set(t.fieldNames())
+
+    if image(kind):
+        return "struct"
+    return "list" if isinstance(kind, ArrayType) and image(kind.elementType) else None
 
 
 def _position(df) -> list:
@@ -101,42 +133,58 @@ def _position(df) -> list:
 
 def validate_batches(image_root: str | None, image_storage: str, check_files: bool, storage=None):
     """``mapInArrow`` function: raw records -> validated rows in :data:`VALIDATED_SCHEMA`; ``storage`` reaches
-    images on object storage."""
+    images on object storage. A record's first image goes to ``image_path`` / ``image_bytes``, images 2..n to
+    ``more_images``."""
 
     def validate(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             rows = []
             for raw in batch.to_pylist():
                 rec = parse_record(raw["_record"])
-                conversations, data = rec.conversations, raw["_image_bytes"]
-                image = rec.image
-                if data is not None and not image:
-                    image = embedded_image_name(data)
+                conversations, embedded = rec.conversations, raw["_images_bytes"] or []
+                datas = [embedded[k] if k < len(embedded) else None for k in range(len(rec.images))]
+                # an image that came as bytes only is recorded under embedded/<content hash>
+                paths = [path if path or data is None else embedded_image_name(data)
+                         for path, data in zip(rec.images, datas)]
+                images = paths if rec.image_list else (paths[0] if paths else None)  # a list, or one path
                 if rec.error:
                     status, error = INVALID_RECORD, rec.error
                 elif rec.conversations_given and conversations is None:
                     status, error = INVALID_RECORD, "'conversations' is not a list of {from, value} turns"
                 else:
-                    status, error = validate_record(rec.id, image, conversations, image_root=image_root,
-                                                    check_files=check_files and data is None, storage=storage)
+                    status, error = validate_record(rec.id, images, conversations, image_root=image_root,
+                                                    check_files=[check_files and d is None for d in datas],
+                                                    storage=storage)
                     if rec.text_error and status in (OK, TEXT_ONLY):
                         status, error = INVALID_CONVERSATION, rec.text_error
                 conversations = _storable(conversations)
-                if data is None and image_storage == "bytes" and image and status == OK:
-                    try:
-                        data = (storage or Storage()).read_bytes(resolve_image(image, image_root))
-                    except OSError as exc:
-                        status, error = IMAGE_UNREADABLE, f"cannot read {image}: {exc}"
+                if image_storage == "bytes" and status == OK and paths:
+                    status, error = _read_images(paths, datas, image_root, storage)
                 rows.append({
                     "_file": raw["_file"], "_block": raw["_block"], "_row": raw["_row"], "source_id": rec.id,
-                    "content_id": content_id(rec.id, image, conversations or (rec.raw if rec.error else None)),
-                    "source": source_of(image), "image_path": image, "image_bytes": data,
-                    "conversations": conversations, "n_turns": len(conversations or []), "status": status,
-                    "error": error, "extra": rec.extra, "key_order": rec.key_order,
+                    "content_id": content_id(rec.id, images, conversations or (rec.raw if rec.error else None)),
+                    "source": source_of(paths[0] if paths else None), "image_path": paths[0] if paths else None,
+                    "image_bytes": datas[0] if datas else None,
+                    "more_images": [{"path": p, "bytes": d} for p, d in zip(paths[1:], datas[1:])] or None,
+                    "image_list": rec.image_list, "conversations": conversations,
+                    "n_turns": len(conversations or []), "status": status, "error": error, "extra": rec.extra,
+                    "key_order": rec.key_order,
                 })
             yield pa.RecordBatch.from_pylist(rows, schema=VALIDATED_SCHEMA)
 
     return validate
+
+
+def _read_images(paths: list, datas: list, image_root: str | None, storage) -> tuple[str, str | None]:
+    """``image_storage=bytes``: fill ``datas`` with the bytes of each image that has none yet; (status, error)."""
+    for k, path in enumerate(paths):
+        if datas[k] is None:
+            try:
+                datas[k] = (storage or Storage()).read_bytes(resolve_image(path, image_root))
+            except OSError as exc:
+                which = f"image {k + 1} of {len(paths)}: " if len(paths) > 1 else ""
+                return IMAGE_UNREADABLE, f"{which}cannot read {path}: {exc}"
+    return OK, None
 
 
 def embedded_image_name(data: bytes) -> str:
@@ -218,7 +266,8 @@ def run_ingest(spark, cfg: IngestJobConfig, *, out=print) -> dict:
                 .withColumn("sample_id", F.when(F.count(F.lit(1)).over(same) > 1,
                                                 F.concat("sample_id", F.lit("-"), F.col("_n").cast("string")))
                             .otherwise(F.col("sample_id")))
-                .select("sample_id", "source_id", "source", "image_path", "image_bytes", "conversations", "n_turns",
+                .select("sample_id", "source_id", "source", "image_path", "image_bytes", "more_images", "image_list",
+                        "conversations", "n_turns",
                         "status", "error", "duplicate_id", "extra", "key_order", *POSITION))
         rows = rows.cache()  # validated once: the ordinals, the merge and the summary read the same rows
         try:

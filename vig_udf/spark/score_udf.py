@@ -268,7 +268,8 @@ def _finished_batch(entry: _Pending, spec: ScorerSpec) -> pa.RecordBatch:
 
 
 def corpus_record(row: dict, image_root: str | None) -> dict:
-    """A corpus row as a scorer record (image bytes win over the path when both are stored); a row that the
+    """A corpus row as a scorer record (image bytes win over the path when both are stored); a row with
+    ``more_images`` gives the list of its images, the first (``image_path`` / ``image_bytes``) first; a row that the
     score job joined its mismatched partner onto (:func:`vig_udf.spark.partners.with_partner_images`) carries the
     partner's id and image as ``counterfactual_partner`` and ``counterfactual_image``.
 
@@ -277,7 +278,10 @@ def corpus_record(row: dict, image_root: str | None) -> dict:
     """
     record = {"id": row["sample_id"], "conversations": row.get("conversations")}
     image = _row_image(row.get("image_bytes"), row.get("image_path"), image_root)
-    if image:
+    more = row.get("more_images") or []  # images 2..n ({path, bytes}); null in a corpus written before them
+    if more:
+        record["image"] = [image] + [_row_image(m.get("bytes"), m.get("path"), image_root) for m in more]
+    elif image:
         record["image"] = image
     if row.get("counterfactual_partner") is not None:
         record["counterfactual_partner"] = row["counterfactual_partner"]

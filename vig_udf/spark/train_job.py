@@ -36,8 +36,8 @@ CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", 
                         "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH",
                         "MLFLOW_TRACKING_CLIENT_CERT_PATH", "DATABRICKS_HOST", "DATABRICKS_TOKEN",
                         "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET")
-TRAIN_SET_COLUMNS = ["sample_id", "image_path", "image_bytes", "conversations", "token_keep", "token_weight",
-                     "token_ids", "token_turn", "token_char_start", "token_char_end"]
+TRAIN_SET_COLUMNS = ["sample_id", "image_path", "image_bytes", "more_images", "conversations", "token_keep",
+                     "token_weight", "token_ids", "token_turn", "token_char_start", "token_char_end"]
 
 
 class MlflowConfig(BaseModel):
@@ -343,8 +343,11 @@ def training_rows(spark, resolved: dict):
     scores = (read_table(spark, paths["scores"], version=versions["scores"])
               .where(F.col("scorer_id") == resolved["scorer_id"])
               .select("sample_id", "token_ids", "token_turn", "token_char_start", "token_char_end"))
-    corpus = (read_table(spark, paths["corpus"], version=versions["corpus"])
-              .select("sample_id", "image_path", "image_bytes", "conversations"))
+    corpus = read_table(spark, paths["corpus"], version=versions["corpus"])
+    # images 2..n of a multi-image record (absent from a corpus written before them: null)
+    more = (F.col("more_images") if "more_images" in corpus.columns
+            else F.lit(None).cast("array<struct<path:string,bytes:binary>>"))
+    corpus = corpus.select("sample_id", "image_path", "image_bytes", more.alias("more_images"), "conversations")
     return kept.join(scores, "sample_id").join(corpus, "sample_id").select(*TRAIN_SET_COLUMNS)
 
 

@@ -118,21 +118,30 @@ def end_of_turn_positions(tokens: AnswerTokens, keep: np.ndarray) -> np.ndarray:
     return tokens.end_of_turn[np.isin(tokens.end_of_turn_turn, kept_turns)]
 
 
+def row_images(row: dict) -> list:
+    """The images of a training-set row in order, each its bytes where stored, else its path: the first
+    (``image_path`` / ``image_bytes``), then ``more_images``; ``[]`` for a text-only row."""
+    first = row.get("image_bytes") if row.get("image_bytes") is not None else row.get("image_path")
+    if first is None or first == "":
+        return []
+    more = [m["bytes"] if m.get("bytes") is not None else m.get("path") for m in row.get("more_images") or []]
+    return [first, *more]
+
+
 def build_example(builder: InputBuilder, row: dict, *, image_root: str | None = None,
                   max_image_pixels: int | None = None, supervise_end_of_turn: bool = False,
                   max_length: int | None = None, storage=None) -> TrainExample:
-    """Model input and labels for one training-set row; raises :class:`SampleError` for a bad sample.
+    """Model input and labels for one training-set row (every image of it, :func:`row_images`); raises
+    :class:`SampleError` for a bad sample.
 
     supervise_end_of_turn: also label the end-of-turn text of each turn that keeps a token (see the module).
     max_length: cut the sequence there (see the module).
     """
-    has_image = bool(row.get("image_path")) or row.get("image_bytes") is not None
-    conv = parse_conversation(list(row["conversations"]), has_image=has_image)
-    image = None
-    if has_image:
-        source = row["image_bytes"] if row.get("image_bytes") is not None else row["image_path"]
-        image = load_image(source, image_root=image_root, max_pixels=max_image_pixels, storage=storage)
-    seq, tokens = builder.build(conv, image)
+    sources = row_images(row)
+    conv = parse_conversation(list(row["conversations"]), has_image=bool(sources), n_images=len(sources))
+    images = [load_image(source, image_root=image_root, max_pixels=max_image_pixels, storage=storage)
+              for source in sources]
+    seq, tokens = builder.build(conv, images if len(images) > 1 else images[0] if images else None)
     keep, realigned = token_keep_for(tokens, row)
     ids = seq.input_ids.numpy()
     labels = labels_for(ids, tokens, keep, ignore_index=IGNORE_INDEX)
