@@ -148,3 +148,71 @@ def test_a_family_of_one_image_per_sample_refuses_two_per_row_and_a_bad_second_i
 def test_image_attribution_is_part_of_the_identity_only_when_on():
     assert "image_attribution" not in ScorerOptions().identity_options()
     assert ScorerOptions(image_attribution=True).identity_options()["image_attribution"] is True
+
+
+def independent_turn_logps(checkpoint: str, turns: list[tuple[int, str, str]], images: list) -> tuple[list, list]:
+    """Per answer turn, log p of its tokens and their ids, for a conversation of (images in the turn, question,
+    answer) turns whose images precede the question, by the chat template and the model run by hand: an answer's
+    tokens are those between the template's generation prompt for the conversation up to its question and the end
+    of the answer, less a leading token that is only the space before the answer."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    messages, used = [], 0
+    starts, answers = [], []
+    bos = processor.tokenizer.bos_token
+
+    def encode(text, n):
+        special = {"add_special_tokens": False} if bos and text.startswith(bos) else {}
+        kwargs = {"images": [images[:n]], **special} if n else special
+        return processor(text=[text], return_tensors="pt", **kwargs)
+
+    for n, question, answer in turns:
+        messages.append({"role": "user", "content": [{"type": "image"}] * n + [{"type": "text", "text": question}]})
+        used += n
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+        start = len(encode(prompt, used)["input_ids"][0])
+        starts.append(start)
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+        full = processor.apply_chat_template(messages)
+        assert full.startswith(prompt)
+        through_answer = full[:full.index(answer, len(prompt)) + len(answer)]  # a template may put a space first
+        answers.append(len(encode(through_answer, used)["input_ids"][0]) - start)  # the answer's tokens in context
+    enc = encode(processor.apply_chat_template(messages), used)
+    ids = enc["input_ids"][0]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(**enc).logits[0].float(), dim=-1)
+    out_logp, out_ids = [], []
+    for start, n in zip(starts, answers):
+        while n and not processor.tokenizer.decode([int(ids[start])]).strip():  # a space before the answer alone
+            start, n = start + 1, n - 1
+        out_logp.append(np.array([logp[p - 1, ids[p]].item() for p in range(start, start + n)]))
+        out_ids.append(ids[start:start + n].tolist())
+    return out_logp, out_ids
+
+
+@pytest.mark.parametrize("family", MULTI_IMAGE_FAMILIES)
+def test_images_in_a_later_turn_are_aligned_against_an_independent_computation(tiny_checkpoints, family):
+    images = [random_image(48, 40, 20), random_image(40, 56, 21), random_image(56, 48, 22)]
+    record = {"id": "turns", "image": images,
+              "conversations": [{"from": "human", "value": "<image>\n<image>\nCompare them."},
+                                {"from": "gpt", "value": "The first is darker."},
+                                {"from": "human", "value": "<image>\nAnd this one?"},
+                                {"from": "gpt", "value": "It is the brightest of the three."}]}
+    scorer = VIGScorer.from_pretrained(tiny_checkpoints[family], counterfactuals=["blur", "drop"],
+                                       image_placement="inline", image_attribution=True, dtype="float32")
+    results = scorer.score_all([record])
+    turns = [(2, "Compare them.", "The first is darker."), (1, "And this one?", "It is the brightest of the three.")]
+    real, real_ids = independent_turn_logps(tiny_checkpoints[family], turns, images)
+    blurred = [make_counterfactual(im, "blur", seed_key="turns" if k == 0 else f"turns#{k}")
+               for k, im in enumerate(images)]
+    blur, _ = independent_turn_logps(tiny_checkpoints[family], turns, blurred)
+    dropped, _ = independent_turn_logps(tiny_checkpoints[family], [(0, q, a) for _, q, a in turns], [])
+    for cf, expected in (("blur", blur), ("drop", dropped)):
+        got = results[cf][0]
+        assert got.status == "ok", got.error
+        assert got.token_ids.tolist() == real_ids[0] + real_ids[1]
+        np.testing.assert_allclose(got.logp_with, np.concatenate(real), atol=1e-5)
+        np.testing.assert_allclose(got.token_vig, np.concatenate(real) - np.concatenate(expected), atol=1e-5)
+        assert got.image_vig.shape == (3,) and np.isfinite(got.image_vig).all()

@@ -125,13 +125,43 @@ class InputBuilder:
         return Sequence(ids, extras, tokens.positions), tokens
 
     def _encode_template(self, text, spans, images: list):
-        kwargs = {"images": [images]} if images else {}
-        if self.writes_bos(text):
-            kwargs["add_special_tokens"] = False
+        special = {"add_special_tokens": False} if self.writes_bos(text) else {}
+        kwargs = {"images": [images], **special} if images else special
         enc = self.processor(text=[text], return_tensors="pt", **kwargs)
         ids = enc["input_ids"][0]
-        tokens = answer_tokens(self.tokenizer, text, spans, ids)
+        tokens = answer_tokens(self.tokenizer, text, spans, ids,
+                               shifts_before=self._shifts_before(text, spans, images, special))
         return ids, _extras(enc), tokens
+
+    def _shifts_before(self, text: str, spans, images: list, special: dict) -> list[tuple[int, int]] | None:
+        """For images placed after an answer (a later turn's): ``(cut, shift)`` at each such image's placeholder,
+        the ids the processor writes beyond the tokenizer's for the text before it (its images expanded), found by
+        running the processor on that text with those images; None when every image precedes every answer."""
+        starts = self._placeholder_starts(text, len(images))
+        first_answer = min(s.start for s in spans)
+        if not starts or starts[-1] < first_answer:
+            return None
+        shifts = []
+        for k, cut in enumerate(starts):
+            if cut < first_answer:
+                continue
+            prefix = text[:cut]
+            kwargs = {"images": [images[:k]], **special} if k else special
+            expanded = len(self.processor(text=[prefix], return_tensors="pt", **kwargs)["input_ids"][0])
+            shifts.append((cut, expanded - len(self.tokenizer(prefix, add_special_tokens=False)["input_ids"])))
+        return shifts
+
+    def _placeholder_starts(self, text: str, n_images: int) -> list[int]:
+        """Where the chat template wrote each image in ``text``: the processor's image-start or image token, the
+        first that occurs once per image ([] when none does)."""
+        for token in (getattr(self.processor, "boi_token", None), getattr(self.processor, "image_token", None)):
+            if token and text.count(token) == n_images:
+                starts, at = [], text.find(token)
+                while at >= 0:
+                    starts.append(at)
+                    at = text.find(token, at + len(token))
+                return starts
+        return []
 
     def _encode_format(self, text, spans, image):
         """``tokenizer_image_token``'s ids: the text around the image token tokenized apart, the processor's

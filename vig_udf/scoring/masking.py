@@ -114,8 +114,14 @@ def special_tokens(tokenizer) -> set[str]:
     return names | {t.content for t in decoder.values() if getattr(t, "special", False)}
 
 
-def answer_tokens(tokenizer, text: str, spans: list[AnswerSpan], input_ids) -> AnswerTokens:
+def answer_tokens(tokenizer, text: str, spans: list[AnswerSpan], input_ids, *,
+                  shifts_before: list[tuple[int, int]] | None = None) -> AnswerTokens:
     """Mark the answer tokens of ``input_ids`` (the processor's ids for ``text``, image tokens expanded).
+
+    The processor's ids are the plain tokenization of ``text`` with each image expanded, so a token after every
+    image sits ``len(input_ids) - len(plain ids)`` further right. ``shifts_before`` is for images that come after
+    an answer (a later turn's image): ``(cut, shift)`` pairs, in order of ``cut``, each saying that a token of the
+    text before character ``cut`` (and after the previous cut) sits ``shift`` further right.
 
     Raises ``no_answer_tokens`` when no token falls in an answer and ``template_mismatch`` when the ids
     after the image do not match the plain tokenization of ``text``.
@@ -125,16 +131,28 @@ def answer_tokens(tokenizer, text: str, spans: list[AnswerSpan], input_ids) -> A
     offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
     ids = np.asarray(input_ids, dtype=np.int64)
     plain = tokens_at(offsets, plain_ids, spans)
-    shift = len(ids) - len(plain_ids)
-    first = int(plain.positions.min())
-    if shift < 0 or first + shift < 0 or not np.array_equal(ids[first + shift:], plain_ids[first:]):
-        raise SampleError(
-            TEMPLATE_MISMATCH,
-            "the processor's token ids after the image differ from the tokenizer's ids for the same text; "
-            "the processor may add or rewrite text after the image",
-        )
-    return AnswerTokens(plain.positions + shift, plain.token_ids, plain.turn, plain.char_start, plain.char_end,
-                        plain.end_of_turn + shift, plain.end_of_turn_turn)
+    real = np.nonzero(offsets[:, 1] > offsets[:, 0])[0]
+    shift = np.zeros(len(plain_ids), dtype=np.int64)
+    begin = 0
+    for cut, segment_shift in [*(shifts_before or []), (len(text) + 1, len(ids) - len(plain_ids))]:
+        # the segment's tokens: up to the first real token at or after the cut (the next image's placeholder)
+        after = real[offsets[real, 0] >= cut]
+        end = int(after[0]) if after.size else len(plain_ids)
+        shift[begin:end] = segment_shift
+        answers = plain.positions[(plain.positions >= begin) & (plain.positions < end)]
+        segment, begin = (begin, end), max(begin, end)
+        if answers.size == 0:
+            continue
+        span = np.arange(answers.min(), segment[1])  # from its first answer token to its end, aligned
+        if (segment_shift < 0 or span.min() + segment_shift < 0 or span.max() + segment_shift >= len(ids)
+                or not np.array_equal(ids[span + segment_shift], plain_ids[span])):
+            raise SampleError(
+                TEMPLATE_MISMATCH,
+                "the processor's token ids after the image differ from the tokenizer's ids for the same text; "
+                "the processor may add or rewrite text after the image",
+            )
+    return AnswerTokens(plain.positions + shift[plain.positions], plain.token_ids, plain.turn, plain.char_start,
+                        plain.char_end, plain.end_of_turn + shift[plain.end_of_turn], plain.end_of_turn_turn)
 
 
 def tokens_at(offsets: np.ndarray, ids: np.ndarray, spans: list[AnswerSpan]) -> AnswerTokens:
