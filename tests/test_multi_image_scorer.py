@@ -113,6 +113,8 @@ def test_image_vig_is_the_vig_of_each_image_replaced_alone(tiny_checkpoints, fam
                                       dtype="float32")
     blurred = [make_counterfactual(im, "blur", seed_key="m") for im in images]
     own = plain.score([record])[0]
+    under_images = {"id": record["id"], "images": images, "conversations": record["conversations"]}  # Mantis's key
+    assert plain.score([under_images])[0].vig == pytest.approx(own.vig, abs=1e-6)
     for k in range(2):
         swapped = plain.score([{**record, "image": [blurred[j] if j == k else im for j, im in enumerate(images)]}])[0]
         assert attributed.image_vig[k] == pytest.approx(float(np.mean(own.logp_with - swapped.logp_with)), abs=1e-5)

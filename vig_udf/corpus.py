@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from vig_udf.scoring.conversation import parse_conversation
-from vig_udf.scoring.images import check_image_file, resolve_image
+from vig_udf.scoring.images import check_image_file, image_refs, resolve_image
 from vig_udf.scoring.status import IMAGE_UNREADABLE, INVALID_CONVERSATION, OK, TEXT_ONLY, SampleError
 
 INVALID_RECORD = "invalid_record"  # not a JSON object of the LLaVA layout at all
@@ -41,7 +41,7 @@ def validate_record(record_id, image_path, conversations, *, image_root: str | N
     several names it (``image 2 of 3: image file not found: ...``)."""
     if conversations is None:
         return INVALID_RECORD, "the record has no 'conversations' list (or it is not a list of {from, value})"
-    images = as_image_list(image_path)
+    images = image_refs(image_path)
     checks = check_files if isinstance(check_files, (list, tuple)) else [check_files] * len(images)
     try:
         parse_conversation(list(conversations), has_image=bool(images), n_images=len(images))
@@ -59,14 +59,6 @@ def validate_record(record_id, image_path, conversations, *, image_root: str | N
     except SampleError as err:
         return err.status, err.message
     return (OK if images else TEXT_ONLY), None
-
-
-def as_image_list(image) -> list:
-    """A record's images as a list: ``[]`` for None (or an empty path, LLaVA's text-only ``"image": ""``),
-    ``[image]`` for one path (or bytes), a list as it is."""
-    if image is None or isinstance(image, str) and not image:
-        return []
-    return list(image) if isinstance(image, (list, tuple)) else [image]
 
 
 @dataclass
@@ -214,5 +206,5 @@ def content_id(record_id, image_path, conversations) -> str:
     return "h" + hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-__all__ = ["INVALID_CONVERSATION", "INVALID_RECORD", "as_image_list", "content_id", "resolve_image", "source_of",
+__all__ = ["INVALID_CONVERSATION", "INVALID_RECORD", "content_id", "resolve_image", "source_of",
            "validate_record"]

@@ -59,6 +59,12 @@ def image_refs(value: Any) -> list:
     return [value]
 
 
+def record_images(record: dict) -> list:
+    """A record's images (:func:`image_refs`): LLaVA's ``image`` or, failing that, ``images`` (the key of
+    LLaVA-OneVision and Mantis records)."""
+    return image_refs(record.get("image") if record.get("image") is not None else record.get("images"))
+
+
 def load_image(image: Any, *, image_root: str | None = None, max_pixels: int | None = None,
                storage=None, exif_transpose: bool = False) -> Image.Image:
     """Open ``image`` (a path or URI, raw bytes or a PIL image) as a fully decoded RGB image, turned as its EXIF

@@ -35,7 +35,7 @@ import hashlib
 from typing import Any
 
 from vig_udf.corpus import source_of
-from vig_udf.scoring.images import image_refs
+from vig_udf.scoring.images import record_images
 
 PARTNER_SCOPES = ("source", "corpus")
 
@@ -134,9 +134,9 @@ def assign_partners(records: list[dict], *, seed: int = 0, scope: str = "source"
     are keyed by their files' bytes (:func:`content_key`; ``image_root`` and ``storage`` as the scorer's).
 
     A record's id is its ``id`` (as the scorer names it, ``#<index>`` without one)."""
-    with_image = [i for i, r in enumerate(records) if isinstance(r, dict) and image_refs(r.get("image"))]
+    with_image = [i for i, r in enumerate(records) if isinstance(r, dict) and record_images(r)]
     ids = [str(records[i]["id"]) if records[i].get("id") is not None else f"#{i}" for i in with_image]
-    images = [image_refs(records[i]["image"])[0] for i in with_image]  # a multi-image record: its first image
+    images = [record_images(records[i])[0] for i in with_image]  # a multi-image record: its first image
     keys = [content_key(im, image_root=image_root, storage=storage) for im in images]
     found = partners(ids, keys, [image_source(im) for im in images],
                      seed=seed, scope=scope)

@@ -43,7 +43,7 @@ from vig_udf.scoring.batching import chunk_ranges, plan_batches, prefetched
 from vig_udf.scoring.conversation import parse_conversation
 from vig_udf.scoring.forward import Sequence, answer_logprobs
 from vig_udf.scoring.identity import model_fingerprint, scorer_identity
-from vig_udf.scoring.images import image_refs, load_image, make_counterfactual
+from vig_udf.scoring.images import image_refs, load_image, make_counterfactual, record_images
 from vig_udf.scoring.inputs import InputBuilder
 from vig_udf.scoring.masking import AnswerTokens
 from vig_udf.scoring.metric import sample_vig, token_vig
@@ -268,7 +268,7 @@ class VIGScorer:
         if not isinstance(sample, dict):
             raise SampleError(st.INVALID_CONVERSATION, f"the record is a {type(sample).__name__}, not a JSON object "
                                                        "with 'conversations'")
-        refs = image_refs(sample.get("image"))
+        refs = record_images(sample)
         conv = parse_conversation(sample.get("conversations"), n_images=len(refs))
         if not refs:
             _, tokens = self.inputs.build(conv, None)
