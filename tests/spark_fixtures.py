@@ -68,7 +68,8 @@ def spark(tmp_path_factory, s3_endpoint):
         **s3a_conf(s3_endpoint),
     }
     session = spark_session(SparkConfig(master="local[2]", app_name="vig-spark-tests", conf=conf,
-                                        packages=[hadoop_aws_package()]))
+                                        packages=[hadoop_aws_package()],
+                                        quick_jit=False))  # a JVM of the whole suite: C2 pays (BENCHMARKS.md)
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
