@@ -33,6 +33,7 @@ from vig_udf.lake import (
     optimize_lake,
     read_table,
     register_views,
+    table_commit,
     table_exists,
     table_history,
     table_version,
@@ -165,9 +166,19 @@ def test_the_log_reads_agree_with_delta_history_and_a_missing_commit_file_falls_
     write_table(frame(spark, ["d"]), path, mode="overwrite", job="select", config={"n": 3})
     storage = lake_storage(spark)
     assert table_version(spark, path) == 2 == history_rows(spark, path, limit=1)[0]["version"]
-    for row in history_rows(spark, path):  # each version: the same entry from the log file as from DESCRIBE HISTORY
+    described = history_rows(spark, path)
+    for row in described:  # each version: the same entry from the log file as from DESCRIBE HISTORY
         from_log = history_entry(log_commit(storage, path, row["version"]))
         assert {**from_log, "timestamp": None} == {**history_entry(row), "timestamp": None}
+    # table_history and table_commit read the log: DESCRIBE HISTORY's entries, each at the commit's own time
+    # (DESCRIBE HISTORY gives the commit file's modification time: a moment later)
+    from_log = table_history(spark, path)
+    assert [{**e, "timestamp": None} for e in from_log] == [{**history_entry(r), "timestamp": None} for r in described]
+    for entry, row in zip(from_log, described):
+        assert abs((entry["timestamp"] - row["timestamp"]).total_seconds()) < 30
+    assert table_history(spark, path, limit=2) == from_log[:2]
+    assert table_commit(spark, path) == from_log[0] and table_commit(spark, path, 1) == from_log[1]
+    assert table_commit(spark, path, 7) is None and table_commit(spark, tmp_path / "nothing") is None
     assert log_commit(storage, path, 7) is None
 
     monkeypatch.setattr(lake_write, "log_commit", lambda *_: None)  # as if log clean-up removed the commit files

@@ -104,23 +104,43 @@ def history_rows(spark, path, *, limit: int | None = None, version: int | None =
 
 
 def table_history(spark, path, *, limit: int | None = None) -> list[dict]:
-    """The table's commits, newest first: ``version``, ``timestamp``, ``operation``, ``metrics`` and the
-    commit metadata (``job``, ``config`` as a dict, ``code_version``, ``write_id``, ``app_id``,
-    ``app_version``; ``None`` where absent)."""
+    """The table's commits, newest first: ``version``, ``timestamp`` (the commit's own time, a naive local
+    datetime), ``operation``, ``metrics`` and the commit metadata (``job``, ``config`` as a dict,
+    ``code_version``, ``write_id``, ``app_id``, ``app_version``; ``None`` where absent).
+
+    Read from the commit files in the ``_delta_log`` through the session's storage layer (the files ``DESCRIBE
+    HISTORY`` reads, without a Spark job); a log with a damaged or missing commit is left to ``DESCRIBE
+    HISTORY``, so that Delta's own error says what is wrong."""
+    from vig_udf.lake.log_check import log_history, read_log
+
     uri = table_uri(path)
     _require(spark, uri)
-    return [history_entry(row) for row in history_rows(spark, uri, limit=limit)]
+    report = read_log(lake_storage(spark), uri, newest=limit)
+    if report.damaged or report.missing:
+        return [history_entry(row) for row in history_rows(spark, uri, limit=limit)]
+    return log_history(report, limit=limit)
 
 
 def table_commit(spark, path, version: int | None = None) -> dict | None:
     """The :func:`table_history` entry of ``version`` (default: the latest), or ``None`` if there is no table or
-    its history no longer has that version. Its ``write_id`` (or, for a commit without one, its ``timestamp``)
-    tells this version from a version of the same number of a table recreated at the same path."""
+    its log no longer has that version. Its ``write_id`` (or, for a commit without one, its ``timestamp``)
+    tells this version from a version of the same number of a table recreated at the same path. Read from that
+    version's commit file (no Spark job); a damaged one is left to ``DESCRIBE HISTORY``, for Delta's error."""
+    from vig_udf.lake.log_check import log_history, LogReport
+
     uri = table_uri(path)
-    if not table_exists(spark, uri):
+    storage = lake_storage(spark)
+    latest = log_version(storage, uri)
+    if latest is None or (version is not None and not 0 <= version <= latest):
         return None
-    rows = history_rows(spark, uri, limit=1, version=version)
-    return history_entry(rows[0]) if rows else None
+    try:
+        row = log_commit(storage, uri, latest if version is None else int(version))
+    except (ValueError, UnicodeDecodeError):
+        rows = history_rows(spark, uri, limit=1, version=version)
+        return history_entry(rows[0]) if rows else None
+    if row is None:
+        return None
+    return log_history(LogReport(uri, commits={row["version"]: row}))[0]
 
 
 def table_version(spark, path) -> int | None:
