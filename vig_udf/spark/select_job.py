@@ -13,7 +13,7 @@ Cheap and CPU-only: trying another p or policy never touches a GPU. The job
    ``xxhash64(seed, sample_id)`` (uniform, and the same on every run and partitioning; with ``tau_by="source"``,
    as many per source as ``vig`` keeps in it); for ``random_tokens`` also the token share: ``vig``'s kept
    multimodal tokens over the drawn samples' tokens (with ``tau_by="source"``, each source's: its kept tokens
-   over its drawn samples' tokens, a ``groupBy``);
+   over its drawn samples' tokens, a ``groupBy``), in one aggregation;
 4. decides every row with the pure ``vig_udf.selection.policies.select_row`` inside ``mapInArrow`` (and, with
    ``token_weight="vig"``, its kept tokens' loss weights, ``policies.row_token_weights``);
 5. applies per-source budgets (a window over the kept multimodal rows of each source, highest VIG first);
@@ -323,11 +323,11 @@ def run_select(spark, cfg: SelectJobConfig, *, out=print) -> dict:
         base = _with_random_draw(base, ok, tau, cfg)
         token_share = token_shares = None
         if sel.RANDOM_TOKENS in cfg.policies and by_source:
-            token_shares = _token_shares_by_source(base, ok, cfg)
+            token_shares = _token_shares(base, valid_ok, cfg)
             base = _with_source_values(spark, base, [(t["source"], t["token_share"]) for t in token_shares],
                                        "_token_share")
         elif sel.RANDOM_TOKENS in cfg.policies:
-            token_share = _token_share(base, ok, cfg)
+            token_share = next((t["token_share"] for t in _token_shares(base, valid_ok, cfg)), None)
         spec = SelectSpec(scorer_id, scores_version, tau, cfg.p, cfg.drop_negative, new, cfg.seed, token_share,
                           cfg.token_weight, cfg.token_weight_temperature, cfg.token_weight_max)
         rows = base.mapInArrow(select_batches(spec), from_arrow_schema(_UDF_SCHEMA))
@@ -497,34 +497,26 @@ def _with_random_draw(base, ok, tau: float | None, cfg: SelectJobConfig):
     return base.join(chosen, "sample_id", "left").withColumn("_chosen", F.coalesce("_chosen", F.lit(False)))
 
 
-def _token_share(base, ok, cfg: SelectJobConfig) -> float | None:
+def _token_shares(base, valid_ok, cfg: SelectJobConfig) -> list[dict]:
     """``random_tokens``' probability of keeping a token: the multimodal tokens ``vig`` keeps (tokens with VIG >=
     tau inside samples with VIG >= tau, each against its row's tau) over the tokens of the drawn samples, at most
-    1 (before budgets); one share for the whole table (``tau_by=global``; per source:
-    :func:`_token_shares_by_source`)."""
+    1 (before budgets); with ``tau_by=source``, within each source. One aggregation over ``base`` (a ``groupBy``
+    of the source with ``tau_by=source``): ``[{"source", "token_share"}]`` sorted by source (null first; the
+    source None alone with ``tau_by=global``); a source with no drawn token has none."""
     from pyspark.sql import functions as F
 
-    eligible = ok.where(F.col("vig") >= 0) if cfg.drop_negative else ok
-    vig_tokens = eligible.where(F.col("vig") >= F.col("_tau")).select(
-        F.sum(F.size(F.filter("token_vig", lambda t: t.cast("double") >= F.col("_tau")))).alias("n")).first()["n"]
-    drawn_tokens = base.where("_chosen").select(F.sum("n_tokens").alias("n")).first()["n"]
-    if not drawn_tokens:
-        return None
-    return min(1.0, float(vig_tokens or 0) / float(drawn_tokens))
-
-
-def _token_shares_by_source(base, ok, cfg: SelectJobConfig) -> list[dict]:
-    """``random_tokens``' share per source (``tau_by=source``): within each source, :func:`_token_share`'s ratio
-    (its kept tokens against its rows' taus over its drawn samples' tokens, at most 1), as
-    ``[{"source", "token_share"}]`` sorted by source (null first); a source with no drawn token has none."""
-    from pyspark.sql import functions as F
-
-    eligible = ok.where(F.col("vig") >= 0) if cfg.drop_negative else ok
-    vig_tokens = {r["_source"]: r["n"] for r in eligible.where(F.col("vig") >= F.col("_tau")).groupBy("_source").agg(
-        F.sum(F.size(F.filter("token_vig", lambda t: t.cast("double") >= F.col("_tau")))).alias("n")).collect()}
-    drawn = base.where("_chosen").groupBy("_source").agg(F.sum("n_tokens").alias("n")).collect()
-    shares = [{"source": r["_source"], "token_share": min(1.0, float(vig_tokens.get(r["_source"]) or 0) / r["n"])}
-              for r in drawn if r["n"]]
+    eligible = valid_ok & (F.col("vig") >= F.col("_tau"))
+    if cfg.drop_negative:
+        eligible = eligible & (F.col("vig") >= 0)
+    counts = [F.sum(F.when(eligible, F.size(F.filter("token_vig", lambda t: t.cast("double") >= F.col("_tau")))))
+              .alias("kept"), F.sum(F.when(F.col("_chosen"), F.col("n_tokens"))).alias("drawn")]
+    if cfg.tau_by == sel.TAU_BY_SOURCE:
+        rows = [(r["_source"], r["kept"], r["drawn"]) for r in base.groupBy("_source").agg(*counts).collect()]
+    else:
+        row = base.select(*counts).first()
+        rows = [(None, row["kept"], row["drawn"])]
+    shares = [{"source": source, "token_share": min(1.0, float(kept or 0) / float(drawn))}
+              for source, kept, drawn in rows if drawn]
     return sorted(shares, key=lambda t: (t["source"] is not None, t["source"] or ""))
 
 
