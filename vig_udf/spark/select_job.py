@@ -23,8 +23,9 @@ Idempotency: each policy's rows carry a ``selection_id``, a hash of the scorer, 
 policy params. Policies whose ``selection_id`` is already in the table are not computed again, and rows are
 added with ``MERGE ... WHEN NOT MATCHED THEN INSERT`` on ``(selection_id, sample_id)`` in a Delta app
 transaction keyed by the ids it writes, so concurrent identical runs never write a row twice. The rows are
-staged first (``<lake>/_staging/selection``) and summarised there; the commit records, besides the config, the
-scores version's commit (``scores_commit``), every scorer's ok-row count in it (``scorer_ok_rows``) and, per
+staged first (``<lake>/_staging/selection``) and summarised there in one aggregation (by source too, with
+``tau_by="source"``); the commit records, besides the config, the scores version's commit (``scores_commit``),
+every scorer's ok-row count in it (``scorer_ok_rows``) and, per
 selection written, its policy, params and counts (``selections``). A rerun with the same inputs finds all of
 that in the table's history and reads no scores or selection rows; a new scores version, another p, seed or
 policy is not in the history and is computed.
@@ -339,10 +340,8 @@ def run_select(spark, cfg: SelectJobConfig, *, out=print) -> dict:
 
         def record_selections(staged) -> dict:  # what a rerun, export and train read instead of the rows
             new_ids = [run.selection_id for run in new]
-            stats.update(_selection_stats(staged, new_ids))
-            if taus is not None:
-                for selection_id, counts in _source_stats(staged, sources, new_ids, taus).items():
-                    stats[selection_id]["by_source"] = counts
+            stats.update(_selection_stats(staged, new_ids, sources=sources if taus is not None else None,
+                                          taus=taus))
             return {"selections": {run.selection_id: {"policy": run.policy, "params": run.params,
                                                       "params_hash": run.params_hash, **stats[run.selection_id]}
                                    for run in new}}
@@ -464,11 +463,12 @@ def _with_sources(spark, base, cfg: SelectJobConfig, corpus_version: int):
 
     sources = (read_table(spark, lake_table(cfg.lake, "corpus"), version=corpus_version)
                .select("sample_id", F.col("source").alias("_source")))
-    known = {r[0] for r in sources.select("_source").distinct().collect()}
-    unknown = sorted(set(cfg.budgets or {}) - known)
-    if unknown:
-        raise ValueError(f"budgets name sources {unknown} that corpus v{corpus_version} does not have; its sources: "
-                         f"{sorted(s for s in known if s is not None)}")
+    if cfg.budgets:
+        known = {r[0] for r in sources.select("_source").distinct().collect()}
+        unknown = sorted(set(cfg.budgets) - known)
+        if unknown:
+            raise ValueError(f"budgets name sources {unknown} that corpus v{corpus_version} does not have; its "
+                             f"sources: {sorted(s for s in known if s is not None)}")
     return base.join(sources, "sample_id", "left"), sources
 
 
@@ -541,17 +541,25 @@ def _apply_budgets(rows, budgets: dict[str, int]):
             .withColumn("n_tokens_kept", F.when(F.col("_over"), F.lit(0)).otherwise(F.col("n_tokens_kept"))))
 
 
-def _selection_stats(table, selection_ids: list[str]) -> dict[str, dict]:
+def _selection_stats(table, selection_ids: list[str], *, sources=None, taus: list[dict] | None = None
+                     ) -> dict[str, dict]:
     """selection_id -> row, failure, kept and token counts and the rows per reason: one aggregation over the
-    selections' rows (one result row per selection, reason and kept)."""
+    selections' rows (one result row per selection, reason and kept). With ``sources`` (``(sample_id,
+    _source)`` rows) and ``taus``, the same aggregation also groups by source and each selection gains
+    ``by_source``: per source (null included; every source with a row) its tau and ok rows, and the selection's
+    multimodal rows and kept multimodal samples there."""
     from pyspark.sql import functions as F
 
-    counts = table.where(F.col("selection_id").isin(selection_ids)).groupBy("selection_id", "reason", "kept").agg(
-        F.count(F.lit(1)).alias("rows"), F.sum("n_tokens").alias("n_tokens"),
-        F.sum("n_tokens_kept").alias("n_tokens_kept")).collect()
+    rows = table.where(F.col("selection_id").isin(selection_ids))
+    groups = ["selection_id", "reason", "kept"]
+    if sources is not None:
+        rows, groups = rows.join(sources, "sample_id", "left"), [*groups, "_source"]
+    counts = rows.groupBy(*groups).agg(F.count(F.lit(1)).alias("rows"), F.sum("n_tokens").alias("n_tokens"),
+                                       F.sum("n_tokens_kept").alias("n_tokens_kept")).collect()
     keys = ("rows", "failed_rows", "text_only_rows", "kept_multimodal", "kept_text_only", "tokens_kept",
             "answer_tokens")
     stats = {i: {**dict.fromkeys(keys, 0), "reasons": {}} for i in selection_ids}
+    per_source: dict[str, dict] = {i: {} for i in selection_ids}
     for r in counts:
         s, n = stats[r["selection_id"]], r["rows"]
         failed, text_only = sel.is_failure(r["reason"]), r["reason"] == sel.TEXT_ONLY_KEPT
@@ -563,31 +571,21 @@ def _selection_stats(table, selection_ids: list[str]) -> dict[str, dict]:
         s["tokens_kept"] += r["n_tokens_kept"] or 0
         s["answer_tokens"] += 0 if failed else (r["n_tokens"] or 0)
         s["reasons"][r["reason"]] = s["reasons"].get(r["reason"], 0) + n
-    for s in stats.values():
+        if sources is not None:
+            multimodal = not failed and not text_only
+            counted = per_source[r["selection_id"]].setdefault(r["_source"], [0, 0])
+            counted[0] += n if multimodal else 0
+            counted[1] += n if multimodal and r["kept"] else 0
+    by_tau = {t["source"]: t for t in taus or []}
+    for selection_id, s in stats.items():
         s["reasons"] = dict(sorted(s["reasons"].items()))
+        if sources is not None:
+            s["by_source"] = [{"source": source, "tau": by_tau.get(source, {}).get("tau"),
+                               "ok_rows": by_tau.get(source, {}).get("ok_rows", 0), "multimodal_rows": multimodal,
+                               "kept_multimodal": kept}
+                              for source, (multimodal, kept) in sorted(per_source[selection_id].items(),
+                                                                       key=lambda x: (x[0] is not None, x[0] or ""))]
     return stats
-
-
-def _source_stats(staged, sources, selection_ids: list[str], taus: list[dict]) -> dict[str, list[dict]]:
-    """selection_id -> per source (null included; every source with a row): its tau and ok rows, and the
-    selection's multimodal rows and kept multimodal samples there (one aggregation over the staged rows)."""
-    from pyspark.sql import functions as F
-
-    multimodal = ~F.col("reason").startswith(sel.FAILED) & (F.col("reason") != sel.TEXT_ONLY_KEPT)
-    counts = (staged.where(F.col("selection_id").isin(selection_ids)).join(sources, "sample_id", "left")
-              .groupBy("selection_id", "_source")
-              .agg(F.count_if(multimodal).alias("multimodal_rows"),
-                   F.count_if(multimodal & F.col("kept")).alias("kept_multimodal")).collect())
-    by_source = {t["source"]: t for t in taus}
-    out: dict[str, list[dict]] = {i: [] for i in selection_ids}
-    for r in counts:
-        t = by_source.get(r["_source"], {})
-        out[r["selection_id"]].append({"source": r["_source"], "tau": t.get("tau"), "ok_rows": t.get("ok_rows", 0),
-                                       "multimodal_rows": r["multimodal_rows"],
-                                       "kept_multimodal": r["kept_multimodal"]})
-    for rows in out.values():
-        rows.sort(key=lambda r: (r["source"] is not None, r["source"] or ""))
-    return out
 
 
 def _policy_summary(run: PolicyRun, stats: dict, written: bool) -> dict:
