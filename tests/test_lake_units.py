@@ -224,3 +224,24 @@ def test_each_pyspark_installation_has_its_own_class_archive(tmp_path, monkeypat
         (other / "jars" / jar.name).write_bytes(b"PK")
     monkeypatch.setattr(pyspark, "__file__", str(other / "__init__.py"))
     assert startup._archive_path(jars) != here  # the JVM would not map an archive of the other class path
+
+
+def test_the_log_is_complete_from_version_0_without_a_checkpoint_and_newest_reads_the_last_commits(tmp_path):
+    from vig_udf.lake.log_check import log_history, read_log
+    from vig_udf.storage import Storage
+
+    log = tmp_path / "t" / "_delta_log"
+    log.mkdir(parents=True)
+
+    def commit(version: int) -> None:
+        info = {"commitInfo": {"timestamp": 1_700_000_000_000 + version, "operation": "WRITE"}}
+        (log / f"{version:020d}.json").write_text(json.dumps(info) + "\n")
+
+    storage = Storage.from_conf(None)
+    for version in (1, 2, 3):
+        commit(version)
+    assert read_log(storage, tmp_path / "t").missing == [0]  # commit 0 deleted, and no checkpoint replaces it
+    (log / f"{1:020d}.checkpoint.parquet").write_bytes(b"")
+    assert read_log(storage, tmp_path / "t").missing == []  # log clean-up after a checkpoint at 1
+    newest = read_log(storage, tmp_path / "t", newest=2)
+    assert sorted(newest.commits) == [2, 3] and [e["version"] for e in log_history(newest)] == [3, 2]

@@ -1,8 +1,9 @@
 """A table's Delta log read file by file, without Delta: which commits parse and which do not, which versions
 are missing, whether ``_last_checkpoint`` parses, and whether the files the latest version needs exist.
 
-``vig lake history`` falls back to it when a commit is damaged (Delta then refuses to read the table at all),
-and ``vig lake check`` reports it. Read through the storage layer (:mod:`vig_udf.storage`): a local lake or
+``vig lake history`` and :func:`vig_udf.lake.table_history` read the commits from it (the latter leaves a log
+with a damaged or missing commit to ``DESCRIBE HISTORY``, for Delta's own error), and ``vig lake check``
+reports it. Read through the storage layer (:mod:`vig_udf.storage`): a local lake or
 one on object storage alike.
 """
 
@@ -97,15 +98,17 @@ def _commit_info(storage: Storage, uri: str) -> dict | str:
 
 def log_history(report: LogReport, *, limit: int | None = None) -> list[dict]:
     """The readable commits of ``report``, newest first, as :func:`vig_udf.lake.table_history` returns them."""
+    newest_first = sorted(report.commits, reverse=True)[:limit]
+    return [commit_entry(version, report.commits[version]) for version in newest_first]
+
+
+def commit_entry(version: int, info: dict) -> dict:
+    """The :func:`vig_udf.lake.table_history` entry of a commit's ``commitInfo`` (its ``timestamp`` in ms)."""
     from datetime import datetime
 
-    entries = []
-    for version in sorted(report.commits, reverse=True)[:limit]:
-        info = report.commits[version]
-        stamp = info.get("timestamp")
-        entries.append(history_entry({**info, "version": version,
-                                      "timestamp": datetime.fromtimestamp(stamp / 1000) if stamp else None}))
-    return entries
+    stamp = info.get("timestamp")
+    when = datetime.fromtimestamp(stamp / 1000) if stamp else None
+    return history_entry({**info, "version": version, "timestamp": when})
 
 
 def check_files(storage: Storage, report: LogReport, files: list[str]) -> LogReport:

@@ -126,7 +126,7 @@ def table_commit(spark, path, version: int | None = None) -> dict | None:
     its log no longer has that version. Its ``write_id`` (or, for a commit without one, its ``timestamp``)
     tells this version from a version of the same number of a table recreated at the same path. Read from that
     version's commit file (no Spark job); a damaged one is left to ``DESCRIBE HISTORY``, for Delta's error."""
-    from vig_udf.lake.log_check import log_history, LogReport
+    from vig_udf.lake.log_check import commit_entry
 
     uri = table_uri(path)
     storage = lake_storage(spark)
@@ -140,7 +140,7 @@ def table_commit(spark, path, version: int | None = None) -> dict | None:
         return history_entry(rows[0]) if rows else None
     if row is None:
         return None
-    return log_history(LogReport(uri, commits={row["version"]: row}))[0]
+    return commit_entry(row["version"], row)
 
 
 def table_version(spark, path) -> int | None:

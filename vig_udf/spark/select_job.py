@@ -365,6 +365,11 @@ def run_select(spark, cfg: SelectJobConfig, *, out=print) -> dict:
     return summary
 
 
+def _source_order(source: str | None) -> tuple:
+    """Sort key of per-source lists: the null source first, then by name."""
+    return source is not None, source or ""
+
+
 def _source_name(source: str | None) -> str:
     return "(null source)" if source is None else source
 
@@ -426,7 +431,7 @@ def _taus_by_source(ok, n_ok: int, cfg: SelectJobConfig) -> list[dict]:
         column = F.percentile_approx("vig", q, cfg.percentile_accuracy)
     rows = ok.groupBy("_source").agg(column.alias("tau"), F.count(F.lit(1)).alias("ok_rows")).collect()
     return [{"source": r["_source"], "tau": float(r["tau"]), "ok_rows": int(r["ok_rows"])}
-            for r in sorted(rows, key=lambda r: (r["_source"] is not None, r["_source"] or ""))]
+            for r in sorted(rows, key=lambda r: _source_order(r["_source"]))]
 
 
 def _with_source_taus(spark, base, taus: list[dict]):
@@ -517,7 +522,7 @@ def _token_shares(base, valid_ok, cfg: SelectJobConfig) -> list[dict]:
         rows = [(None, row["kept"], row["drawn"])]
     shares = [{"source": source, "token_share": min(1.0, float(kept or 0) / float(drawn))}
               for source, kept, drawn in rows if drawn]
-    return sorted(shares, key=lambda t: (t["source"] is not None, t["source"] or ""))
+    return sorted(shares, key=lambda t: _source_order(t["source"]))
 
 
 def _apply_budgets(rows, budgets: dict[str, int]):
@@ -559,7 +564,7 @@ def _selection_stats(table, selection_ids: list[str], *, sources=None, taus: lis
     keys = ("rows", "failed_rows", "text_only_rows", "kept_multimodal", "kept_text_only", "tokens_kept",
             "answer_tokens")
     stats = {i: {**dict.fromkeys(keys, 0), "reasons": {}} for i in selection_ids}
-    per_source: dict[str, dict] = {i: {} for i in selection_ids}
+    per_source: dict[str, dict[str | None, list[int]]] = {i: {} for i in selection_ids}  # [multimodal, kept]
     for r in counts:
         s, n = stats[r["selection_id"]], r["rows"]
         failed, text_only = sel.is_failure(r["reason"]), r["reason"] == sel.TEXT_ONLY_KEPT
@@ -581,10 +586,10 @@ def _selection_stats(table, selection_ids: list[str], *, sources=None, taus: lis
         s["reasons"] = dict(sorted(s["reasons"].items()))
         if sources is not None:
             s["by_source"] = [{"source": source, "tau": by_tau.get(source, {}).get("tau"),
-                               "ok_rows": by_tau.get(source, {}).get("ok_rows", 0), "multimodal_rows": multimodal,
-                               "kept_multimodal": kept}
-                              for source, (multimodal, kept) in sorted(per_source[selection_id].items(),
-                                                                       key=lambda x: (x[0] is not None, x[0] or ""))]
+                               "ok_rows": by_tau.get(source, {}).get("ok_rows", 0), "multimodal_rows": rows_there,
+                               "kept_multimodal": kept_there}
+                              for source, (rows_there, kept_there) in sorted(per_source[selection_id].items(),
+                                                                             key=lambda x: _source_order(x[0]))]
     return stats
 
 
